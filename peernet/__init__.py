@@ -1,0 +1,17 @@
+"""peernet: default-deny, peer-to-peer messaging for Python.
+
+Nodes are addressed by public key; nothing is reachable until it is exposed; only
+paired peers get past a Noise XX handshake. See README.md and guides/.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .errors import *  # noqa: F403  (the hierarchy is part of the public API)
+from .errors import __all__ as _errors_all
+
+logging.getLogger("peernet").addHandler(logging.NullHandler())
+
+__all__ = ["__version__", *_errors_all]

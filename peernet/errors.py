@@ -1,0 +1,145 @@
+"""Every exception peernet raises, in one place.
+
+All of them derive from :class:`PeerNetError`, so ``except peernet.PeerNetError`` catches
+anything the library raises on purpose. Where a builtin means the same thing, the class
+inherits it too (``CallTimeout`` is a ``TimeoutError``, ``InvalidPeerId`` a ``ValueError``,
+``EncodeError`` a ``TypeError``), so code written against the builtins keeps working.
+
+This module imports nothing else from peernet, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PeerNetError",
+    "InvalidPeerId",
+    "InvalidHandlerName",
+    "EncodeError",
+    "MessageTooLarge",
+    "ProtocolError",
+    "HandshakeError",
+    "KeyFileError",
+    "InsecureKeyFile",
+    "TrustStoreError",
+    "DataDirLocked",
+    "NodeClosed",
+    "NotPaired",
+    "CallError",
+    "PeerUnavailable",
+    "ConnectionLost",
+    "CallTimeout",
+    "NoSuchHandler",
+    "Forbidden",
+    "RemoteError",
+    "Busy",
+]
+
+
+class PeerNetError(Exception):
+    """Base class of every error peernet raises on purpose."""
+
+
+# --- bad input from the local program ----------------------------------------------
+
+
+class InvalidPeerId(PeerNetError, ValueError):
+    """A peer id could not be parsed; the message says what is wrong with it."""
+
+
+class InvalidHandlerName(PeerNetError, ValueError):
+    """A handler name is not a short ``[A-Za-z][A-Za-z0-9_.:-]{0,63}`` string."""
+
+
+class EncodeError(PeerNetError, TypeError):
+    """A value cannot travel: it is not CBOR data (None, bool, int, float, str, bytes,
+    list/tuple, dict with str keys), or it is nested too deeply."""
+
+
+class MessageTooLarge(PeerNetError, ValueError):
+    """An encoded message is bigger than the node's ``max_message_size``."""
+
+
+# --- bad input from the network ----------------------------------------------------
+
+
+class ProtocolError(PeerNetError):
+    """Bytes from a peer broke the protocol (malformed CBOR, bad shape, bad frame).
+
+    The connection that produced them is closed; nothing else is affected.
+    """
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake failed: tampered or malformed message, low-order key,
+    untrusted or unexpected peer, or a bad identity binding."""
+
+
+# --- files on disk -----------------------------------------------------------------
+
+
+class KeyFileError(PeerNetError):
+    """The identity key file is corrupt, truncated or inconsistent. It is never
+    overwritten; move it away (or restore a backup) to continue."""
+
+
+class InsecureKeyFile(KeyFileError):
+    """The identity key file (or its directory) can be read by other users."""
+
+
+class TrustStoreError(PeerNetError):
+    """The trust store file is corrupt. It is never emptied or overwritten."""
+
+
+class DataDirLocked(PeerNetError):
+    """Another live node already uses this ``data_dir``."""
+
+
+# --- using a node ------------------------------------------------------------------
+
+
+class NodeClosed(PeerNetError, RuntimeError):
+    """The node was closed; it cannot be used any more."""
+
+
+class NotPaired(PeerNetError, LookupError):
+    """The peer is not on this node's trust list: ``pair()`` it first."""
+
+
+class CallError(PeerNetError):
+    """Base class of the ways a ``call()`` can fail."""
+
+
+class PeerUnavailable(CallError, ConnectionError):
+    """No live authenticated link to the peer could be had within the timeout."""
+
+
+class ConnectionLost(PeerUnavailable):
+    """The link dropped while the call was pending. Pending calls fail at once with
+    this; they never wait out their timeout."""
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The peer did not answer within the timeout (the remote handler may still run)."""
+
+
+class NoSuchHandler(CallError):
+    """The peer exposes no handler by that name."""
+
+
+class Forbidden(CallError):
+    """The peer's ``authorize`` refused this call."""
+
+
+class Busy(CallError):
+    """The peer had too many calls from us in progress and refused this one."""
+
+
+class RemoteError(CallError):
+    """The remote handler raised. Only the exception's type name crosses the wire
+    (``type_name``); the message and traceback stay in the callee's log."""
+
+    def __init__(self, type_name: str, message: str | None = None) -> None:
+        self.type_name = type_name
+        self.message = message
+        text = f"remote handler raised {type_name}"
+        super().__init__(f"{text}: {message}" if message else text)
