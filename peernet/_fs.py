@@ -1,0 +1,236 @@
+"""Careful file helpers for the few files peernet keeps in ``data_dir``.
+
+Shared by the identity key and the trust store: a private directory, atomic writes with
+the file mode set at creation (no window where the file is readable by others), and a
+reader that refuses symlinks, files owned by someone else and files that other users can
+tamper with. Callers choose the exception classes so that each file reports its own
+error type (``KeyFileError``/``InsecureKeyFile`` for the key, ``TrustStoreError`` for the
+trust store).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shlex
+import stat
+from pathlib import Path
+
+__all__ = ["ensure_private_dir", "atomic_write", "read_private_file", "fsync_dir"]
+
+logger = logging.getLogger(__name__)
+
+StrPath = str | os.PathLike[str]
+
+# errno values meaning "this file system cannot hard-link here", not "it exists".
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+)
+
+
+def ensure_private_dir(path: StrPath) -> Path:
+    """Create ``path`` (and any missing parents) with mode 0700, and return it.
+
+    Directories we create get exactly 0700 whatever the umask. An existing directory is
+    left as it is: the owner may have reasons for its mode. ``~`` is expanded.
+    """
+    target = Path(path).expanduser()
+    missing: list[Path] = []
+    probe = target
+    while not probe.exists():
+        if probe.is_symlink():  # dangling symlink: mkdir would fail confusingly
+            raise FileExistsError(f"{probe} is a dangling symbolic link, not a directory")
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # someone else made it meanwhile: not ours to chmod
+        # mkdir's mode is filtered by the umask; we want 0700 exactly on what we made.
+        os.chmod(directory, 0o700)
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target} exists but is not a directory")
+    return target
+
+
+def fsync_dir(directory: StrPath) -> None:
+    """Flush a directory entry change (a rename) to disk, best effort.
+
+    Some file systems refuse to fsync a directory; the data itself is already synced,
+    so that is logged rather than raised.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        logger.warning("cannot open %s to sync it: %s", directory, exc.strerror)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        logger.warning("cannot sync directory %s: %s", directory, exc.strerror)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> Path:
+    """Write ``data`` to a new, synced temp file next to the target; return its path."""
+    temp = directory / f".{name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    # The mode is given at creation, so the file is never more open than ``mode``.
+    fd = os.open(temp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it: make it exact
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    return temp
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove temporary file %s: %s", path, exc.strerror)
+
+
+def atomic_write(
+    path: StrPath, data: bytes, mode: int = 0o600, *, overwrite: bool = True
+) -> None:
+    """Replace the file at ``path`` with ``data`` so that readers see old or new, never
+    a mix or a truncated file, even if the process dies half-way.
+
+    The data goes to a temp file in the same directory (created with ``mode``), is
+    fsynced, then renamed over the target, and the directory is synced. On failure the
+    temp file is removed and the exception re-raised; the old file stays intact.
+
+    With ``overwrite=False`` an existing target is never replaced: ``FileExistsError``
+    is raised instead (the publish step is a hard link, which refuses to clobber).
+    """
+    target = Path(path)
+    directory = target.parent
+    temp = _write_temp(directory, target.name, data, mode)
+    try:
+        if overwrite:
+            os.replace(temp, target)
+        else:
+            _publish_new(temp, target)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    fsync_dir(directory)
+
+
+def _publish_new(temp: Path, target: Path) -> None:
+    """Give ``temp`` the name ``target`` only if ``target`` does not exist yet."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # Some file systems have no hard links. Fall back to check-then-rename, which
+        # leaves a tiny race between two creators: acceptable for a first-run file.
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from exc
+        os.replace(temp, target)
+        return
+    _remove_quietly(temp)
+
+
+def read_private_file(
+    path: StrPath,
+    *,
+    max_bytes: int,
+    error: type[Exception],
+    insecure_error: type[Exception] | None = None,
+    forbidden_mode: int = 0o077,
+    what: str = "file",
+) -> bytes:
+    """Read a small file that must belong to us and be safe from other users.
+
+    Refuses, with ``insecure_error`` (default ``error``) and a message that says how to
+    fix it: a symbolic link, anything but a regular file, a file owned by another uid,
+    and a file whose mode has any of the ``forbidden_mode`` bits (0o077: group and others
+    may not touch it; 0o022: they may read but not write). A file bigger than
+    ``max_bytes`` is corrupt: ``error``. Every message names the file and says it was
+    left untouched. A missing file raises ``FileNotFoundError``; other ``OSError`` s
+    propagate.
+    """
+    insecure = insecure_error or error
+    target = Path(path)
+    shown = shlex.quote(str(target))
+    untouched = "the file was left untouched"
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO planted here must not hang us
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.EMLINK and target.is_symlink()):
+            raise insecure(
+                f"{what} {target} is a symbolic link; refusing to follow it ({untouched}). "
+                "Replace the link with the real file, or point data_dir at the real directory."
+            ) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise insecure(f"{what} {target} is not a regular file ({untouched})")
+        uid = os.geteuid() if hasattr(os, "geteuid") else None
+        if uid is not None and info.st_uid != uid:
+            raise insecure(
+                f"{what} {target} is owned by uid {info.st_uid}, not by this user "
+                f"(uid {uid}); refusing to trust it ({untouched}). If it is yours: "
+                f"chown {uid} {shown}"
+            )
+        loose = stat.S_IMODE(info.st_mode) & forbidden_mode
+        if loose:
+            raise insecure(
+                f"{what} {target} has mode {stat.S_IMODE(info.st_mode):04o}, so other "
+                f"users can {_describe(loose)} it; refusing to use it ({untouched}). "
+                f"Fix: chmod 600 {shown}"
+            )
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1  # one extra byte tells "too big" from "exactly full"
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise error(
+            f"{what} {target} is bigger than {max_bytes} bytes, so it is corrupt "
+            f"({untouched})"
+        )
+    return data
+
+
+def _describe(bits: int) -> str:
+    can = []
+    if bits & 0o044:
+        can.append("read")
+    if bits & 0o022:
+        can.append("write")
+    if bits & 0o011:
+        can.append("execute")
+    return " and ".join(can)
