@@ -11,7 +11,10 @@ import logging
 from ._version import __version__
 from .errors import *  # noqa: F403  (the hierarchy is part of the public API)
 from .errors import __all__ as _errors_all
+from .ids import PeerId
+from .node import Node, default_data_dir
+from .peer import Peer
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())
 
-__all__ = ["__version__", *_errors_all]
+__all__ = ["__version__", "Node", "PeerId", "Peer", "default_data_dir", *_errors_all]

@@ -1,0 +1,461 @@
+"""One TCP connection to one peer, and the thread that serves it.
+
+The link's thread does everything that reads: it dials (outbound links), runs the
+handshake under an absolute deadline, then reads frames, decrypts and decodes them
+(through the sans-IO :class:`~peernet._proto.session.Session`) and routes each message:
+
+- replies and errors complete the caller's Future in this link's reply table;
+- pings are answered with pongs right here, so no handler can delay them;
+- calls and sends go to the node (its handler pool).
+
+Writes happen on whichever thread is writing, under the link's write lock: seal and
+``sendall`` together, so the nonce order is the wire order. The socket has a timeout
+(``io_timeout_s``), so a peer that stops reading makes the write fail and the link end,
+instead of blocking callers forever; the reader treats the same timeout as "nothing
+yet" and keeps reading.
+
+However the link ends, its thread closes the socket, fails every pending call with
+:class:`ConnectionLost` at once, and tells the node; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Protocol
+
+from .._proto.messages import (
+    BUSY,
+    FORBIDDEN,
+    HANDLER_ERROR,
+    NO_SUCH_HANDLER,
+    Bye,
+    Call,
+    Error,
+    Message,
+    Ping,
+    Pong,
+    Reply,
+    Send,
+    decode_message,
+    encode_message,
+)
+from .._proto.session import MessageReceived, Session, SessionClosed, SessionState
+from ..errors import (
+    Busy,
+    CallError,
+    ConnectionLost,
+    Forbidden,
+    MessageTooLarge,
+    NoSuchHandler,
+    ProtocolError,
+    RemoteError,
+)
+from .replies import ReplyTable, settle
+
+if TYPE_CHECKING:
+    from ..ids import PeerId
+
+__all__ = ["Link", "LinkOwner"]
+
+log = logging.getLogger(__name__)
+
+_RECV_BUFFER = 65536 + 2  # one maximal frame per read
+_CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
+_DIAL_POLL_S = 0.1  # how quickly close() can interrupt a dial in progress
+#: Bye reason that starts the two-sided retirement of a duplicate link.
+SUPERSEDED = "superseded"
+
+
+class LinkOwner(Protocol):
+    """What a link needs from its node."""
+
+    def link_handshake_over(self, link: Link) -> None: ...
+    def link_established(self, link: Link) -> bool: ...
+    def link_message(self, link: Link, message: Call | Send) -> None: ...
+    def link_retired(self, link: Link) -> None: ...
+    def link_closed(self, link: Link) -> None: ...
+
+
+def _error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
+    what = f"{name!r} on {peer.short}" if name else peer.short
+    if code == NO_SUCH_HANDLER:
+        return NoSuchHandler(f"{peer.short} exposes no handler {name!r}" if name else
+                             f"{peer.short}: no such handler")
+    if code == FORBIDDEN:
+        return Forbidden(f"{what}: forbidden")
+    if code == BUSY:
+        return Busy(f"{peer.short} is busy with our earlier calls; try again later")
+    if code == HANDLER_ERROR:
+        return RemoteError(detail or "Exception")
+    return CallError(f"{what}: the peer refused the request ({code})")
+
+
+class Link:
+    """One connection. Create it, then ``start()``; everything else is thread-safe."""
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        session: Session,
+        *,
+        sock: socket.socket | None = None,
+        address: tuple[str, int],
+        handshake_timeout_s: float,
+        io_timeout_s: float,
+        max_depth: int = 16,
+    ) -> None:
+        self._owner = owner
+        self.session = session
+        self._sock = sock
+        #: (host, port) of the other end: the dialled address or the accepted source.
+        self.address = address
+        self.outbound = session.initiator
+        self._handshake_timeout_s = handshake_timeout_s
+        self._io_timeout_s = io_timeout_s
+        self._max_depth = max_depth
+        self.calls = ReplyTable()
+        self._pings: dict[bytes, tuple[float, Future[float]]] = {}
+        self._wlock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closing = False
+        self.close_reason: str | None = None
+        self.established = False
+        self.started_at = time.monotonic()
+        self.last_received = self.started_at
+        self.rtt_s: float | None = None
+        # Duplicate-link retirement (see retire()).
+        self._retiring = False
+        self._bye_sent = False
+        self._bye_received = False
+        self._early: list[bytes] = []  # messages that arrived with the last handshake frame
+        self.thread = threading.Thread(target=self._run, daemon=True, name="peernet-link")
+
+    # -- identity ------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId | None:
+        return self.session.peer_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def __repr__(self) -> str:
+        peer = self.peer_id.short if self.peer_id else "?"
+        way = "to" if self.outbound else "from"
+        state = "closed" if self._closing else ("open" if self.established else "handshaking")
+        return f"<Link {way} {peer} {self.address[0]}:{self.address[1]} {state}>"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # -- writing (any thread) ---------------------------------------------------------
+
+    def write(self, payload: bytes) -> None:
+        """Seal and send one encoded message. Raises ConnectionLost if the link is (or
+        goes) down, MessageTooLarge if the message is over the limit (link unharmed)."""
+        with self._wlock:
+            if self._closing:
+                raise ConnectionLost(self._lost_text())
+            try:
+                data = self.session.seal(payload)
+                self._sock.sendall(data)  # type: ignore[union-attr]
+            except MessageTooLarge:
+                raise
+            except (OSError, ProtocolError) as exc:
+                # A partial write would desynchronise the nonces: the link is done.
+                self._begin_close(f"write failed: {exc.__class__.__name__}")
+                raise ConnectionLost(self._lost_text()) from None
+
+    def send_message(self, message: Message) -> None:
+        self.write(encode_message(message))
+
+    def try_write_nowait(self, payload: bytes) -> bool:
+        """Write only if that cannot block (lock free, socket writable). For the timer
+        thread: heartbeats must never wait behind a congested link."""
+        if not self._wlock.acquire(blocking=False):
+            return False
+        try:
+            if self._closing or self._sock is None:
+                return False
+            if not select.select([], [self._sock], [], 0)[1]:
+                return False
+            try:
+                self._sock.sendall(self.session.seal(payload))
+            except (OSError, ProtocolError) as exc:
+                self._begin_close(f"write failed: {exc.__class__.__name__}")
+                return False
+            return True
+        finally:
+            self._wlock.release()
+
+    def ping(self) -> Future[float]:
+        """Send a ping; the Future gets the round-trip time in seconds."""
+        nonce = os.urandom(8)
+        fut: Future[float] = Future()
+        self._pings[nonce] = (time.monotonic(), fut)
+        try:
+            self.send_message(Ping(nonce))
+        except Exception:
+            self._pings.pop(nonce, None)
+            raise
+        return fut
+
+    def forget_call(self, request_id: int) -> None:
+        """The caller gave up (timeout or cancel): drop its entry."""
+        self.calls.pop(request_id)
+        if self._retiring:
+            self._maybe_send_bye()
+
+    # -- closing (any thread) ------------------------------------------------------------
+
+    def close(self, reason: str, *, bye: bool = False) -> None:
+        """End the link. With ``bye``, first tell the peer (best effort, bounded)."""
+        if bye and self.established and not self._closing:
+            try:
+                self.try_write_nowait(encode_message(Bye(reason[:200])))
+            except Exception:  # noqa: BLE001 -- best effort only
+                pass
+        self._begin_close(reason)
+
+    def retire(self) -> None:
+        """Another link to the same peer won: stop taking new calls (the node no longer
+        hands this link out), let pending calls finish, then close it with the peer.
+
+        Each side sends Bye(superseded) once it has no calls pending on this link, and
+        closes once it has both sent and received one, so no call in flight is lost.
+        """
+        with self._state_lock:
+            if self._retiring or self._closing:
+                return
+            self._retiring = True
+        self._maybe_send_bye()
+
+    def _maybe_send_bye(self) -> None:
+        with self._state_lock:
+            if self._bye_sent or len(self.calls) or self._closing:
+                return
+            self._bye_sent = True
+            both = self._bye_received
+        try:
+            self.send_message(Bye(SUPERSEDED))
+        except Exception:  # noqa: BLE001 -- the link is going anyway
+            pass
+        if both:
+            self._begin_close(SUPERSEDED)
+
+    def _begin_close(self, reason: str) -> None:
+        with self._state_lock:
+            if self._closing:
+                return
+            self._closing = True
+            self.close_reason = reason
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; it closes the socket
+            except OSError:
+                pass
+
+    def _lost_text(self) -> str:
+        peer = self.peer_id.short if self.peer_id else f"{self.address[0]}:{self.address[1]}"
+        return f"link to {peer} lost ({self.close_reason or 'closed'})"
+
+    # -- the link's own thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if self._sock is None:
+                self._dial()
+            if self._closing:
+                return
+            if not self._handshake():
+                return
+            if not self._owner.link_established(self):
+                return
+            self.established = True
+            for payload in self._early:
+                self._route(payload)
+            self._early.clear()
+            self._read_loop()
+        except Exception:  # noqa: BLE001 -- a bug here must end this link only
+            log.exception("link %r failed", self)
+            self._begin_close("internal error")
+        finally:
+            self._teardown()
+
+    def _dial(self) -> None:
+        """Connect within the handshake deadline, in short waits so close() can stop it."""
+        deadline = self.started_at + self._handshake_timeout_s
+        try:
+            family, socktype, proto, _, sockaddr = socket.getaddrinfo(
+                self.address[0], self.address[1], type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, socktype, proto)
+        except OSError as exc:
+            self._begin_close(f"connect failed: {exc.__class__.__name__}")
+            return
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(sockaddr)
+            while err in _CONNECT_IN_PROGRESS:
+                remaining = deadline - time.monotonic()
+                if self._closing or remaining <= 0:
+                    raise TimeoutError("connect timed out")
+                if select.select([], [sock], [], min(remaining, _DIAL_POLL_S))[1]:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            self._begin_close(f"connect failed: {exc.__class__.__name__}")
+            return
+        with self._state_lock:
+            if self._closing:  # close() raced the dial
+                sock.close()
+                return
+            self._sock = sock
+
+    def _handshake(self) -> bool:
+        sock = self._sock
+        assert sock is not None
+        session = self.session
+        deadline = self.started_at + self._handshake_timeout_s
+        buf = bytearray(_RECV_BUFFER)
+        view = memoryview(buf)
+        try:
+            pending = session.data_to_send()
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._begin_close("handshake deadline passed")
+                    return False
+                sock.settimeout(remaining)
+                if pending:
+                    sock.sendall(pending)
+                if session.state is SessionState.OPEN:
+                    break
+                n = sock.recv_into(buf)
+                if not n:
+                    self._begin_close("peer closed during the handshake")
+                    return False
+                for event in session.receive_data(view[:n]):
+                    if isinstance(event, SessionClosed):
+                        log.info("handshake with %s:%s failed: %s", *self.address, event.reason)
+                        self._begin_close(f"handshake failed: {event.reason}")
+                        return False
+                    if isinstance(event, MessageReceived):
+                        self._early.append(event.payload)
+                # Written before anything is routed: READY must precede every sealed frame.
+                pending = session.data_to_send()
+        except (socket.timeout, TimeoutError):
+            self._begin_close("handshake deadline passed")
+            return False
+        except OSError as exc:
+            self._begin_close(f"handshake I/O error: {exc.__class__.__name__}")
+            return False
+        finally:
+            self._owner.link_handshake_over(self)
+        sock.settimeout(self._io_timeout_s)
+        return not self._closing
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        session = self.session
+        buf = bytearray(_RECV_BUFFER)
+        view = memoryview(buf)
+        while not self._closing:
+            try:
+                n = sock.recv_into(buf)
+            except (socket.timeout, TimeoutError):
+                continue  # the timeout bounds writes; an idle read is fine
+            except OSError as exc:
+                self._begin_close(f"read failed: {exc.__class__.__name__}")
+                return
+            if not n:
+                self._begin_close("peer closed the connection")
+                return
+            self.last_received = time.monotonic()
+            for event in session.receive_data(view[:n]):
+                if isinstance(event, MessageReceived):
+                    self._route(event.payload)
+                elif isinstance(event, SessionClosed):
+                    log.warning("link to %s closed: %s", self._peer_text(), event.reason)
+                    self._begin_close(event.reason)
+                    return
+
+    def _peer_text(self) -> str:
+        return self.peer_id.short if self.peer_id else "?"
+
+    def _route(self, payload: bytes) -> None:
+        try:
+            msg = decode_message(payload, max_depth=self._max_depth)
+        except ProtocolError as exc:
+            log.warning("closing link to %s: %s", self._peer_text(), exc)
+            self._begin_close(f"protocol error: {exc}")
+            return
+        kind = type(msg)
+        if kind is Reply:
+            fut = self.calls.pop(msg.request_id)
+            if fut is not None:
+                settle(fut, result=msg.result)
+                if self._retiring:
+                    self._maybe_send_bye()
+        elif kind is Call or kind is Send:
+            self._owner.link_message(self, msg)  # type: ignore[arg-type]
+        elif kind is Error:
+            fut = self.calls.pop(msg.request_id)
+            if fut is not None:
+                assert self.peer_id is not None
+                settle(fut, error=_error_for(msg.code, msg.detail, self.peer_id,
+                                             getattr(fut, "peernet_name", None)))
+                if self._retiring:
+                    self._maybe_send_bye()
+        elif kind is Ping:
+            try:
+                self.send_message(Pong(msg.nonce))
+            except ConnectionLost:
+                pass
+        elif kind is Pong:
+            entry = self._pings.pop(msg.nonce, None)
+            if entry is not None:
+                self.rtt_s = time.monotonic() - entry[0]
+                settle(entry[1], result=self.rtt_s)
+        elif kind is Bye:
+            self._on_bye(msg.reason)
+
+    def _on_bye(self, reason: str) -> None:
+        if reason != SUPERSEDED:
+            self._begin_close(f"peer said bye ({reason})")
+            return
+        with self._state_lock:
+            self._bye_received = True
+            both = self._bye_sent
+        if both:
+            self._begin_close(SUPERSEDED)
+            return
+        self._owner.link_retired(self)
+        self.retire()
+
+    def _teardown(self) -> None:
+        self._begin_close(self.close_reason or "closed")
+        with self._wlock:  # wait out a writer still inside sendall
+            self.session.close(self.close_reason or "closed")
+            sock = self._sock
+            self._sock = None
+        if sock is not None:
+            sock.close()
+        self.calls.fail_all(lambda: ConnectionLost(self._lost_text()))
+        pings, self._pings = self._pings, {}
+        for _, fut in pings.values():
+            settle(fut, error=ConnectionLost(self._lost_text()))
+        self._owner.link_closed(self)

@@ -1,0 +1,150 @@
+"""The handler pool: where peers' calls and sends run, off the connection threads.
+
+Bounded twice: at most ``max_workers`` threads (started on demand), and at most
+``max_calls_per_peer`` calls from one peer queued or running at once -- past that a
+call is refused as busy at once, so one peer cannot starve the others. Sends from one
+peer run one after another, in the order they arrived (a per-peer queue drained by one
+task at a time), and at most ``max_sends_per_peer`` of them wait; a send beyond that is
+dropped, which is what fire-and-forget promises.
+
+Worker threads are daemons so a forgotten node never holds up interpreter exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from ..ids import PeerId
+
+__all__ = ["HandlerPool"]
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[], None]
+_STOP = object()
+
+
+class HandlerPool:
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        max_calls_per_peer: int,
+        max_sends_per_peer: int,
+        name: str = "peernet-handler",
+    ) -> None:
+        if max_workers < 1 or max_calls_per_peer < 1 or max_sends_per_peer < 1:
+            raise ValueError("handler pool limits must be at least 1")
+        self._max_workers = max_workers
+        self._max_calls_per_peer = max_calls_per_peer
+        self._max_sends_per_peer = max_sends_per_peer
+        self._name = name
+        self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._queued = 0  # tasks submitted but not yet taken by a worker
+        self._calls: collections.Counter[PeerId] = collections.Counter()
+        self._sends: dict[PeerId, collections.deque[Task]] = {}
+        self._closed = False
+
+    def submit_call(self, peer: PeerId, task: Task) -> bool:
+        """Queue one call from ``peer``; False (nothing queued) if the peer is at its cap."""
+        with self._lock:
+            if self._closed or self._calls[peer] >= self._max_calls_per_peer:
+                return False
+            self._calls[peer] += 1
+            self._submit_locked(lambda: self._run_call(peer, task))
+        return True
+
+    def submit_send(self, peer: PeerId, task: Task) -> bool:
+        """Queue one send from ``peer`` behind its earlier sends; False if dropped."""
+        with self._lock:
+            if self._closed:
+                return False
+            backlog = self._sends.get(peer)
+            if backlog is not None:  # a drain task is already running for this peer
+                if len(backlog) >= self._max_sends_per_peer:
+                    return False
+                backlog.append(task)
+                return True
+            self._sends[peer] = collections.deque((task,))
+            self._submit_locked(lambda: self._drain_sends(peer))
+        return True
+
+    def calls_in_progress(self, peer: PeerId) -> int:
+        return self._calls[peer]
+
+    def close(self, timeout_s: float) -> None:
+        """Stop taking work, let running tasks finish, join the workers (bounded)."""
+        with self._lock:
+            if self._closed:
+                threads: list[threading.Thread] = []
+            else:
+                self._closed = True
+                threads = list(self._threads)
+                for _ in threads:
+                    self._tasks.put(_STOP)
+        me = threading.current_thread()
+        for t in threads:
+            if t is not me:  # close() may run inside a handler
+                t.join(timeout_s)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _submit_locked(self, task: Task) -> None:
+        self._queued += 1
+        if self._idle < self._queued and len(self._threads) < self._max_workers:
+            t = threading.Thread(
+                target=self._worker, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(t)
+            self._idle += 1  # counted idle until it takes its first task
+            t.start()
+        self._tasks.put(task)
+
+    def _run_call(self, peer: PeerId, task: Task) -> None:
+        try:
+            task()
+        finally:
+            with self._lock:
+                self._calls[peer] -= 1
+                if not self._calls[peer]:
+                    del self._calls[peer]
+
+    def _drain_sends(self, peer: PeerId) -> None:
+        while True:
+            with self._lock:
+                backlog = self._sends[peer]
+                if not backlog:
+                    del self._sends[peer]
+                    return
+                task = backlog.popleft()
+            try:
+                task()
+            except BaseException:  # noqa: BLE001 -- one bad send must not stall the rest
+                log.exception("send task failed")
+
+    def _worker(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is _STOP:
+                return
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            try:
+                task()
+            except BaseException:  # noqa: BLE001 -- tasks handle their own errors; belt and braces
+                log.exception("handler task failed")
+            finally:
+                with self._lock:
+                    self._idle += 1

@@ -1,0 +1,175 @@
+"""The peer registry: per peer, its live link, its address, and any dial in progress.
+
+One lock guards it, and it is never held across I/O: creating a Link object is cheap
+and starts nothing; threads are started by the caller after the lock is released.
+Readers on the hot path (``active_link``) take no lock at all.
+
+**One link per peer.** When a second authenticated link to the same peer appears (both
+sides dialled at once, or a reconnect raced an old link), both nodes keep the link whose
+*initiator* has the smaller PeerId -- a rule both compute identically -- and retire the
+other gracefully (see :meth:`Link.retire`). Two links with the same initiator: the newer
+one wins (the older is most likely a dead link the peer has already given up on).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ids import PeerId
+from .link import Link
+
+__all__ = ["Registry", "PeerEntry"]
+
+
+@dataclass
+class PeerEntry:
+    peer_id: PeerId
+    link: Link | None = None
+    dialing: Link | None = None
+    address: tuple[str, int] | None = None
+    #: Where the address came from: "manual" (connect), "inbound" (learned from a
+    #: handshake: source IP + the listening port the peer announced), "discovery".
+    address_source: str | None = None
+    #: Wall-clock time we last heard from the peer on a link that has since closed.
+    last_seen: float | None = None
+    last_error: str | None = None
+    retiring: list[Link] = field(default_factory=list)
+
+
+class Registry:
+    def __init__(self, own_id: PeerId) -> None:
+        self._own_id = own_id
+        self._peers: dict[PeerId, PeerEntry] = {}
+        self._cond = threading.Condition(threading.Lock())
+
+    def _entry(self, peer: PeerId) -> PeerEntry:
+        entry = self._peers.get(peer)
+        if entry is None:
+            entry = self._peers[peer] = PeerEntry(peer)
+        return entry
+
+    def get(self, peer: PeerId) -> PeerEntry | None:
+        return self._peers.get(peer)
+
+    def active_link(self, peer: PeerId) -> Link | None:
+        entry = self._peers.get(peer)
+        if entry is None:
+            return None
+        link = entry.link
+        return link if link is not None and not link.closed else None
+
+    def set_address(self, peer: PeerId, address: tuple[str, int], source: str) -> None:
+        with self._cond:
+            entry = self._entry(peer)
+            # A manual address is the user's word; a learned one never replaces it.
+            if entry.address_source == "manual" and source != "manual":
+                return
+            entry.address = address
+            entry.address_source = source
+
+    def begin_dial(self, peer: PeerId, make_link: Callable[[tuple[str, int]], Link]) -> Link | None:
+        """Create (not start) an outbound link unless one is live or being dialled."""
+        with self._cond:
+            entry = self._entry(peer)
+            if entry.address is None or entry.dialing is not None:
+                return None
+            if entry.link is not None and not entry.link.closed:
+                return None
+            entry.dialing = make_link(entry.address)
+            entry.last_error = None
+            return entry.dialing
+
+    def add_link(self, link: Link) -> Link | None:
+        """Register an authenticated link. Returns the link to retire, if any."""
+        peer = link.peer_id
+        assert peer is not None
+        with self._cond:
+            entry = self._entry(peer)
+            if entry.dialing is link:
+                entry.dialing = None
+            old = entry.link
+            loser: Link | None = None
+            if old is not None and not old.closed:
+                loser = old if self._preferred(old, link) is link else link
+                entry.retiring.append(loser)
+            if loser is not link:
+                entry.link = link
+            self._cond.notify_all()
+            return loser
+
+    def retire(self, link: Link) -> None:
+        """The peer retired ``link``: stop handing it out."""
+        with self._cond:
+            entry = self._peers.get(link.peer_id) if link.peer_id else None
+            if entry is not None and entry.link is link:
+                entry.link = None
+                entry.retiring.append(link)
+
+    def drop_link(self, link: Link) -> None:
+        """``link`` closed (or its dial failed)."""
+        peer = link.peer_id or link.session.expected_peer
+        with self._cond:
+            entry = self._peers.get(peer) if peer is not None else None
+            if entry is not None:
+                if entry.dialing is link:
+                    entry.dialing = None
+                    entry.last_error = link.close_reason
+                if entry.link is link:
+                    entry.link = None
+                    entry.last_seen = time.time() - (time.monotonic() - link.last_received)
+                if link in entry.retiring:
+                    entry.retiring.remove(link)
+            self._cond.notify_all()
+
+    def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool) -> Link | None:
+        """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
+
+        With ``give_up_when_idle`` it also returns (None) as soon as no dial is in
+        progress: a failed dial is an answer, not a reason to wait out the timeout.
+        """
+        with self._cond:
+            while True:
+                entry = self._peers.get(peer)
+                if entry is not None and entry.link is not None and not entry.link.closed:
+                    return entry.link
+                if give_up_when_idle and (entry is None or entry.dialing is None):
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def links_of(self, peer: PeerId) -> list[Link]:
+        with self._cond:
+            return self._links_of_locked(peer)
+
+    def _links_of_locked(self, peer: PeerId) -> list[Link]:
+        entry = self._peers.get(peer)
+        if entry is None:
+            return []
+        links = [entry.link, entry.dialing, *entry.retiring]
+        return [link for link in links if link is not None]
+
+    def forget(self, peer: PeerId) -> list[Link]:
+        """Drop everything known about ``peer``; returns its links for the caller to close."""
+        with self._cond:
+            links = self._links_of_locked(peer)
+            self._peers.pop(peer, None)
+            self._cond.notify_all()
+            return links
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _preferred(self, a: Link, b: Link) -> Link:
+        """The link both sides keep: smaller initiator PeerId; same initiator: ``b``."""
+        ia = self._own_id if a.outbound else a.peer_id
+        ib = self._own_id if b.outbound else b.peer_id
+        assert ia is not None and ib is not None
+        if ia == ib:
+            return b
+        return a if ia < ib else b

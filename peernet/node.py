@@ -1,0 +1,569 @@
+"""``Node``: the object users hold. Identity, trust, handlers and links, behind a plain
+blocking API: ``call`` returns or raises, ``send`` is fire-and-forget.
+
+Threads a node starts (all daemons, all joined by ``close()``):
+
+- ``peernet-acceptor``: the selector loop over the listening socket;
+- ``peernet-link``: one per connection (dials, handshakes, reads, routes);
+- ``peernet-handler-N``: the bounded handler pool;
+- ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links).
+
+See guides/architecture.md for the path of one ``call()``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ._proto.messages import BUSY, HANDLER_ERROR, Call, Error, Reply, Send, encode_message
+from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials, Session
+from ._fs import ensure_private_dir
+from .errors import (
+    CallTimeout,
+    EncodeError,
+    MessageTooLarge,
+    NodeClosed,
+    NotPaired,
+    PeerUnavailable,
+)
+from .handlers import AuthorizeFn, HandlerTable, check_handler_name
+from .identity import load_or_create
+from .ids import PeerId
+from .peer import Peer, peers_table
+from .trust import TrustStore
+from ._io import lifecycle
+from ._io.acceptor import Acceptor, open_listener
+from ._io.link import Link
+from ._io.pool import HandlerPool
+from ._io.registry import Registry
+from ._io.replies import new_request_id, settle
+from ._io.timers import Timers
+
+__all__ = ["Node", "default_data_dir"]
+
+log = logging.getLogger(__name__)
+
+PeerLike = PeerId | str | bytes
+
+
+def default_data_dir() -> Path:
+    """``$PEERNET_DATA_DIR``, else ``$XDG_DATA_HOME/peernet``, else ``~/.local/share/peernet``."""
+    explicit = os.environ.get("PEERNET_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(base).expanduser() / "peernet"
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def _count(name: str, value: int) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Node:
+    """A peernet node: a key pair, a trust list, exposed handlers and live links.
+
+    :param data_dir: where the identity key, trust list and lock file live (created
+        0700). Two live nodes may not share one. Default: :func:`default_data_dir`.
+    :param port: TCP port to listen on; 0 picks a free one (see :attr:`port`).
+    :param host: address to listen on; ``"0.0.0.0"`` (all IPv4), ``"::"`` (IPv6 and
+        IPv4), or one address such as ``"127.0.0.1"``.
+    :param discovery: None (the default): manual addresses only (``connect``); the node
+        announces nothing about itself.
+    :param call_timeout: default timeout of ``call`` and ``call_async``, seconds (5.0).
+    :param handshake_timeout: absolute deadline for connect + handshake, seconds (10.0).
+    :param io_timeout: a write that cannot complete within this many seconds (the peer
+        stopped reading) ends the link rather than blocking the caller (10.0).
+    :param max_message_size: largest encoded message either way, bytes (1 MiB).
+    :param handler_workers: threads in the handler pool (16).
+    :param max_calls_per_peer: calls from one peer queued or running at once; more are
+        refused as busy (32).
+    :param max_sends_per_peer: sends from one peer waiting for its handler; more are
+        dropped (256).
+    :param max_preauth: connections still in their handshake, overall (64).
+    :param max_preauth_per_ip: connections in their handshake from one address (8).
+    :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        port: int = 0,
+        host: str = "0.0.0.0",
+        discovery: None = None,
+        call_timeout: float = 5.0,
+        handshake_timeout: float = 10.0,
+        io_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        handler_workers: int = 16,
+        max_calls_per_peer: int = 32,
+        max_sends_per_peer: int = 256,
+        max_preauth: int = 64,
+        max_preauth_per_ip: int = 8,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if discovery is not None:
+            raise ValueError("discovery is not available yet; use connect(peer, host, port)")
+        self.call_timeout = _positive("call_timeout", call_timeout)
+        self.handshake_timeout = _positive("handshake_timeout", handshake_timeout)
+        self.io_timeout = _positive("io_timeout", io_timeout)
+        self.close_timeout = _positive("close_timeout", close_timeout)
+        self.max_message_size = _count("max_message_size", max_message_size)
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port must be 0..65535, got {port}")
+
+        self._data_dir = ensure_private_dir(
+            Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        )
+        self._dir_lock = lifecycle.DataDirLock(self._data_dir)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        try:
+            self._identity = load_or_create(self._data_dir)
+            self._credentials = LocalCredentials.from_identity(self._identity)
+            self.trust = TrustStore.load(self._data_dir)
+            self._handlers = HandlerTable()
+            self._registry = Registry(self._identity.peer_id)
+            self._links: set[Link] = set()
+            self._links_lock = threading.Lock()
+            self._pool = HandlerPool(
+                max_workers=_count("handler_workers", handler_workers),
+                max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
+                max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
+            )
+            self._timers = Timers()
+            self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
+            listener = open_listener(host, port)
+            self._host = host
+            self._acceptor = Acceptor(
+                listener, self._on_accept,
+                max_preauth=_count("max_preauth", max_preauth),
+                max_preauth_per_ip=_count("max_preauth_per_ip", max_preauth_per_ip),
+            )
+        except BaseException:
+            self._closed = True
+            self._shutdown_partial()
+            raise
+        lifecycle.track(self)
+        log.info("node %s listening on %s:%d", self.id.short, host, self.port)
+
+    # -- identity ------------------------------------------------------------------------
+
+    @property
+    def id(self) -> PeerId:
+        """This node's PeerId (its Ed25519 public key)."""
+        return self._identity.peer_id
+
+    @property
+    def port(self) -> int:
+        """The TCP port this node listens on."""
+        return self._acceptor.port
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def expose(self, name: str, fn: Callable[[PeerId, Any], Any] | None = None, *,
+               authorize: AuthorizeFn | None = None) -> Any:
+        """Let paired peers run ``fn(peer, args) -> result`` as ``name``.
+
+        Also a decorator: ``@node.expose("chat")``. ``authorize(peer) -> bool`` runs
+        before every call of this handler; only ``True`` allows it. Exposing a name again
+        replaces the earlier handler.
+        """
+        return self._handlers.expose(name, fn, authorize=authorize)
+
+    def revoke(self, name: str) -> bool:
+        """Stop exposing ``name``; later calls get NoSuchHandler. Returns whether it was exposed."""
+        return self._handlers.revoke(name)
+
+    # -- trust -----------------------------------------------------------------------------
+
+    def pair(self, peer_id: PeerLike, label: str | None = None) -> PeerId:
+        """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
+        label replaces the old one. Both sides must pair each other to talk."""
+        return self.trust.pair(peer_id, label).peer_id
+
+    def unpair(self, peer_id: PeerLike) -> bool:
+        """Stop trusting ``peer_id`` and close its live links at once."""
+        pid = PeerId.parse(peer_id)
+        removed = self.trust.unpair(pid)
+        self._drop_peer(pid)  # also when it was not paired: a stale link must not live on
+        return removed
+
+    def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
+        """Remember ``host:port`` as ``peer_id``'s address and dial it in the background.
+
+        Returns at once; use :meth:`wait_for_peer` to wait for the link, or just
+        :meth:`call`, which waits for a dial in progress. Raises NotPaired for a peer
+        that is not paired (the handshake would refuse it anyway).
+        """
+        self._check_open()
+        pid = PeerId.parse(peer_id)
+        if not self.trust.is_trusted(pid):
+            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+        if type(port) is not int or not 0 < port <= 0xFFFF:
+            raise ValueError(f"port must be 1..65535, got {port!r}")
+        self._registry.set_address(pid, (str(host), port), "manual")
+        self._dial(pid)
+
+    def list_peers(self) -> list[Peer]:
+        """Every paired peer, newest first, with status, address, last_seen and rtt."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        peers = []
+        for trusted in self.trust.list():
+            entry = self._registry.get(trusted.peer_id)
+            link = self._registry.active_link(trusted.peer_id)
+            if link is not None:
+                status = "online"
+                last_seen: float | None = now_wall - (now_mono - link.last_received)
+                rtt = link.rtt_s
+            else:
+                status = "connecting" if entry is not None and entry.dialing else "offline"
+                last_seen = entry.last_seen if entry is not None else None
+                rtt = None
+            address = entry.address if entry is not None else None
+            peers.append(Peer(trusted.peer_id, trusted.label, status, address, last_seen, rtt))
+        return peers
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, peer_id: PeerLike, name: str, args: Any = None, *,
+             timeout: float | None = None) -> Any:
+        """Run handler ``name`` on ``peer_id`` with ``args``; return its result or raise.
+
+        Waits up to ``timeout`` seconds (default ``call_timeout``), including dialling a
+        paired peer whose address is known. Raises NotPaired, PeerUnavailable,
+        ConnectionLost, CallTimeout, NoSuchHandler, Forbidden, Busy, RemoteError;
+        EncodeError or MessageTooLarge before anything is sent.
+        """
+        pid, fut, link, rid, deadline, timeout_s = self._start_call(peer_id, name, args, timeout)
+        try:
+            return fut.result(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            if fut.done() and not isinstance(fut.exception(), TimeoutError):
+                return fut.result()
+            link.forget_call(rid)
+            raise CallTimeout(
+                f"{pid.short} did not answer {name!r} within {timeout_s:g} s"
+            ) from None
+
+    def call_async(self, peer_id: PeerLike, name: str, args: Any = None, *,
+                   timeout: float | None = None) -> Future[Any]:
+        """Like :meth:`call` but returns a ``concurrent.futures.Future`` at once.
+
+        Errors that can be known before sending (bad name or args, not paired) are
+        raised here; everything later lands in the Future.
+        """
+        fut: Future[Any] = Future()
+        pid = PeerId.parse(peer_id)
+        check_handler_name(name)
+        payload = self._encode_call(new_request_id(), name, args)  # bad args raise here
+        del payload
+        self._check_open()
+        if not self.trust.is_trusted(pid):
+            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+
+        def run() -> None:
+            try:
+                settle(fut, result=self.call(pid, name, args, timeout=timeout))
+            except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
+                settle(fut, error=exc)
+
+        threading.Thread(target=run, name="peernet-call", daemon=True).start()
+        return fut
+
+    def send(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
+        """Fire and forget: True if handed to a live link, False if dropped (offline).
+
+        Never waits and never queues. Bad args raise before anything is sent.
+        """
+        pid = PeerId.parse(peer_id)
+        check_handler_name(name)
+        payload = encode_message(Send(name, args))
+        self._check_size(payload)
+        self._check_open()
+        link = self._registry.active_link(pid)
+        if link is None:
+            return False
+        try:
+            link.write(payload)
+        except PeerUnavailable:
+            return False
+        return True
+
+    def wait_for_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
+        """Wait until a live authenticated link to ``peer_id`` exists; dial if its address
+        is known. Returns whether one exists."""
+        pid = PeerId.parse(peer_id)
+        self._check_open()
+        deadline = time.monotonic() + timeout
+        if self._registry.active_link(pid) is not None:
+            return True
+        self._dial(pid)
+        return self._registry.wait_for_link(pid, deadline, give_up_when_idle=False) is not None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye to peers, close every socket and join every thread this node
+        started. Idempotent, bounded by ``close_timeout``, safe from inside a handler."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        lifecycle.untrack(self)
+        self._shutdown_partial()
+        log.info("node %s closed", self.id.short)
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<Node {self.id.short} closed>"
+        peers = self.list_peers()
+        online = sum(p.online for p in peers)
+        return (f"<Node {self.id.short} on {self._host}:{self.port}, "
+                f"{online}/{len(peers)} peers online, {len(self._handlers)} handlers>")
+
+    def _repr_html_(self) -> str:
+        state = "closed" if self._closed else f"listening on {self._host}:{self.port}"
+        handlers = ", ".join(self._handlers.names()) or "none"
+        return (
+            f"<div><b>peernet node</b> <code>{html.escape(str(self.id))}</code> "
+            f"({html.escape(state)})<br>handlers: {html.escape(handlers)}</div>"
+            + ("" if self._closed else peers_table(self.list_peers()))
+        )
+
+    # -- internals: calls --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NodeClosed("this node is closed")
+
+    def _check_size(self, payload: bytes) -> None:
+        if len(payload) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds max_message_size "
+                f"({self.max_message_size}); raise it on both nodes to send more"
+            )
+
+    def _encode_call(self, rid: int, name: str, args: Any) -> bytes:
+        payload = encode_message(Call(rid, name, args))
+        self._check_size(payload)
+        return payload
+
+    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None):
+        pid = PeerId.parse(peer_id)
+        check_handler_name(name)
+        timeout_s = self.call_timeout if timeout is None else _positive("timeout", timeout)
+        deadline = time.monotonic() + timeout_s
+        rid = new_request_id()
+        payload = self._encode_call(rid, name, args)  # before anything is sent
+        self._check_open()
+        while True:
+            link = self._link_for_call(pid, deadline)
+            try:
+                fut = link.calls.add(rid)
+            except PeerUnavailable:  # the link ended between lookup and use
+                continue
+            if fut is None:  # id collision on this link: draw again
+                rid = new_request_id()
+                payload = self._encode_call(rid, name, args)
+                continue
+            fut.peernet_name = name  # type: ignore[attr-defined] -- for error messages
+            link.write(payload)
+            return pid, fut, link, rid, deadline, timeout_s
+
+    def _link_for_call(self, pid: PeerId, deadline: float) -> Link:
+        link = self._registry.active_link(pid)
+        if link is not None:
+            return link
+        if not self.trust.is_trusted(pid):
+            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+        self._dial(pid)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=True)
+        if link is not None:
+            return link
+        self._check_open()
+        entry = self._registry.get(pid)
+        if entry is None or entry.address is None:
+            raise PeerUnavailable(
+                f"no live link to {pid.short} and no known address; "
+                f"use node.connect(peer, host, port) first"
+            )
+        why = f" ({entry.last_error})" if entry.last_error else ""
+        raise PeerUnavailable(
+            f"could not reach {pid.short} at {entry.address[0]}:{entry.address[1]}{why}"
+        )
+
+    def _serve_call(self, link: Link, call: Call) -> None:
+        peer = link.peer_id
+        assert peer is not None
+        outcome = self._handlers.dispatch(peer, call.name, call.args)
+        if outcome.error is None:
+            try:
+                payload = encode_message(Reply(call.request_id, outcome.value))
+                self._check_size(payload)
+            except (EncodeError, MessageTooLarge) as exc:
+                log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
+                payload = encode_message(Error(call.request_id, HANDLER_ERROR, type(exc).__name__))
+        else:
+            payload = encode_message(Error(call.request_id, outcome.error, outcome.detail))
+        try:
+            link.write(payload)
+        except PeerUnavailable:
+            pass  # the caller sees the link drop
+
+    def _serve_send(self, peer: PeerId, send: Send) -> None:
+        outcome = self._handlers.dispatch(peer, send.name, send.args)
+        if outcome.error is not None:
+            log.debug("send %r from %s: %s", send.name, peer.short, outcome.error)
+
+    # -- internals: links (called from link threads) ---------------------------------------------
+
+    def _new_session(self, *, initiator: bool, expected: PeerId | None = None) -> Session:
+        return Session(
+            self._credentials,
+            initiator=initiator,
+            is_trusted=self.trust.is_trusted,
+            expected_peer=expected,
+            listen_port=self.port,
+            max_message_size=self.max_message_size,
+        )
+
+    def _new_link(self, session: Session, address: tuple[str, int], sock=None) -> Link:
+        link = Link(self, session, sock=sock, address=address,
+                    handshake_timeout_s=self.handshake_timeout, io_timeout_s=self.io_timeout)
+        with self._links_lock:
+            self._links.add(link)
+        return link
+
+    def _dial(self, pid: PeerId) -> None:
+        if self._closed:
+            return
+        link = self._registry.begin_dial(
+            pid, lambda address: self._new_link(self._new_session(initiator=True, expected=pid), address)
+        )
+        if link is not None:
+            link.start()
+
+    def _on_accept(self, sock, address: tuple[str, int]) -> None:
+        if self._closed:
+            sock.close()
+            self._acceptor.release(address[0])
+            return
+        self._new_link(self._new_session(initiator=False), address, sock).start()
+
+    def link_handshake_over(self, link: Link) -> None:
+        if not link.outbound:
+            self._acceptor.release(link.address[0])
+
+    def link_established(self, link: Link) -> bool:
+        peer = link.peer_id
+        assert peer is not None
+        if self._closed or not self.trust.is_trusted(peer):
+            return False
+        if not link.outbound and link.session.peer_listen_port:
+            self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
+                                       "inbound")
+        loser = self._registry.add_link(link)
+        if loser is not None:
+            log.debug("two links to %s; retiring %r", peer.short, loser)
+            loser.retire()
+            self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
+        log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
+        return True
+
+    def link_message(self, link: Link, message: Call | Send) -> None:
+        peer = link.peer_id
+        assert peer is not None
+        if type(message) is Call:
+            if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
+                try:
+                    link.send_message(Error(message.request_id, BUSY, None))
+                except PeerUnavailable:
+                    pass
+        elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message)):
+            log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def link_retired(self, link: Link) -> None:
+        self._registry.retire(link)
+
+    def link_closed(self, link: Link) -> None:
+        self._registry.drop_link(link)
+        with self._links_lock:
+            self._links.discard(link)
+        if link.established:
+            log.info("link with %s closed: %s", link.peer_id.short if link.peer_id else "?",
+                     link.close_reason)
+
+    def _on_trust_change(self, event: str, peer: PeerId) -> None:
+        if event == "unpaired":
+            self._drop_peer(peer)
+
+    def _drop_peer(self, peer: PeerId) -> None:
+        for link in self._registry.forget(peer):
+            link.close("unpaired", bye=True)
+        # Links still in their handshake: the live trust check refuses them, but an
+        # outbound one past message 2 is closed here too.
+        with self._links_lock:
+            others = [link for link in self._links if link.peer_id == peer]
+        for link in others:
+            link.close("unpaired", bye=True)
+
+    def _shutdown_partial(self) -> None:
+        """Stop whatever was started, in order; works on a half-built node too."""
+        deadline = time.monotonic() + self.close_timeout
+        left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+        unsubscribe = getattr(self, "_unsubscribe_trust", None)
+        if unsubscribe is not None:
+            unsubscribe()
+        acceptor = getattr(self, "_acceptor", None)
+        if acceptor is not None:
+            acceptor.close(left())
+        links: Iterable[Link] = ()
+        if hasattr(self, "_links"):
+            with self._links_lock:
+                links = list(self._links)
+        for link in links:
+            link.close("node closing", bye=True)
+        me = threading.current_thread()
+        for link in links:
+            if link.thread is not me and link.thread.ident is not None:
+                link.thread.join(left())
+        if hasattr(self, "_registry"):
+            self._registry.notify()  # wake callers waiting for a link
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close(left())
+        timers = getattr(self, "_timers", None)
+        if timers is not None:
+            timers.close(left())
+        self._dir_lock.release()
