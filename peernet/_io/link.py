@@ -153,6 +153,14 @@ class Link:
         state = "closed" if self._closing else ("open" if self.established else "handshaking")
         return f"<Link {way} {peer} {self.address[0]}:{self.address[1]} {state}>"
 
+    @property
+    def local_port(self) -> int | None:
+        sock = self._sock
+        try:
+            return sock.getsockname()[1] if sock is not None else None
+        except OSError:
+            return None
+
     def start(self) -> None:
         self.thread.start()
 

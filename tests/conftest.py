@@ -1,0 +1,80 @@
+"""Shared fixtures: node factories and the leak guard every test runs under."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import peernet
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 5.0,
+               interval_s: float = 0.005) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout_s`` passes; returns its last truth."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def _peernet_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("peernet")]
+
+
+def _open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    return fds
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves peernet threads or sockets behind after close()."""
+    threads_before = set(_peernet_threads())
+    fds_before = _open_fds()
+    yield
+    ok = wait_until(lambda: not (set(_peernet_threads()) - threads_before), timeout_s=5.0)
+    leaked = set(_peernet_threads()) - threads_before
+    assert ok, f"threads left running: {sorted(t.name for t in leaked)}"
+    wait_until(lambda: not [f for f in _open_fds() - fds_before if "socket:" in f], timeout_s=2.0)
+    sockets = [f for f in _open_fds() - fds_before if "socket:" in f]
+    assert not sockets, f"sockets left open: {sockets}"
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., peernet.Node]]:
+    """Factory for nodes on 127.0.0.1 with their own data dirs; all closed afterwards."""
+    nodes: list[peernet.Node] = []
+    counter = iter(range(1000))
+
+    def factory(name: str | None = None, **settings: object) -> peernet.Node:
+        settings.setdefault("host", "127.0.0.1")
+        node = peernet.Node(tmp_path / (name or f"node{next(counter)}"), **settings)
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in nodes:
+        node.close()
+
+
+@pytest.fixture
+def pair_of_nodes(make_node) -> tuple[peernet.Node, peernet.Node]:
+    """Two nodes that trust each other; ``a`` knows ``b``'s address."""
+    a, b = make_node("a"), make_node("b")
+    a.pair(b.id, label="b")
+    b.pair(a.id, label="a")
+    a.connect(b.id, "127.0.0.1", b.port)
+    return a, b

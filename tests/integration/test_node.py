@@ -1,0 +1,477 @@
+"""The public API end to end on loopback: calls, sends, trust, errors, lifecycle.
+
+The first group ports the original PeerNet's behavioural suite (integration,
+no-such-handler, untrusted rejection, send, forbidden); the rest are the acceptance
+tests its review asked for (upstream-peernet.md section 11).
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import peernet
+from peernet import Node, PeerId
+from tests.conftest import wait_until
+
+
+# -- the original's behavioural suite ---------------------------------------------------
+
+
+def test_call_reaches_an_exposed_handler(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("greet", lambda peer, name: f"hi {name} from b")
+    assert a.call(b.id, "greet", "world") == "hi world from b"
+
+
+def test_call_to_an_unexposed_handler_raises_no_such_handler_and_keeps_the_link(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    with pytest.raises(peernet.NoSuchHandler):
+        a.call(b.id, "something_undefined", {})
+    assert a.call(b.id, "echo", 1) == 1
+
+
+def test_untrusted_peer_cannot_complete_the_handshake(make_node):
+    bob, mallory = make_node("bob"), make_node("mallory")
+    bob.expose("anything", lambda peer, args: "secret")
+    mallory.pair(bob.id)  # bob never pairs mallory
+    mallory.connect(bob.id, "127.0.0.1", bob.port)
+    with pytest.raises(peernet.PeerUnavailable):
+        mallory.call(bob.id, "anything", {}, timeout=1.5)
+    assert [p.id for p in bob.list_peers()] == []
+
+
+def test_send_reaches_the_handler_with_the_verified_sender(pair_of_nodes):
+    a, b = pair_of_nodes
+    got: queue.Queue = queue.Queue()
+    b.expose("note", lambda peer, args: got.put((peer, args)))
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert a.send(b.id, "note", {"text": "hi"}) is True
+    peer, args = got.get(timeout=2)
+    assert peer == a.id and args == {"text": "hi"}
+
+
+def test_authorize_must_return_exactly_true(pair_of_nodes):
+    a, b = pair_of_nodes
+    verdict = {"value": True}
+    b.expose("guarded", lambda peer, args: "ok", authorize=lambda peer: verdict["value"])
+    assert a.call(b.id, "guarded") == "ok"
+    for refusal in (False, 1, "yes", None):
+        verdict["value"] = refusal
+        with pytest.raises(peernet.Forbidden):
+            a.call(b.id, "guarded")
+
+
+# -- calls, errors and limits -------------------------------------------------------------
+
+
+def test_handler_errors_arrive_sanitised(pair_of_nodes, caplog):
+    a, b = pair_of_nodes
+
+    def boom(peer, args):
+        raise RuntimeError("SECRET-MARKER-7f3a /home/u/app/secret.py line 7")
+
+    b.expose("boom", boom)
+    with pytest.raises(peernet.RemoteError) as info:
+        a.call(b.id, "boom")
+    assert info.value.type_name == "RuntimeError"
+    assert "SECRET" not in str(info.value) and info.value.message is None
+    assert "SECRET-MARKER" in caplog.text  # the callee logged the detail locally
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt, BaseException])
+def test_handler_raising_base_exceptions_does_not_stop_the_node(pair_of_nodes, exc):
+    a, b = pair_of_nodes
+
+    def die(peer, args):
+        raise exc()
+
+    b.expose("die", die)
+    b.expose("echo", lambda peer, args: args)
+    with pytest.raises(peernet.RemoteError):
+        a.call(b.id, "die")
+    assert a.call(b.id, "echo", "alive") == "alive"
+
+
+def test_oversize_is_refused_on_send_and_the_link_survives(make_node):
+    a, b = make_node(max_message_size=1000), make_node()
+    a.pair(b.id), b.pair(a.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    b.expose("echo", lambda peer, args: args)
+    with pytest.raises(peernet.MessageTooLarge):
+        a.call(b.id, "echo", b"x" * 2000)
+    with pytest.raises(peernet.MessageTooLarge):
+        a.send(b.id, "echo", b"x" * 2000)
+    assert a.call(b.id, "echo", b"x" * 500) == b"x" * 500
+
+
+def test_large_messages_are_fragmented_and_reassembled(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    blob = bytes(range(256)) * 3000  # 768000 bytes: a dozen transport frames
+    assert a.call(b.id, "echo", blob) == blob
+
+
+def test_non_cbor_arguments_raise_type_error_before_sending(pair_of_nodes):
+    a, b = pair_of_nodes
+    for bad in ({1, 2}, object(), {1: "int key"}):
+        with pytest.raises(TypeError):
+            a.call(b.id, "echo", bad)
+        with pytest.raises(TypeError):
+            a.send(b.id, "echo", bad)
+
+
+def test_a_result_that_is_not_cbor_becomes_a_remote_error(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("bad", lambda peer, args: {1, 2, 3})
+    with pytest.raises(peernet.RemoteError) as info:
+        a.call(b.id, "bad")
+    assert info.value.type_name == "EncodeError"
+
+
+def test_call_timeout_is_a_timeout_error_and_the_link_survives(pair_of_nodes):
+    a, b = pair_of_nodes
+    release = threading.Event()
+    b.expose("stall", lambda peer, args: release.wait(5))
+    b.expose("echo", lambda peer, args: args)
+    with pytest.raises(TimeoutError):
+        a.call(b.id, "stall", timeout=0.2)
+    release.set()
+    assert a.call(b.id, "echo", 2) == 2
+
+
+def test_unpaired_and_unreachable_peers_fail_fast(make_node):
+    a, b = make_node(), make_node()
+    t0 = time.monotonic()
+    with pytest.raises(peernet.NotPaired):
+        a.call(b.id, "echo")
+    a.pair(b.id)
+    with pytest.raises(peernet.PeerUnavailable, match="no known address"):
+        a.call(b.id, "echo")
+    assert a.send(b.id, "echo") is False
+    b_port = b.port
+    b.close()
+    a.connect(b.id, "127.0.0.1", b_port)
+    with pytest.raises(peernet.PeerUnavailable, match="could not reach"):
+        a.call(b.id, "echo", timeout=3)
+    assert time.monotonic() - t0 < 2, "failures must not wait out the timeout"
+
+
+def test_call_async_returns_a_future(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    futures = [a.call_async(b.id, "echo", i) for i in range(20)]
+    assert [f.result(5) for f in futures] == list(range(20))
+    with pytest.raises(peernet.NoSuchHandler):
+        a.call_async(b.id, "missing").result(5)
+
+
+def test_busy_when_a_peer_exceeds_its_concurrent_call_cap(make_node):
+    a, b = make_node(), make_node(max_calls_per_peer=2)
+    a.pair(b.id), b.pair(a.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    release = threading.Event()
+    b.expose("stall", lambda peer, args: release.wait(5))
+    stalled = [a.call_async(b.id, "stall") for _ in range(2)]
+    assert wait_until(lambda: b._pool.calls_in_progress(a.id) == 2)
+    with pytest.raises(peernet.Busy):
+        a.call(b.id, "stall")
+    release.set()
+    assert [f.result(5) for f in stalled] == [True, True]
+
+
+def test_sends_from_one_peer_arrive_in_order(pair_of_nodes):
+    a, b = pair_of_nodes
+    got: list[int] = []
+    done = threading.Event()
+
+    def note(peer, n):
+        got.append(n)
+        if n == 199:
+            done.set()
+
+    b.expose("note", note)
+    assert a.wait_for_peer(b.id)
+    for n in range(200):
+        assert a.send(b.id, "note", n)
+    assert done.wait(5)
+    assert got == list(range(200))
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+
+def test_sixteen_threads_share_one_link(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(500):
+                assert a.call(b.id, "echo", [t, i]) == [t, i]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert len(a._registry.links_of(b.id)) == 1
+
+
+def test_a_handler_may_call_back_its_caller(pair_of_nodes):
+    a, b = pair_of_nodes
+    a.expose("echo", lambda peer, args: args)
+    b.expose("callback", lambda peer, args: b.call(peer, "echo", args) + "!")
+    assert a.call(b.id, "callback", "ping") == "ping!"
+
+
+def test_a_slow_handler_delays_neither_calls_nor_pongs(pair_of_nodes):
+    a, b = pair_of_nodes
+    release = threading.Event()
+    b.expose("slow", lambda peer, args: release.wait(10))
+    b.expose("echo", lambda peer, args: args)
+    slow = a.call_async(b.id, "slow", timeout=10)
+    assert wait_until(lambda: b._pool.calls_in_progress(a.id) == 1)
+    t0 = time.monotonic()
+    assert a.call(b.id, "echo", 1) == 1
+    link = a._registry.active_link(b.id)
+    rtt = link.ping().result(2)
+    assert time.monotonic() - t0 < 0.5 and rtt < 0.5
+    release.set()
+    assert slow.result(5) is True
+
+
+# -- links -------------------------------------------------------------------------------
+
+
+def test_unpair_closes_live_links_at_once(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    assert a.call(b.id, "echo", 1) == 1
+    b.unpair(a.id)
+    assert wait_until(lambda: a._registry.active_link(b.id) is None, timeout_s=1)
+    assert b._registry.active_link(a.id) is None
+    with pytest.raises(peernet.PeerUnavailable):
+        a.call(b.id, "echo", 1, timeout=1)
+
+
+def test_simultaneous_dials_converge_to_one_link(make_node):
+    a, b = make_node(), make_node()
+    a.pair(b.id), b.pair(a.id)
+    a.expose("echo", lambda peer, args: args)
+    b.expose("echo", lambda peer, args: args)
+    for attempt in range(50):
+        start = threading.Barrier(2)
+
+        def dial(x: Node, y: Node) -> None:
+            start.wait()
+            x.connect(y.id, "127.0.0.1", y.port)
+
+        ts = [threading.Thread(target=dial, args=p) for p in ((a, b), (b, a))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert a.call(b.id, "echo", attempt) == attempt
+        assert b.call(a.id, "echo", attempt) == attempt
+
+        def converged() -> bool:
+            la, lb = a._registry.links_of(b.id), b._registry.links_of(a.id)
+            if len(la) != 1 or len(lb) != 1 or la[0].closed or lb[0].closed:
+                return False
+            # the same TCP connection, seen from both ends
+            return la[0].local_port == lb[0].address[1] or lb[0].local_port == la[0].address[1]
+
+        assert wait_until(converged, timeout_s=5), f"attempt {attempt}: no single link"
+        # Drop the link so the next attempt dials from scratch.
+        a.unpair(b.id), b.unpair(a.id)
+        assert wait_until(lambda: not a._registry.links_of(b.id) and not b._registry.links_of(a.id))
+        a.pair(b.id), b.pair(a.id)
+
+
+def test_anonymous_connect_close_cycles_leave_a_trusted_link_working(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("echo", lambda peer, args: args)
+    assert a.call(b.id, "echo", 0) == 0
+    for i in range(100):
+        s = socket.create_connection(("127.0.0.1", b.port))
+        if i % 2:
+            s.send(b"\x00\x20" + b"\x01" * 7)  # a partial message 1
+        s.close()
+    assert a.call(b.id, "echo", 1) == 1
+    assert wait_until(lambda: b._acceptor.preauth_count() == 0)
+
+
+def test_handshake_deadline_closes_idle_and_trickling_sockets(make_node):
+    b = make_node(handshake_timeout=0.5)
+    idle = socket.create_connection(("127.0.0.1", b.port))
+    trickle = socket.create_connection(("127.0.0.1", b.port))
+    idle.settimeout(3)
+    trickle.settimeout(0.1)
+    t0 = time.monotonic()
+    assert idle.recv(10) == b""
+    closed = False
+    while not closed and time.monotonic() - t0 < 3:
+        try:
+            trickle.send(b"\x00")  # a byte at a time defeats any per-recv timeout
+            closed = trickle.recv(10) == b""
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+    assert closed and time.monotonic() - t0 < 2
+    idle.close(), trickle.close()
+
+
+def test_preauth_limit_per_source_ip(make_node):
+    b = make_node(max_preauth_per_ip=4, handshake_timeout=5)
+    socks = []
+    for _ in range(8):
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.connect(("127.0.0.1", b.port))
+        s.settimeout(2)
+        socks.append(s)
+    refused = 0
+    for s in socks[4:]:
+        try:
+            refused += s.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            refused += 1
+    assert refused == 4
+    assert b._acceptor.preauth_count() == 4
+    # another source address is unaffected
+    other = socket.create_connection(("127.0.0.1", b.port))
+    other.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        other.recv(1)
+    for s in [*socks, other]:
+        s.close()
+
+
+def test_listening_on_all_interfaces_is_reachable_beyond_127_0_0_1(make_node):
+    a, b = make_node(host="0.0.0.0"), make_node()
+    a.pair(b.id), b.pair(a.id)
+    a.expose("echo", lambda peer, args: args)
+    b.connect(a.id, "127.0.0.2", a.port)  # not the address a bound to explicitly
+    assert b.call(a.id, "echo", "hi") == "hi"
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path):
+    with Node(tmp_path / "n", host="127.0.0.1") as first:
+        with pytest.raises(peernet.DataDirLocked, match="close it first"):
+            Node(tmp_path / "n", host="127.0.0.1")
+        assert not first.closed
+    with Node(tmp_path / "n", host="127.0.0.1") as again:  # released by close()
+        assert again.id == first.id
+
+
+def test_close_is_idempotent_and_works_from_inside_a_handler(pair_of_nodes):
+    a, b = pair_of_nodes
+    closed = threading.Event()
+
+    def shut(peer, args):
+        b.close()
+        closed.set()
+        return "bye"
+
+    b.expose("shut", shut)
+    try:
+        a.call(b.id, "shut", timeout=3)
+    except peernet.PeerUnavailable:
+        pass  # the reply may or may not make it out before the link closes
+    assert closed.wait(5)
+    b.close()
+    with pytest.raises(peernet.NodeClosed):
+        b.call(a.id, "echo")
+
+
+def test_pending_calls_fail_fast_when_the_link_drops(pair_of_nodes):
+    a, b = pair_of_nodes
+    b.expose("stall", lambda peer, args: time.sleep(3))
+    fut = a.call_async(b.id, "stall", timeout=30)
+    assert wait_until(lambda: b._pool.calls_in_progress(a.id) == 1)
+    t0 = time.monotonic()
+    a._registry.active_link(b.id).close("test drops the link")
+    with pytest.raises(peernet.ConnectionLost):
+        fut.result(5)
+    assert time.monotonic() - t0 < 1
+
+
+def test_repr_and_html_show_the_short_id_and_never_secrets(pair_of_nodes):
+    a, b = pair_of_nodes
+    assert a.wait_for_peer(b.id)
+    text = repr(a)
+    assert a.id.short in text and "1/1 peers online" in text
+    html = a._repr_html_()
+    assert str(a.id) in html and "<table>" in html
+    assert a._identity.x25519_private.hex() not in text + html
+    assert "online" in repr(a.list_peers()[0])
+
+
+# -- separate processes -----------------------------------------------------------------
+
+
+def _spawn(tmp_path, name, *args):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.procs.node_proc", str(tmp_path / name), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), line
+    import json
+    return proc, json.loads(line[6:])
+
+
+def test_two_processes_call_each_other_and_pending_calls_fail_when_one_dies(make_node, tmp_path):
+    a = make_node("a")
+    a.expose("echo", lambda peer, args: args)
+    proc, info = _spawn(tmp_path, "b", "--pair", str(a.id))
+    try:
+        a.pair(info["id"])
+        a.connect(info["id"], "127.0.0.1", info["port"])
+        assert a.call(info["id"], "echo", "over there") == "over there"
+        assert a.call(info["id"], "callback", "round trip") == "round trip"
+        fut = a.call_async(info["id"], "slow", 30, timeout=60)
+        link = a._registry.active_link(PeerId.parse(info["id"]))
+        assert wait_until(lambda: len(link.calls) == 1)  # the call is on the wire
+        t0 = time.monotonic()
+        proc.kill()
+        with pytest.raises(peernet.ConnectionLost):
+            fut.result(10)
+        assert time.monotonic() - t0 < 1
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdin.close(), proc.stdout.close()
+
+
+def test_a_script_that_forgets_close_exits_promptly(tmp_path):
+    code = (
+        "import peernet, sys\n"
+        f"a = peernet.Node({str(tmp_path / 'a')!r}, host='127.0.0.1')\n"
+        f"b = peernet.Node({str(tmp_path / 'b')!r}, host='127.0.0.1')\n"
+        "a.pair(b.id); b.pair(a.id); b.expose('echo', lambda p, x: x)\n"
+        "a.connect(b.id, '127.0.0.1', b.port)\n"
+        "assert a.call(b.id, 'echo', 7) == 7\n"
+        "print('done')\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done"
+    assert time.monotonic() - t0 < 10
