@@ -277,22 +277,40 @@ class Node:
         Errors that can be known before sending (bad name or args, not paired) are
         raised here; everything later lands in the Future.
         """
-        fut: Future[Any] = Future()
         pid = PeerId.parse(peer_id)
         check_handler_name(name)
-        payload = self._encode_call(new_request_id(), name, args)  # bad args raise here
-        del payload
         self._check_open()
-        if not self.trust.is_trusted(pid):
-            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+        if self._registry.active_link(pid) is None:
+            # A dial may be needed, and dialling waits: do it on a helper thread.
+            self._encode_call(new_request_id(), name, args)  # bad args still raise here
+            if not self.trust.is_trusted(pid):
+                raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+            fut: Future[Any] = Future()
 
-        def run() -> None:
-            try:
-                settle(fut, result=self.call(pid, name, args, timeout=timeout))
-            except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
-                settle(fut, error=exc)
+            def run() -> None:
+                try:
+                    settle(fut, result=self.call(pid, name, args, timeout=timeout))
+                except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
+                    settle(fut, error=exc)
 
-        threading.Thread(target=run, name="peernet-call", daemon=True).start()
+            threading.Thread(target=run, name="peernet-call", daemon=True).start()
+            return fut
+        # The usual case: a live link. No thread; the timer thread enforces the deadline.
+        try:
+            pid, fut, link, rid, deadline, timeout_s = self._start_call(pid, name, args, timeout)
+        except PeerUnavailable as exc:  # the link died under us: that is a result
+            fut = Future()
+            fut.set_exception(exc)
+            return fut
+
+        def expire() -> None:
+            if not fut.done():
+                link.forget_call(rid)
+                settle(fut, error=CallTimeout(
+                    f"{pid.short} did not answer {name!r} within {timeout_s:g} s"))
+
+        timer = self._timers.call_later(deadline - time.monotonic(), expire)
+        fut.add_done_callback(lambda _: timer.cancel())
         return fut
 
     def send(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
@@ -396,6 +414,11 @@ class Node:
             if fut is None:  # id collision on this link: draw again
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
+                continue
+            if not link.takes_calls():  # retired under us; its replacement is coming
+                link.forget_call(rid)
+                self._registry.wait_for_link(pid, min(deadline, time.monotonic() + 0.05),
+                                             give_up_when_idle=False)
                 continue
             fut.peernet_name = name  # type: ignore[attr-defined] -- for error messages
             link.write(payload)

@@ -216,6 +216,11 @@ class Link:
             raise
         return fut
 
+    def takes_calls(self) -> bool:
+        """False once this link has said its last Bye: a call added now might be cut off."""
+        with self._state_lock:
+            return not (self._bye_sent or self._closing)
+
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""
         self.calls.pop(request_id)

@@ -127,15 +127,18 @@ class Registry:
     def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool) -> Link | None:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
-        With ``give_up_when_idle`` it also returns (None) as soon as no dial is in
-        progress: a failed dial is an answer, not a reason to wait out the timeout.
+        With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
+        way: no dial in progress and no retiring link whose replacement is being set
+        up. A failed dial is an answer, not a reason to wait out the timeout.
         """
         with self._cond:
             while True:
                 entry = self._peers.get(peer)
                 if entry is not None and entry.link is not None and not entry.link.closed:
                     return entry.link
-                if give_up_when_idle and (entry is None or entry.dialing is None):
+                if give_up_when_idle and (
+                    entry is None or (entry.dialing is None and not entry.retiring)
+                ):
                     return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

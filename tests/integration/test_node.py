@@ -475,3 +475,61 @@ def test_a_script_that_forgets_close_exits_promptly(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done"
     assert time.monotonic() - t0 < 10
+
+
+def test_accept_survives_descriptor_exhaustion(make_node, tmp_path):
+    """A node with a tiny descriptor limit is flooded; afterwards it still accepts."""
+    a = make_node("a")
+    a.expose("echo", lambda peer, args: args)
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))\n"
+        "from tests.procs.node_proc import main; main()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "b"), "--pair", str(a.id)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        import json
+        info = json.loads(proc.stdout.readline()[6:])
+        flood = []
+        for i in range(120):  # far past 40 descriptors, from several source addresses
+            s = socket.socket()
+            s.bind((f"127.0.0.{2 + i % 20}", 0))
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", info["port"]))
+            except OSError:
+                pass
+            flood.append(s)
+        for s in flood:
+            s.close()
+        a.pair(info["id"])
+        a.connect(info["id"], "127.0.0.1", info["port"])
+        assert wait_until(lambda: a.wait_for_peer(info["id"], timeout=0.5), timeout_s=10)
+        assert a.call(info["id"], "echo", "still here") == "still here"
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdin.close(), proc.stdout.close()
+
+
+def test_ipv6_dual_stack_listener(make_node):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("::1 is not configured on this machine")
+    a, b = make_node(host="::"), make_node()
+    a.pair(b.id), b.pair(a.id)
+    a.expose("echo", lambda peer, args: args)
+    b.connect(a.id, "::1", a.port)
+    assert b.call(a.id, "echo", "v6") == "v6"
+    b.connect(a.id, "127.0.0.1", a.port)
+    b.unpair(a.id), b.pair(a.id)
+    b.connect(a.id, "127.0.0.1", a.port)
+    assert b.call(a.id, "echo", "v4") == "v4"

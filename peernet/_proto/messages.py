@@ -1,0 +1,308 @@
+"""The seven wire messages and their strict codec.
+
+Every application message is one CBOR array (in the profile of :mod:`peernet._proto.cbor`)
+whose first element is the kind number:
+
+====  ==========  ========================================
+kind  record      CBOR array
+====  ==========  ========================================
+0     `Call`      ``[0, request_id, name, args]``
+1     `Reply`     ``[1, request_id, result]``
+2     `Error`     ``[2, request_id, code, detail]``
+3     `Send`      ``[3, name, args]``
+4     `Ping`      ``[4, nonce]``
+5     `Pong`      ``[5, nonce]``
+6     `Bye`       ``[6, reason]``
+====  ==========  ========================================
+
+Field rules, checked exactly (``type(x) is int``, so ``True`` is not a request id):
+
+* ``request_id``: an ``int`` with ``1 <= request_id < 2**64``.
+* ``name``: a ``str`` matching :data:`HANDLER_NAME_RE` (so never ``_private``).
+* ``code``: one of :data:`ERROR_CODES`; unknown codes are refused, not guessed at.
+* ``detail``: ``None`` or a ``str`` of at most 200 characters (for ``handler_error`` it
+  is the exception's type name, never its message or traceback).
+* ``nonce``: exactly 8 ``bytes``. ``reason``: a ``str`` of at most 200 characters.
+* ``args`` and ``result``: any CBOR data; arity is exact.
+
+Depth and item limits cover the whole message: the envelope array is nesting level 1,
+so ``args``/``result`` get ``max_depth - 1`` levels. :func:`encode_message` and
+:func:`decode_message` apply the same accounting, so with the same limits anything the
+first produces the second accepts.
+
+Records are plain frozen dataclasses and do not validate themselves: received ones were
+checked by :func:`decode_message`, and locally built ones are checked by
+:func:`encode_message` (``ValueError`` for a bad field, ``EncodeError`` for non-CBOR
+``args``/``result``). :func:`decode_message` raises only
+:class:`~peernet.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias
+
+from peernet._proto import cbor
+from peernet.errors import ProtocolError
+
+__all__ = [
+    "BAD_REQUEST", "BUSY", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
+    "HANDLER_ERROR", "HANDLER_NAME_RE", "MAX_TEXT", "Message", "NONCE_SIZE",
+    "NO_SUCH_HANDLER", "Ping", "Pong", "Reply", "Send", "decode_message",
+    "encode_message", "is_valid_handler_name",
+]
+
+HANDLER_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+"""A handler name, matched with ``fullmatch``: a letter, then up to 63 of
+letters, digits and ``_.:-``. A leading ``_`` is therefore refused."""
+
+NO_SUCH_HANDLER = "no_such_handler"
+"""Error code: the callee exposes no handler by that name."""
+FORBIDDEN = "forbidden"
+"""Error code: the handler's ``authorize`` refused the caller."""
+HANDLER_ERROR = "handler_error"
+"""Error code: the handler raised; ``detail`` is the exception's type name."""
+BUSY = "busy"
+"""Error code: the callee has too many calls from this peer in progress."""
+BAD_REQUEST = "bad_request"
+"""Error code: the call was well-formed CBOR but unusable (e.g. args the handler
+cannot take)."""
+ERROR_CODES = frozenset({NO_SUCH_HANDLER, FORBIDDEN, HANDLER_ERROR, BUSY, BAD_REQUEST})
+"""Every error code that may appear in an :class:`Error` message."""
+
+MAX_TEXT = 200
+"""Longest ``Error.detail`` / ``Bye.reason``, in characters."""
+NONCE_SIZE = 8
+"""Length of a ping/pong nonce in bytes."""
+
+_RID_END = 1 << 64
+_name_ok = HANDLER_NAME_RE.fullmatch
+
+
+def is_valid_handler_name(name: object) -> bool:
+    """True if ``name`` is exactly a ``str`` and matches :data:`HANDLER_NAME_RE`."""
+    return type(name) is str and _name_ok(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Kind 0: call handler ``name`` with ``args``; a :class:`Reply` or :class:`Error`
+    with the same ``request_id`` answers it."""
+
+    request_id: int
+    name: str
+    args: object
+    KIND: ClassVar[int] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Kind 1: the handler's return value for the call ``request_id``."""
+
+    request_id: int
+    result: object
+    KIND: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Kind 2: the call ``request_id`` failed with ``code`` (one of :data:`ERROR_CODES`)."""
+
+    request_id: int
+    code: str
+    detail: str | None = None
+    KIND: ClassVar[int] = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Kind 3: fire-and-forget delivery of ``args`` to handler ``name``; never answered."""
+
+    name: str
+    args: object
+    KIND: ClassVar[int] = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Kind 4: liveness probe; the peer answers with a :class:`Pong` echoing ``nonce``."""
+
+    nonce: bytes
+    KIND: ClassVar[int] = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Kind 5: the answer to the :class:`Ping` carrying the same ``nonce``."""
+
+    nonce: bytes
+    KIND: ClassVar[int] = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Kind 6: the sender is closing the link, for a short human-readable ``reason``."""
+
+    reason: str
+    KIND: ClassVar[int] = 6
+
+
+Message: TypeAlias = Call | Reply | Error | Send | Ping | Pong | Bye
+"""Any of the seven wire messages."""
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _text_ok(text: object) -> bool:
+    """A short str that UTF-8 can carry (no lone surrogates)."""
+    if type(text) is not str or len(text) > MAX_TEXT:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_rid(rid: object) -> None:
+    if type(rid) is not int or not 0 < rid < _RID_END:
+        raise ValueError("request_id must be an int with 1 <= request_id < 2**64")
+
+
+def _check_name(name: object) -> None:
+    if not is_valid_handler_name(name):
+        raise ValueError("handler name must be a str matching "
+                         "[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+
+
+def _with_body(fields: list, body: object, name: str, max_depth: int,
+               max_items: int) -> bytes:
+    """Encode ``fields + [body]``; ``body`` gets what the envelope leaves of the limits."""
+    # The envelope is one level and 1 + len(fields) items; the body counts its own root.
+    depth = max_depth - 1
+    budget = max_items - 1 - len(fields)
+    prepared = cbor.prepare(body, max_depth=depth, max_items=budget, name=name)
+    fields.append(prepared)
+    return cbor.dumps_prepared(fields, name=name, max_depth=depth, max_items=budget,
+                               explain=prepared)
+
+
+def encode_message(msg: Message, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
+                   max_items: int = cbor.DEFAULT_MAX_ITEMS) -> bytes:
+    """Encode one message record as CBOR bytes.
+
+    Raises ``ValueError`` for a field that breaks the rules in the module doc, and
+    :class:`~peernet.errors.EncodeError` (a ``TypeError``) when ``args``/``result`` is
+    not CBOR data within the limits (its message names the path, e.g. ``args["x"][3]``).
+    """
+    if max_depth < 1:
+        raise ValueError("max_depth must be at least 1 (the envelope is one level)")
+    t = type(msg)
+    if t is Call:
+        _check_rid(msg.request_id)
+        _check_name(msg.name)
+        return _with_body([0, msg.request_id, msg.name], msg.args, "args",
+                          max_depth, max_items)
+    if t is Reply:
+        _check_rid(msg.request_id)
+        return _with_body([1, msg.request_id], msg.result, "result", max_depth, max_items)
+    if t is Send:
+        _check_name(msg.name)
+        return _with_body([3, msg.name], msg.args, "args", max_depth, max_items)
+    if t is Error:
+        _check_rid(msg.request_id)
+        if type(msg.code) is not str or msg.code not in ERROR_CODES:
+            raise ValueError(f"error code must be one of {sorted(ERROR_CODES)}")
+        if msg.detail is not None and not _text_ok(msg.detail):
+            raise ValueError(f"error detail must be None or a str of at most {MAX_TEXT} "
+                             "characters")
+        fields: list = [2, msg.request_id, msg.code, msg.detail]
+    elif t is Ping or t is Pong:
+        if type(msg.nonce) is not bytes or len(msg.nonce) != NONCE_SIZE:
+            raise ValueError(f"nonce must be exactly {NONCE_SIZE} bytes")
+        fields = [t.KIND, msg.nonce]
+    elif t is Bye:
+        if not _text_ok(msg.reason):
+            raise ValueError(f"bye reason must be a str of at most {MAX_TEXT} characters")
+        fields = [6, msg.reason]
+    else:
+        raise TypeError(f"not a peernet message: {type(msg).__name__}")
+    if max_items < len(fields) + 1:
+        raise ValueError(f"max_items={max_items} is too small for any message")
+    return cbor.dumps_prepared(fields, name="message")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _bad(why: str) -> ProtocolError:
+    return ProtocolError(f"bad message: {why}")
+
+
+def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
+                   max_items: int = cbor.DEFAULT_MAX_ITEMS) -> Message:
+    """Decode and check one untrusted message.
+
+    Raises only :class:`~peernet.errors.ProtocolError` (malformed CBOR, or a shape that
+    breaks the rules in the module doc); the message never repeats the data.
+    """
+    msg = cbor.decode(buf, max_depth=max_depth, max_items=max_items)
+    if type(msg) is not list or not msg:
+        raise _bad("not a non-empty array")
+    kind = msg[0]
+    n = len(msg)
+    if type(kind) is not int:
+        raise _bad("kind is not an int")
+    if kind == 0:
+        if n != 4:
+            raise _bad("call needs 4 elements")
+        _, rid, name, args = msg
+        if type(rid) is not int or not 0 < rid < _RID_END:
+            raise _bad("request id out of range")
+        if type(name) is not str or _name_ok(name) is None:
+            raise _bad("invalid handler name")
+        return Call(rid, name, args)
+    if kind == 1:
+        if n != 3:
+            raise _bad("reply needs 3 elements")
+        _, rid, result = msg
+        if type(rid) is not int or not 0 < rid < _RID_END:
+            raise _bad("request id out of range")
+        return Reply(rid, result)
+    if kind == 2:
+        if n != 4:
+            raise _bad("error needs 4 elements")
+        _, rid, code, detail = msg
+        if type(rid) is not int or not 0 < rid < _RID_END:
+            raise _bad("request id out of range")
+        if type(code) is not str or code not in ERROR_CODES:
+            raise _bad("unknown error code")
+        if detail is not None and (type(detail) is not str or len(detail) > MAX_TEXT):
+            raise _bad("invalid error detail")
+        return Error(rid, code, detail)
+    if kind == 3:
+        if n != 3:
+            raise _bad("send needs 3 elements")
+        _, name, args = msg
+        if type(name) is not str or _name_ok(name) is None:
+            raise _bad("invalid handler name")
+        return Send(name, args)
+    if kind == 4 or kind == 5:
+        if n != 2:
+            raise _bad("ping/pong needs 2 elements")
+        nonce = msg[1]
+        if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+            raise _bad(f"nonce is not {NONCE_SIZE} bytes")
+        return Ping(nonce) if kind == 4 else Pong(nonce)
+    if kind == 6:
+        if n != 2:
+            raise _bad("bye needs 2 elements")
+        reason = msg[1]
+        if type(reason) is not str or len(reason) > MAX_TEXT:
+            raise _bad("invalid bye reason")
+        return Bye(reason)
+    raise _bad("unknown kind")
