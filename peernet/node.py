@@ -16,12 +16,15 @@ from __future__ import annotations
 import html
 import logging
 import os
+import queue
+import random
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ._proto.backoff import Backoff
 from ._proto.messages import BUSY, HANDLER_ERROR, Call, Error, Reply, Send, encode_message
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials, Session
 from ._fs import ensure_private_dir
@@ -36,7 +39,7 @@ from .errors import (
 from .handlers import AuthorizeFn, HandlerTable, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
-from .peer import Peer, peers_table
+from .peer import Peer, PeerEvent, peers_table
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
@@ -98,6 +101,11 @@ class Node:
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
+    :param heartbeat_interval: a ping goes out on every link this often, seconds (30.0).
+    :param heartbeat_timeout: a link that brought nothing for this long is dead: its
+        pending calls fail with ConnectionLost and a reconnect starts, seconds (60.0).
+    :param reconnect_initial: first reconnect delay, doubling on each failure (0.5).
+    :param reconnect_max: longest reconnect delay, seconds (30.0). Delays have jitter.
     """
 
     def __init__(
@@ -117,6 +125,10 @@ class Node:
         max_preauth: int = 64,
         max_preauth_per_ip: int = 8,
         close_timeout: float = 5.0,
+        heartbeat_interval: float = 30.0,
+        heartbeat_timeout: float = 60.0,
+        reconnect_initial: float = 0.5,
+        reconnect_max: float = 30.0,
     ) -> None:
         if discovery is not None:
             raise ValueError("discovery is not available yet; use connect(peer, host, port)")
@@ -125,6 +137,15 @@ class Node:
         self.io_timeout = _positive("io_timeout", io_timeout)
         self.close_timeout = _positive("close_timeout", close_timeout)
         self.max_message_size = _count("max_message_size", max_message_size)
+        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
+        self.heartbeat_timeout = _positive("heartbeat_timeout", heartbeat_timeout)
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        self._backoff = Backoff(base_s=_positive("reconnect_initial", reconnect_initial),
+                                cap_s=_positive("reconnect_max", reconnect_max))
+        self._observers: list[Callable[[PeerEvent], None]] = []
+        self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
+        self._events_thread: threading.Thread | None = None
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
@@ -148,6 +169,7 @@ class Node:
                 max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
             )
             self._timers = Timers()
+            self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             listener = open_listener(host, port)
             self._host = host
@@ -230,23 +252,47 @@ class Node:
         self._dial(pid)
 
     def list_peers(self) -> list[Peer]:
-        """Every paired peer, newest first, with status, address, last_seen and rtt."""
+        """Every paired peer, newest first, with status, address, last_seen and rtt.
+
+        Status is "online" (a live authenticated link), "connecting" (a dial in
+        progress), "offline" (known before, no link now) or "unknown" (never seen).
+        """
         now_wall, now_mono = time.time(), time.monotonic()
         peers = []
         for trusted in self.trust.list():
             entry = self._registry.get(trusted.peer_id)
             link = self._registry.active_link(trusted.peer_id)
             if link is not None:
-                status = "online"
                 last_seen: float | None = now_wall - (now_mono - link.last_received)
                 rtt = link.rtt_s
             else:
-                status = "connecting" if entry is not None and entry.dialing else "offline"
                 last_seen = entry.last_seen if entry is not None else None
                 rtt = None
+            status = entry.current_status() if entry is not None else "unknown"
             address = entry.address if entry is not None else None
             peers.append(Peer(trusted.peer_id, trusted.label, status, address, last_seen, rtt))
         return peers
+
+    def on_peer_change(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` whenever a paired peer's status changes.
+
+        Events arrive in order on one peernet thread (``peernet-events``); keep the
+        callback quick. Returns a function that unsubscribes.
+        """
+        self._check_open()
+        with self._close_lock:
+            self._observers.append(callback)
+            if self._events_thread is None:
+                self._events_thread = threading.Thread(
+                    target=self._deliver_events, name="peernet-events", daemon=True)
+                self._events_thread.start()
+
+        def unsubscribe() -> None:
+            with self._close_lock:
+                if callback in self._observers:
+                    self._observers.remove(callback)
+
+        return unsubscribe
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -496,6 +542,7 @@ class Node:
         )
         if link is not None:
             link.start()
+            self._report_status()
 
     def _on_accept(self, sock, address: tuple[str, int]) -> None:
         if self._closed:
@@ -522,6 +569,11 @@ class Node:
             loser.retire()
             self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
         log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
+        entry = self._registry.get(peer)
+        if entry is not None and entry.redial is not None:
+            entry.redial.cancel()
+            entry.redial = None
+        self._report_status()
         return True
 
     def link_message(self, link: Link, message: Call | Send) -> None:
@@ -546,6 +598,12 @@ class Node:
         if link.established:
             log.info("link with %s closed: %s", link.peer_id.short if link.peer_id else "?",
                      link.close_reason)
+        # Whatever ended -- a live link, or a dial that failed at any stage -- try again
+        # later if the peer is still paired, has an address and has no other link.
+        peer = link.peer_id if link.established else (link.peer_id or link.session.expected_peer)
+        if peer is not None and not self._closed:
+            self._schedule_redial(peer)
+        self._report_status()
 
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
         if event == "unpaired":
@@ -560,6 +618,69 @@ class Node:
             others = [link for link in self._links if link.peer_id == peer]
         for link in others:
             link.close("unpaired", bye=True)
+
+    # -- internals: liveness, reconnects and events -------------------------------------
+
+    def _heartbeat_period(self) -> float:
+        return max(0.02, min(self.heartbeat_interval, self.heartbeat_timeout) / 4)
+
+    def _heartbeat_tick(self) -> None:
+        """On the timer thread: ping links that are due, end links that went silent."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        with self._links_lock:
+            links = [link for link in self._links if link.established and not link.closed]
+        for link in links:
+            silent_s = now - link.last_received
+            if silent_s > self.heartbeat_timeout:
+                log.warning("no traffic from %s for %.1f s; declaring the link dead",
+                            link.peer_id.short if link.peer_id else "?", silent_s)
+                link.close("heartbeat timeout")
+            elif now - link.last_ping >= self.heartbeat_interval:
+                link.ping_nowait()
+        self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+
+    def _schedule_redial(self, pid: PeerId, *, now: bool = False) -> None:
+        """Dial ``pid`` again after its backoff delay (or at once), if it still needs it."""
+        if self._closed or not self.trust.is_trusted(pid):
+            return
+        entry = self._registry.get(pid)
+        if entry is None or not entry.candidates or self._registry.active_link(pid):
+            return
+        if entry.redial is not None:
+            if not now:
+                return
+            entry.redial.cancel()
+        delay = 0.0 if now else self._backoff.delay(entry.attempt, random.random())
+        entry.attempt += 1
+        log.debug("redialling %s in %.2f s (attempt %d)", pid.short, delay, entry.attempt)
+
+        def redial() -> None:
+            entry.redial = None
+            if self._registry.active_link(pid) is None:
+                self._dial(pid)
+
+        entry.redial = self._timers.call_later(delay, redial)
+
+    def _report_status(self) -> None:
+        changes = self._registry.status_changes()
+        if not changes or not self._observers:
+            return
+        at = time.time()
+        for pid, old, new in changes:
+            self._events.put(PeerEvent(pid, new, old, at))
+
+    def _deliver_events(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            for callback in list(self._observers):
+                try:
+                    callback(event)
+                except Exception:  # noqa: BLE001 -- an observer must not stop the others
+                    log.exception("on_peer_change callback failed")
 
     def _shutdown_partial(self) -> None:
         """Stop whatever was started, in order; works on a half-built node too."""
@@ -589,4 +710,9 @@ class Node:
         timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())
+        events_thread = getattr(self, "_events_thread", None)
+        if events_thread is not None:
+            self._events.put(None)
+            if events_thread is not me:
+                events_thread.join(left())
         self._dir_lock.release()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .ids import PeerId
 
-__all__ = ["Peer"]
+__all__ = ["Peer", "PeerEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,18 @@ class Peer:
 
     def _repr_html_(self) -> str:
         return peers_table([self])
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """A paired peer's status changed (see ``Node.on_peer_change``)."""
+
+    id: PeerId
+    #: "unknown", "connecting", "online" or "offline".
+    status: str
+    previous: str
+    #: Unix time of the change.
+    at: float
 
 
 def _ago(ts: float | None) -> str:

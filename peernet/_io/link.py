@@ -130,6 +130,7 @@ class Link:
         self.started_at = time.monotonic()
         self.last_received = self.started_at
         self.rtt_s: float | None = None
+        self.last_ping = self.started_at
         # Duplicate-link retirement (see retire()).
         self._retiring = False
         self._bye_sent = False
@@ -220,6 +221,15 @@ class Link:
         """False once this link has said its last Bye: a call added now might be cut off."""
         with self._state_lock:
             return not (self._bye_sent or self._closing)
+
+    def ping_nowait(self) -> bool:
+        """Send a heartbeat ping unless that would block; the pong updates ``rtt_s``."""
+        nonce = os.urandom(8)
+        self._pings[nonce] = (time.monotonic(), Future())
+        if len(self._pings) > 16:  # unanswered pings of a dying link: keep the newest
+            self._pings.pop(next(iter(self._pings)))
+        self.last_ping = time.monotonic()
+        return self.try_write_nowait(encode_message(Ping(nonce)))
 
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""

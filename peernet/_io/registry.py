@@ -24,19 +24,51 @@ from .link import Link
 __all__ = ["Registry", "PeerEntry"]
 
 
+#: Address sources, in the order dials try them.
+SOURCES = ("manual", "discovery", "inbound")
+
+
 @dataclass
 class PeerEntry:
     peer_id: PeerId
     link: Link | None = None
     dialing: Link | None = None
-    address: tuple[str, int] | None = None
-    #: Where the address came from: "manual" (connect), "inbound" (learned from a
-    #: handshake: source IP + the listening port the peer announced), "discovery".
-    address_source: str | None = None
+    #: Candidate addresses by where they came from: "manual" (connect), "discovery"
+    #: (an announce), "inbound" (source IP + the listening port the peer told us in
+    #: its handshake).
+    candidates: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: Wall-clock time we last heard from the peer on a link that has since closed.
     last_seen: float | None = None
     last_error: str | None = None
     retiring: list[Link] = field(default_factory=list)
+    #: Reconnect state: failed attempts since the last success, and the pending redial.
+    attempt: int = 0
+    redial: object | None = None
+    #: Last status reported to observers.
+    status: str = "unknown"
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The live link's address if online, else the first candidate by source order."""
+        if self.link is not None and not self.link.closed and self.link.outbound:
+            return self.link.address
+        for source in SOURCES:
+            if source in self.candidates:
+                return self.candidates[source]
+        return None
+
+    def next_address(self) -> tuple[str, int] | None:
+        """The candidate to dial now: successive attempts cycle through the sources."""
+        ordered = [self.candidates[s] for s in SOURCES if s in self.candidates]
+        unique = list(dict.fromkeys(ordered))
+        return unique[self.attempt % len(unique)] if unique else None
+
+    def current_status(self) -> str:
+        if self.link is not None and not self.link.closed:
+            return "online"
+        if self.dialing is not None:
+            return "connecting"
+        return "offline" if self.status != "unknown" or self.last_seen else "unknown"
 
 
 class Registry:
@@ -62,23 +94,22 @@ class Registry:
         return link if link is not None and not link.closed else None
 
     def set_address(self, peer: PeerId, address: tuple[str, int], source: str) -> None:
+        """Record a candidate address. Candidates are kept per source, so an address
+        learned from discovery never replaces the manual one or the live link's."""
+        assert source in SOURCES
         with self._cond:
-            entry = self._entry(peer)
-            # A manual address is the user's word; a learned one never replaces it.
-            if entry.address_source == "manual" and source != "manual":
-                return
-            entry.address = address
-            entry.address_source = source
+            self._entry(peer).candidates[source] = address
 
     def begin_dial(self, peer: PeerId, make_link: Callable[[tuple[str, int]], Link]) -> Link | None:
         """Create (not start) an outbound link unless one is live or being dialled."""
         with self._cond:
             entry = self._entry(peer)
-            if entry.address is None or entry.dialing is not None:
+            address = entry.next_address()
+            if address is None or entry.dialing is not None:
                 return None
             if entry.link is not None and not entry.link.closed:
                 return None
-            entry.dialing = make_link(entry.address)
+            entry.dialing = make_link(address)
             entry.last_error = None
             return entry.dialing
 
@@ -97,6 +128,7 @@ class Registry:
                 entry.retiring.append(loser)
             if loser is not link:
                 entry.link = link
+            entry.attempt = 0  # a success resets the backoff
             self._cond.notify_all()
             return loser
 
@@ -160,9 +192,26 @@ class Registry:
         """Drop everything known about ``peer``; returns its links for the caller to close."""
         with self._cond:
             links = self._links_of_locked(peer)
-            self._peers.pop(peer, None)
+            entry = self._peers.pop(peer, None)
+            if entry is not None and entry.redial is not None:
+                entry.redial.cancel()
             self._cond.notify_all()
             return links
+
+    def entries(self) -> list[PeerEntry]:
+        with self._cond:
+            return list(self._peers.values())
+
+    def status_changes(self) -> list[tuple[PeerId, str, str]]:
+        """(peer, old, new) for every peer whose status changed since the last call."""
+        changes = []
+        with self._cond:
+            for entry in self._peers.values():
+                new = entry.current_status()
+                if new != entry.status:
+                    changes.append((entry.peer_id, entry.status, new))
+                    entry.status = new
+        return changes
 
     def notify(self) -> None:
         with self._cond:

@@ -324,7 +324,11 @@ class Session:
         return peer, port
 
     def _check_trusted(self, peer: PeerId) -> None:
-        if self._is_trusted(peer) is not True:
+        try:
+            trusted = self._is_trusted(peer)
+        except Exception:  # noqa: BLE001 -- a broken trust check must deny, never crash
+            raise HandshakeError(f"trust check for {peer.short} failed") from None
+        if trusted is not True:
             raise HandshakeError(f"{peer.short} is not paired")
 
     # -- transport --------------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""Peers come back by themselves: restarts, stalls, drops, simultaneous reconnects."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import peernet
+from peernet import PeerId
+from tests.conftest import wait_until
+
+FAST = dict(heartbeat_interval=0.2, heartbeat_timeout=1.0, reconnect_initial=0.05,
+            reconnect_max=0.5, handshake_timeout=2.0)
+
+
+class Proc:
+    """A node in a child process (tests/procs/node_proc.py)."""
+
+    def __init__(self, tmp_path, name: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.procs.node_proc", str(tmp_path / name), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("READY "), line
+        info = json.loads(line[6:])
+        self.id, self.port = PeerId.parse(info["id"]), info["port"]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGCONT)
+        p.stop()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T = stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_restarted_peer_is_back_within_two_seconds_same_port(make_node, tmp_path, procs):
+    a = make_node("a", **FAST)
+    port = _free_port()
+    b = Proc(tmp_path, "b", "--port", str(port), "--pair", str(a.id))
+    procs.append(b)
+    a.pair(b.id)
+    a.connect(b.id, "127.0.0.1", port)
+    assert a.call(b.id, "echo", 1) == 1
+    b.stop()
+    assert wait_until(lambda: a.list_peers()[0].status != "online")
+    b2 = Proc(tmp_path, "b", "--port", str(port), "--pair", str(a.id))
+    procs.append(b2)
+    listening_at = time.monotonic()
+    assert wait_until(lambda: a.list_peers()[0].status == "online", timeout_s=2)
+    assert a.call(b.id, "echo", 2) == 2
+    assert time.monotonic() - listening_at < 2
+
+
+def test_restarted_peer_on_a_new_port_given_by_connect(make_node, tmp_path, procs):
+    a = make_node("a", **FAST)
+    b = Proc(tmp_path, "b", "--pair", str(a.id))
+    procs.append(b)
+    a.pair(b.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert a.call(b.id, "echo", 1) == 1
+    b.stop()
+    b2 = Proc(tmp_path, "b", "--pair", str(a.id))
+    procs.append(b2)
+    assert b2.port != b.port
+    a.connect(b.id, "127.0.0.1", b2.port)
+    assert a.call(b.id, "echo", 2, timeout=2) == 2
+
+
+def test_a_stopped_peer_is_declared_dead_and_comes_back_after_sigcont(make_node, tmp_path, procs):
+    a = make_node("a", **FAST)
+    b = Proc(tmp_path, "b", "--pair", str(a.id), "--heartbeat", "0.2", "1.0")
+    procs.append(b)
+    a.pair(b.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert a.call(b.id, "echo", 1) == 1
+    b.proc.send_signal(signal.SIGSTOP)
+    assert wait_until(lambda: _state(b.proc.pid) == "T")
+    t0 = time.monotonic()
+    pending = a.call_async(b.id, "echo", "never answered", timeout=30)
+    with pytest.raises(peernet.ConnectionLost):
+        pending.result(5)
+    assert 0.5 < time.monotonic() - t0 < 3, "dead after about heartbeat_timeout"
+    b.proc.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: a.list_peers()[0].status == "online", timeout_s=10)
+    assert a.call(b.id, "echo", 3) == 3
+
+
+def test_manual_and_inbound_only_peers_are_both_redialled(make_node):
+    hub = make_node("hub", **FAST)
+    manual, inbound = make_node("manual", **FAST), make_node("inbound", **FAST)
+    for n in (manual, inbound):
+        hub.pair(n.id), n.pair(hub.id)
+        n.expose("echo", lambda peer, args: args)
+    hub.connect(manual.id, "127.0.0.1", manual.port)   # hub knows manual's address
+    inbound.connect(hub.id, "127.0.0.1", hub.port)      # hub only saw inbound dial in
+    assert hub.call(manual.id, "echo", 1) == 1
+    assert wait_until(lambda: hub._registry.active_link(inbound.id) is not None)
+    inbound.unpair(hub.id), inbound.pair(hub.id)        # inbound forgets hub's address
+    assert wait_until(lambda: hub._registry.active_link(inbound.id) is None)
+    for peer in (manual.id,):
+        hub._registry.active_link(peer).close("test drops it")
+    # hub redials both: the manual address, and the inbound peer's announced port
+    assert wait_until(lambda: hub._registry.active_link(manual.id) is not None, timeout_s=3)
+    assert wait_until(lambda: hub._registry.active_link(inbound.id) is not None, timeout_s=3)
+    assert hub.call(inbound.id, "echo", 2) == 2
+    assert hub._registry.active_link(inbound.id).outbound
+
+
+def test_simultaneous_reconnects_converge_without_a_storm(make_node):
+    a, b = make_node("a", **FAST), make_node("b", **FAST)
+    a.pair(b.id), b.pair(a.id)
+    a.expose("echo", lambda peer, args: args)
+    b.expose("echo", lambda peer, args: args)
+    a.connect(b.id, "127.0.0.1", b.port)
+    b.connect(a.id, "127.0.0.1", a.port)
+    dials = {"n": 0}
+    original = a._dial
+
+    def counting_dial(pid):
+        dials["n"] += 1
+        original(pid)
+
+    a._dial = counting_dial
+    for attempt in range(50):
+        assert wait_until(lambda: a._registry.active_link(b.id) and b._registry.active_link(a.id))
+        a._registry.active_link(b.id).close("drop")  # both sides now reconnect at once
+
+        def one_link() -> bool:
+            la, lb = a._registry.links_of(b.id), b._registry.links_of(a.id)
+            return (len(la) == 1 and len(lb) == 1 and la[0].established and lb[0].established
+                    and not la[0].closed and not lb[0].closed)
+
+        assert wait_until(one_link, timeout_s=5), f"attempt {attempt}"
+        assert a.call(b.id, "echo", attempt) == attempt
+    assert dials["n"] <= 3 * 50, f"{dials['n']} dials for 50 drops: a reconnect storm"
+
+
+def test_a_tarpit_address_delays_nothing_else(make_node):
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.3", 0))
+    tarpit.listen(16)  # accepts in the kernel, never answers
+    try:
+        a, b, c = make_node("a"), make_node("b"), make_node("c")
+        for x, y in ((a, b), (a, c)):
+            x.pair(y.id), y.pair(x.id)
+        c.expose("echo", lambda peer, args: args)
+        a.connect(c.id, "127.0.0.1", c.port)
+        assert a.call(c.id, "echo", 0) == 0
+        a.connect(b.id, *tarpit.getsockname())
+        stuck = a.call_async(b.id, "echo", 1, timeout=3)
+        t0 = time.monotonic()
+        for i in range(20):
+            assert a.call(c.id, "echo", i) == i
+            a.list_peers()
+        assert time.monotonic() - t0 < 1
+        with pytest.raises(peernet.PeerNetError):
+            stuck.result(5)
+    finally:
+        tarpit.close()
+
+
+def test_status_changes_are_observable(make_node):
+    a, b = make_node("a", **FAST), make_node("b", **FAST)
+    a.pair(b.id), b.pair(a.id)
+    seen: list[peernet.PeerEvent] = []
+    got_offline = threading.Event()
+
+    def observe(event):
+        seen.append(event)
+        if event.status == "offline":
+            got_offline.set()
+
+    unsubscribe = a.on_peer_change(observe)
+    assert a.list_peers()[0].status == "unknown"
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert wait_until(lambda: any(e.status == "online" for e in seen))
+    b.close()
+    assert got_offline.wait(5)
+    assert all(e.id == b.id for e in seen)
+    assert [e.status for e in seen][:2] == ["connecting", "online"]
+    unsubscribe()
+    peer = a.list_peers()[0]
+    assert peer.status in ("offline", "connecting") and peer.last_seen is not None
