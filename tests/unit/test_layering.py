@@ -1,0 +1,149 @@
+"""The protocol core (peernet/_proto) is sans-IO: no sockets, threads, clocks or event
+loops, and nothing from the I/O layer above it. Checked on the source with ``ast``, so
+an import hidden in a function body or an ``if`` counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import peernet
+
+PACKAGE_DIR = Path(peernet.__file__).resolve().parent
+PROTO_DIR = PACKAGE_DIR / "_proto"
+
+FORBIDDEN_STDLIB = {"socket", "threading", "time", "select", "selectors", "asyncio"}
+FORBIDDEN_PEERNET = ("peernet._io", "peernet.node")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE_DIR.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> set[str]:
+    """Absolute names of every module ``source`` imports, anywhere in its AST.
+
+    ``from X import y`` yields both ``X`` and ``X.y`` (``y`` may be a submodule).
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                if node.level > 1:
+                    base_parts = base_parts[: -(node.level - 1)]
+                base = ".".join(base_parts)
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            for alias in node.names:
+                if alias.name != "*":
+                    found.add(f"{target}.{alias.name}")
+        elif isinstance(node, ast.Call):
+            # __import__("x") / importlib.import_module("x") with a literal name.
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else (
+                func.attr if isinstance(func, ast.Attribute) else None)
+            if name in {"__import__", "import_module"} and node.args and isinstance(
+                    node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def violations(imports: set[str]) -> list[str]:
+    bad = []
+    for name in sorted(imports):
+        if name.split(".")[0] in FORBIDDEN_STDLIB:
+            bad.append(name)
+        elif any(name == p or name.startswith(p + ".") for p in FORBIDDEN_PEERNET):
+            bad.append(name)
+    return bad
+
+
+PROTO_FILES = sorted(PROTO_DIR.glob("*.py"))
+
+
+def test_the_core_has_the_expected_modules():
+    names = {p.stem for p in PROTO_FILES}
+    assert {"__init__", "framing", "noise", "session", "messages", "cbor"} <= names
+
+
+@pytest.mark.parametrize("path", PROTO_FILES, ids=lambda p: p.name)
+def test_proto_module_imports_no_io(path):
+    imports = imported_modules(path.read_text(encoding="utf-8"), module_name(path),
+                               path.name == "__init__.py")
+    assert violations(imports) == [], f"{path.name} imports I/O modules"
+
+
+def _peernet_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (PACKAGE_DIR / rel.with_suffix(".py"), PACKAGE_DIR / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_peernet_modules_the_core_depends_on_stay_below_the_io_layer():
+    """Follow peernet-internal imports from _proto (package ``__init__`` files aside):
+    the closure must not reach peernet._io or peernet.node."""
+    seen: dict[str, set[str]] = {}
+    todo = [module_name(p) for p in PROTO_FILES]
+    while todo:
+        mod = todo.pop()
+        if mod in seen or not mod.startswith("peernet."):
+            continue
+        path = _peernet_file(mod)
+        if path is None:  # "from X import name" where name is not a module
+            continue
+        imports = imported_modules(path.read_text(encoding="utf-8"), mod,
+                                   path.name == "__init__.py")
+        seen[mod] = imports
+        todo += [m for m in imports if m.startswith("peernet.")]
+    assert "peernet._proto.session" in seen and "peernet.identity" in seen
+    leaks = {mod: bad for mod, imps in seen.items()
+             if (bad := [m for m in violations(imps) if m.startswith("peernet")])}
+    assert leaks == {}
+
+
+# The checker itself must be able to fail.
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import socket",
+        "import time as clock",
+        "from threading import Lock",
+        "import asyncio.events",
+        "from selectors import DefaultSelector",
+        "def f():\n    import select\n",
+        "if False:\n    from time import monotonic\n",
+        "from .._io import link",
+        "from .. import node",
+        "from ..node import Node",
+        "import peernet._io.link",
+        "from peernet import _io",
+        "__import__('socket')",
+        "import importlib\nimportlib.import_module('threading')",
+    ],
+)
+def test_checker_catches_forbidden_imports(source):
+    assert violations(imported_modules(source, "peernet._proto.fake", False))
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import hashlib", "from ..errors import ProtocolError", "from .noise import TAG_LEN",
+     "import struct", "from typing import Callable", "import timeit_like_name"],
+)
+def test_checker_allows_harmless_imports(source):
+    assert violations(imported_modules(source, "peernet._proto.fake", False)) == []
