@@ -44,6 +44,7 @@ from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
 from ._io.link import Link
+from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, normalize_ip
 from ._io.pool import HandlerPool
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
@@ -106,6 +107,11 @@ class Node:
         pending calls fail with ConnectionLost and a reconnect starts, seconds (60.0).
     :param reconnect_initial: first reconnect delay, doubling on each failure (0.5).
     :param reconnect_max: longest reconnect delay, seconds (30.0). Delays have jitter.
+    :param network_monitor: True (default) polls the host's interfaces every
+        ``network_poll_interval`` seconds (5.0); False turns it off; or pass your own
+        object with ``start(on_change)``/``stop(timeout_s)`` (see ``peernet._io.netmon``).
+        On a real change, links whose local address vanished are closed and every
+        offline peer is redialled at once.
     """
 
     def __init__(
@@ -129,6 +135,8 @@ class Node:
         heartbeat_timeout: float = 60.0,
         reconnect_initial: float = 0.5,
         reconnect_max: float = 30.0,
+        network_monitor: bool | NetworkMonitor = True,
+        network_poll_interval: float = 5.0,
     ) -> None:
         if discovery is not None:
             raise ValueError("discovery is not available yet; use connect(peer, host, port)")
@@ -170,6 +178,14 @@ class Node:
             )
             self._timers = Timers()
             self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+            self._netmon: NetworkMonitor | None = None
+            if network_monitor is True:
+                self._netmon = PollingMonitor(_positive("network_poll_interval",
+                                                        network_poll_interval))
+            elif network_monitor is not False:
+                self._netmon = network_monitor
+            if self._netmon is not None:
+                self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             listener = open_listener(host, port)
             self._host = host
@@ -663,6 +679,20 @@ class Node:
 
         entry.redial = self._timers.call_later(delay, redial)
 
+    def _on_network_change(self, change: NetworkChange) -> None:
+        """Close only the links whose local address vanished; redial offline peers now."""
+        log.info("network changed: +%s -%s", sorted(change.added), sorted(change.removed))
+        with self._links_lock:
+            links = list(self._links)
+        for link in links:
+            local = link.local_ip
+            if local is not None and normalize_ip(local) in change.removed:
+                link.close("local address vanished")
+        for entry in self._registry.entries():
+            if self._registry.active_link(entry.peer_id) is None:
+                entry.attempt = 0
+                self._schedule_redial(entry.peer_id, now=True)
+
     def _report_status(self) -> None:
         changes = self._registry.status_changes()
         if not changes or not self._observers:
@@ -710,6 +740,9 @@ class Node:
         timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())
+        netmon = getattr(self, "_netmon", None)
+        if netmon is not None:
+            netmon.stop(left())
         events_thread = getattr(self, "_events_thread", None)
         if events_thread is not None:
             self._events.put(None)

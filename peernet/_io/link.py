@@ -131,6 +131,7 @@ class Link:
         self.last_received = self.started_at
         self.rtt_s: float | None = None
         self.last_ping = self.started_at
+        self._local_ip: str | None = None
         # Duplicate-link retirement (see retire()).
         self._retiring = False
         self._bye_sent = False
@@ -153,6 +154,11 @@ class Link:
         way = "to" if self.outbound else "from"
         state = "closed" if self._closing else ("open" if self.established else "handshaking")
         return f"<Link {way} {peer} {self.address[0]}:{self.address[1]} {state}>"
+
+    @property
+    def local_ip(self) -> str | None:
+        """Our address on this connection, as recorded when the handshake finished."""
+        return self._local_ip
 
     @property
     def local_port(self) -> int | None:
@@ -388,6 +394,10 @@ class Link:
         finally:
             self._owner.link_handshake_over(self)
         sock.settimeout(self._io_timeout_s)
+        try:
+            self._local_ip = sock.getsockname()[0]
+        except OSError:
+            pass
         return not self._closing
 
     def _read_loop(self) -> None:

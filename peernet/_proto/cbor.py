@@ -74,8 +74,10 @@ __all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_ITEMS", "decode", "encode", "prepar
 DEFAULT_MAX_DEPTH = 16
 """Deepest container nesting accepted by default (the top-level container is level 1)."""
 
-DEFAULT_MAX_ITEMS = 100_000
-"""Most data items (map keys included) accepted in one value by default."""
+DEFAULT_MAX_ITEMS = 50_000
+"""Most data items (map keys included) accepted in one value by default. It bounds
+amplification: 65,000 empty arrays fit in 65 kB of CBOR but become ~5 MiB of Python
+objects (security.md §1.5), and are refused. Bulk numbers travel better as ``bytes``."""
 
 _INT_MIN = -(1 << 64)  # CBOR major types 0/1 reach exactly this far without a bignum tag
 _INT_MAX = (1 << 64) - 1
@@ -282,9 +284,12 @@ def prepare(value: object, *, max_depth: int = DEFAULT_MAX_DEPTH,
     return _normalize(value, max_depth, max_items, name, check_text=False)
 
 
+_SAME: Any = object()  # "explain the value itself" (None is a value to explain too)
+
+
 def dumps_prepared(value: object, *, name: str = "value",
                    max_depth: int = DEFAULT_MAX_DEPTH,
-                   max_items: int = DEFAULT_MAX_ITEMS, explain: object = None) -> bytes:
+                   max_items: int = DEFAULT_MAX_ITEMS, explain: object = _SAME) -> bytes:
     """``cbor2.dumps`` a value that went through :func:`prepare`.
 
     If cbor2 still fails (lone surrogates in text, a container mutated by another
@@ -296,7 +301,7 @@ def dumps_prepared(value: object, *, name: str = "value",
     except Exception as exc:
         what = type(exc).__name__
     try:  # find and name the culprit, if a second walk can pinpoint it
-        _normalize(value if explain is None else explain, max_depth, max_items, name,
+        _normalize(value if explain is _SAME else explain, max_depth, max_items, name,
                    check_text=True)
     except EncodeError as exc:
         raise EncodeError(str(exc)) from None

@@ -209,3 +209,44 @@ def test_status_changes_are_observable(make_node):
     unsubscribe()
     peer = a.list_peers()[0]
     assert peer.status in ("offline", "connecting") and peer.last_seen is not None
+
+
+class ManualMonitor:
+    """A host-supplied monitor: the test pushes changes instead of polling."""
+
+    def __init__(self) -> None:
+        self.on_change = None
+
+    def start(self, on_change) -> None:
+        self.on_change = on_change
+
+    def stop(self, timeout_s: float) -> None:
+        self.on_change = None
+
+
+def test_a_replaced_monitor_closes_only_links_whose_address_vanished(make_node):
+    from peernet._io.netmon import NetworkChange
+
+    mon = ManualMonitor()
+    a = make_node("a", network_monitor=mon, host="0.0.0.0", **FAST)
+    b, c = make_node("b", **FAST), make_node("c", **FAST)
+    for peer in (b, c):
+        a.pair(peer.id), peer.pair(a.id)
+        peer.expose("echo", lambda p, x: x)
+    a.expose("echo", lambda p, x: x)
+    # Two inbound links whose local ends (on a) have different addresses.
+    b.connect(a.id, "127.0.0.1", a.port)
+    c.connect(a.id, "127.0.0.2", a.port)
+    assert b.call(a.id, "echo", 1) == 1 and c.call(a.id, "echo", 1) == 1
+    link_b, link_c = a._registry.active_link(b.id), a._registry.active_link(c.id)
+    assert link_b.local_ip == "127.0.0.1" and link_c.local_ip == "127.0.0.2"
+    # unrelated churn touches nothing
+    mon.on_change(NetworkChange(frozenset({"192.0.2.1"}), frozenset(), frozenset({"192.0.2.1"})))
+    assert a._registry.active_link(b.id) is link_b and not link_c.closed
+    # our address on the link with c vanished: only that link goes, and it comes back
+    # at once (a redials c at the port c announced in its handshake)
+    mon.on_change(NetworkChange(frozenset(), frozenset({"127.0.0.2"}), frozenset()))
+    assert wait_until(lambda: link_c.closed)
+    assert not link_b.closed
+    assert wait_until(lambda: a._registry.active_link(c.id) not in (None, link_c), timeout_s=2)
+    assert a.call(c.id, "echo", 2) == 2

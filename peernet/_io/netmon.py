@@ -1,0 +1,167 @@
+"""Network monitor: notices when this host's addresses change.
+
+A node needs to know two things: an address one of its links uses has vanished (that
+link is dead even if TCP has not noticed), and the network changed at all (offline
+peers may be reachable now, so redial at once instead of waiting out the backoff).
+
+:class:`NetworkMonitor` is the small interface; :class:`PollingMonitor` polls with
+ifaddr. A host application that gets change events from its platform (a phone, a
+desktop network manager) can pass its own object with ``start``/``stop`` instead.
+
+Noise is filtered out by default, because the original PeerNet tore every link down
+whenever *anything* changed: loopback, docker/veth/bridge and similar virtual
+interfaces, link-local addresses (169.254/16, fe80::/10) and IPv6 temporary (privacy)
+addresses, which rotate on their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+__all__ = [
+    "NetworkChange",
+    "NetworkMonitor",
+    "PollingMonitor",
+    "DEFAULT_IGNORED_INTERFACES",
+    "select_addresses",
+    "normalize_ip",
+]
+
+log = logging.getLogger(__name__)
+
+#: Interface name prefixes that are virtual plumbing, not the host's own networks.
+DEFAULT_IGNORED_INTERFACES = ("lo", "docker", "veth", "br-", "virbr", "vboxnet", "vmnet",
+                              "cni", "flannel", "podman", "lxcbr", "lxdbr")
+_IFA_F_TEMPORARY = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChange:
+    added: frozenset[str]
+    removed: frozenset[str]
+    current: frozenset[str]
+
+
+class NetworkMonitor(Protocol):
+    """Anything that calls ``on_change`` when the host's usable addresses change."""
+
+    def start(self, on_change: Callable[[NetworkChange], None]) -> None: ...
+    def stop(self, timeout_s: float) -> None: ...
+
+
+def normalize_ip(ip: str) -> str:
+    """Canonical text of an address; IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _is_bridge(name: str) -> bool:
+    return os.path.isdir(f"/sys/class/net/{name}/bridge")
+
+
+def _temporary_ipv6() -> set[str]:
+    """IPv6 addresses flagged temporary (privacy extensions), from /proc on Linux."""
+    found: set[str] = set()
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 5 and int(fields[4], 16) & _IFA_F_TEMPORARY:
+                    raw = fields[0]
+                    found.add(str(ipaddress.IPv6Address(int(raw, 16))))
+    except OSError:
+        pass
+    return found
+
+
+def select_addresses(
+    adapters: Iterable[object],
+    *,
+    ignored_interfaces: tuple[str, ...] = DEFAULT_IGNORED_INTERFACES,
+    is_bridge: Callable[[str], bool] = _is_bridge,
+    temporary: set[str] | None = None,
+    interfaces: tuple[str, ...] | None = None,
+) -> frozenset[str]:
+    """The addresses that count, from ifaddr-style adapters (``.name``, ``.ips[].ip``).
+
+    ``interfaces`` (names or addresses), when given, selects exactly those instead of
+    the default exclusions (loopback and link-local are still dropped).
+    """
+    temporary = _temporary_ipv6() if temporary is None else temporary
+    chosen: set[str] = set()
+    for adapter in adapters:
+        name = str(getattr(adapter, "name", ""))
+        for ip in getattr(adapter, "ips", ()):
+            raw = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                addr = ipaddress.ip_address(normalize_ip(raw))
+            except ValueError:
+                continue
+            if addr.is_loopback or addr.is_link_local or addr.is_unspecified:
+                continue
+            text = str(addr)
+            if interfaces is not None:
+                if name in interfaces or text in interfaces:
+                    chosen.add(text)
+                continue
+            if name.startswith(ignored_interfaces) or is_bridge(name) or text in temporary:
+                continue
+            chosen.add(text)
+    return frozenset(chosen)
+
+
+class PollingMonitor:
+    """Polls the host's interfaces with ifaddr every ``interval_s`` seconds."""
+
+    def __init__(self, interval_s: float = 5.0, *,
+                 probe: Callable[[], frozenset[str]] | None = None) -> None:
+        if not interval_s > 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = interval_s
+        self._probe = probe or self._ifaddr_probe
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _ifaddr_probe() -> frozenset[str]:
+        import ifaddr
+
+        return select_addresses(ifaddr.get_adapters())
+
+    def start(self, on_change: Callable[[NetworkChange], None]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(on_change,),
+                                        name="peernet-netmon", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    def _run(self, on_change: Callable[[NetworkChange], None]) -> None:
+        try:
+            current = self._probe()
+        except Exception:  # noqa: BLE001 -- no interfaces readable: start from nothing
+            log.exception("reading network interfaces failed")
+            current = frozenset()
+        while not self._stop.wait(self.interval_s):
+            try:
+                new = self._probe()
+            except Exception:  # noqa: BLE001
+                log.exception("reading network interfaces failed")
+                continue
+            if new != current:
+                change = NetworkChange(new - current, current - new, new)
+                current = new
+                try:
+                    on_change(change)
+                except Exception:  # noqa: BLE001
+                    log.exception("network change handler failed")
