@@ -128,6 +128,8 @@ class PollingMonitor:
         self._probe = probe or self._ifaddr_probe
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: How many polls have completed (tests wait on it instead of sleeping).
+        self.polls = 0
 
     @staticmethod
     def _ifaddr_probe() -> frozenset[str]:
@@ -158,6 +160,7 @@ class PollingMonitor:
             except Exception:  # noqa: BLE001
                 log.exception("reading network interfaces failed")
                 continue
+            self.polls += 1
             if new != current:
                 change = NetworkChange(new - current, current - new, new)
                 current = new

@@ -250,3 +250,12 @@ def test_a_replaced_monitor_closes_only_links_whose_address_vanished(make_node):
     assert not link_b.closed
     assert wait_until(lambda: a._registry.active_link(c.id) not in (None, link_c), timeout_s=2)
     assert a.call(c.id, "echo", 2) == 2
+
+
+def test_heartbeats_record_round_trip_time(make_node):
+    a, b = make_node("a", **FAST), make_node("b", **FAST)
+    a.pair(b.id), b.pair(a.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert wait_until(lambda: a.list_peers()[0].rtt is not None, timeout_s=3)
+    peer = a.list_peers()[0]
+    assert 0 < peer.rtt < 1 and peer.status == "online"

@@ -1,0 +1,129 @@
+"""A network-namespace lab: N hosts joined by a bridge that lives in the lab's own
+namespace, so nothing touches the machine's real interfaces.
+
+    with Lab(3) as lab:            # hosts 10.77.0.1 .. 10.77.0.3 on eth0
+        agent = lab.agent(0, data_dir)
+        lab.ip(1, "addr", "del", "10.77.0.2/24", "dev", "eth0")
+
+Everything is deleted on exit, also when a test fails; namespaces left behind by a
+killed run (their owning pid is gone) are removed when the next lab starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SUBNET = "10.77.0"
+_PREFIX = "pnlab"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_netns() -> None:
+    """Skip (with the reason) where namespaces cannot be made."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespace tests need root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (the ip command) is not installed")
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, timeout=20)
+
+
+def _remove_stale() -> None:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(_PREFIX):
+            pid = name[len(_PREFIX):].split("x", 1)[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+class Agent:
+    """A node in a namespace, driven by JSON lines (tests/procs/node_agent.py)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        info = self.request(op="info")
+        self.id: str = info["id"]
+        self.port: int = info["port"]
+
+    def request(self, **command: Any) -> Any:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("agent exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply.get("ok")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f:
+                f.close()
+
+
+class Lab:
+    def __init__(self, hosts: int) -> None:
+        self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}"
+        self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
+        self.bridge_ns = f"{self.prefix}br"
+        self.agents: list[Agent] = []
+
+    def address(self, i: int) -> str:
+        return f"{SUBNET}.{i + 1}"
+
+    def __enter__(self) -> Lab:
+        _remove_stale()
+        try:
+            _sh("ip", "netns", "add", self.bridge_ns)
+            _sh("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+            _sh("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
+            for i, ns in enumerate(self.hosts):
+                _sh("ip", "netns", "add", ns)
+                host_end, bridge_end = f"pnv{i}h{os.getpid() % 1000}", f"pnv{i}b{os.getpid() % 1000}"
+                _sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
+                _sh("ip", "link", "set", host_end, "netns", ns, "name", "eth0")
+                _sh("ip", "link", "set", bridge_end, "netns", self.bridge_ns)
+                _sh("ip", "-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0", "up")
+                _sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+                _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+                _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for agent in self.agents:
+            agent.stop()
+        for ns in [*self.hosts, self.bridge_ns]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def ip(self, i: int, *args: str) -> None:
+        _sh("ip", "-n", self.hosts[i], *args)
+
+    def agent(self, i: int, data_dir: Path, *options: str) -> Agent:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[i], sys.executable, "-m",
+             "tests.procs.node_agent", str(data_dir), *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        agent = Agent(proc)
+        self.agents.append(agent)
+        return agent
