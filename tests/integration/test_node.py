@@ -402,7 +402,8 @@ def test_close_is_idempotent_and_works_from_inside_a_handler(pair_of_nodes):
 
 def test_pending_calls_fail_fast_when_the_link_drops(pair_of_nodes):
     a, b = pair_of_nodes
-    b.expose("stall", lambda peer, args: time.sleep(3))
+    release = threading.Event()
+    b.expose("stall", lambda peer, args: release.wait(5))
     fut = a.call_async(b.id, "stall", timeout=30)
     assert wait_until(lambda: b._pool.calls_in_progress(a.id) == 1)
     t0 = time.monotonic()
@@ -410,6 +411,7 @@ def test_pending_calls_fail_fast_when_the_link_drops(pair_of_nodes):
     with pytest.raises(peernet.ConnectionLost):
         fut.result(5)
     assert time.monotonic() - t0 < 1
+    release.set()
 
 
 def test_repr_and_html_show_the_short_id_and_never_secrets(pair_of_nodes):
