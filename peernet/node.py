@@ -154,6 +154,7 @@ class Node:
         self._observers: list[Callable[[PeerEvent], None]] = []
         self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
         self._events_thread: threading.Thread | None = None
+        self._status_lock = threading.Lock()
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
@@ -168,7 +169,6 @@ class Node:
             self._credentials = LocalCredentials.from_identity(self._identity)
             self.trust = TrustStore.load(self._data_dir)
             self._handlers = HandlerTable()
-            self._registry = Registry(self._identity.peer_id)
             self._links: set[Link] = set()
             self._links_lock = threading.Lock()
             self._pool = HandlerPool(
@@ -177,6 +177,7 @@ class Node:
                 max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
             )
             self._timers = Timers()
+            self._registry = Registry(self._identity.peer_id, self._timers)
             self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
             self._netmon: NetworkMonitor | None = None
             if network_monitor is True:
@@ -260,8 +261,7 @@ class Node:
         """
         self._check_open()
         pid = PeerId.parse(peer_id)
-        if not self.trust.is_trusted(pid):
-            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+        self._require_paired(pid)
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
         self._registry.set_address(pid, (str(host), port), "manual")
@@ -325,12 +325,10 @@ class Node:
         try:
             return fut.result(max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            if fut.done() and not isinstance(fut.exception(), TimeoutError):
+            if fut.done():  # answered just as the wait ran out
                 return fut.result()
             link.forget_call(rid)
-            raise CallTimeout(
-                f"{pid.short} did not answer {name!r} within {timeout_s:g} s"
-            ) from None
+            raise self._timeout_error(pid, name, timeout_s) from None
 
     def call_async(self, peer_id: PeerLike, name: str, args: Any = None, *,
                    timeout: float | None = None) -> Future[Any]:
@@ -345,8 +343,7 @@ class Node:
         if self._registry.active_link(pid) is None:
             # A dial may be needed, and dialling waits: do it on a helper thread.
             self._encode_call(new_request_id(), name, args)  # bad args still raise here
-            if not self.trust.is_trusted(pid):
-                raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+            self._require_paired(pid)
             fut: Future[Any] = Future()
 
             def run() -> None:
@@ -368,8 +365,7 @@ class Node:
         def expire() -> None:
             if not fut.done():
                 link.forget_call(rid)
-                settle(fut, error=CallTimeout(
-                    f"{pid.short} did not answer {name!r} within {timeout_s:g} s"))
+                settle(fut, error=self._timeout_error(pid, name, timeout_s))
 
         timer = self._timers.call_later(deadline - time.monotonic(), expire)
         fut.add_done_callback(lambda _: timer.cancel())
@@ -443,6 +439,14 @@ class Node:
 
     # -- internals: calls --------------------------------------------------------------------
 
+    def _require_paired(self, pid: PeerId) -> None:
+        if not self.trust.is_trusted(pid):
+            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+
+    @staticmethod
+    def _timeout_error(pid: PeerId, name: str, timeout_s: float) -> CallTimeout:
+        return CallTimeout(f"{pid.short} did not answer {name!r} within {timeout_s:g} s")
+
     def _check_open(self) -> None:
         if self._closed:
             raise NodeClosed("this node is closed")
@@ -471,16 +475,11 @@ class Node:
             link = self._link_for_call(pid, deadline)
             try:
                 fut = link.calls.add(rid)
-            except PeerUnavailable:  # the link ended between lookup and use
+            except PeerUnavailable:  # the link ended, or retired, between lookup and use
                 continue
             if fut is None:  # id collision on this link: draw again
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
-                continue
-            if not link.takes_calls():  # retired under us; its replacement is coming
-                link.forget_call(rid)
-                self._registry.wait_for_link(pid, min(deadline, time.monotonic() + 0.05),
-                                             give_up_when_idle=False)
                 continue
             fut.peernet_name = name  # type: ignore[attr-defined] -- for error messages
             link.write(payload)
@@ -490,8 +489,7 @@ class Node:
         link = self._registry.active_link(pid)
         if link is not None:
             return link
-        if not self.trust.is_trusted(pid):
-            raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
+        self._require_paired(pid)
         self._dial(pid)
         link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=True)
         if link is not None:
@@ -585,10 +583,6 @@ class Node:
             loser.retire()
             self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
         log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
-        entry = self._registry.get(peer)
-        if entry is not None and entry.redial is not None:
-            entry.redial.cancel()
-            entry.redial = None
         self._report_status()
         return True
 
@@ -616,9 +610,8 @@ class Node:
                      link.close_reason)
         # Whatever ended -- a live link, or a dial that failed at any stage -- try again
         # later if the peer is still paired, has an address and has no other link.
-        peer = link.peer_id if link.established else (link.peer_id or link.session.expected_peer)
-        if peer is not None and not self._closed:
-            self._schedule_redial(peer)
+        if link.target is not None and not self._closed:
+            self._schedule_redial(link.target)
         self._report_status()
 
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
@@ -626,13 +619,12 @@ class Node:
             self._drop_peer(peer)
 
     def _drop_peer(self, peer: PeerId) -> None:
-        for link in self._registry.forget(peer):
-            link.close("unpaired", bye=True)
-        # Links still in their handshake: the live trust check refuses them, but an
-        # outbound one past message 2 is closed here too.
+        self._registry.forget(peer)
+        # Every link is in self._links, including handshakes past message 2 and retiring
+        # duplicates; inbound handshakes not yet at message 3 meet the live trust check.
         with self._links_lock:
-            others = [link for link in self._links if link.peer_id == peer]
-        for link in others:
+            links = [link for link in self._links if link.target == peer]
+        for link in links:
             link.close("unpaired", bye=True)
 
     # -- internals: liveness, reconnects and events -------------------------------------
@@ -644,40 +636,30 @@ class Node:
         """On the timer thread: ping links that are due, end links that went silent."""
         if self._closed:
             return
-        now = time.monotonic()
-        with self._links_lock:
-            links = [link for link in self._links if link.established and not link.closed]
-        for link in links:
-            silent_s = now - link.last_received
-            if silent_s > self.heartbeat_timeout:
-                log.warning("no traffic from %s for %.1f s; declaring the link dead",
-                            link.peer_id.short if link.peer_id else "?", silent_s)
-                link.close("heartbeat timeout")
-            elif now - link.last_ping >= self.heartbeat_interval:
-                link.ping_nowait()
-        self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+        try:
+            now = time.monotonic()
+            with self._links_lock:
+                links = [link for link in self._links if link.established and not link.closed]
+            for link in links:
+                silent_s = now - link.last_received
+                if silent_s > self.heartbeat_timeout:
+                    log.warning("no traffic from %s for %.1f s; declaring the link dead",
+                                link.peer_id.short if link.peer_id else "?", silent_s)
+                    link.close("heartbeat timeout")
+                elif now - link.last_ping >= self.heartbeat_interval:
+                    link.ping_nowait()
+        finally:  # one bad tick must not end liveness for the node
+            self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
 
-    def _schedule_redial(self, pid: PeerId, *, now: bool = False) -> None:
-        """Dial ``pid`` again after its backoff delay (or at once), if it still needs it."""
+    def _schedule_redial(self, pid: PeerId, *, restart: bool = False) -> None:
+        """Dial ``pid`` again after its backoff delay (``restart``: now, backoff reset)."""
         if self._closed or not self.trust.is_trusted(pid):
             return
-        entry = self._registry.get(pid)
-        if entry is None or not entry.candidates or self._registry.active_link(pid):
-            return
-        if entry.redial is not None:
-            if not now:
-                return
-            entry.redial.cancel()
-        delay = 0.0 if now else self._backoff.delay(entry.attempt, random.random())
-        entry.attempt += 1
-        log.debug("redialling %s in %.2f s (attempt %d)", pid.short, delay, entry.attempt)
 
-        def redial() -> None:
-            entry.redial = None
-            if self._registry.active_link(pid) is None:
-                self._dial(pid)
+        def delay_s(attempt: int) -> float:
+            return 0.0 if restart else self._backoff.delay(attempt, random.random())
 
-        entry.redial = self._timers.call_later(delay, redial)
+        self._registry.schedule_redial(pid, delay_s, self._dial, restart=restart)
 
     def _on_network_change(self, change: NetworkChange) -> None:
         """Close only the links whose local address vanished; redial offline peers now."""
@@ -689,17 +671,16 @@ class Node:
             if local is not None and normalize_ip(local) in change.removed:
                 link.close("local address vanished")
         for entry in self._registry.entries():
-            if self._registry.active_link(entry.peer_id) is None:
-                entry.attempt = 0
-                self._schedule_redial(entry.peer_id, now=True)
+            self._schedule_redial(entry.peer_id, restart=True)
 
     def _report_status(self) -> None:
-        changes = self._registry.status_changes()
-        if not changes or not self._observers:
-            return
-        at = time.time()
-        for pid, old, new in changes:
-            self._events.put(PeerEvent(pid, new, old, at))
+        with self._status_lock:  # so events from different threads queue in order
+            changes = self._registry.status_changes()
+            if not changes or not self._observers:
+                return
+            at = time.time()
+            for pid, old, new in changes:
+                self._events.put(PeerEvent(pid, new, old, at))
 
     def _deliver_events(self) -> None:
         while True:

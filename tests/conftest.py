@@ -54,6 +54,16 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
+def umask0() -> Iterator[None]:
+    """Run with umask 0, to prove file modes do not depend on the caller's umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
 def make_node(tmp_path: Path) -> Iterator[Callable[..., peernet.Node]]:
     """Factory for nodes on 127.0.0.1 with their own data dirs; all closed afterwards."""
     nodes: list[peernet.Node] = []

@@ -300,3 +300,27 @@ def check_event_invariants(session: Session, events: Sequence[Event]) -> None:
         assert session.state is SessionState.OPEN
     if session.state is SessionState.OPEN:
         assert HandshakeCompleted in kinds
+
+
+def mutate(data: bytes, draw, max_ops: int = 4) -> bytes:
+    """Apply 1..max_ops random edits (flip a bit, set/insert/delete a byte, truncate,
+    duplicate a run) to ``data``; ``draw`` is hypothesis's ``st.data()``."""
+    from hypothesis import strategies as st
+
+    buf = bytearray(data)
+    for _ in range(draw.draw(st.integers(1, max_ops))):
+        op = draw.draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "dup"]))
+        pos = draw.draw(st.integers(0, max(len(buf) - 1, 0)))
+        if op == "flip" and buf:
+            buf[pos] ^= 1 << draw.draw(st.integers(0, 7))
+        elif op == "set" and buf:
+            buf[pos] = draw.draw(st.integers(0, 255))
+        elif op == "insert":
+            buf.insert(pos, draw.draw(st.integers(0, 255)))
+        elif op == "delete" and buf:
+            del buf[pos]
+        elif op == "truncate":
+            del buf[pos:]
+        elif op == "dup":
+            buf[pos:pos] = buf[pos:pos + 8]
+    return bytes(buf)

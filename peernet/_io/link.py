@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 _RECV_BUFFER = 65536 + 2  # one maximal frame per read
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 _DIAL_POLL_S = 0.1  # how quickly close() can interrupt a dial in progress
+_MAX_PENDING_PINGS = 16
 #: Bye reason that starts the two-sided retirement of a duplicate link.
 SUPERSEDED = "superseded"
 
@@ -146,6 +147,11 @@ class Link:
         return self.session.peer_id
 
     @property
+    def target(self) -> PeerId | None:
+        """The peer this link is for: proven once established, else the one dialled."""
+        return self.session.peer_id or self.session.expected_peer
+
+    @property
     def closed(self) -> bool:
         return self._closing
 
@@ -212,30 +218,24 @@ class Link:
             self._wlock.release()
 
     def ping(self) -> Future[float]:
-        """Send a ping; the Future gets the round-trip time in seconds."""
-        nonce = os.urandom(8)
-        fut: Future[float] = Future()
-        self._pings[nonce] = (time.monotonic(), fut)
-        try:
-            self.send_message(Ping(nonce))
-        except Exception:
-            self._pings.pop(nonce, None)
-            raise
+        """Send a ping and wait for nothing; the Future gets the round-trip time."""
+        nonce, fut = self._new_ping()
+        self.send_message(Ping(nonce))
         return fut
-
-    def takes_calls(self) -> bool:
-        """False once this link has said its last Bye: a call added now might be cut off."""
-        with self._state_lock:
-            return not (self._bye_sent or self._closing)
 
     def ping_nowait(self) -> bool:
         """Send a heartbeat ping unless that would block; the pong updates ``rtt_s``."""
-        nonce = os.urandom(8)
-        self._pings[nonce] = (time.monotonic(), Future())
-        if len(self._pings) > 16:  # unanswered pings of a dying link: keep the newest
-            self._pings.pop(next(iter(self._pings)))
-        self.last_ping = time.monotonic()
+        nonce, _ = self._new_ping()
         return self.try_write_nowait(encode_message(Ping(nonce)))
+
+    def _new_ping(self) -> tuple[bytes, Future[float]]:
+        nonce, fut = os.urandom(8), Future()
+        with self._state_lock:  # the reader pops pongs concurrently
+            self._pings[nonce] = (time.monotonic(), fut)
+            if len(self._pings) > _MAX_PENDING_PINGS:  # a dying link: keep the newest
+                self._pings.pop(next(iter(self._pings)))
+        self.last_ping = time.monotonic()
+        return nonce, fut
 
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""
@@ -269,7 +269,11 @@ class Link:
 
     def _maybe_send_bye(self) -> None:
         with self._state_lock:
-            if self._bye_sent or len(self.calls) or self._closing:
+            if self._bye_sent or self._closing:
+                return
+            # Seal the reply table only if it is empty: a caller racing us then finds
+            # it closed and moves to the replacement link.
+            if not self.calls.close_if_empty(lambda: ConnectionLost(self._lost_text())):
                 return
             self._bye_sent = True
             both = self._bye_received
@@ -459,7 +463,8 @@ class Link:
             except ConnectionLost:
                 pass
         elif kind is Pong:
-            entry = self._pings.pop(msg.nonce, None)
+            with self._state_lock:
+                entry = self._pings.pop(msg.nonce, None)
             if entry is not None:
                 self.rtt_s = time.monotonic() - entry[0]
                 settle(entry[1], result=self.rtt_s)
@@ -488,7 +493,8 @@ class Link:
         if sock is not None:
             sock.close()
         self.calls.fail_all(lambda: ConnectionLost(self._lost_text()))
-        pings, self._pings = self._pings, {}
+        with self._state_lock:
+            pings, self._pings = self._pings, {}
         for _, fut in pings.values():
             settle(fut, error=ConnectionLost(self._lost_text()))
         self._owner.link_closed(self)

@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..ids import PeerId
 from .link import Link
+from .timers import TimerHandle, Timers
 
 __all__ = ["Registry", "PeerEntry"]
 
@@ -43,7 +44,7 @@ class PeerEntry:
     retiring: list[Link] = field(default_factory=list)
     #: Reconnect state: failed attempts since the last success, and the pending redial.
     attempt: int = 0
-    redial: object | None = None
+    redial: TimerHandle | None = None
     #: Last status reported to observers.
     status: str = "unknown"
 
@@ -72,8 +73,9 @@ class PeerEntry:
 
 
 class Registry:
-    def __init__(self, own_id: PeerId) -> None:
+    def __init__(self, own_id: PeerId, timers: Timers) -> None:
         self._own_id = own_id
+        self._timers = timers
         self._peers: dict[PeerId, PeerEntry] = {}
         self._cond = threading.Condition(threading.Lock())
 
@@ -129,6 +131,9 @@ class Registry:
             if loser is not link:
                 entry.link = link
             entry.attempt = 0  # a success resets the backoff
+            if entry.redial is not None:
+                entry.redial.cancel()
+                entry.redial = None
             self._cond.notify_all()
             return loser
 
@@ -142,7 +147,7 @@ class Registry:
 
     def drop_link(self, link: Link) -> None:
         """``link`` closed (or its dial failed)."""
-        peer = link.peer_id or link.session.expected_peer
+        peer = link.target
         with self._cond:
             entry = self._peers.get(peer) if peer is not None else None
             if entry is not None:
@@ -188,15 +193,42 @@ class Registry:
         links = [entry.link, entry.dialing, *entry.retiring]
         return [link for link in links if link is not None]
 
-    def forget(self, peer: PeerId) -> list[Link]:
-        """Drop everything known about ``peer``; returns its links for the caller to close."""
+    def forget(self, peer: PeerId) -> None:
+        """Drop everything known about ``peer`` (the caller closes its links)."""
         with self._cond:
-            links = self._links_of_locked(peer)
             entry = self._peers.pop(peer, None)
             if entry is not None and entry.redial is not None:
                 entry.redial.cancel()
             self._cond.notify_all()
-            return links
+
+    def schedule_redial(self, peer: PeerId, delay_s: Callable[[int], float],
+                        dial: Callable[[PeerId], None], *, restart: bool = False) -> None:
+        """Dial ``peer`` again after ``delay_s(attempt)`` seconds, unless it has a live
+        link, no address, or a redial already pending. ``restart`` (the network changed)
+        starts the backoff over and replaces a pending redial."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            if entry is None or not entry.candidates:
+                return
+            if entry.link is not None and not entry.link.closed:
+                return
+            if entry.redial is not None:
+                if not restart:
+                    return
+                entry.redial.cancel()
+            if restart:
+                entry.attempt = 0
+            delay = delay_s(entry.attempt)
+            entry.attempt += 1
+
+            def fire() -> None:
+                with self._cond:
+                    if entry.redial is not handle:
+                        return  # cancelled or replaced meanwhile
+                    entry.redial = None
+                dial(peer)
+
+            handle = entry.redial = self._timers.call_later(delay, fire)
 
     def entries(self) -> list[PeerEntry]:
         with self._cond:

@@ -54,6 +54,19 @@ class ReplyTable:
         with self._lock:
             return self._pending.pop(request_id, None)
 
+    def close_if_empty(self, make_error: Callable[[], BaseException]) -> bool:
+        """Refuse new calls (``add`` raises ``make_error()``) if none is pending.
+
+        Atomic with ``add``: a link retiring itself uses it to be sure no call slips in
+        after it told the peer it has nothing left in flight.
+        """
+        with self._lock:
+            if self._pending:
+                return False
+            if self._closed_with is None:
+                self._closed_with = make_error
+            return True
+
     def fail_all(self, make_error: Callable[[], BaseException]) -> None:
         """Fail every pending call with a fresh ``make_error()``; later ``add`` calls
         raise one too. (One instance per caller: tracebacks must not mix threads.)"""

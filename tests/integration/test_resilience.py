@@ -259,3 +259,23 @@ def test_heartbeats_record_round_trip_time(make_node):
     assert wait_until(lambda: a.list_peers()[0].rtt is not None, timeout_s=3)
     peer = a.list_peers()[0]
     assert 0 < peer.rtt < 1 and peer.status == "online"
+
+
+def test_a_heartbeat_tick_that_fails_does_not_end_liveness(make_node, monkeypatch):
+    a, b = make_node("a", **FAST), make_node("b", **FAST)
+    a.pair(b.id), b.pair(a.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert a.wait_for_peer(b.id)
+    link = a._registry.active_link(b.id)
+    calls = {"n": 0}
+    original = link.ping_nowait
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("one bad tick")
+        return original()
+
+    monkeypatch.setattr(link, "ping_nowait", flaky)
+    assert wait_until(lambda: calls["n"] >= 3, timeout_s=3), "heartbeats stopped"
+    assert not link.closed

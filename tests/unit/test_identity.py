@@ -19,15 +19,6 @@ from peernet.ids import PeerId
 SEED = bytes(range(100, 132))
 
 
-@pytest.fixture
-def umask0():
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
