@@ -13,8 +13,10 @@ from .errors import *  # noqa: F403  (the hierarchy is part of the public API)
 from .errors import __all__ as _errors_all
 from .ids import PeerId
 from .node import Node, default_data_dir
-from .peer import Peer, PeerEvent
+from .peer import Nearby, Peer, PeerEvent
+from ._io.udp import UdpDiscovery
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "default_data_dir", *_errors_all]
+__all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "Nearby", "UdpDiscovery",
+           "default_data_dir", *_errors_all]

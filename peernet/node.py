@@ -6,7 +6,10 @@ Threads a node starts (all daemons, all joined by ``close()``):
 - ``peernet-acceptor``: the selector loop over the listening socket;
 - ``peernet-link``: one per connection (dials, handshakes, reads, routes);
 - ``peernet-handler-N``: the bounded handler pool;
-- ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links).
+- ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links,
+  heartbeats, reconnects, discovery expiry);
+- ``peernet-netmon``: polls the host's addresses (``network_monitor=True``);
+- ``peernet-udp`` / ``peernet-mdns``: discovery, when asked for.
 
 See guides/architecture.md for the path of one ``call()``.
 """
@@ -36,13 +39,15 @@ from .errors import (
     NotPaired,
     PeerUnavailable,
 )
+from .discovery import Discovery, ManualDiscovery, make_discoveries
 from .handlers import AuthorizeFn, HandlerTable, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
-from .peer import Peer, PeerEvent, peers_table
+from .peer import Nearby, Peer, PeerEvent, peers_table
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
+from ._io.hints import Hints
 from ._io.link import Link
 from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, normalize_ip
 from ._io.pool import HandlerPool
@@ -55,6 +60,7 @@ __all__ = ["Node", "default_data_dir"]
 log = logging.getLogger(__name__)
 
 PeerLike = PeerId | str | bytes
+DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 
 def default_data_dir() -> Path:
@@ -88,7 +94,11 @@ class Node:
     :param host: address to listen on; ``"0.0.0.0"`` (all IPv4), ``"::"`` (IPv6 and
         IPv4), or one address such as ``"127.0.0.1"``.
     :param discovery: None (the default): manual addresses only (``connect``); the node
-        announces nothing about itself.
+        announces nothing about itself. ``"udp"`` (signed broadcast announces on port
+        4040), ``"mdns"`` (needs ``peernet[mdns]``), a discovery object such as
+        ``UdpDiscovery(interfaces=["eth0"])``, or a list of these. Discovery only gives
+        address hints: paired peers it finds are dialled, unpaired ones are listed by
+        :meth:`list_nearby` and never dialled.
     :param call_timeout: default timeout of ``call`` and ``call_async``, seconds (5.0).
     :param handshake_timeout: absolute deadline for connect + handshake, seconds (10.0).
     :param io_timeout: a write that cannot complete within this many seconds (the peer
@@ -120,7 +130,7 @@ class Node:
         *,
         port: int = 0,
         host: str = "0.0.0.0",
-        discovery: None = None,
+        discovery: DiscoverySpec = None,
         call_timeout: float = 5.0,
         handshake_timeout: float = 10.0,
         io_timeout: float = 10.0,
@@ -138,8 +148,7 @@ class Node:
         network_monitor: bool | NetworkMonitor = True,
         network_poll_interval: float = 5.0,
     ) -> None:
-        if discovery is not None:
-            raise ValueError("discovery is not available yet; use connect(peer, host, port)")
+        discoveries = make_discoveries(discovery)  # bad input fails before any side effect
         self.call_timeout = _positive("call_timeout", call_timeout)
         self.handshake_timeout = _positive("handshake_timeout", handshake_timeout)
         self.io_timeout = _positive("io_timeout", io_timeout)
@@ -178,6 +187,9 @@ class Node:
             )
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
+            self._hints = Hints(own_id=self._identity.peer_id, registry=self._registry,
+                                timers=self._timers, is_trusted=self.trust.is_trusted,
+                                dial=self._dial_hinted)
             self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
             self._netmon: NetworkMonitor | None = None
             if network_monitor is True:
@@ -195,6 +207,12 @@ class Node:
                 max_preauth=_count("max_preauth", max_preauth),
                 max_preauth_per_ip=_count("max_preauth_per_ip", max_preauth_per_ip),
             )
+            self._manual = ManualDiscovery()
+            self._discoveries: list[Discovery] = []
+            host_view = _DiscoveryHost(self)
+            for source in (self._manual, *discoveries):
+                source.start(host_view)
+                self._discoveries.append(source)
         except BaseException:
             self._closed = True
             self._shutdown_partial()
@@ -264,8 +282,7 @@ class Node:
         self._require_paired(pid)
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
-        self._registry.set_address(pid, (str(host), port), "manual")
-        self._dial(pid)
+        self._manual.add(pid, (str(host), port))
 
     def list_peers(self) -> list[Peer]:
         """Every paired peer, newest first, with status, address, last_seen and rtt.
@@ -288,6 +305,12 @@ class Node:
             address = entry.address if entry is not None else None
             peers.append(Peer(trusted.peer_id, trusted.label, status, address, last_seen, rtt))
         return peers
+
+    def list_nearby(self) -> list[Nearby]:
+        """Unpaired nodes that discovery heard recently (id, address, source, last_seen),
+        newest first. They are never dialled: check an id out of band, then
+        :meth:`pair` it and it is dialled at once."""
+        return self._hints.nearby()
 
     def on_peer_change(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` whenever a paired peer's status changes.
@@ -491,7 +514,10 @@ class Node:
             return link
         self._require_paired(pid)
         self._dial(pid)
-        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=True)
+        entry = self._registry.get(pid)
+        # No address yet, but discovery is on: it may find one before the deadline.
+        searching = len(self._discoveries) > 1 and (entry is None or entry.address is None)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
         if link is not None:
             return link
         self._check_open()
@@ -558,6 +584,14 @@ class Node:
             link.start()
             self._report_status()
 
+    def _dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
+        """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
+        address; a repeated hint waits for the reconnect backoff (a rate limit)."""
+        if source == "manual":
+            self._dial(pid)
+        else:
+            self._schedule_redial(pid, restart=changed)
+
     def _on_accept(self, sock, address: tuple[str, int]) -> None:
         if self._closed:
             sock.close()
@@ -617,6 +651,9 @@ class Node:
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
         if event == "unpaired":
             self._drop_peer(peer)
+            self._hints.forget(peer)
+        elif event == "paired":
+            self._hints.paired(peer)  # a nearby node just picked: dial it now
 
     def _drop_peer(self, peer: PeerId) -> None:
         self._registry.forget(peer)
@@ -672,6 +709,8 @@ class Node:
                 link.close("local address vanished")
         for entry in self._registry.entries():
             self._schedule_redial(entry.peer_id, restart=True)
+        for source in self._discoveries:
+            source.announce()  # peers learn our new address now, not an interval later
 
     def _report_status(self) -> None:
         with self._status_lock:  # so events from different threads queue in order
@@ -700,6 +739,11 @@ class Node:
         unsubscribe = getattr(self, "_unsubscribe_trust", None)
         if unsubscribe is not None:
             unsubscribe()
+        for source in getattr(self, "_discoveries", ()):
+            try:
+                source.stop(left())
+            except Exception:  # noqa: BLE001 -- a broken discovery must not stop close()
+                log.exception("stopping %s discovery failed", source.source)
         acceptor = getattr(self, "_acceptor", None)
         if acceptor is not None:
             acceptor.close(left())
@@ -730,3 +774,36 @@ class Node:
             if events_thread is not me:
                 events_thread.join(left())
         self._dir_lock.release()
+
+
+class _DiscoveryHost:
+    """The node as its discovery sources see it (``peernet.discovery.DiscoveryHost``):
+    its id and port, a signing function, and where to report hints. Checks what
+    third-party sources report, so a bad hint fails there, not deep in a dial."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def id(self) -> PeerId:
+        return self._node.id
+
+    @property
+    def port(self) -> int:
+        return self._node.port
+
+    def sign(self, message: bytes) -> bytes:
+        return self._node._identity.sign(message)
+
+    def peer_seen(self, peer: PeerId, address: tuple[str, int], *, source: str,
+                  ttl_s: float | None) -> None:
+        host, port = address
+        if not isinstance(peer, PeerId) or type(port) is not int or not 0 < port <= 0xFFFF:
+            raise ValueError(f"bad hint from {source}: {peer!r} at {address!r}")
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError(f"bad hint from {source}: ttl_s={ttl_s!r}")
+        if not self._node.closed:
+            self._node._hints.seen(peer, (str(host), port), source, ttl_s)
+
+    def peer_lost(self, peer: PeerId, *, source: str) -> None:
+        self._node._hints.lost(peer, source)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .ids import PeerId
 
-__all__ = ["Peer", "PeerEvent"]
+__all__ = ["Nearby", "Peer", "PeerEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,23 @@ class PeerEvent:
     previous: str
     #: Unix time of the change.
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """An unpaired node that discovery heard (see ``Node.list_nearby``). Never dialled:
+    pair it (after checking its id out of band) to talk to it."""
+
+    id: PeerId
+    #: (host, port) it announced.
+    address: tuple[str, int]
+    #: Which discovery heard it: "udp" or "mdns".
+    source: str
+    #: Unix time it was last heard.
+    last_seen: float
+
+    def __repr__(self) -> str:
+        return f"<Nearby {self.id.short} {self.address[0]}:{self.address[1]} via {self.source}>"
 
 
 def _ago(ts: float | None) -> str:

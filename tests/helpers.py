@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from peernet._proto.framing import HEADER_LEN
@@ -27,9 +28,10 @@ from peernet._proto.session import (
     SessionClosed,
     SessionState,
 )
-from peernet.identity import Identity
-from peernet.ids import PeerId
+import peernet
+from peernet.identity import Identity, load_or_create
 from peernet.trust import TrustStore
+from peernet.ids import PeerId
 
 __all__ = [
     "Pair",
@@ -43,6 +45,7 @@ __all__ = [
     "feed_chunks",
     "record_transcript",
     "check_event_invariants",
+    "prepaired",
 ]
 
 _UNSET = object()
@@ -324,3 +327,12 @@ def mutate(data: bytes, draw, max_ops: int = 4) -> bytes:
         elif op == "dup":
             buf[pos:pos] = buf[pos:pos + 8]
     return bytes(buf)
+
+
+def prepaired(tmp_path: Path, names: list[str], *, pairs=None) -> dict[str, peernet.PeerId]:
+    """Data dirs whose identities trust each other (every pair, or ``pairs``) before any
+    node starts."""
+    ids = {name: load_or_create(tmp_path / name).peer_id for name in names}
+    for a, b in pairs or [(a, b) for a in names for b in names if a != b]:
+        TrustStore.load(tmp_path / a).pair(ids[b], label=b)
+    return ids

@@ -56,6 +56,8 @@ class Agent:
         info = self.request(op="info")
         self.id: str = info["id"]
         self.port: int = info["port"]
+        #: time.monotonic() (system-wide) when the node had started.
+        self.started: float = info["started"]
 
     def request(self, **command: Any) -> Any:
         assert self.proc.stdin and self.proc.stdout
@@ -118,12 +120,14 @@ class Lab:
     def ip(self, i: int, *args: str) -> None:
         _sh("ip", "-n", self.hosts[i], *args)
 
-    def agent(self, i: int, data_dir: Path, *options: str) -> Agent:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.hosts[i], sys.executable, "-m",
-             "tests.procs.node_agent", str(data_dir), *options],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    def popen(self, i: int, module: str, *args: str, **kwargs: Any) -> subprocess.Popen:
+        """Run ``python -m module args`` inside host ``i`` (pipes for stdin/stdout)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[i], sys.executable, "-m", module, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, **kwargs,
         )
-        agent = Agent(proc)
+
+    def agent(self, i: int, data_dir: Path, *options: str) -> Agent:
+        agent = Agent(self.popen(i, "tests.procs.node_agent", str(data_dir), *options))
         self.agents.append(agent)
         return agent

@@ -29,6 +29,9 @@ __all__ = [
     "PollingMonitor",
     "DEFAULT_IGNORED_INTERFACES",
     "select_addresses",
+    "select_interfaces",
+    "host_interfaces",
+    "LocalAddress",
     "normalize_ip",
 ]
 
@@ -81,21 +84,40 @@ def _temporary_ipv6() -> set[str]:
     return found
 
 
-def select_addresses(
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """One usable address of this host: interface name, address text, prefix length."""
+
+    interface: str
+    ip: str
+    prefix_len: int
+
+    @property
+    def broadcast(self) -> str | None:
+        """The directed broadcast address of an IPv4 subnet (None for IPv6 or a /31-/32)."""
+        net = ipaddress.ip_network(f"{self.ip}/{self.prefix_len}", strict=False)
+        if net.version != 4 or net.prefixlen >= 31:
+            return None
+        return str(net.broadcast_address)
+
+
+def select_interfaces(
     adapters: Iterable[object],
     *,
     ignored_interfaces: tuple[str, ...] = DEFAULT_IGNORED_INTERFACES,
     is_bridge: Callable[[str], bool] = _is_bridge,
     temporary: set[str] | None = None,
-    interfaces: tuple[str, ...] | None = None,
-) -> frozenset[str]:
-    """The addresses that count, from ifaddr-style adapters (``.name``, ``.ips[].ip``).
+    interfaces: Iterable[str] | None = None,
+) -> list[LocalAddress]:
+    """The addresses that count, from ifaddr-style adapters (``.name``,
+    ``.ips[].ip``, ``.ips[].network_prefix``).
 
     ``interfaces`` (names or addresses), when given, selects exactly those instead of
     the default exclusions (loopback and link-local are still dropped).
     """
     temporary = _temporary_ipv6() if temporary is None else temporary
-    chosen: set[str] = set()
+    wanted = None if interfaces is None else frozenset(interfaces)
+    chosen: list[LocalAddress] = []
     for adapter in adapters:
         name = str(getattr(adapter, "name", ""))
         for ip in getattr(adapter, "ips", ()):
@@ -107,14 +129,27 @@ def select_addresses(
             if addr.is_loopback or addr.is_link_local or addr.is_unspecified:
                 continue
             text = str(addr)
-            if interfaces is not None:
-                if name in interfaces or text in interfaces:
-                    chosen.add(text)
+            if wanted is not None:
+                if name not in wanted and text not in wanted:
+                    continue
+            elif name.startswith(ignored_interfaces) or is_bridge(name) or text in temporary:
                 continue
-            if name.startswith(ignored_interfaces) or is_bridge(name) or text in temporary:
-                continue
-            chosen.add(text)
-    return frozenset(chosen)
+            prefix = getattr(ip, "network_prefix", None)
+            chosen.append(LocalAddress(name, text, prefix if isinstance(prefix, int)
+                                       else addr.max_prefixlen))
+    return chosen
+
+
+def select_addresses(adapters: Iterable[object], **options: object) -> frozenset[str]:
+    """The addresses of :func:`select_interfaces`, as a set of strings."""
+    return frozenset(a.ip for a in select_interfaces(adapters, **options))  # type: ignore[arg-type]
+
+
+def host_interfaces(interfaces: Iterable[str] | None = None) -> list[LocalAddress]:
+    """This host's usable addresses right now (ifaddr), selected as above."""
+    import ifaddr
+
+    return select_interfaces(ifaddr.get_adapters(), interfaces=interfaces)
 
 
 class PollingMonitor:
@@ -133,9 +168,7 @@ class PollingMonitor:
 
     @staticmethod
     def _ifaddr_probe() -> frozenset[str]:
-        import ifaddr
-
-        return select_addresses(ifaddr.get_adapters())
+        return frozenset(a.ip for a in host_interfaces())
 
     def start(self, on_change: Callable[[NetworkChange], None]) -> None:
         self._thread = threading.Thread(target=self._run, args=(on_change,),

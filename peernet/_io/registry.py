@@ -26,7 +26,7 @@ __all__ = ["Registry", "PeerEntry"]
 
 
 #: Address sources, in the order dials try them.
-SOURCES = ("manual", "discovery", "inbound")
+SOURCES = ("manual", "udp", "mdns", "inbound")
 
 
 @dataclass
@@ -34,9 +34,9 @@ class PeerEntry:
     peer_id: PeerId
     link: Link | None = None
     dialing: Link | None = None
-    #: Candidate addresses by where they came from: "manual" (connect), "discovery"
-    #: (an announce), "inbound" (source IP + the listening port the peer told us in
-    #: its handshake).
+    #: Candidate addresses by where they came from: "manual" (connect), "udp" and
+    #: "mdns" (discovery), "inbound" (source IP + the listening port the peer told us
+    #: in its handshake).
     candidates: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: Wall-clock time we last heard from the peer on a link that has since closed.
     last_seen: float | None = None
@@ -95,12 +95,23 @@ class Registry:
         link = entry.link
         return link if link is not None and not link.closed else None
 
-    def set_address(self, peer: PeerId, address: tuple[str, int], source: str) -> None:
-        """Record a candidate address. Candidates are kept per source, so an address
-        learned from discovery never replaces the manual one or the live link's."""
+    def set_address(self, peer: PeerId, address: tuple[str, int], source: str) -> bool:
+        """Record a candidate address; returns whether it is new for that source.
+        Candidates are kept per source, so an address learned from discovery never
+        replaces the manual one or the live link's."""
         assert source in SOURCES
         with self._cond:
-            self._entry(peer).candidates[source] = address
+            candidates = self._entry(peer).candidates
+            changed = candidates.get(source) != address
+            candidates[source] = address
+            return changed
+
+    def remove_address(self, peer: PeerId, source: str) -> None:
+        """Drop the candidate ``source`` gave for ``peer`` (its hint expired)."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            if entry is not None:
+                entry.candidates.pop(source, None)
 
     def begin_dial(self, peer: PeerId, make_link: Callable[[tuple[str, int]], Link]) -> Link | None:
         """Create (not start) an outbound link unless one is live or being dialled."""

@@ -1,8 +1,9 @@
 """A node driven by JSON commands on stdin, one reply per line on stdout.
 
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
+        [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
 
-Commands: info, pair, connect, call, link, polls. Replies are {"ok": ...} or
+Commands: info, pair, connect, call, link, polls, peers, nearby, udp. Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
 node directly.
 """
@@ -10,6 +11,7 @@ node directly.
 import argparse
 import json
 import sys
+import time
 
 import peernet
 
@@ -20,18 +22,33 @@ def main() -> None:
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--poll", type=float, default=0.5)
     ap.add_argument("--heartbeat", type=float, nargs=2, default=(0.5, 2.0))
+    ap.add_argument("--discovery", nargs="*", default=[])
+    ap.add_argument("--interval", type=float, default=0.5, help="announce interval, s")
+    ap.add_argument("--udp-port", type=int, default=4040)
+    ap.add_argument("--udp-target", type=int, default=None,
+                    help="announce by unicast to 127.0.0.1:PORT instead of broadcasting")
     opts = ap.parse_args()
+    discovery = []
+    for kind in opts.discovery:
+        if kind == "udp":
+            loopback = {} if opts.udp_target is None else {
+                "bind_host": "127.0.0.1", "targets": [("127.0.0.1", opts.udp_target)]}
+            discovery.append(peernet.UdpDiscovery(port=opts.udp_port, interval_s=opts.interval,
+                                                  **loopback))
+        else:
+            discovery.append(kind)
     node = peernet.Node(opts.data_dir, host=opts.host, network_poll_interval=opts.poll,
                         heartbeat_interval=opts.heartbeat[0],
                         heartbeat_timeout=opts.heartbeat[1], reconnect_initial=0.05,
-                        reconnect_max=1.0, handshake_timeout=2.0)
+                        reconnect_max=1.0, handshake_timeout=2.0, discovery=discovery)
+    started = time.monotonic()
     node.expose("echo", lambda peer, args: args)
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd.pop("op")
         try:
             if op == "info":
-                result = {"id": str(node.id), "port": node.port}
+                result = {"id": str(node.id), "port": node.port, "started": started}
             elif op == "pair":
                 result = str(node.pair(cmd["peer"]))
             elif op == "connect":
@@ -45,6 +62,15 @@ def main() -> None:
                     "local": link.local_ip, "local_port": link.local_port, "key": id(link)}
             elif op == "polls":
                 result = node._netmon.polls
+            elif op == "peers":
+                result = {str(p.id): {"status": p.status, "address": p.address}
+                          for p in node.list_peers()}
+            elif op == "nearby":
+                result = [{"id": str(n.id), "address": n.address, "source": n.source}
+                          for n in node.list_nearby()]
+            elif op == "udp":  # counters of the UDP discovery, if any
+                udp = next(d for d in node._discoveries if d.source == "udp")
+                result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped}
             else:
                 raise ValueError(f"unknown op {op!r}")
             reply = {"ok": result}

@@ -1,0 +1,204 @@
+"""UDP discovery: signed announces, broadcast on each selected interface.
+
+One thread (``peernet-udp``) sends an announce at start, every ``interval_s`` and at
+once when asked (a network change), and receives announces on ``port``. Several nodes
+on one host share the port (SO_REUSEPORT: each gets every broadcast). Received packets
+go through :class:`AnnounceFilter` (see ``peernet/_proto/announce.py`` for the packet
+and the checks); what passes is reported to the node as an address hint.
+
+Announces go as *directed* broadcast (e.g. 192.168.1.255) from a socket bound to each
+selected IPv4 address, so each packet is signed with the address it really leaves from.
+``targets`` replaces broadcast with unicast to the given ``(host, port)`` pairs: for
+networks that block broadcast, and for tests that must stay on loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from .._proto.announce import ANNOUNCE_LEN, AnnounceFilter, encode_announce, next_counter
+from .netmon import host_interfaces
+
+if TYPE_CHECKING:
+    from ..discovery import DiscoveryHost
+
+__all__ = ["UdpDiscovery", "DEFAULT_PORT"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4040
+#: Packets handled per wake-up before the thread checks its clock again.
+_BATCH = 64
+
+
+class UdpDiscovery:
+    """Signed UDP announces (``Node(discovery="udp")``).
+
+    :param port: UDP port to listen and announce on (4040); nodes sharing a LAN must
+        agree on it. 0 picks a free port (only useful with ``targets``).
+    :param interval_s: seconds between announces (5.0). Peers not heard from for three
+        intervals are considered gone.
+    :param interfaces: interface names or addresses to announce on; default: every
+        IPv4 interface except loopback, link-local and virtual ones (docker, veth,
+        bridges).
+    :param targets: ``(host, port)`` pairs to announce to by unicast instead of
+        broadcasting.
+    :param bind_host: address to receive on ("0.0.0.0": every interface).
+    """
+
+    source = "udp"
+
+    def __init__(self, *, port: int = DEFAULT_PORT, interval_s: float = 5.0,
+                 interfaces: Iterable[str] | None = None,
+                 targets: Iterable[tuple[str, int]] | None = None,
+                 bind_host: str = "0.0.0.0") -> None:
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port must be 0..65535, got {port!r}")
+        if not 0.1 <= float(interval_s) <= 3600:
+            raise ValueError(f"interval_s must be 0.1 .. 3600 seconds, got {interval_s!r}")
+        self.port = port
+        self.interval_s = float(interval_s)
+        self.interfaces = None if interfaces is None else tuple(interfaces)
+        self.targets = None if targets is None else [(str(h), int(p)) for h, p in targets]
+        self.bind_host = bind_host
+        self._host: DiscoveryHost | None = None
+        self._filter: AnnounceFilter | None = None
+        self._sock: socket.socket | None = None
+        self._wake_r = self._wake_w = -1
+        self._stop = threading.Event()
+        self._announce_now = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counter = 0
+        #: Announces sent and datagrams received (tests and debugging).
+        self.sent = 0
+        self.received = 0
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Received packets that did not count, by reason."""
+        return dict(self._filter.dropped) if self._filter is not None else {}
+
+    def start(self, host: DiscoveryHost) -> None:
+        self._host = host
+        self._filter = AnnounceFilter(host.id)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.bind_host, self.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="peernet-udp", daemon=True)
+        self._thread.start()
+
+    def announce(self) -> None:
+        self._announce_now.set()
+        self._wake()
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        if self._sock is not None:
+            self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # not started, stopped, or the pipe is full (a wake-up is pending anyway)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_due = time.monotonic()  # the first announce goes out at once
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._announce_now.is_set() or now >= next_due:
+                self._announce_now.clear()
+                self._send_announces()
+                next_due = time.monotonic() + self.interval_s
+            try:
+                ready, _, _ = select.select([self._sock, self._wake_r], [], [],
+                                            max(0.0, next_due - time.monotonic()))
+            except (OSError, ValueError):
+                return  # closed under us: stopping
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+            if self._sock in ready:
+                self._receive_batch()
+
+    def _receive_batch(self) -> None:
+        assert self._sock is not None and self._filter is not None and self._host is not None
+        for _ in range(_BATCH):
+            try:
+                packet, (source_ip, _port) = self._sock.recvfrom(ANNOUNCE_LEN + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error queued by an earlier send
+                log.debug("udp discovery receive: %s", exc)
+                return
+            self.received += 1
+            announce = self._filter.accept(packet, source_ip, time.monotonic())
+            if announce is None:
+                continue
+            try:
+                self._host.peer_seen(announce.peer_id, (announce.address, announce.port),
+                                     source=self.source, ttl_s=3 * announce.interval_s)
+            except Exception:  # noqa: BLE001 -- a bad hint must not end discovery
+                log.exception("handling an announce from %s failed", announce.peer_id.short)
+
+    def _destinations(self) -> list[tuple[str, tuple[str, int]]]:
+        """(source address, destination) for each announce to send now."""
+        if self.targets is not None:
+            found = []
+            for target in self.targets:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    try:
+                        probe.connect(target)  # no traffic: asks the kernel for the route
+                    except OSError as exc:
+                        log.debug("no route to announce target %s: %s", target, exc)
+                        continue
+                    found.append((probe.getsockname()[0], target))
+            return found
+        return [(a.ip, (a.broadcast, self.port)) for a in host_interfaces(self.interfaces)
+                if a.broadcast is not None]
+
+    def _send_announces(self) -> None:
+        host = self._host
+        assert host is not None
+        try:
+            destinations = self._destinations()
+        except Exception:  # noqa: BLE001 -- unreadable interfaces: try again next interval
+            log.exception("listing interfaces for announces failed")
+            return
+        for source_ip, destination in destinations:
+            self._counter = next_counter(self._counter, time.time_ns() // 1_000_000)
+            packet = encode_announce(host.sign, host.id, port=host.port, counter=self._counter,
+                                     interval_s=self.interval_s, address=source_ip)
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                    out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                    out.bind((source_ip, 0))
+                    out.sendto(packet, destination)
+                self.sent += 1
+            except OSError as exc:  # an interface going away mid-announce
+                log.debug("announce from %s to %s failed: %s", source_ip, destination, exc)

@@ -1,0 +1,217 @@
+"""The signed UDP announce, and the filter every received announce goes through.
+
+An announce says "the node with this key listens on this TCP port at this address".
+It is only ever an address *hint*: identity comes from the Noise handshake alone. The
+signature, the address binding and the freshness counter make sure a hint cannot be
+forged or moved: nobody can announce someone else's key, and a genuine packet replayed
+from another host names the genuine address, which the replayer does not own.
+
+Layout (132 bytes, integers big-endian)::
+
+    off len
+      0   4  magic b"PNET"
+      4   1  version 0x02 (the original PeerNet's unsigned packet was version 1)
+      5   1  flags, 0 (reserved: a packet with any flag set is refused)
+      6   2  TCP listen port, 1..65535
+      8  32  the sender's PeerId (Ed25519 public key)
+     40   8  counter: strictly increasing per sender (its wall clock in ms, bumped)
+     48   4  interval until the sender's next announce, ms (100 .. 3,600,000)
+     52  16  the address the packet is sent from: IPv6, or IPv4-mapped ::ffff:a.b.c.d
+     68  64  Ed25519 signature over b"peernet/1 announce" || bytes 0..67
+
+The receiver drops a packet unless it parses exactly, its rate limits allow it, the
+signature verifies, it is not its own, the signed address equals the UDP source
+address, and its counter is higher than the last one accepted from that key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ProtocolError
+from ..identity import verify
+from ..ids import PeerId
+
+__all__ = [
+    "ANNOUNCE_LEN",
+    "Announce",
+    "AnnounceFilter",
+    "TokenBucket",
+    "decode_announce",
+    "encode_announce",
+]
+
+MAGIC = b"PNET"
+VERSION = 2
+_SIGNED = struct.Struct(">4sBBH32sQI16s")
+SIGNATURE_LEN = 64
+ANNOUNCE_LEN = _SIGNED.size + SIGNATURE_LEN  # 132
+_CONTEXT = b"peernet/1 announce"
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    peer_id: PeerId
+    port: int
+    counter: int
+    interval_s: float
+    #: The address the sender says it sent from (normalized; IPv4 as a.b.c.d).
+    address: str
+    signed: bytes
+    signature: bytes
+
+    def verify(self) -> bool:
+        return verify(self.peer_id, _CONTEXT + self.signed, self.signature)
+
+
+def _pack_address(address: str) -> bytes:
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return ip.packed
+
+
+def _unpack_address(raw: bytes) -> str:
+    ip = ipaddress.IPv6Address(raw)
+    return str(ip.ipv4_mapped or ip)
+
+
+def encode_announce(sign: Callable[[bytes], bytes], peer_id: PeerId, *, port: int,
+                    counter: int, interval_s: float, address: str) -> bytes:
+    """A signed announce. ``sign`` is the sender's Ed25519 signing function."""
+    if not 0 < port <= 0xFFFF:
+        raise ValueError(f"port must be 1..65535, got {port!r}")
+    interval_ms = round(interval_s * 1000)
+    if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
+        raise ValueError(f"interval must be 0.1 s .. 1 h, got {interval_s!r}")
+    signed = _SIGNED.pack(MAGIC, VERSION, 0, port, peer_id.bytes, counter, interval_ms,
+                          _pack_address(address))
+    return signed + sign(_CONTEXT + signed)
+
+
+def decode_announce(packet: bytes) -> Announce:
+    """Parse (not verify) an announce; anything but an exact packet raises ProtocolError."""
+    if len(packet) != ANNOUNCE_LEN:
+        raise ProtocolError(f"announce must be {ANNOUNCE_LEN} bytes, got {len(packet)}")
+    signed = bytes(packet[:_SIGNED.size])
+    magic, version, flags, port, key, counter, interval_ms, raw_address = _SIGNED.unpack(signed)
+    if magic != MAGIC:
+        raise ProtocolError("not a peernet announce (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported announce version {version}")
+    if flags != 0:
+        raise ProtocolError("announce flags must be 0")
+    if port == 0:
+        raise ProtocolError("announce port must not be 0")
+    if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
+        raise ProtocolError(f"announce interval {interval_ms} ms is out of range")
+    address = _unpack_address(raw_address)
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_multicast:
+        raise ProtocolError(f"announce address {address} is not a host address")
+    return Announce(PeerId(key), port, counter, interval_ms / 1000, address, signed,
+                    bytes(packet[_SIGNED.size:]))
+
+
+class TokenBucket:
+    """``rate_per_s`` tokens a second, at most ``burst`` saved up. Time is passed in."""
+
+    __slots__ = ("rate_per_s", "burst", "_tokens", "_at")
+
+    def __init__(self, rate_per_s: float, burst: float, now_s: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = burst
+        self._at = now_s
+
+    def take(self, now_s: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now_s - self._at) * self.rate_per_s)
+        self._at = now_s
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class AnnounceFilter:
+    """Decides which received announces count. Pure: the caller passes the clock.
+
+    Cheap checks come first, so a flood costs little: the exact parse, then a token
+    bucket per source address and one for all sources (before the ~50 µs signature
+    check), then the signature, our own key, the address binding and freshness. Every
+    table is bounded: the oldest entry goes when it is full.
+    """
+
+    def __init__(self, own_id: PeerId, *, per_source_rate_per_s: float = 5.0,
+                 per_source_burst: int = 20, total_rate_per_s: float = 500.0,
+                 max_sources: int = 1024, max_senders: int = 1024) -> None:
+        self._own_id = own_id
+        self._per_source = (per_source_rate_per_s, per_source_burst)
+        self._total_rate = total_rate_per_s
+        self._total: TokenBucket | None = None
+        self._max_sources = max_sources
+        self._max_senders = max_senders
+        self._sources: OrderedDict[str, TokenBucket] = OrderedDict()
+        #: Per sender: (last accepted counter, when to forget it). Forgetting lets a
+        #: sender whose clock went backwards (a board without an RTC) be heard again.
+        self._senders: OrderedDict[PeerId, tuple[int, float]] = OrderedDict()
+        #: Why packets were dropped, by reason (for logs, tests and debugging).
+        self.dropped: dict[str, int] = {}
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def _bucket(self, source_ip: str, now_s: float) -> TokenBucket:
+        bucket = self._sources.get(source_ip)
+        if bucket is None:
+            if len(self._sources) >= self._max_sources:
+                self._sources.popitem(last=False)
+            bucket = self._sources[source_ip] = TokenBucket(*self._per_source, now_s)
+        else:
+            self._sources.move_to_end(source_ip)
+        return bucket
+
+    def accept(self, packet: bytes, source_ip: str, now_s: float) -> Announce | None:
+        """The announce if it counts, else None (and the reason is counted)."""
+        try:
+            announce = decode_announce(packet)
+        except ProtocolError:
+            self._drop("malformed")
+            return None
+        if not self._bucket(source_ip, now_s).take(now_s):
+            self._drop("rate_source")
+            return None
+        if self._total is None:
+            self._total = TokenBucket(self._total_rate, self._total_rate, now_s)
+        if not self._total.take(now_s):
+            self._drop("rate_total")
+            return None
+        if not announce.verify():
+            self._drop("signature")
+            return None
+        if announce.peer_id == self._own_id:
+            self._drop("own")
+            return None
+        if announce.address != source_ip:
+            self._drop("address")
+            return None
+        last = self._senders.get(announce.peer_id)
+        if last is not None and last[1] > now_s and announce.counter <= last[0]:
+            self._drop("stale")
+            return None
+        self._senders.pop(announce.peer_id, None)
+        if len(self._senders) >= self._max_senders:
+            self._senders.popitem(last=False)
+        self._senders[announce.peer_id] = (announce.counter, now_s + 3 * announce.interval_s)
+        return announce
+
+
+def next_counter(previous: int, wall_ms: int) -> int:
+    """The sender's next counter: its clock in ms, but always above the last one."""
+    return max(previous + 1, wall_ms)
