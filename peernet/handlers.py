@@ -3,9 +3,10 @@
 Default-deny: a name that was never exposed (or was revoked) answers "no such handler".
 ``authorize(peer)`` runs before every call of its handler and only ``True`` (the object,
 not a truthy value) lets the call through; an ``authorize`` that raises means forbidden.
-A handler that raises -- anything, ``BaseException`` included -- becomes a
-``handler_error`` outcome carrying the exception's type name only; the traceback goes to
-the local log and never to the peer.
+A handler may refuse a call itself by raising :class:`~peernet.Forbidden` (the peer gets
+"forbidden", never the message). A handler that raises anything else --
+``BaseException`` included -- becomes a ``handler_error`` outcome carrying the
+exception's type name only; the traceback goes to the local log and never to the peer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
 from ._proto.messages import FORBIDDEN, HANDLER_ERROR, NO_SUCH_HANDLER, is_valid_handler_name
-from .errors import InvalidHandlerName
+from .errors import Forbidden, InvalidHandlerName
 from .ids import PeerId
 
 __all__ = ["HandlerFn", "AuthorizeFn", "Handler", "Outcome", "HandlerTable"]
@@ -126,6 +127,9 @@ class HandlerTable:
                 return _FORBIDDEN
         try:
             return Outcome(value=handler.fn(peer, args))
+        except Forbidden as exc:
+            log.info("handler %r refused a call from %s: %s", name, peer.short, exc)
+            return _FORBIDDEN
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
             log.error("handler %r raised for %s", name, peer.short, exc_info=True)
             return Outcome(error=HANDLER_ERROR, detail=type(exc).__name__)

@@ -289,3 +289,17 @@ def test_table_keeps_working_after_a_handler_failure():
     table.expose("good", lambda peer, args: "fine")
     assert table.dispatch(ALICE, "bad", None).error == HANDLER_ERROR
     assert table.dispatch(ALICE, "good", None).value == "fine"
+
+
+def test_a_handler_may_refuse_by_raising_forbidden_and_its_message_stays_home():
+    from peernet.errors import Forbidden
+
+    table = HandlerTable()
+
+    def picky(peer, args):
+        raise Forbidden("secret reason: /etc/shadow")
+
+    table.expose("picky", picky)
+    outcome = table.dispatch(PeerId(bytes(32)), "picky", None)
+    assert outcome == Outcome(error=FORBIDDEN)
+    assert outcome.detail is None
