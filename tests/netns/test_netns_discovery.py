@@ -25,12 +25,14 @@ def lab():
         yield lab
 
 
-def start(lab, tmp_path, names, ids):
-    """One agent per name on hosts 0.., with UDP discovery; nothing else configured."""
+def start(lab, tmp_path, names, ids, *, hosts=None, interval_s=INTERVAL_S):
+    """One agent per name (on hosts 0.. unless given), with UDP discovery; nothing else
+    configured."""
     agents = {}
     for i, name in enumerate(names):
-        agents[name] = lab.agent(i, tmp_path / name, "--discovery", "udp", "--interval",
-                                 str(INTERVAL_S), "--heartbeat", "30", "60")
+        host = i if hosts is None else hosts[i]
+        agents[name] = lab.agent(host, tmp_path / name, "--discovery", "udp", "--interval",
+                                 str(interval_s), "--heartbeat", "30", "60")
         assert agents[name].id == str(ids[name])
     return agents
 
@@ -114,3 +116,26 @@ def test_a_host_that_leaves_is_offline_within_3_intervals(lab, tmp_path):
         assert a.request(op="peers")[str(ids["b"])]["status"] == "online"
     finally:
         c.proc.send_signal(signal.SIGCONT)
+
+
+def test_nodes_on_one_host_share_the_announce_port(lab, tmp_path):
+    names = ["a", "b", "c"]
+    ids = prepaired(tmp_path, names)
+    agents = start(lab, tmp_path, names, ids, hosts=[0, 0, 1])
+    for x, y in [("a", "c"), ("b", "c"), ("c", "a"), ("c", "b"), ("a", "b")]:
+        assert agents[x].request(op="call", peer=str(ids[y]), name="echo", args=y,
+                                 timeout=2.0) == y
+
+
+def test_a_new_address_is_announced_at_once_not_an_interval_later(lab, tmp_path):
+    ids = prepaired(tmp_path, ["a", "b"])
+    agents = start(lab, tmp_path, ["a", "b"], ids, interval_s=60.0)
+    a, b = agents["a"], agents["b"]
+    assert a.request(op="call", peer=b.id, name="echo", args=0, timeout=2.0) == 0
+    assert a.request(op="candidates", peer=b.id)["udp"] == [lab.address(1), b.port]
+    lab.ip(1, "addr", "del", f"{lab.address(1)}/24", "dev", "eth0")
+    lab.ip(1, "addr", "add", "10.77.0.99/24", "dev", "eth0")
+    assert wait_until(
+        lambda: a.request(op="candidates", peer=b.id).get("udp") == ["10.77.0.99", b.port],
+        timeout_s=3, interval_s=0.05)  # b polls every 0.5 s; its next timed announce is in 60 s
+    assert a.request(op="call", peer=b.id, name="echo", args=1, timeout=3.0) == 1

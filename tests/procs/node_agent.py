@@ -3,7 +3,7 @@
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
         [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
 
-Commands: info, pair, connect, call, link, polls, peers, nearby, udp. Replies are {"ok": ...} or
+Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp. Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
 node directly.
 """
@@ -65,6 +65,9 @@ def main() -> None:
             elif op == "peers":
                 result = {str(p.id): {"status": p.status, "address": p.address}
                           for p in node.list_peers()}
+            elif op == "candidates":
+                entry = node._registry.get(peernet.PeerId.parse(cmd["peer"]))
+                result = {} if entry is None else dict(entry.candidates)
             elif op == "nearby":
                 result = [{"id": str(n.id), "address": n.address, "source": n.source}
                           for n in node.list_nearby()]
