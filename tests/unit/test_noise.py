@@ -34,6 +34,33 @@ from peernet._proto.noise import (
 )
 from peernet.errors import HandshakeError, ProtocolError
 
+
+@pytest.fixture(autouse=True, params=["pynacl", "cryptography"])
+def aead_backend(request, monkeypatch):
+    """Every test here runs once per AEAD backend: they must give identical bytes."""
+    if request.param == "cryptography":
+        pytest.importorskip("cryptography")
+        monkeypatch.setattr(noise_mod, "make_aead", noise_mod.cryptography_aead)
+    else:
+        monkeypatch.setattr(noise_mod, "make_aead", noise_mod.pynacl_aead)
+    return request.param
+
+
+def test_both_aead_backends_give_the_same_bytes_and_refuse_the_same_forgeries():
+    pytest.importorskip("cryptography")
+    key, nonce = bytes(range(32)), bytes(12)
+    seal_a, open_a = noise_mod.pynacl_aead(key)
+    seal_b, open_b = noise_mod.cryptography_aead(key)
+    for size in (0, 1, 64, 65519):
+        plaintext = bytes(size)
+        ct = seal_a(nonce, plaintext, b"ad")
+        assert seal_b(nonce, plaintext, b"ad") == ct
+        assert open_b(nonce, ct, b"ad") == open_a(nonce, ct, b"ad") == plaintext
+        bad = ct[:-1] + bytes([ct[-1] ^ 1])
+        for open_ in (open_a, open_b):
+            with pytest.raises(noise_mod._AeadFailed):
+                open_(nonce, bad, b"ad")
+
 VECTORS_FILE = (Path(__file__).resolve().parents[1] / "vectors"
                 / "noise_xx_25519_chachapoly_sha256.json")
 VECTORS = json.loads(VECTORS_FILE.read_text())["vectors"]
