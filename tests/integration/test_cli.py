@@ -1,14 +1,146 @@
+"""The ``peernet`` command line, driven in subprocesses on 127.0.0.1."""
+
+import json
 import os
+import queue
+import re
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
 
 import peernet
+import peernet.cli
+
+PROCS = Path(__file__).resolve().parent.parent / "procs"
+LOOPBACK = "127.0.0.1"
 
 
-def run(*args, env=None):
+def run(*args, env=None, input=None):
     return subprocess.run([sys.executable, "-m", "peernet", *args], capture_output=True,
-                          text=True, timeout=30, env=env)
+                          text=True, timeout=30, env=env, input=input)
+
+
+def one_line_error(out, code):
+    """The command failed with ``code`` and exactly one ``peernet: `` line on stderr."""
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peernet: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+class Proc:
+    """A long-running subprocess whose stdout and stderr lines can be awaited."""
+
+    def __init__(self, argv, **kwargs):
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, bufsize=1, **kwargs)
+        self.lines = {"out": queue.SimpleQueue(), "err": queue.SimpleQueue()}
+        self.seen = {"out": [], "err": []}
+        self._readers = [
+            threading.Thread(target=self._pump, args=(stream, self.lines[name]), daemon=True)
+            for name, stream in (("out", self.p.stdout), ("err", self.p.stderr))
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, q):
+        for line in stream:
+            q.put(line.rstrip("\n"))
+        q.put(None)
+
+    def expect(self, pattern, stream="out", timeout=10.0):
+        """The first new line on ``stream`` matching ``pattern`` (a regex) as a Match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self.lines[stream].get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} on std{stream}; saw {self.seen}") from None
+            if line is None:
+                self.lines[stream].put(None)
+                raise AssertionError(f"std{stream} ended without {pattern!r}; saw {self.seen}")
+            self.seen[stream].append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def write(self, text):
+        self.p.stdin.write(text)
+        self.p.stdin.flush()
+
+    def wait(self, timeout=10.0):
+        code = self.p.wait(timeout)
+        for t in self._readers:
+            t.join(5)
+        return code
+
+    def rest(self, stream):
+        """Every remaining line of ``stream`` (after the process ended)."""
+        lines = []
+        while (line := self.lines[stream].get(timeout=5)) is not None:
+            lines.append(line)
+        self.lines[stream].put(None)
+        return lines
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.wait()
+        for stream in (self.p.stdin, self.p.stdout, self.p.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def peernet_proc(*args):
+    return Proc([sys.executable, "-m", "peernet", *args])
+
+
+def ready(proc):
+    """Wait for the READY line; return (id, port)."""
+    m = proc.expect(r"^READY id=(\S+) port=(\d+) host=")
+    return m.group(1), int(m.group(2))
+
+
+def make_id(tmp_path, name):
+    out = run("--data-dir", str(tmp_path / name), "id")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()[0]
+
+
+@pytest.fixture
+def alice_bob(tmp_path):
+    """Two data dirs paired both ways through the CLI: (a_dir, a_id, b_dir, b_id)."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    a_id, b_id = make_id(tmp_path, "a"), make_id(tmp_path, "b")
+    assert run("--data-dir", a, "pair", b_id, "--label", "bob").returncode == 0
+    assert run("--data-dir", b, "pair", a_id, "--label", "alice").returncode == 0
+    return a, a_id, b, b_id
+
+
+def typo(pid):
+    """``pid`` with its last character changed: the checksum catches it."""
+    return pid[:-1] + ("q" if pid[-1] != "q" else "p")
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+# --- id ------------------------------------------------------------------------------
 
 
 def test_id_creates_and_shows_a_stable_identity(tmp_path):
@@ -18,6 +150,7 @@ def test_id_creates_and_shows_a_stable_identity(tmp_path):
     again = run("--data-dir", str(tmp_path / "d"), "id")
     assert again.stdout == first.stdout
     assert pid.short in first.stdout
+    assert f"peernet pair {pid}" in first.stdout
 
 
 def test_data_dir_from_the_environment(tmp_path):
@@ -31,11 +164,255 @@ def test_an_insecure_key_file_is_a_one_line_error(tmp_path):
     key = tmp_path / "d" / "identity.key"
     key.chmod(0o644)
     out = run("--data-dir", str(tmp_path / "d"), "id")
-    assert out.returncode == 1
-    assert out.stderr.startswith("peernet: ") and len(out.stderr.strip().splitlines()) == 1
+    one_line_error(out, 1)
     assert stat.S_IMODE(key.stat().st_mode) == 0o644  # refused, not "fixed" behind our back
+
+
+def test_id_qr_code_when_the_optional_package_is_there(tmp_path):
+    fake = tmp_path / "site" / "qrcode"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "class QRCode:\n"
+        "    def __init__(self, **kw): self.data = ''\n"
+        "    def add_data(self, data): self.data += data\n"
+        "    def make(self, fit=True): pass\n"
+        "    def print_ascii(self, out=None, invert=False): out.write('QR<' + self.data + '>\\n')\n"
+    )
+    without = run("--data-dir", str(tmp_path / "d"), "id", "--qr")
+    assert without.returncode == 0 and "QR<" not in without.stdout
+    assert "qrcode" in without.stderr  # says what to install; not an error
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    with_qr = run("--data-dir", str(tmp_path / "d"), "id", "--qr", env=env)
+    pid = without.stdout.splitlines()[0]
+    assert with_qr.returncode == 0 and f"QR<{pid.upper()}>" in with_qr.stdout
+    assert peernet.PeerId.parse(pid.upper()) == peernet.PeerId.parse(pid)
+    assert "QR<" not in run("--data-dir", str(tmp_path / "d"), "id", env=env).stdout  # not a tty
+
+
+# --- help and usage ------------------------------------------------------------------
 
 
 def test_help_and_usage_errors():
     assert run("--help").returncode == 0
-    assert run("bogus").returncode == 2
+    one_line_error(run("bogus"), 2)
+    one_line_error(run("call"), 2)
+
+
+def test_help_teaches_the_two_machine_flow_and_exit_codes():
+    text = run("--help").stdout
+    for needle in ("peernet id", "peernet pair", "peernet listen", "peernet call",
+                   "--to", "exit codes", "3 peer unreachable", "5 timeout", "$base64"):
+        assert needle in text, needle
+    for command in ("id", "pair", "unpair", "peers", "listen", "chat", "call", "send"):
+        assert run(command, "--help").returncode == 0, command
+    assert "exit codes" in (peernet.cli.__doc__ or "").lower()
+
+
+def test_usage_errors_are_exit_2_before_any_network(tmp_path):
+    d = str(tmp_path / "d")
+    other = make_id(tmp_path, "other")
+    bad_id = one_line_error(run("--data-dir", d, "call", typo(other), "echo",
+                                "--to", f"{LOOPBACK}:1"), 2)
+    assert "invalid peer id" in bad_id
+    assert "checksum" in one_line_error(run("--data-dir", d, "pair", typo(other)), 2)
+    bad_json = one_line_error(run("--data-dir", d, "call", other, "echo", "{nope",
+                                  "--to", f"{LOOPBACK}:1"), 2)
+    assert "bad JSON" in bad_json
+    bare = one_line_error(run("--data-dir", d, "send", other, "chat", "hello",
+                              "--to", f"{LOOPBACK}:1"), 2)
+    assert "quotes" in bare
+    assert "base64" in one_line_error(run("--data-dir", d, "call", other, "echo",
+                                          '{"$base64": "!!"}', "--to", f"{LOOPBACK}:1"), 2)
+    assert "HOST:PORT" in one_line_error(run("--data-dir", d, "call", other, "echo",
+                                             "--to", "nowhere"), 2)
+    one_line_error(run("--data-dir", d, "call", other, "bad name!", "--to", f"{LOOPBACK}:1"), 2)
+    one_line_error(run("--data-dir", d, "call", other, "echo", "--to", f"{LOOPBACK}:1",
+                       "--timeout", "-1"), 2)
+    own = make_id(tmp_path, "d")
+    assert "own id" in one_line_error(run("--data-dir", d, "pair", own), 2)
+
+
+# --- pair, peers, unpair ---------------------------------------------------------------
+
+
+def test_pair_peers_unpair(tmp_path):
+    d = str(tmp_path / "d")
+    bob = make_id(tmp_path, "bob")
+    carol = make_id(tmp_path, "carol")
+    empty = run("--data-dir", d, "peers")
+    assert empty.returncode == 0 and "no paired peers" in empty.stdout
+    out = run("--data-dir", d, "pair", bob, "--label", "bob")
+    assert out.returncode == 0 and "paired with" in out.stdout and "bob" in out.stdout
+    assert run("--data-dir", d, "pair", carol).returncode == 0
+    assert "already paired" in run("--data-dir", d, "pair", carol, "--label", "carol").stdout
+    assert "control character" in one_line_error(
+        run("--data-dir", d, "pair", bob, "--label", "evil\x1b[2J"), 2)
+
+    table = run("--data-dir", d, "peers")
+    assert table.returncode == 0
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["LABEL", "ID", "STATUS", "ADDRESS", "LAST", "SEEN", "RTT"]
+    assert len(rows) == 2
+    by_label = {row.split()[0]: row.split() for row in rows}
+    assert by_label["bob"][1] == peernet.PeerId.parse(bob).short
+    assert by_label["carol"][1:3] == [peernet.PeerId.parse(carol).short, "unknown"]
+
+    out = run("--data-dir", d, "unpair", "bob")  # by label
+    assert out.returncode == 0 and "unpaired bob" in out.stdout
+    assert "not paired" in one_line_error(run("--data-dir", d, "unpair", bob), 6)
+    assert "labelled" in one_line_error(run("--data-dir", d, "unpair", "nobody"), 2)
+    assert run("--data-dir", d, "unpair", carol).returncode == 0
+    assert "no paired peers" in run("--data-dir", d, "peers").stdout
+
+
+# --- listen, call, send ----------------------------------------------------------------
+
+
+def test_listen_serves_call_and_send_and_stops_on_sigterm(alice_bob, tmp_path):
+    a, a_id, b, b_id = alice_bob
+    listener = peernet_proc("--data-dir", a, "listen", "--host", LOOPBACK)
+    try:
+        got_id, port = ready(listener)
+        assert got_id == a_id
+        to = f"{LOOPBACK}:{port}"
+
+        out = run("--data-dir", b, "call", "alice", "echo", '{"n": [1, 2.5, null, "x"]}',
+                  "--to", to)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"n": [1, 2.5, None, "x"]}
+        raw = run("--data-dir", b, "call", a_id, "echo", '{"$base64": "AAH/"}', "--to", to)
+        assert json.loads(raw.stdout) == {"$base64": "AAH/"}  # bytes in, bytes out
+        assert json.loads(run("--data-dir", b, "call", a_id, "echo", "--to", to).stdout) is None
+        piped = run("--data-dir", b, "call", a_id, "echo", "-", "--to", to, input="[true]")
+        assert json.loads(piped.stdout) == [True]
+
+        out = run("--data-dir", b, "send", "alice", "chat", '"hello\\u001b[2J from b"',
+                  "--to", to)
+        assert out.returncode == 0, out.stderr
+        # The label alice gave bob; terminal control characters come out escaped.
+        assert listener.expect(r"^bob: ").group(0) and "\\x1b[2J from b" in listener.seen["out"][-1]
+
+        assert "no handler" in one_line_error(
+            run("--data-dir", b, "call", "alice", "nope", "--to", to), 4)
+        assert "TypeError" in one_line_error(
+            run("--data-dir", b, "call", "alice", "chat", "5", "--to", to), 4)
+
+        # A live node holds its data dir: a clear one-line error, exit 1.
+        for argv in (("call", "bob", "echo", "--to", to), ("pair", b_id),
+                     ("listen", "--host", LOOPBACK)):
+            assert "another peernet process is using" in one_line_error(
+                run("--data-dir", a, *argv), 1)
+
+        checked = run("--data-dir", b, "peers", "--check", f"alice@{to}")
+        assert checked.returncode == 0, checked.stderr
+        row = checked.stdout.splitlines()[1].split()
+        assert row[:4] == ["alice", peernet.PeerId.parse(a_id).short, "online", to]
+        assert row[-1] == "ms"  # an rtt was measured
+
+        listener.p.send_signal(signal.SIGTERM)
+        assert listener.wait() == 0
+        assert not [line for line in listener.rest("err") if "Traceback" in line]
+    finally:
+        listener.stop()
+
+
+def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
+    a, a_id, b, b_id = alice_bob
+    port = closed_port()
+    for command in ("call", "send"):
+        line = one_line_error(run("--data-dir", b, command, "alice", "echo",
+                                  "--to", f"{LOOPBACK}:{port}"), 3)
+        assert f"{LOOPBACK}:{port}" in line
+    stranger = make_id(tmp_path, "stranger")
+    line = one_line_error(run("--data-dir", b, "call", stranger, "echo",
+                              "--to", f"{LOOPBACK}:{port}"), 6)
+    assert f"peernet pair {stranger}" in line
+    checked = run("--data-dir", b, "peers", "--check", f"alice@{LOOPBACK}:{port}",
+                  "--timeout", "5")
+    assert checked.returncode == 3 and "offline" in checked.stdout
+
+
+def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
+    a, c = str(tmp_path / "a"), str(tmp_path / "c")
+    a_id = make_id(tmp_path, "a")
+    make_id(tmp_path, "c")
+    assert run("--data-dir", c, "pair", a_id, "--label", "alice").returncode == 0
+    listener = peernet_proc("--data-dir", a, "listen", "--host", LOOPBACK)
+    try:
+        _, port = ready(listener)
+        for command in ("call", "send"):
+            line = one_line_error(run("--data-dir", c, command, "alice", "echo", "1",
+                                      "--to", f"{LOOPBACK}:{port}"), 3)
+            assert "paired this machine" in line
+        listener.p.send_signal(signal.SIGINT)
+        assert listener.wait() == 0
+    finally:
+        listener.stop()
+
+
+def test_call_timeout_is_exit_5(tmp_path):
+    b = str(tmp_path / "b")
+    b_id = make_id(tmp_path, "b")
+    agent = Proc([sys.executable, str(PROCS / "node_proc.py"), str(tmp_path / "slow"),
+                  "--pair", b_id])
+    try:
+        m = agent.expect(r"^READY (.*)$")
+        info = json.loads(m.group(1))
+        assert run("--data-dir", b, "pair", info["id"]).returncode == 0
+        line = one_line_error(run("--data-dir", b, "call", info["id"], "slow", "5",
+                                  "--to", f"{LOOPBACK}:{info['port']}", "--timeout", "0.3"), 5)
+        assert "0.3" in line
+    finally:
+        agent.stop()  # killed: its handler is still asleep, and that is not under test
+
+
+# --- chat ----------------------------------------------------------------------------
+
+
+def test_chat_between_two_terminals(alice_bob):
+    a, a_id, b, b_id = alice_bob
+    alice = peernet_proc("--data-dir", a, "chat", "bob", "--host", LOOPBACK)
+    bob = None
+    try:
+        _, port = ready(alice)
+        alice.expect("waiting for bob", "err")
+        bob = peernet_proc("--data-dir", b, "chat", a_id, "--to", f"{LOOPBACK}:{port}",
+                           "--host", LOOPBACK)
+        ready(bob)
+        bob.expect(r"^\* alice is online", "err")
+        alice.expect(r"^\* bob is online", "err")
+
+        bob.write("hello from bob\n")
+        alice.expect(r"^bob: hello from bob$")
+        alice.write("hi bob, ünïcode\n\n")
+        bob.expect(r"^alice: hi bob, ünïcode$")
+
+        bob.p.stdin.close()  # EOF ends chat cleanly
+        assert bob.wait() == 0
+        assert not [line for line in bob.rest("err") if "Traceback" in line]
+        alice.expect(r"^\* bob went offline", "err")
+        alice.write("anyone there?\n")
+        alice.expect(r"not delivered: bob is offline", "err")
+
+        alice.p.send_signal(signal.SIGTERM)
+        assert alice.wait() == 0
+        assert not [line for line in alice.rest("err") if "Traceback" in line]
+    finally:
+        alice.stop()
+        if bob is not None:
+            bob.stop()
+
+
+def test_chat_with_an_unpaired_peer_or_a_locked_data_dir(alice_bob, tmp_path):
+    a, a_id, b, b_id = alice_bob
+    stranger = make_id(tmp_path, "stranger")
+    one_line_error(run("--data-dir", a, "chat", stranger, "--host", LOOPBACK), 6)
+    alice = peernet_proc("--data-dir", a, "chat", "bob", "--host", LOOPBACK)
+    try:
+        ready(alice)
+        assert "another peernet process" in one_line_error(
+            run("--data-dir", a, "chat", "bob", "--host", LOOPBACK), 1)
+        alice.p.send_signal(signal.SIGINT)
+        assert alice.wait() == 0
+    finally:
+        alice.stop()
