@@ -15,8 +15,10 @@ from .ids import PeerId
 from .node import Node, default_data_dir
 from .peer import Nearby, Peer, PeerEvent
 from ._io.udp import UdpDiscovery
+from ._io.mdns import MdnsDiscovery
+from . import rpc
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "Nearby", "UdpDiscovery",
-           "default_data_dir", *_errors_all]
+           "MdnsDiscovery", "rpc", "default_data_dir", *_errors_all]

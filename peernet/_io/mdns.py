@@ -1,0 +1,358 @@
+"""mDNS / DNS-SD discovery with python-zeroconf (``pip install "peernet[mdns]"``).
+
+The node registers ``pn-<short id>._peernet._tcp.local.`` (host name
+``pn-<short id>.local.``, never the machine's) with a signed TXT record (see
+``peernet/_proto/mdns_record.py``) and browses the same type. Only the selected
+interfaces' IPv4 addresses are used, both for zeroconf's sockets and in the record.
+
+Threads: one ``peernet-mdns`` thread owns everything. It creates the ``Zeroconf``
+instance, so zeroconf never attaches to an asyncio loop the application runs (a
+notebook's): zeroconf then starts its private loop thread, and the browser has its own
+thread. Browser callbacks only queue the name; resolving (from zeroconf's cache,
+asking the network only if needed), verifying and reporting happen on
+``peernet-mdns``. Once a second it also checks that the records of each peer it
+reported are still in zeroconf's cache, so a peer that vanished without a goodbye is
+lost when its records expire (``ttl_s``) rather than at zeroconf's next cleanup.
+``stop`` sends goodbyes, closes zeroconf (which joins its threads) and joins ours.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .._proto.announce import next_counter
+from .._proto.mdns_record import (
+    MAX_ADDRESSES,
+    SERVICE_TYPE,
+    RecordFilter,
+    build_txt,
+    choose_address,
+    instance_name,
+    server_name,
+)
+from ..errors import PeerNetError
+from ..ids import PeerId
+from .netmon import LocalAddress, host_interfaces
+
+if TYPE_CHECKING:
+    from ..discovery import DiscoveryHost
+
+__all__ = ["MdnsDiscovery", "MdnsUnavailable"]
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = 'mDNS discovery needs python-zeroconf: pip install "peernet[mdns]"'
+#: How often the records of reported peers are checked against zeroconf's cache.
+_CHECK_INTERVAL_S = 1.0
+
+
+class MdnsUnavailable(PeerNetError, ImportError):
+    """mDNS discovery was asked for but python-zeroconf is not installed."""
+
+
+def _import_zeroconf() -> Any:
+    try:
+        import zeroconf
+    except ImportError as exc:
+        raise MdnsUnavailable(_INSTALL_HINT) from exc
+    return zeroconf
+
+
+class MdnsDiscovery:
+    """mDNS / DNS-SD discovery (``Node(discovery="mdns")``), with python-zeroconf.
+
+    :param interfaces: interface names or addresses to use; default: every IPv4
+        interface except loopback, link-local and virtual ones (docker, veth, bridges).
+    :param ttl_s: TTL of the records we publish (120 s, RFC 6762's for host records).
+        A node that vanishes without a goodbye is forgotten by others this long after
+        they last heard it; browsers refresh live records before they expire.
+    :param resolve_timeout_s: how long to ask the network for a service's records when
+        they did not come with its announcement.
+    :param max_peers: how many services are tracked and queued at most; more are
+        ignored (a flood of records costs bounded memory and work).
+    :raises MdnsUnavailable: python-zeroconf is not installed.
+    """
+
+    source = "mdns"
+
+    def __init__(self, *, interfaces: Iterable[str] | None = None, ttl_s: float = 120.0,
+                 resolve_timeout_s: float = 1.0, max_peers: int = 256) -> None:
+        self._zc_mod = _import_zeroconf()
+        if not 1 <= float(ttl_s) <= 4500:
+            raise ValueError(f"ttl_s must be 1 .. 4500 seconds, got {ttl_s!r}")
+        if not 0.05 <= float(resolve_timeout_s) <= 10:
+            raise ValueError(f"resolve_timeout_s must be 0.05 .. 10 seconds, got {resolve_timeout_s!r}")
+        if type(max_peers) is not int or max_peers < 1:
+            raise ValueError(f"max_peers must be a positive int, got {max_peers!r}")
+        self.interfaces = None if interfaces is None else tuple(interfaces)
+        self.ttl_s = int(round(float(ttl_s)))
+        self.resolve_timeout_s = float(resolve_timeout_s)
+        self.max_peers = max_peers
+        self._host: DiscoveryHost | None = None
+        self._filter: RecordFilter | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._announce_now = False
+        #: name -> "resolve" | "removed": work queued by the browser (bounded).
+        self._pending: OrderedDict[str, str] = OrderedDict()
+        #: name -> peer it resolved to (for Removed and the expiry check).
+        self._tracked: dict[str, PeerId] = {}
+        # Owned by the peernet-mdns thread:
+        self._zc: Any = None
+        self._browser: Any = None
+        self._info: Any = None
+        self._published: tuple[LocalAddress, ...] = ()
+        self._seq = 0
+        #: Statistics (tests and debugging).
+        self.registered = 0
+        self.resolved = 0
+        self.ignored: dict[str, int] = {}
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Records and events that did not count, by reason."""
+        found = dict(self.ignored)
+        if self._filter is not None:
+            for reason, count in self._filter.dropped.items():
+                found[reason] = found.get(reason, 0) + count
+        return found
+
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    # -- the Discovery interface -----------------------------------------------------------
+
+    def start(self, host: DiscoveryHost) -> None:
+        if self._thread is not None:
+            raise RuntimeError("MdnsDiscovery can be started once")
+        self._host = host
+        self._filter = RecordFilter(host.id, max_peers=self.max_peers, remember_s=self.ttl_s)
+        self._thread = threading.Thread(target=self._run, name="peernet-mdns", daemon=True)
+        self._thread.start()
+        # Wait for zeroconf's sockets (not for registration), so a failure is raised here.
+        if not self._ready.wait(10.0):
+            log.warning("mDNS discovery is slow to start; continuing in the background")
+        if self._failure is not None:
+            self._thread.join(5.0)
+            raise self._failure
+
+    def announce(self) -> None:
+        with self._cond:
+            self._announce_now = True
+            self._cond.notify()
+
+    def stop(self, timeout_s: float) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    # -- browser callback (on zeroconf's browser thread: queue only, never block) ---------
+
+    def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+        kind = "removed" if state_change is self._zc_mod.ServiceStateChange.Removed else "resolve"
+        with self._cond:
+            if self._stop:
+                return
+            if name not in self._pending and len(self._pending) >= self.max_peers:
+                self._ignore("queue_full")
+                return
+            self._pending[name] = kind
+            self._cond.notify()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:  # noqa: BLE001 -- reported by start()
+            self._failure = exc
+            self._ready.set()
+            self._close()
+            return
+        self._ready.set()
+        try:
+            self._register()
+            next_check = time.monotonic() + _CHECK_INTERVAL_S
+            while True:
+                with self._cond:
+                    while not (self._stop or self._announce_now or self._pending):
+                        remaining = next_check - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    if self._stop:
+                        return
+                    announce, self._announce_now = self._announce_now, False
+                    work = self._pending.popitem(last=False) if self._pending else None
+                if announce:
+                    self._reannounce()
+                if work is not None:
+                    name, kind = work
+                    if kind == "removed":
+                        self._forget(name)
+                    else:
+                        self._resolve(name)
+                if time.monotonic() >= next_check:
+                    self._check_expired()
+                    next_check = time.monotonic() + _CHECK_INTERVAL_S
+        except Exception:  # noqa: BLE001 -- logged; discovery stops, the node goes on
+            log.exception("mDNS discovery failed")
+        finally:
+            self._close()
+
+    def _addresses(self) -> tuple[LocalAddress, ...]:
+        found = [a for a in host_interfaces(self.interfaces) if ":" not in a.ip]
+        return tuple(found[:MAX_ADDRESSES])
+
+    def _open(self) -> None:
+        """Create zeroconf and the browser (nothing if there is no usable address)."""
+        self._published = self._addresses()
+        if not self._published:
+            log.info("mDNS discovery: no usable IPv4 interface yet")
+            return
+        zc_mod = self._zc_mod
+        options: dict[str, Any] = {
+            "interfaces": [a.ip for a in self._published],
+            "ip_version": zc_mod.IPVersion.V4Only,
+        }
+        try:
+            if "use_asyncio" in inspect.signature(zc_mod.Zeroconf).parameters:
+                options["use_asyncio"] = False
+        except (TypeError, ValueError):
+            pass
+        self._zc = zc_mod.Zeroconf(**options)
+        self._browser = zc_mod.ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._on_change])
+
+    def _make_info(self) -> Any:
+        host = self._host
+        assert host is not None
+        self._seq = next_counter(self._seq, time.time_ns() // 1_000_000)
+        ips = [a.ip for a in self._published]
+        txt = build_txt(host.sign, host.id, port=host.port, seq=self._seq, addresses=ips)
+        return self._zc_mod.ServiceInfo(
+            SERVICE_TYPE, instance_name(host.id), port=host.port, properties=txt,
+            server=server_name(host.id), parsed_addresses=ips,
+            host_ttl=self.ttl_s, other_ttl=self.ttl_s)
+
+    def _register(self) -> None:
+        if self._zc is None:
+            return
+        info = self._make_info()
+        # No probing: the name is derived from our key, so only our own key can claim
+        # it (and a stale copy of our own record is simply replaced).
+        self._zc.register_service(info, cooperating_responders=True)
+        self._info = info
+        self.registered += 1
+
+    def _reannounce(self) -> None:
+        """After a network change: follow the interfaces and publish the addresses."""
+        addresses = self._addresses()
+        if addresses == self._published and self._zc is not None:
+            if self._info is not None:
+                self._zc.update_service(self._info)  # just say it again
+            return
+        if self._zc is not None and addresses and hasattr(self._zc, "update_interfaces"):
+            self._published = addresses
+            try:
+                self._zc.update_interfaces(interfaces=[a.ip for a in addresses])
+            except Exception:  # noqa: BLE001 -- fall back to a fresh instance
+                log.debug("zeroconf update_interfaces failed; recreating", exc_info=True)
+                self._reopen()
+                return
+            info = self._make_info()
+            if self._info is None:
+                self._zc.register_service(info, cooperating_responders=True)
+                self.registered += 1
+            else:
+                self._zc.update_service(info)
+            self._info = info
+            return
+        self._reopen()
+
+    def _reopen(self) -> None:
+        self._close()
+        self._open()
+        self._register()
+
+    def _resolve(self, name: str) -> None:
+        zc, host, filt = self._zc, self._host, self._filter
+        if zc is None or host is None or filt is None:
+            return
+        if name not in self._tracked and len(self._tracked) >= self.max_peers:
+            self._ignore("too_many_peers")
+            return
+        info = self._zc_mod.ServiceInfo(SERVICE_TYPE, name)
+        try:
+            complete = info.request(zc, int(self.resolve_timeout_s * 1000))  # milliseconds
+        except Exception:  # noqa: BLE001 -- zeroconf closing, or a bad name
+            log.debug("resolving %s failed", name, exc_info=True)
+            complete = False
+        if not complete or info.port is None:
+            self._ignore("unresolved")
+            return
+        record = filt.accept(info.properties, info.port, time.monotonic())
+        if record is None:
+            return
+        resolved = info.parsed_addresses()
+        local = [f"{a.ip}/{a.prefix_len}" for a in self._published]
+        address = choose_address(record.addresses, resolved, local)
+        if address is None:
+            return
+        self._tracked[name] = record.peer_id
+        self.resolved += 1
+        host.peer_seen(record.peer_id, (address, record.port), source=self.source, ttl_s=None)
+
+    def _forget(self, name: str) -> None:
+        peer = self._tracked.pop(name, None)
+        if peer is None or peer in self._tracked.values():
+            return  # unknown, or another name still vouches for this peer
+        if self._host is not None:
+            self._host.peer_lost(peer, source=self.source)
+
+    def _check_expired(self) -> None:
+        """Lose peers whose records expired from zeroconf's cache (no goodbye came)."""
+        zc = self._zc
+        if zc is None:
+            return
+        for name in list(self._tracked):
+            info = self._zc_mod.ServiceInfo(SERVICE_TYPE, name)
+            try:
+                alive = info.load_from_cache(zc)
+            except Exception:  # noqa: BLE001
+                alive = False
+            if not alive:
+                self._forget(name)
+
+    def _close(self) -> None:
+        """Goodbye, cancel the browser, close zeroconf (joins its threads)."""
+        browser, self._browser = self._browser, None
+        zc, self._zc = self._zc, None
+        info, self._info = self._info, None
+        if browser is not None:
+            try:
+                browser.cancel()
+            except Exception:  # noqa: BLE001
+                log.debug("cancelling the mDNS browser failed", exc_info=True)
+        if zc is not None:
+            if info is not None:
+                try:
+                    zc.unregister_service(info)  # goodbye: peers forget us at once
+                except Exception:  # noqa: BLE001
+                    log.debug("mDNS goodbye failed", exc_info=True)
+            try:
+                zc.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing zeroconf failed", exc_info=True)
+        for name in list(self._tracked):
+            self._forget(name)
