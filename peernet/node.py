@@ -60,6 +60,9 @@ __all__ = ["Node", "default_data_dir"]
 log = logging.getLogger(__name__)
 
 PeerLike = PeerId | str | bytes
+#: How long a handler may run on a link's reading thread before reading moves to a new
+#: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+_INLINE_BUDGET_S = 0.02
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 
@@ -164,6 +167,8 @@ class Node:
         self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
         self._events_thread: threading.Thread | None = None
         self._status_lock = threading.Lock()
+        self._inline_lock = threading.Lock()
+        self._inline_watch = False
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
@@ -496,6 +501,8 @@ class Node:
         self._check_open()
         while True:
             link = self._link_for_call(pid, deadline)
+            if link.is_inline_here():  # a handler calling back the peer that called it:
+                link.take_over_reading()  # someone else must read the reply
             try:
                 fut = link.calls.add(rid)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
@@ -620,10 +627,17 @@ class Node:
         self._report_status()
         return True
 
-    def link_message(self, link: Link, message: Call | Send) -> None:
+    def link_message(self, link: Link, message: Call | Send, *, last: bool) -> None:
         peer = link.peer_id
         assert peer is not None
         if type(message) is Call:
+            if last and not self._closed:  # nothing queued behind it: run it right here
+                if self._pool.begin_call(peer):
+                    try:
+                        link.run_inline(lambda: self._serve_call(link, message))
+                    finally:
+                        self._pool.end_call(peer)
+                    return
             if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
                 try:
                     link.send_message(Error(message.request_id, BUSY, None))
@@ -631,6 +645,31 @@ class Node:
                     pass
         elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message)):
             log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def watch_inline(self) -> None:
+        """A reader started a handler: make sure someone checks it does not stall."""
+        with self._inline_lock:
+            if self._inline_watch:
+                return
+            self._inline_watch = True
+        self._timers.call_later(_INLINE_BUDGET_S, self._check_inline)
+
+    def _check_inline(self) -> None:
+        """On the timer thread: hand reading over from readers stuck in a handler."""
+        now = time.monotonic()
+        with self._links_lock:
+            links = list(self._links)
+        with self._inline_lock:
+            busy = False
+            for link in links:
+                since = link.inline_since
+                if since is not None:
+                    busy = True
+                    if now - since >= _INLINE_BUDGET_S:
+                        link.take_over_reading()
+            self._inline_watch = busy and not self._closed
+            if self._inline_watch:
+                self._timers.call_later(_INLINE_BUDGET_S, self._check_inline)
 
     def link_retired(self, link: Link) -> None:
         self._registry.retire(link)
@@ -755,8 +794,9 @@ class Node:
             link.close("node closing", bye=True)
         me = threading.current_thread()
         for link in links:
-            if link.thread is not me and link.thread.ident is not None:
-                link.thread.join(left())
+            for thread in list(link.threads):
+                if thread is not me and thread.ident is not None:
+                    thread.join(left())
         if hasattr(self, "_registry"):
             self._registry.notify()  # wake callers waiting for a link
         pool = getattr(self, "_pool", None)

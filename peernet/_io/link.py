@@ -6,7 +6,15 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
-- calls and sends go to the node (its handler pool).
+- calls and sends go to the node: sends to its handler pool (in order); a call that
+  is the last message of what one read brought is run right here (``run_inline``),
+  saving a thread hand-off each way, and the rest go to the pool.
+
+A handler running on the reader must not stall the link: if it has not finished
+within a few tens of milliseconds (or it calls this same peer back), the node hands
+the reading over to a new thread (:meth:`take_over_reading`) and the old one exits
+once its handler returns. So replies and pongs wait behind a slow handler for at most
+that long, and never for the handler itself.
 
 Writes happen on whichever thread is writing, under the link's write lock: seal and
 ``sendall`` together, so the nonce order is the wire order. The socket has a timeout
@@ -79,7 +87,8 @@ class LinkOwner(Protocol):
 
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> bool: ...
-    def link_message(self, link: Link, message: Call | Send) -> None: ...
+    def link_message(self, link: Link, message: Call | Send, *, last: bool) -> None: ...
+    def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
 
@@ -138,7 +147,15 @@ class Link:
         self._bye_sent = False
         self._bye_received = False
         self._early: list[bytes] = []  # messages that arrived with the last handshake frame
+        # Inline calls (run_inline): which thread reads now (a generation number), and
+        # since when (monotonic) the reader has been running a handler, if it is.
+        self._reader = 0
+        self.inline_since: float | None = None
+        self._inline_thread: threading.Thread | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="peernet-link")
+        #: Every thread this link started (a reader that handed off may still be
+        #: finishing its handler); close() joins them all.
+        self.threads = [self.thread]
 
     # -- identity ------------------------------------------------------------------
 
@@ -304,6 +321,7 @@ class Link:
     # -- the link's own thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        handed_off = False
         try:
             if self._sock is None:
                 self._dial()
@@ -315,14 +333,55 @@ class Link:
                 return
             self.established = True
             for payload in self._early:
-                self._route(payload)
+                self._route(payload, False)
             self._early.clear()
-            self._read_loop()
+            handed_off = not self._read_loop(0)
         except Exception:  # noqa: BLE001 -- a bug here must end this link only
             log.exception("link %r failed", self)
             self._begin_close("internal error")
         finally:
-            self._teardown()
+            if not handed_off:  # else the thread that took over reading tears down
+                self._teardown()
+
+    def _continue_reading(self, reader: int) -> None:
+        handed_off = False
+        try:
+            handed_off = not self._read_loop(reader)
+        except Exception:  # noqa: BLE001
+            log.exception("link %r failed", self)
+            self._begin_close("internal error")
+        finally:
+            if not handed_off:
+                self._teardown()
+
+    def run_inline(self, fn) -> None:
+        """Run ``fn`` (one call's handler and reply) on the reading thread."""
+        self._inline_thread = threading.current_thread()
+        self.inline_since = time.monotonic()
+        self._owner.watch_inline()
+        try:
+            fn()
+        finally:
+            with self._state_lock:  # so take_over_reading sees it finished, or not
+                self.inline_since = None
+                self._inline_thread = None
+
+    def is_inline_here(self) -> bool:
+        """Is the current thread this link's reader, busy in a handler?"""
+        return self._inline_thread is threading.current_thread()
+
+    def take_over_reading(self) -> None:
+        """The reader is stuck in a handler: let a new thread read from here on."""
+        with self._state_lock:
+            if self.inline_since is None or self._closing:
+                return
+            self.inline_since = None  # once per stuck handler
+            self._reader += 1
+            thread = threading.Thread(target=self._continue_reading, args=(self._reader,),
+                                      daemon=True, name="peernet-link")
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+            self.thread = thread
+        thread.start()
 
     def _dial(self) -> None:
         """Connect within the handshake deadline, in short waits so close() can stop it."""
@@ -404,36 +463,42 @@ class Link:
             pass
         return not self._closing
 
-    def _read_loop(self) -> None:
+    def _read_loop(self, reader: int) -> bool:
+        """Read until the link ends (True) or another thread took over reading (False)."""
         sock = self._sock
         assert sock is not None
         session = self.session
         buf = bytearray(_RECV_BUFFER)
         view = memoryview(buf)
         while not self._closing:
+            if self._reader != reader:
+                return False
             try:
                 n = sock.recv_into(buf)
             except (socket.timeout, TimeoutError):
                 continue  # the timeout bounds writes; an idle read is fine
             except OSError as exc:
                 self._begin_close(f"read failed: {exc.__class__.__name__}")
-                return
+                return True
             if not n:
                 self._begin_close("peer closed the connection")
-                return
+                return True
             self.last_received = time.monotonic()
-            for event in session.receive_data(view[:n]):
+            events = session.receive_data(view[:n])
+            last = len(events) - 1
+            for i, event in enumerate(events):
                 if isinstance(event, MessageReceived):
-                    self._route(event.payload)
+                    self._route(event.payload, i == last)
                 elif isinstance(event, SessionClosed):
                     log.warning("link to %s closed: %s", self._peer_text(), event.reason)
                     self._begin_close(event.reason)
-                    return
+                    return True
+        return True
 
     def _peer_text(self) -> str:
         return self.peer_id.short if self.peer_id else "?"
 
-    def _route(self, payload: bytes) -> None:
+    def _route(self, payload: bytes, last: bool) -> None:
         try:
             msg = decode_message(payload, max_depth=self._max_depth)
         except ProtocolError as exc:
@@ -448,7 +513,7 @@ class Link:
                 if self._retiring:
                     self._maybe_send_bye()
         elif kind is Call or kind is Send:
-            self._owner.link_message(self, msg)  # type: ignore[arg-type]
+            self._owner.link_message(self, msg, last=last)  # type: ignore[arg-type]
         elif kind is Error:
             fut = self.calls.pop(msg.request_id)
             if fut is not None:

@@ -48,17 +48,37 @@ class HandlerPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._queued = 0  # tasks submitted but not yet taken by a worker
-        self._calls: collections.Counter[PeerId] = collections.Counter()
+        self._calls: dict[PeerId, int] = {}
         self._sends: dict[PeerId, collections.deque[Task]] = {}
         self._closed = False
 
     def submit_call(self, peer: PeerId, task: Task) -> bool:
         """Queue one call from ``peer``; False (nothing queued) if the peer is at its cap."""
         with self._lock:
-            if self._closed or self._calls[peer] >= self._max_calls_per_peer:
+            if not self._begin_call_locked(peer):
                 return False
-            self._calls[peer] += 1
             self._submit_locked(lambda: self._run_call(peer, task))
+        return True
+
+    def begin_call(self, peer: PeerId) -> bool:
+        """Count a call from ``peer`` that the caller runs itself (see Link.run_inline);
+        False if the peer is at its cap. Pair with :meth:`end_call`."""
+        with self._lock:
+            return self._begin_call_locked(peer)
+
+    def end_call(self, peer: PeerId) -> None:
+        with self._lock:
+            left = self._calls[peer] - 1
+            if left:
+                self._calls[peer] = left
+            else:
+                del self._calls[peer]
+
+    def _begin_call_locked(self, peer: PeerId) -> bool:
+        running = self._calls.get(peer, 0)
+        if self._closed or running >= self._max_calls_per_peer:
+            return False
+        self._calls[peer] = running + 1
         return True
 
     def submit_send(self, peer: PeerId, task: Task) -> bool:
@@ -77,7 +97,7 @@ class HandlerPool:
         return True
 
     def calls_in_progress(self, peer: PeerId) -> int:
-        return self._calls[peer]
+        return self._calls.get(peer, 0)
 
     def close(self, timeout_s: float) -> None:
         """Stop taking work, let running tasks finish, join the workers (bounded)."""
@@ -115,10 +135,7 @@ class HandlerPool:
         try:
             task()
         finally:
-            with self._lock:
-                self._calls[peer] -= 1
-                if not self._calls[peer]:
-                    del self._calls[peer]
+            self.end_call(peer)
 
     def _drain_sends(self, peer: PeerId) -> None:
         while True:

@@ -252,6 +252,33 @@ def test_a_slow_handler_delays_neither_calls_nor_pongs(pair_of_nodes):
     assert slow.result(5) is True
 
 
+def test_a_handler_run_on_the_reader_hands_reading_over_when_slow(pair_of_nodes):
+    """Calls run on the link's reading thread (no hand-off); one that takes longer than
+    the inline budget moves the reading to a new thread, and the old one then exits."""
+    a, b = pair_of_nodes
+    release = threading.Event()
+    b.expose("slow", lambda peer, args: release.wait(10))
+    b.expose("echo", lambda peer, args: args)
+    assert a.call(b.id, "echo", 0) == 0
+    link = b._registry.active_link(a.id)
+    first_reader = link.thread
+    assert len(link.threads) == 1
+    slow = a.call_async(b.id, "slow", timeout=10)
+    assert wait_until(lambda: link.thread is not first_reader)  # taken over
+    worst_s = 0.0
+    for i in range(20):
+        t0 = time.monotonic()
+        assert a.call(b.id, "echo", i) == i
+        worst_s = max(worst_s, time.monotonic() - t0)
+    assert worst_s < 0.2
+    assert first_reader.is_alive()  # still inside the slow handler
+    release.set()
+    assert slow.result(5) is True
+    first_reader.join(5)
+    assert not first_reader.is_alive()
+    assert b._registry.active_link(a.id) is link and a.call(b.id, "echo", "x") == "x"
+
+
 # -- links -------------------------------------------------------------------------------
 
 
