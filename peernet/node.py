@@ -109,9 +109,10 @@ class Node:
     :param max_message_size: largest encoded message either way, bytes (1 MiB).
     :param handler_workers: threads in the handler pool (16).
     :param max_calls_per_peer: calls from one peer queued or running at once; more are
-        refused as busy (32).
+        refused as busy (8: half the handler workers, so one peer cannot occupy them
+        all).
     :param max_sends_per_peer: sends from one peer waiting for its handler; more are
-        dropped (256).
+        dropped (256; and at most 4 x ``max_message_size`` bytes of them).
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
@@ -139,7 +140,7 @@ class Node:
         io_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         handler_workers: int = 16,
-        max_calls_per_peer: int = 32,
+        max_calls_per_peer: int = 8,
         max_sends_per_peer: int = 256,
         max_preauth: int = 64,
         max_preauth_per_ip: int = 8,
@@ -189,6 +190,7 @@ class Node:
                 max_workers=_count("handler_workers", handler_workers),
                 max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
                 max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
+                max_send_bytes_per_peer=4 * self.max_message_size,
             )
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
@@ -627,7 +629,7 @@ class Node:
         self._report_status()
         return True
 
-    def link_message(self, link: Link, message: Call | Send, *, last: bool) -> None:
+    def link_message(self, link: Link, message: Call | Send, *, last: bool, size: int) -> None:
         peer = link.peer_id
         assert peer is not None
         if type(message) is Call:
@@ -643,7 +645,8 @@ class Node:
                     link.send_message(Error(message.request_id, BUSY, None))
                 except PeerUnavailable:
                     pass
-        elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message)):
+        elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message),
+                                        size=size):
             log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def watch_inline(self) -> None:

@@ -35,6 +35,7 @@ class HandlerPool:
         max_workers: int,
         max_calls_per_peer: int,
         max_sends_per_peer: int,
+        max_send_bytes_per_peer: int | None = None,
         name: str = "peernet-handler",
     ) -> None:
         if max_workers < 1 or max_calls_per_peer < 1 or max_sends_per_peer < 1:
@@ -42,6 +43,7 @@ class HandlerPool:
         self._max_workers = max_workers
         self._max_calls_per_peer = max_calls_per_peer
         self._max_sends_per_peer = max_sends_per_peer
+        self._max_send_bytes = max_send_bytes_per_peer
         self._name = name
         self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -49,7 +51,8 @@ class HandlerPool:
         self._idle = 0
         self._queued = 0  # tasks submitted but not yet taken by a worker
         self._calls: dict[PeerId, int] = {}
-        self._sends: dict[PeerId, collections.deque[Task]] = {}
+        self._sends: dict[PeerId, collections.deque[tuple[Task, int]]] = {}
+        self._send_bytes: dict[PeerId, int] = {}  # bytes of sends waiting, per peer
         self._closed = False
 
     def submit_call(self, peer: PeerId, task: Task) -> bool:
@@ -81,19 +84,25 @@ class HandlerPool:
         self._calls[peer] = running + 1
         return True
 
-    def submit_send(self, peer: PeerId, task: Task) -> bool:
-        """Queue one send from ``peer`` behind its earlier sends; False if dropped."""
+    def submit_send(self, peer: PeerId, task: Task, *, size: int = 0) -> bool:
+        """Queue one send (``size`` bytes) from ``peer`` behind its earlier sends;
+        False if dropped: too many, or too many bytes, already waiting."""
         with self._lock:
             if self._closed:
+                return False
+            waiting = self._send_bytes.get(peer, 0)
+            if self._max_send_bytes is not None and waiting + size > self._max_send_bytes \
+                    and waiting:
                 return False
             backlog = self._sends.get(peer)
             if backlog is not None:  # a drain task is already running for this peer
                 if len(backlog) >= self._max_sends_per_peer:
                     return False
-                backlog.append(task)
-                return True
-            self._sends[peer] = collections.deque((task,))
-            self._submit_locked(lambda: self._drain_sends(peer))
+                backlog.append((task, size))
+            else:
+                self._sends[peer] = collections.deque(((task, size),))
+                self._submit_locked(lambda: self._drain_sends(peer))
+            self._send_bytes[peer] = waiting + size
         return True
 
     def calls_in_progress(self, peer: PeerId) -> int:
@@ -143,8 +152,10 @@ class HandlerPool:
                 backlog = self._sends[peer]
                 if not backlog:
                     del self._sends[peer]
+                    self._send_bytes.pop(peer, None)
                     return
-                task = backlog.popleft()
+                task, size = backlog.popleft()
+                self._send_bytes[peer] -= size
             try:
                 task()
             except BaseException:  # noqa: BLE001 -- one bad send must not stall the rest

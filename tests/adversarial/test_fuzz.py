@@ -1,0 +1,34 @@
+"""The bounded fuzz run: every target of fuzz_targets.py, a few hundred inputs each.
+
+Deterministic (``derandomize``) so CI is repeatable; ``scripts/fuzz --minutes N`` runs
+the same targets for longer with fresh randomness (and atheris, if installed).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .fuzz_targets import BYTE_TARGETS, PROPERTIES
+
+BUDGET = {"deframer": 300, "cbor": 300, "messages": 300, "noise": 300, "session": 150,
+          "announce": 200}
+
+
+def _bounded(examples: int):
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+@pytest.mark.parametrize("name", list(PROPERTIES))
+def test_property(name):
+    strategy, prop = PROPERTIES[name]
+    _bounded(BUDGET[name])(given(strategy)(prop))()
+
+
+@pytest.mark.parametrize("name", list(BYTE_TARGETS))
+def test_random_bytes(name):
+    target = BYTE_TARGETS[name]
+    _bounded(150)(given(st.binary(max_size=1500))(target))()
