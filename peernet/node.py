@@ -109,8 +109,8 @@ class Node:
     :param max_message_size: largest encoded message either way, bytes (1 MiB).
     :param handler_workers: threads in the handler pool (16).
     :param max_calls_per_peer: calls from one peer queued or running at once; more are
-        refused as busy (8: half the handler workers, so one peer cannot occupy them
-        all).
+        refused as busy (32). At most half the handler workers run one peer's calls at
+        a time, so one busy peer never starves the others.
     :param max_sends_per_peer: sends from one peer waiting for its handler; more are
         dropped (256; and at most 4 x ``max_message_size`` bytes of them).
     :param max_preauth: connections still in their handshake, overall (64).
@@ -140,7 +140,7 @@ class Node:
         io_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         handler_workers: int = 16,
-        max_calls_per_peer: int = 8,
+        max_calls_per_peer: int = 32,
         max_sends_per_peer: int = 256,
         max_preauth: int = 64,
         max_preauth_per_ip: int = 8,

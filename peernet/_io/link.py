@@ -94,6 +94,13 @@ class LinkOwner(Protocol):
     def link_closed(self, link: Link) -> None: ...
 
 
+def _writable(sock: socket.socket, timeout_s: float) -> bool:
+    """poll(), not select(): select() fails for descriptors numbered 1024 and up."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(timeout_s * 1000))
+
+
 def _error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
     what = f"{name!r} on {peer.short}" if name else peer.short
     if code == NO_SUCH_HANDLER:
@@ -224,7 +231,7 @@ class Link:
         try:
             if self._closing or self._sock is None:
                 return False
-            if not select.select([], [self._sock], [], 0)[1]:
+            if not _writable(self._sock, 0.0):
                 return False
             try:
                 self._sock.sendall(self.session.seal(payload))
@@ -401,7 +408,7 @@ class Link:
                 remaining = deadline - time.monotonic()
                 if self._closing or remaining <= 0:
                     raise TimeoutError("connect timed out")
-                if select.select([], [sock], [], min(remaining, _DIAL_POLL_S))[1]:
+                if _writable(sock, min(remaining, _DIAL_POLL_S)):
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))

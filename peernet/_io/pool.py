@@ -50,7 +50,12 @@ class HandlerPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._queued = 0  # tasks submitted but not yet taken by a worker
-        self._calls: dict[PeerId, int] = {}
+        self._calls: dict[PeerId, int] = {}  # queued or running, per peer
+        # One peer's calls occupy at most half the workers; the rest of them wait in
+        # line, so one busy peer can never starve the others.
+        self._max_running_per_peer = max(1, max_workers // 2)
+        self._running: dict[PeerId, int] = {}
+        self._waiting: dict[PeerId, collections.deque[Task]] = {}
         self._sends: dict[PeerId, collections.deque[tuple[Task, int]]] = {}
         self._send_bytes: dict[PeerId, int] = {}  # bytes of sends waiting, per peer
         self._closed = False
@@ -60,7 +65,12 @@ class HandlerPool:
         with self._lock:
             if not self._begin_call_locked(peer):
                 return False
-            self._submit_locked(lambda: self._run_call(peer, task))
+            running = self._running.get(peer, 0)
+            if running < self._max_running_per_peer:
+                self._running[peer] = running + 1
+                self._submit_locked(lambda: self._run_call(peer, task))
+            else:
+                self._waiting.setdefault(peer, collections.deque()).append(task)
         return True
 
     def begin_call(self, peer: PeerId) -> bool:
@@ -141,10 +151,24 @@ class HandlerPool:
         self._tasks.put(task)
 
     def _run_call(self, peer: PeerId, task: Task) -> None:
-        try:
-            task()
-        finally:
-            self.end_call(peer)
+        while True:
+            try:
+                task()
+            finally:
+                self.end_call(peer)
+            with self._lock:  # this worker takes the peer's next waiting call, if any
+                waiting = self._waiting.get(peer)
+                if waiting and not self._closed:
+                    task = waiting.popleft()
+                    if not waiting:
+                        del self._waiting[peer]
+                    continue
+                left = self._running[peer] - 1
+                if left:
+                    self._running[peer] = left
+                else:
+                    del self._running[peer]
+                return
 
     def _drain_sends(self, peer: PeerId) -> None:
         while True:

@@ -136,14 +136,16 @@ class UdpDiscovery:
                 self._announce_now.clear()
                 self._send_announces()
                 next_due = time.monotonic() + self.interval_s
-            try:
-                ready, _, _ = select.select([self._sock, self._wake_r], [], [],
-                                            max(0.0, next_due - time.monotonic()))
+            try:  # poll(), not select(): descriptors may be numbered 1024 and up
+                poller = select.poll()
+                poller.register(self._sock, select.POLLIN)
+                poller.register(self._wake_r, select.POLLIN)
+                ready = {fd for fd, _ in poller.poll(max(0.0, next_due - time.monotonic()) * 1000)}
             except (OSError, ValueError):
                 return  # closed under us: stopping
             if self._wake_r in ready:
                 os.read(self._wake_r, 512)
-            if self._sock in ready:
+            if self._sock is not None and self._sock.fileno() in ready:
                 self._receive_batch()
 
     def _receive_batch(self) -> None:

@@ -1,7 +1,11 @@
-"""The peer benchmark behind ``scripts/bench`` (issue 8).
+"""The peer benchmark behind ``scripts/bench`` (issue 8); see guides/performance.md.
 
-Layout: ``common`` (handlers, payloads, the client interface), ``procs`` (pinning,
-child processes, READY), ``workloads`` (W1-W5, the same code for every system), one
-``sys_*`` module per system, ``scale`` (500 peernet links), ``profiling`` (cProfile
-over every thread), ``report`` (tables, targets) and ``runner`` (rounds, JSON).
+- ``runner``: rounds of every system, the scale test, the JSON and markdown output;
+- ``roles``: the client and server processes of one system;
+- ``procs``: CPU pinning, READY lines, bounded child lifetimes, /proc status;
+- ``workloads``: W1-W5, one implementation for every system;
+- ``common``: the server handlers, payloads, sizes and the client interface;
+- ``sys_*``: one module per system (``framed`` and ``certs`` serve raw-tcp and tls-tcp);
+- ``scale``: N peernet nodes linked to one server; ``profiling``: cProfile on every
+  thread; ``report``: medians, ratios, targets, tables.
 """

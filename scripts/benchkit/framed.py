@@ -11,7 +11,8 @@ import itertools
 import socket
 import ssl
 import threading
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import cbor2
 
@@ -87,7 +88,7 @@ class DirectConn:
 
     def call(self, method: str, arg: Any) -> Any:
         write_frame(self.sock, [CALL, 0, method, arg])
-        kind, _rid, result = read_frame(self.rfile)
+        _kind, _rid, result = read_frame(self.rfile)
         return result
 
     def send(self, method: str, arg: Any) -> bool:

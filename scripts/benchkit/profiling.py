@@ -36,7 +36,7 @@ def install() -> None:
 def dump(path: Path, top_n: int = 15) -> str:
     """Merge all threads' stats into ``path`` (.pstats) and return the top by tottime."""
     stats: pstats.Stats | None = None
-    for profile in list(_profiles):
+    for profile in _profiles:
         profile.create_stats()  # also disables it, should the thread still be alive
         if not profile.stats:  # type: ignore[attr-defined]
             continue

@@ -56,53 +56,61 @@ def _systems(rounds: list[dict[str, Any]]) -> list[str]:
     return [s for s in SYSTEMS if s in seen]
 
 
+def _header(*cells: str) -> list[str]:
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def main_table(rounds: list[dict[str, Any]]) -> list[str]:
-    lines = ["| system | security | W1 p50 µs | W1 p99 µs | W1 calls/s | W2 calls/s (shared) "
-             "| W3 recv msgs/s (recv / sent) | W4 MB/s | W5 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("system", "security", "W1 p50 µs", "W1 p99 µs", "W1 calls/s",
+                    "W2 calls/s (shared)", "W3 recv msgs/s (recv / sent)", "W4 MB/s", "W5 ms")
     for s in _systems(rounds):
-        last = next(r[s] for r in reversed(rounds) if s in r)
-        m = lambda wl, key: median_of(rounds, s, wl, key)  # noqa: E731
-        w2 = fmt(m("w2", "calls_per_s"), "calls_per_s")
-        mode = last.get("w2", {}).get("mode")
-        w3 = fmt(m("w3", "msgs_per_s"), "msgs_per_s")
-        if m("w3", "sent"):
-            w3 += f" ({fmt(m('w3', 'received'), 'n')} / {fmt(m('w3', 'sent'), 'n')})"
-        errors = sorted({wl for r in rounds if s in r for wl in r[s].get("errors", {})})
-        name = f"**{s}**" if s == SUBJECT else s
-        lines.append(
-            f"| {name} | {last.get('security', '?')} | {fmt(m('w1', 'p50_us'), 'p50_us')} "
-            f"| {fmt(m('w1', 'p99_us'), 'p99_us')} | {fmt(m('w1', 'calls_per_s'), 'n')} "
-            f"| {w2}{f' ({mode})' if mode else ''} | {w3} | {fmt(m('w4', 'mb_per_s'), 'mb_per_s')} "
-            f"| {fmt(m('w5', 'median_ms'), 'median_ms')}"
-            f"{' ⚠ failed: ' + ', '.join(errors) if errors else ''} |")
+        lines.append(_main_row(rounds, s))
     return lines
+
+
+def _main_row(rounds: list[dict[str, Any]], s: str) -> str:
+    last = next(r[s] for r in reversed(rounds) if s in r)
+
+    def m(wl: str, key: str) -> str:
+        return fmt(median_of(rounds, s, wl, key), key)
+
+    mode = last.get("w2", {}).get("mode")
+    w3 = m("w3", "msgs_per_s")
+    if median_of(rounds, s, "w3", "sent"):
+        w3 += f" ({m('w3', 'received')} / {m('w3', 'sent')})"
+    errors = sorted({wl for r in rounds if s in r for wl in r[s].get("errors", {})})
+    w5 = m("w5", "median_ms") + (f" ⚠ failed: {', '.join(errors)}" if errors else "")
+    return _row(f"**{s}**" if s == SUBJECT else s, last.get("security", "?"),
+                m("w1", "p50_us"), m("w1", "p99_us"), m("w1", "calls_per_s"),
+                m("w2", "calls_per_s") + (f" ({mode})" if mode else ""), w3,
+                m("w4", "mb_per_s"), w5)
 
 
 def rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     """Every round's headline numbers, to show how far the rounds agree."""
-    head = " | ".join(label for _, _, label, _ in HEADLINE)
-    lines = [f"| system | {head} |", "|---|" + "---|" * len(HEADLINE)]
+    lines = _header("system", *(label for _, _, label, _ in HEADLINE))
     for s in _systems(rounds):
-        cells = []
-        for wl, key, _, _ in HEADLINE:
-            vals = [fmt(r[s].get(wl, {}).get(key), key) for r in rounds if s in r]
-            cells.append(" / ".join(vals))
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        cells = [" / ".join(fmt(r[s].get(wl, {}).get(key), key) for r in rounds if s in r)
+                 for wl, key, _, _ in HEADLINE]
+        lines.append(_row(s, *cells))
     return lines
 
 
 def floor_ratios(rounds: list[dict[str, Any]]) -> list[str]:
-    head = " | ".join(label.split(" ")[0] for _, _, label, _ in HEADLINE)
-    lines = [f"| system ÷ {FLOOR} | {head} |", "|---|" + "---|" * len(HEADLINE)]
+    lines = _header(f"system ÷ {FLOOR}", *(label for _, _, label, _ in HEADLINE))
     for s in _systems(rounds):
-        cells = [ratio(median_of(rounds, s, wl, key), median_of(rounds, FLOOR, wl, key))
-                 for wl, key, _, _ in HEADLINE]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append(_row(s, *(ratio(median_of(rounds, s, wl, key),
+                                     median_of(rounds, FLOOR, wl, key))
+                               for wl, key, _, _ in HEADLINE)))
     return lines
 
 
-def best_peer(rounds: list[dict[str, Any]], wl: str, key: str, lower: bool):
+def best_peer(rounds: list[dict[str, Any]], wl: str, key: str,
+              lower: bool) -> tuple[float | None, str | None]:
     found = [(v, s) for s in ENCRYPTED_PEERS
              if (v := median_of(rounds, s, wl, key)) is not None]
     if not found:
@@ -111,120 +119,115 @@ def best_peer(rounds: list[dict[str, Any]], wl: str, key: str, lower: bool):
 
 
 def subject_table(rounds: list[dict[str, Any]]) -> list[str]:
-    lines = [f"| workload | {SUBJECT} | {FLOOR} | {SUBJECT} ÷ {FLOOR} "
-             f"| best encrypted peer | {SUBJECT} ÷ best encrypted |",
-             "|---|---|---|---|---|---|"]
+    lines = _header("workload", SUBJECT, FLOOR, f"{SUBJECT} ÷ {FLOOR}", "best encrypted peer",
+                    f"{SUBJECT} ÷ best encrypted")
     for wl, key, label, lower in HEADLINE:
         mine = median_of(rounds, SUBJECT, wl, key)
         floor = median_of(rounds, FLOOR, wl, key)
         value, peer = best_peer(rounds, wl, key, lower)
         best = f"{peer}: {fmt(value, key)}" if peer else "—"
-        lines.append(f"| {label} | {fmt(mine, key)} | {fmt(floor, key)} | {ratio(mine, floor)} "
-                     f"| {best} | {ratio(mine, value)} |")
+        lines.append(_row(label, fmt(mine, key), fmt(floor, key), ratio(mine, floor), best,
+                          ratio(mine, value)))
     return lines
 
 
 def targets(rounds: list[dict[str, Any]], scale: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each issue-8 target with its verdict: True, False, or None (not measured)."""
     out = []
     for label, wl, key, goal, lower in TARGETS:
         mine = median_of(rounds, SUBJECT, wl, key)
         ref = median_of(rounds, "zmq-curve", wl, key)
-        if mine is None or not ref:
-            out.append({"target": label, "value": None, "ref": ref, "ratio": None, "pass": None})
-            continue
-        r = mine / ref
+        r = mine / ref if mine is not None and ref else None
         out.append({"target": label, "value": fmt(mine, key), "ref": fmt(ref, key), "ratio": r,
-                    "pass": r <= goal if lower else r >= goal})
+                    "pass": None if r is None else (r <= goal if lower else r >= goal)})
     ok = [s for s in scale if "rss_per_link_kib" in s]
     per_link = statistics.median(s["rss_per_link_kib"] for s in ok) if ok else None
     p50_ratio = statistics.median(s["w1_p50_ratio"] for s in ok) if ok else None
     peers = ok[0]["peers"] if ok else "N"
     out.append({"target": f"server RSS per idle link ≤ {RSS_PER_LINK_GOAL_KIB:g} KiB "
                           f"({peers} links)",
-                "value": None if per_link is None else f"{per_link:.1f} KiB", "ref": "—",
-                "ratio": None, "pass": None if per_link is None
-                else per_link <= RSS_PER_LINK_GOAL_KIB})
+                "value": "—" if per_link is None else f"{per_link:.1f} KiB", "ref": "—",
+                "ratio": None,
+                "pass": None if per_link is None else per_link <= RSS_PER_LINK_GOAL_KIB})
     out.append({"target": f"W1 p50 at {peers} links ≤ {SCALE_P50_GOAL}× at 1 link",
-                "value": None if p50_ratio is None else f"{p50_ratio:.2f}×", "ref": "—",
-                "ratio": p50_ratio, "pass": None if p50_ratio is None
-                else p50_ratio <= SCALE_P50_GOAL})
+                "value": "—" if p50_ratio is None else f"{p50_ratio:.2f}×", "ref": "—",
+                "ratio": p50_ratio,
+                "pass": None if p50_ratio is None else p50_ratio <= SCALE_P50_GOAL})
     return out
 
 
 def targets_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| target | peernet | zmq-curve | ratio | result |", "|---|---|---|---|---|"]
+    lines = _header("target", SUBJECT, "zmq-curve", "ratio", "result")
     for t in rows:
         verdict = {True: "PASS", False: "**FAIL**", None: "n/a"}[t["pass"]]
         r = "—" if t["ratio"] is None else f"{t['ratio']:.2f}×"
-        lines.append(f"| {t['target']} | {t['value'] or '—'} | {t['ref'] or '—'} | {r} "
-                     f"| {verdict} |")
+        lines.append(_row(t["target"], t["value"], t["ref"], r, verdict))
     return lines
 
 
 def scale_table(scale: list[dict[str, Any]]) -> list[str]:
-    lines = ["| round | links | server RSS 0 links → 1 → N (MiB) | RSS per link KiB "
-             "| server threads 0 → N | W1 p50 µs 1 link | W1 p50 µs N links | ratio "
-             "| linking all s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("round", "links", "server RSS MiB: 0 links → 1 → N", "RSS per link KiB",
+                    "server threads 0 → N", "W1 p50 µs, 1 link", "W1 p50 µs, N links", "ratio",
+                    "linking all s")
     for k, s in enumerate(scale, 1):
         if "error" in s:
-            lines.append(f"| {k} | {s['peers']} | failed: {s['error']} |||||||")
+            lines.append(_row(str(k), str(s["peers"]), f"failed: {s['error']}", *[""] * 6))
             continue
-        lines.append(
-            f"| {k} | {s['peers']} | {s['rss0_kib'] / 1024:.1f} → {s['rss1_kib'] / 1024:.1f} → "
-            f"{s['rss_n_kib'] / 1024:.1f} | {s['rss_per_link_kib']:.1f} "
-            f"| {s['threads0']} → {s['threads_n']} | {s['w1_1']['p50_us']:.1f} "
-            f"| {s['w1_n']['p50_us']:.1f} | {s['w1_p50_ratio']:.2f}× | {s['link_all_s']:.1f} |")
+        rss = " → ".join(f"{s[key] / 1024:.1f}" for key in ("rss0_kib", "rss1_kib", "rss_n_kib"))
+        lines.append(_row(str(k), str(s["peers"]), rss, f"{s['rss_per_link_kib']:.1f}",
+                          f"{s['threads0']} → {s['threads_n']}", f"{s['w1_1']['p50_us']:.1f}",
+                          f"{s['w1_n']['p50_us']:.1f}", f"{s['w1_p50_ratio']:.2f}×",
+                          f"{s['link_all_s']:.1f}"))
     return lines
 
 
-def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}"
+def load_table(rounds: list[dict[str, Any]], scale: list[dict[str, Any]]) -> list[str]:
+    """Other processes' CPU while each child ran: noise that the numbers above carry."""
+
+    def cell(res: dict[str, Any] | None) -> str:
+        cpu = (res or {}).get("cpu")
+        if not cpu:
+            return "—"
+        mine = cpu.get("foreign_on_our_cpus")
+        return f"{cpu['foreign_cores']:.2f} / {'—' if mine is None else f'{mine:.2f}'}"
+
+    lines = _header("system", *(f"round {k}" for k in range(1, len(rounds) + 1)))
+    for s in _systems(rounds):
+        lines.append(_row(s, *(cell(r.get(s)) for r in rounds)))
+    if scale:
+        lines.append(_row("scale", *(cell(sc) for sc in scale)))
+    return lines
 
 
 def markdown(doc: dict[str, Any]) -> str:
     meta, rounds, scale = doc["meta"], doc["rounds"], doc["scale"]
     placed = ("unpinned" if meta["cpu_client"] is None else
               f"client CPU {meta['cpu_client']}, server CPU {meta['cpu_server']}")
+    malloc = "tuned" if meta.get("tuned_malloc") else "default"
     out = [f"# peernet benchmark — {meta['started']}", "",
-           f"`{meta['command']}` · pin={meta['pin']} ({placed}) · {len(rounds)} round(s), "
-           f"medians · {'quick' if meta['quick'] else 'full'} sizes · "
-           f"{'tuned' if meta.get('tuned_malloc') else 'default'} malloc · loopback 127.0.0.1",
-           "",
+           (f"`{meta['command']}` · pin={meta['pin']} ({placed}) · {len(rounds)} round(s), "
+            f"medians · {'quick' if meta['quick'] else 'full'} sizes · {malloc} malloc · "
+            "loopback 127.0.0.1"), "",
            f"Machine: {meta['machine']['summary']}", "",
            f"Packages: {meta['machine']['packages']}", ""]
     if meta.get("profile"):
-        out += ["**Profiled run: the server ran under cProfile; these numbers are not "
-                "comparable with an ordinary run.**", ""]
+        out += [("**Profiled run: the server ran under cProfile; these numbers are not "
+                 "comparable with an ordinary run.**"), ""]
     out += ["## Results (median of rounds)", "", *main_table(rounds), ""]
     if len(rounds) > 1:
         out += ["Per round (round 1 / round 2 / ...):", "", *rounds_table(rounds), ""]
     out += [f"## Ratios against {FLOOR} (the plaintext floor)", "",
             "Latency (W1 p50, W5): lower is better; throughput (W2-W4): higher is better.", "",
             *floor_ratios(rounds), "",
-            f"## {SUBJECT} against the floor and the best encrypted peer "
-            f"({', '.join(ENCRYPTED_PEERS)})", "", *subject_table(rounds), ""]
+            (f"## {SUBJECT} against the floor and the best encrypted peer "
+             f"({', '.join(ENCRYPTED_PEERS)})"), "", *subject_table(rounds), ""]
     if scale:
         out += ["## Scale: N client nodes linked to one server node", "", *scale_table(scale), ""]
     if doc.get("targets"):
         note = "" if meta["pin"] == "same" else " (the targets are defined for pin=same)"
         out += [f"## Targets (issue 8){note}", "", *targets_table(doc["targets"]), ""]
     out += ["## Other load on the machine", "",
-            "CPU used by processes outside this benchmark while each system ran (from "
-            "/proc/stat minus our own processes), in cores: whole machine / on the CPUs we "
-            "pinned to.", "",
-            "| system | " + " | ".join(f"round {k}" for k in range(1, len(rounds) + 1)) + " |",
-            "|---|" + "---|" * len(rounds)]
-    for s in [*_systems(rounds)]:
-        cells = []
-        for r in rounds:
-            cpu = r.get(s, {}).get("cpu")
-            cells.append("—" if not cpu else
-                         f"{cpu['foreign_cores']:.2f} / {_num(cpu.get('foreign_on_our_cpus'))}")
-        out.append(f"| {s} | " + " | ".join(cells) + " |")
-    for k, sc in enumerate(scale, 1):
-        cpu = sc.get("cpu")
-        if cpu:
-            out.append(f"| scale (round {k}) | {cpu['foreign_cores']:.2f} / "
-                       f"{_num(cpu.get('foreign_on_our_cpus'))} |")
-    out.append("")
+            ("CPU used by processes outside this benchmark while each system ran (/proc/stat "
+             "minus our own processes), in cores: whole machine / on the CPUs we pinned to."),
+            "", *load_table(rounds, scale), ""]
     return "\n".join(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -54,7 +55,8 @@ def server_main(system: str, opts: dict[str, Any], cpu: int | None, limit_s: flo
 
 
 def start_server(system: str, opts: dict[str, Any], cfg: dict[str, Any],
-                 profile_out: str | None = None):
+                 profile_out: str | None = None
+                 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     args = ["--system", system, "--opts", json.dumps(opts), "--limit-s",
             str(cfg["server_limit_s"])]
     if cfg.get("cpu_server") is not None:

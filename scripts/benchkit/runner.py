@@ -35,7 +35,11 @@ PACKAGES = ("peernet", "cbor2", "PyNaCl", "cryptography", "pyzmq", "Pyro5", "ser
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark peernet against raw TCP, mp-connection, zmq-curve, TLS, Pyro5 "
+                    "and rpyc on loopback, in the same run and CPU placement. "
+                    "See guides/performance.md.")
     p.add_argument("--quick", action="store_true",
                    help="fewer iterations, shorter runs, one round, 100 scale peers (< 2 min)")
     p.add_argument("--pin", choices=("same", "cross", "none"), default="same",
@@ -50,8 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                    "(default 500; --quick 100)")
     p.add_argument("--no-scale", action="store_true", help="skip the scale test")
     p.add_argument("--profile", action="store_true",
-                   help="run peernet's server under cProfile, one server per workload "
-                        "(default workloads w1,w2); writes .pstats and top-15 text")
+                   help="run the server (of peernet unless --systems says otherwise) under "
+                        "cProfile, a fresh one per workload (default w1,w2); writes "
+                        ".pstats and the top 15 by tottime next to the table")
     p.add_argument("--tuned-malloc", action="store_true",
                    help="run every child with glibc's mmap/trim thresholds raised "
                         f"({' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())}); "
@@ -89,7 +94,7 @@ def main(argv: list[str]) -> int:
     client_timeout_s = 120 if args.quick else 420
     quiet_s = args.quiet_wait_s or 0.0
     meta = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": "scripts/bench " + shlex.join(argv), "pin": args.pin,
+            "command": shlex.join(["scripts/bench", *argv]), "pin": args.pin,
             "cpu_client": cpu_client, "cpu_server": cpu_server, "quick": args.quick,
             "profile": args.profile, "tuned_malloc": args.tuned_malloc,
             "sizes": asdict(sizes), "machine": machine()}
@@ -149,15 +154,18 @@ def run_child(role: str, cfg: dict[str, Any], timeout_s: float,
               quiet_wait_s: float) -> dict[str, Any] | None:
     """Run one client/scale process in its own process group; kill the group afterwards,
     so its server and holders cannot outlive it whatever happened."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
+    # The child and its server/holders make their temp dirs under this one, so a child
+    # killed at its deadline leaves nothing behind either.
+    tmp_root = Path(tempfile.mkdtemp(prefix="peernet-bench-"))
+    out = tmp_root / "result.json"
     load_before = wait_for_quiet(quiet_wait_s) if quiet_wait_s > 0 else None
     ours = {c for c in (cfg["cpu_client"], cfg["cpu_server"]) if c is not None} or None
     busy0, pinned0 = cpu_busy_s(), cpu_busy_s(ours)
     usage0, t0 = children_cpu_s(), time.monotonic()
     proc = subprocess.Popen([sys.executable, BENCH_PY, "--role", role, "--config",
                              json.dumps(cfg), "--out", str(out)], start_new_session=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, **cfg["env"]})
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, **cfg["env"], "TMPDIR": str(tmp_root)})
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -174,7 +182,7 @@ def run_child(role: str, cfg: dict[str, Any], timeout_s: float,
     except (OSError, ValueError):
         res = None
     finally:
-        out.unlink(missing_ok=True)
+        shutil.rmtree(tmp_root, ignore_errors=True)
     if res is not None:
         ours_s = children_cpu_s() - usage0
         res["cpu"] = {
@@ -251,7 +259,8 @@ def machine() -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+                                capture_output=True, text=True, timeout=10,
+                                check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit = "?"
     info = {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),

@@ -6,8 +6,10 @@ import os
 import secrets
 import socket
 import threading
-from multiprocessing.connection import Client as MpClient, Connection, Listener
-from typing import Any, Callable
+from collections.abc import Callable
+from multiprocessing.connection import Client as MpClient
+from multiprocessing.connection import Connection, Listener
+from typing import Any
 
 from .common import BaseClient, Conn, Handlers
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from peernet import Node, PeerId
 
@@ -37,8 +38,10 @@ def serve(opts: dict[str, Any], handlers: Handlers) -> tuple[dict[str, Any], Cal
         node.expose(name, lambda peer, args, fn=fn: fn(args))
 
     def shutdown() -> None:
-        node.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            node.close()
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     return {"port": node.port, "id": str(node.id)}, shutdown
 
@@ -100,5 +103,7 @@ class Client(BaseClient):
         return PeernetConn(self, fresh=True)
 
     def close(self) -> None:
-        self.node.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        try:
+            self.node.close()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)

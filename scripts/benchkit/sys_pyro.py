@@ -7,7 +7,8 @@ as a Pyro5 user has to.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import Pyro5.api
 import serpent

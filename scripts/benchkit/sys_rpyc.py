@@ -7,7 +7,8 @@ it would be meaningless. Remote methods are looked up once per connection.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import rpyc
 from rpyc.utils.server import ThreadedServer

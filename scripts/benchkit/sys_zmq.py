@@ -7,7 +7,8 @@ uses a DEALER socket, which also carries the final ``stats`` call.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cbor2
 import zmq

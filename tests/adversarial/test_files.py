@@ -68,7 +68,7 @@ def test_T15_key_creation_killed_at_random_leaves_no_torn_key(tmp_path, record):
             loaded += 1
         else:
             created += 1
-    assert loaded > 0  # the children did write keys before their kills
+    assert loaded >= ROUNDS  # each child wrote at least one key before its kill
     record(f"T15 {ROUNDS} key creators SIGKILLed at random: {loaded} complete 0600 keys "
            f"loaded, {created} missing keys created afresh, no torn key file")
 
