@@ -631,14 +631,23 @@ def _check_handler(name: str) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
-    """Run HANDLER on the peer and print its result as JSON."""
+@contextmanager
+def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[Node, PeerId, Any,
+                                                                          tuple[str, int]]]:
+    """For call/send: check the handler, JSON and address, then a short-lived node and
+    the paired peer named on the command line."""
     _check_handler(opts.handler)
     args = parse_json_arg(opts.json)
     address = parse_address(opts.to)
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False) as node:
         pid = resolve_peer(opts.peer, node.trust)
         _require_paired(pid, node.trust)
+        yield node, pid, args, address
+
+
+def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
+    """Run HANDLER on the peer and print its result as JSON."""
+    with _to_peer(opts, data_dir) as (node, pid, args, address):
         node.connect(pid, *address)
         try:
             result = node.call(pid, opts.handler, args, timeout=opts.timeout)
@@ -651,12 +660,7 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
 
 def cmd_send(opts: argparse.Namespace, data_dir: Path) -> int:
     """Hand ``HANDLER(JSON)`` to the peer without waiting for a reply."""
-    _check_handler(opts.handler)
-    args = parse_json_arg(opts.json)
-    address = parse_address(opts.to)
-    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False) as node:
-        pid = resolve_peer(opts.peer, node.trust)
-        _require_paired(pid, node.trust)
+    with _to_peer(opts, data_dir) as (node, pid, args, address):
         if not _reach(node, pid, address, opts.timeout):
             raise CliError(_unreachable(node, pid, address), EXIT_UNREACHABLE)
         if not node.send(pid, opts.handler, args):

@@ -21,13 +21,11 @@ Pass a string, an object, or a list of them::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
+from typing import Iterable, Protocol, runtime_checkable
 
+from ._io.mdns import MdnsDiscovery
+from ._io.udp import UdpDiscovery
 from .ids import PeerId
-
-if TYPE_CHECKING:
-    from ._io.mdns import MdnsDiscovery
-    from ._io.udp import UdpDiscovery
 
 __all__ = [
     "Discovery",
@@ -99,20 +97,6 @@ class ManualDiscovery:
             self._host.peer_seen(peer, address, source=self.source, ttl_s=None)
 
 
-def __getattr__(name: str) -> Any:
-    # The implementations live in peernet._io; imported on first use so that importing
-    # peernet never imports zeroconf.
-    if name == "UdpDiscovery":
-        from ._io.udp import UdpDiscovery
-
-        return UdpDiscovery
-    if name == "MdnsDiscovery":
-        from ._io.mdns import MdnsDiscovery
-
-        return MdnsDiscovery
-    raise AttributeError(name)
-
-
 def make_discoveries(spec: None | str | Discovery | Iterable[str | Discovery]) -> list[Discovery]:
     """Turn ``Node(discovery=...)`` into discovery objects (ValueError/TypeError if bad)."""
     if spec is None:
@@ -121,13 +105,9 @@ def make_discoveries(spec: None | str | Discovery | Iterable[str | Discovery]) -
     found: list[Discovery] = []
     for item in items:
         if item == "udp":
-            from ._io.udp import UdpDiscovery
-
             item = UdpDiscovery()
         elif item == "mdns":
-            from ._io.mdns import MdnsDiscovery
-
-            item = MdnsDiscovery()
+            item = MdnsDiscovery()  # zeroconf is imported here, not before
         elif isinstance(item, str):
             raise ValueError(f"unknown discovery {item!r}; use 'udp', 'mdns' or a discovery object")
         elif not isinstance(item, Discovery):

@@ -48,6 +48,16 @@ def _remove_stale() -> None:
                 subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs, reap it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for f in (proc.stdin, proc.stdout):
+        if f:
+            f.close()
+
+
 class Agent:
     """A node in a namespace, driven by JSON lines (tests/procs/node_agent.py)."""
 
@@ -72,12 +82,7 @@ class Agent:
         return reply.get("ok")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f:
-                f.close()
+        stop_process(self.proc)
 
 
 class Lab:

@@ -9,6 +9,9 @@ Every discovery source reports ``seen(peer, address, source, ttl_s)`` and
   backoff allows;
 - an **unpaired** announcer goes to a bounded "nearby" table so a person can pick one
   to pair with; it is never dialled and gets no registry entry;
+- a hint naming a new address while the peer's link is up pings that link, and
+  closes it if nothing comes back within a second (the peer moved; the old link may
+  be dead without knowing it);
 - a hint that is not repeated within its ``ttl_s`` expires: two thirds of the way
   there the peer's live link (if any) is pinged, and at expiry the candidate is
   dropped and a link that answered nothing since the ping is closed. So a node that
@@ -32,6 +35,8 @@ from .timers import Timers
 __all__ = ["Hints"]
 
 _PROBE_FRACTION = 2 / 3
+#: How long a link asked "are you there?" (a ping) has to show any sign of life.
+_PROBE_S = 1.0
 
 
 @dataclass
@@ -92,6 +97,11 @@ class Hints:
             arm = ttl_s is not None and not sighting.armed
             sighting.armed = sighting.armed or arm
         changed = self._registry.set_address(peer, address, source)
+        link = self._registry.active_link(peer)
+        if changed and link is not None and link.address[0] != address[0]:
+            # The peer speaks from somewhere new: the live link may be dead without
+            # knowing it (its FIN left from an address that is gone). Ask it.
+            self._probe(link, f"peer moved to {address[0]} and the old link is silent")
         if arm:
             self._timers.call_later(ttl_s * _PROBE_FRACTION, lambda: self._check(key))
         self._dial(peer, changed, source)
@@ -127,6 +137,17 @@ class Hints:
             items = list(self._nearby.items())
         return [Nearby(peer, s.address, source, s.last_seen)
                 for (peer, source), s in reversed(items)]
+
+    def _probe(self, link, reason: str) -> None:
+        """Ping ``link``; close it if nothing at all arrives within the probe time."""
+        sent_at = time.monotonic()
+        link.ping_nowait()
+
+        def check() -> None:
+            if link.last_received < sent_at:
+                link.close(reason)
+
+        self._timers.call_later(_PROBE_S, check)
 
     def _expire_nearby(self, now: float) -> None:
         for key in [k for k, s in self._nearby.items()

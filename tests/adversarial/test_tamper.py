@@ -17,7 +17,7 @@ import pytest
 
 import peernet
 
-from .harness import CLOSE, FrameProxy, ProxiedConnection
+from .harness import CLOSE, ProxiedConnection
 
 #: What each tampering does to the next client-to-target transport frame X (a call to
 #: ``incr``, followed by a second call Y), and how many calls on the tampered link may

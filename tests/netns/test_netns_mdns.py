@@ -18,7 +18,7 @@ import pytest
 from peernet.identity import load_or_create
 from peernet.trust import TrustStore
 from tests.conftest import wait_until
-from tests.netns_lab import ROOT, Lab, require_netns
+from tests.netns_lab import stop_process, ROOT, Lab, require_netns
 
 pytest.importorskip("zeroconf")
 
@@ -144,12 +144,7 @@ class Helper:
         return self.read()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f:
-                f.close()
+        stop_process(self.proc)
 
 
 @pytest.fixture
