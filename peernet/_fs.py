@@ -16,6 +16,7 @@ import os
 import secrets
 import shlex
 import stat
+import time
 from pathlib import Path
 
 __all__ = ["ensure_private_dir", "atomic_write", "read_private_file", "fsync_dir"]
@@ -98,6 +99,33 @@ def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> Path:
         _remove_quietly(temp)
         raise
     return temp
+
+
+#: A temp file this old was left by a writer that died before renaming it (a live
+#: writer renames within milliseconds; the margin covers a slow disk's fsync).
+STALE_TEMP_AGE_S = 60.0
+
+
+def sweep_stale_temps(directory: Path, name: str, *, older_than_s: float = STALE_TEMP_AGE_S) -> int:
+    """Remove temp files of ``name`` (see ``_write_temp``) that a killed writer left
+    behind. Only our own regular files older than ``older_than_s`` go, so a writer in
+    another process that is still working is never disturbed. Returns how many went."""
+    removed = 0
+    now = time.time()
+    try:
+        candidates = list(directory.glob(f".{name}.*.tmp"))
+    except OSError:
+        return 0
+    for temp in candidates:
+        try:
+            st = os.lstat(temp)
+        except OSError:
+            continue
+        if (stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid()
+                and now - st.st_mtime >= older_than_s):
+            _remove_quietly(temp)
+            removed += 1
+    return removed
 
 
 def _remove_quietly(path: Path) -> None:

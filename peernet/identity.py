@@ -177,6 +177,7 @@ def load_or_create(data_dir: str | os.PathLike[str]) -> Identity:
     """
     directory = _fs.ensure_private_dir(data_dir)
     path = directory / KEY_FILE_NAME
+    _fs.sweep_stale_temps(directory, KEY_FILE_NAME)
     for _ in range(2):  # a second pass only if another process created it meanwhile
         try:
             data = _fs.read_private_file(

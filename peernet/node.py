@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 PeerLike = PeerId | str | bytes
 #: How long a handler may run on a link's reading thread before reading moves to a new
 #: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+#: Retiring links a peer may hold (see link_established) before older ones are forced.
+_MAX_RETIRING_LINKS = 1
 _INLINE_BUDGET_S = 0.02
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
@@ -554,10 +556,7 @@ class Node:
                 payload = encode_message(Error(call.request_id, HANDLER_ERROR, type(exc).__name__))
         else:
             payload = encode_message(Error(call.request_id, outcome.error, outcome.detail))
-        try:
-            link.write(payload)
-        except PeerUnavailable:
-            pass  # the caller sees the link drop
+        link.answer(payload)
 
     def _serve_send(self, peer: PeerId, send: Send) -> None:
         outcome = self._handlers.dispatch(peer, send.name, send.args)
@@ -625,6 +624,11 @@ class Node:
             log.debug("two links to %s; retiring %r", peer.short, loser)
             loser.retire()
             self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
+            # An honest peer has at most one link retiring (a simultaneous dial, a
+            # reconnect); one that keeps opening links loses the older ones as soon as
+            # their calls are answered, so it cannot pile up threads and descriptors.
+            for extra in self._registry.excess_retiring(peer, keep=_MAX_RETIRING_LINKS):
+                extra.retire(force=True)
         log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
         self._report_status()
         return True
@@ -641,10 +645,7 @@ class Node:
                         self._pool.end_call(peer)
                     return
             if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
-                try:
-                    link.send_message(Error(message.request_id, BUSY, None))
-                except PeerUnavailable:
-                    pass
+                link.answer(encode_message(Error(message.request_id, BUSY, None)))
         elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message),
                                         size=size):
             log.debug("dropped a send from %s: its queue is full", peer.short)

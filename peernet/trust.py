@@ -117,6 +117,7 @@ class TrustStore:
         """
         directory = _fs.ensure_private_dir(data_dir)
         path = directory / TRUST_FILE_NAME
+        _fs.sweep_stale_temps(directory, TRUST_FILE_NAME)
         try:
             data = _fs.read_private_file(
                 path,

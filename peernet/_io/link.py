@@ -62,6 +62,7 @@ from ..errors import (
     Forbidden,
     MessageTooLarge,
     NoSuchHandler,
+    PeerUnavailable,
     ProtocolError,
     RemoteError,
 )
@@ -154,6 +155,9 @@ class Link:
         self._retiring = False
         self._bye_sent = False
         self._bye_received = False
+        self._forced = False  # retire(force=True): close without waiting for the peer's bye
+        self._serving = 0  # calls from the peer routed to the node and not yet answered
+        self._routed_early = False  # messages that came with message 3 are routed
         self._early: list[bytes] = []  # messages that arrived with the last handshake frame
         # Inline calls (run_inline): which thread reads now (a generation number), and
         # since when (monotonic) the reader has been running a handler, if it is.
@@ -279,18 +283,49 @@ class Link:
                 pass
         self._begin_close(reason)
 
-    def retire(self) -> None:
+    def retire(self, *, force: bool = False) -> None:
         """Another link to the same peer won: stop taking new calls (the node no longer
         hands this link out), let pending calls finish, then close it with the peer.
 
         Each side sends Bye(superseded) once it has no calls pending on this link, and
         closes once it has both sent and received one, so no call in flight is lost.
+        With ``force`` (a peer holding more links than any honest one would), it closes
+        as soon as its own calls are answered and the peer's calls on it are served,
+        without waiting for the peer's bye.
         """
         with self._state_lock:
-            if self._retiring or self._closing:
+            if self._closing or (self._retiring and (self._forced or not force)):
                 return
             self._retiring = True
+            self._forced = self._forced or force
         self._maybe_send_bye()
+        self._maybe_close_forced()
+
+    def serving(self) -> None:
+        """The node took a call from this link; ``answer`` ends it."""
+        with self._state_lock:
+            self._serving += 1
+
+    def answer(self, payload: bytes) -> None:
+        """Send the reply (or error) to a call counted by ``serving``, best effort: if
+        the link is down the caller sees that."""
+        try:
+            self.write(payload)
+        except PeerUnavailable:
+            pass
+        finally:
+            with self._state_lock:
+                self._serving -= 1
+                idle = self._serving == 0 and self._forced
+            if idle:
+                self._maybe_close_forced()
+
+    def _maybe_close_forced(self) -> None:
+        with self._state_lock:
+            done = (self._forced and self._bye_sent and self._serving == 0
+                    and self._routed_early)
+        if done:
+            self._begin_close(SUPERSEDED)
 
     def _maybe_send_bye(self) -> None:
         with self._state_lock:
@@ -308,6 +343,8 @@ class Link:
             pass
         if both:
             self._begin_close(SUPERSEDED)
+        else:
+            self._maybe_close_forced()
 
     def _begin_close(self, reason: str) -> None:
         with self._state_lock:
@@ -343,6 +380,9 @@ class Link:
             for payload in self._early:
                 self._route(payload, False)
             self._early.clear()
+            with self._state_lock:
+                self._routed_early = True
+            self._maybe_close_forced()
             handed_off = not self._read_loop(0)
         except Exception:  # noqa: BLE001 -- a bug here must end this link only
             log.exception("link %r failed", self)
@@ -521,6 +561,8 @@ class Link:
                 if self._retiring:
                     self._maybe_send_bye()
         elif kind is Call or kind is Send:
+            if kind is Call:
+                self.serving()  # the node answers it with answer()
             self._owner.link_message(self, msg, last=last,  # type: ignore[arg-type]
                                      size=len(payload))
         elif kind is Error:

@@ -148,6 +148,12 @@ class Registry:
             self._cond.notify_all()
             return loser
 
+    def excess_retiring(self, peer: PeerId, keep: int) -> list[Link]:
+        """Retiring links to ``peer`` beyond the newest ``keep``, oldest first."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            return list(entry.retiring[:-keep] if keep else entry.retiring) if entry else []
+
     def retire(self, link: Link) -> None:
         """The peer retired ``link``: stop handing it out."""
         with self._cond:

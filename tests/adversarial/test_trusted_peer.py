@@ -14,7 +14,6 @@ import random
 import threading
 import time
 
-import pytest
 
 from peernet._proto import cbor
 from peernet._proto.messages import (
@@ -281,11 +280,6 @@ def test_T20_one_paired_peer_cannot_starve_the_others_with_default_limits(env, r
     assert worst < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OPEN: a paired peer can hold many authenticated links: each new link retires the "
-    "previous one, which lingers call_timeout + 1 s waiting for the peer's bye, with its "
-    "thread and descriptor (peernet/node.py Node.link_established). Closing older "
-    "retiring links at once breaks T22 (concurrent connects from one peer lose calls)."))
 def test_T20_one_paired_peer_cannot_pile_up_links(env, record):
     base = env.target.resources()
     peers = []

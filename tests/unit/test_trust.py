@@ -443,3 +443,25 @@ def test_rewrite_tightens_to_0600(tmp_path, umask0):
     store = TrustStore.load(tmp_path)
     store.pair(pid(2))
     assert mode(path) == 0o600
+
+
+def test_load_sweeps_temp_files_of_killed_writers_but_not_fresh_ones(tmp_path):
+    from peernet import _fs
+    from peernet.trust import TRUST_FILE_NAME
+
+    TrustStore.load(tmp_path)  # creates the private directory
+    stale = tmp_path / f".{TRUST_FILE_NAME}.0123456789abcdef.tmp"
+    fresh = tmp_path / f".{TRUST_FILE_NAME}.fedcba9876543210.tmp"
+    other = tmp_path / ".unrelated.0123456789abcdef.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"{half a write")
+    old = stale.stat().st_mtime - _fs.STALE_TEMP_AGE_S - 1
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    link = tmp_path / f".{TRUST_FILE_NAME}.aaaaaaaaaaaaaaaa.tmp"
+    link.symlink_to(other)
+    os.utime(link, (old, old), follow_symlinks=False)
+
+    assert len(TrustStore.load(tmp_path)) == 0
+    assert not stale.exists()
+    assert fresh.exists() and other.exists() and link.is_symlink()
