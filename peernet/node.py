@@ -64,6 +64,8 @@ PeerLike = PeerId | str | bytes
 #: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
 #: Retiring links a peer may hold (see link_established) before older ones are forced.
 _MAX_RETIRING_LINKS = 1
+#: How long a reader waits for room in a peer's full send queue before dropping.
+_SEND_ROOM_WAIT_S = 0.5
 _INLINE_BUDGET_S = 0.02
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
@@ -113,8 +115,10 @@ class Node:
     :param max_calls_per_peer: calls from one peer queued or running at once; more are
         refused as busy (32). At most half the handler workers run one peer's calls at
         a time, so one busy peer never starves the others.
-    :param max_sends_per_peer: sends from one peer waiting for its handler; more are
-        dropped (256; and at most 4 x ``max_message_size`` bytes of them).
+    :param max_sends_per_peer: sends from one peer waiting for its handler (256; and at
+        most 4 x ``max_message_size`` bytes of them). When they are full the link stops
+        reading for up to 0.5 s, so TCP slows the sender down; sends still without room
+        are dropped.
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
@@ -647,7 +651,7 @@ class Node:
             if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
                 link.answer(encode_message(Error(message.request_id, BUSY, None)))
         elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message),
-                                        size=size):
+                                        size=size, wait_s=_SEND_ROOM_WAIT_S):
             log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def watch_inline(self) -> None:

@@ -102,6 +102,18 @@ def _writable(sock: socket.socket, timeout_s: float) -> bool:
     return bool(poller.poll(timeout_s * 1000))
 
 
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall`` minus its poll() before every send: try the write first (the
+    socket is non-blocking underneath its timeout) and fall back to ``sendall``, which
+    waits up to the timeout, only for what did not fit."""
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def _error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
     what = f"{name!r} on {peer.short}" if name else peer.short
     if code == NO_SUCH_HANDLER:
@@ -215,8 +227,7 @@ class Link:
             if self._closing:
                 raise ConnectionLost(self._lost_text())
             try:
-                data = self.session.seal(payload)
-                self._sock.sendall(data)  # type: ignore[union-attr]
+                _send_all(self._sock, self.session.seal(payload))  # type: ignore[arg-type]
             except MessageTooLarge:
                 raise
             except (OSError, ProtocolError) as exc:

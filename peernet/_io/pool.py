@@ -4,8 +4,10 @@ Bounded twice: at most ``max_workers`` threads (started on demand), and at most
 ``max_calls_per_peer`` calls from one peer queued or running at once -- past that a
 call is refused as busy at once, so one peer cannot starve the others. Sends from one
 peer run one after another, in the order they arrived (a per-peer queue drained by one
-task at a time), and at most ``max_sends_per_peer`` of them wait; a send beyond that is
-dropped, which is what fire-and-forget promises.
+task at a time), and at most ``max_sends_per_peer`` of them wait. When that queue is
+full the reader waits a little for room (``wait_s``), which stops it reading and lets
+TCP push back on the sender; only a handler too slow to make room in that time gets
+sends dropped, which is what fire-and-forget promises.
 
 Worker threads are daemons so a forgotten node never holds up interpreter exit.
 """
@@ -16,6 +18,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 from ..ids import PeerId
@@ -58,6 +61,10 @@ class HandlerPool:
         self._waiting: dict[PeerId, collections.deque[Task]] = {}
         self._sends: dict[PeerId, collections.deque[tuple[Task, int]]] = {}
         self._send_bytes: dict[PeerId, int] = {}  # bytes of sends waiting, per peer
+        self._room = threading.Condition(self._lock)  # a send left a queue, or closing
+        # Peers whose handler did not make room within wait_s: their sends are dropped
+        # without waiting until their queue is empty again.
+        self._stalled: set[PeerId] = set()
         self._closed = False
 
     def submit_call(self, peer: PeerId, task: Task) -> bool:
@@ -94,20 +101,33 @@ class HandlerPool:
         self._calls[peer] = running + 1
         return True
 
-    def submit_send(self, peer: PeerId, task: Task, *, size: int = 0) -> bool:
-        """Queue one send (``size`` bytes) from ``peer`` behind its earlier sends;
-        False if dropped: too many, or too many bytes, already waiting."""
+    def submit_send(self, peer: PeerId, task: Task, *, size: int = 0,
+                    wait_s: float = 0.0) -> bool:
+        """Queue one send (``size`` bytes) from ``peer`` behind its earlier sends. If
+        too many, or too many bytes, are already waiting, wait up to ``wait_s`` for
+        room; False if there was none (the send is dropped)."""
+        deadline: float | None = None
         with self._lock:
-            if self._closed:
-                return False
-            waiting = self._send_bytes.get(peer, 0)
-            if self._max_send_bytes is not None and waiting + size > self._max_send_bytes \
-                    and waiting:
-                return False
-            backlog = self._sends.get(peer)
-            if backlog is not None:  # a drain task is already running for this peer
-                if len(backlog) >= self._max_sends_per_peer:
+            while True:
+                if self._closed:
                     return False
+                waiting = self._send_bytes.get(peer, 0)
+                backlog = self._sends.get(peer)
+                full = (backlog is not None and len(backlog) >= self._max_sends_per_peer) \
+                    or (self._max_send_bytes is not None and waiting
+                        and waiting + size > self._max_send_bytes)
+                if not full:
+                    break
+                if peer in self._stalled:
+                    return False
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + wait_s
+                if now >= deadline:
+                    self._stalled.add(peer)
+                    return False
+                self._room.wait(deadline - now)
+            if backlog is not None:  # a drain task is already running for this peer
                 backlog.append((task, size))
             else:
                 self._sends[peer] = collections.deque(((task, size),))
@@ -125,6 +145,7 @@ class HandlerPool:
                 threads: list[threading.Thread] = []
             else:
                 self._closed = True
+                self._room.notify_all()
                 threads = list(self._threads)
                 for _ in threads:
                     self._tasks.put(_STOP)
@@ -177,9 +198,11 @@ class HandlerPool:
                 if not backlog:
                     del self._sends[peer]
                     self._send_bytes.pop(peer, None)
+                    self._stalled.discard(peer)
                     return
                 task, size = backlog.popleft()
                 self._send_bytes[peer] -= size
+                self._room.notify_all()
             try:
                 task()
             except BaseException:  # noqa: BLE001 -- one bad send must not stall the rest

@@ -80,9 +80,21 @@ _RID_END = 1 << 64
 _name_ok = HANDLER_NAME_RE.fullmatch
 
 
+_known_names: set[str] = set()  # valid names seen, so the hot path skips the regex
+_MAX_KNOWN_NAMES = 4096
+
+
 def is_valid_handler_name(name: object) -> bool:
     """True if ``name`` is exactly a ``str`` and matches :data:`HANDLER_NAME_RE`."""
-    return type(name) is str and _name_ok(name) is not None
+    if type(name) is not str:
+        return False
+    if name in _known_names:
+        return True
+    if _name_ok(name) is None:
+        return False
+    if len(_known_names) < _MAX_KNOWN_NAMES:
+        _known_names.add(name)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +275,7 @@ def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
         _, rid, name, args = msg
         if type(rid) is not int or not 0 < rid < _RID_END:
             raise _bad("request id out of range")
-        if type(name) is not str or _name_ok(name) is None:
+        if not is_valid_handler_name(name):
             raise _bad("invalid handler name")
         return Call(rid, name, args)
     if kind == 1:
@@ -288,7 +300,7 @@ def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
         if n != 3:
             raise _bad("send needs 3 elements")
         _, name, args = msg
-        if type(name) is not str or _name_ok(name) is None:
+        if not is_valid_handler_name(name):
             raise _bad("invalid handler name")
         return Send(name, args)
     if kind == 4 or kind == 5:

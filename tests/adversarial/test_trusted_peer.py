@@ -240,23 +240,33 @@ def test_T20_calls_beyond_the_per_peer_cap_are_busy_and_others_unaffected(make_e
         _flood_calls(c, n, "slow", 0.2)
         assert c.wait_for(lambda p: len(p.payloads) >= n, timeout_s=10), len(c.payloads)
         answered_s = time.monotonic() - t0
-        # And 5000 sends: at most 256 wait for their handler, the rest are dropped.
-        batch = b"".join(c.session.seal(encode_message(Send("slow", 0.001)))
-                         for _ in range(5000))
+        msgs = c.messages()
+        busy = sum(1 for m in msgs if type(m) is Error and m.code == BUSY)
+        done = sum(1 for m in msgs if type(m) is Reply and m.result == "done")
+        assert busy + done == n and done >= 8
+        assert wait_until(lambda: env.target.stats()["calls"].get("slow", 0) >= done, 5)
+        # And 5000 sends in one write, 20 times the queue: the reader stops reading
+        # while the queue is full (TCP holds the rest back), so none is lost, and the
+        # link answers once they are through.
+        rss0 = env.target.resources().rss_kib
+        sends = 5000
+        batch = b"".join(c.session.seal(encode_message(Send("slow", 0.0001)))
+                         for _ in range(sends))
+        t0 = time.monotonic()
         c.sock.sendall(batch)
-        assert raw_session_alive(c, timeout_s=3)
-    msgs = c.messages()
-    busy = sum(1 for m in msgs if type(m) is Error and m.code == BUSY)
-    done = sum(1 for m in msgs if type(m) is Reply and m.result == "done")
-    assert busy + done == n and done >= 8
+        assert raw_session_alive(c, timeout_s=30)
+        # The echo overtakes at most the queue (256) of sends still waiting.
+        assert wait_until(lambda: env.target.stats()["calls"]["slow"] == done + sends, 10)
+        sends_s = time.monotonic() - t0
+        rss_grown = env.target.resources().rss_kib - rss0
     assert env.target.stats()["slow_max"] <= 8
     probe.check()
     c.close()
-    assert wait_until(lambda: env.target.stats()["calls"].get("slow", 0) >= done, 5)
     delta = env.recovered(timeout_s=5)
     record(f"T20 {n} pipelined calls to a 0.2 s handler, cap 8: {done} ran (never more than "
-           f"8 at once), {busy} got busy, all answered in {answered_s:.2f} s; 5000 sends "
-           f"queued at most 256; probe worst {probe.worst * 1000:.0f} ms; after: {delta}")
+           f"8 at once), {busy} got busy, all answered in {answered_s:.2f} s; {sends} sends "
+           f"in one write: all {sends} ran, in {sends_s:.1f} s, RSS +{rss_grown} KiB meanwhile; "
+           f"probe worst {probe.worst * 1000:.0f} ms; after: {delta}")
 
 
 def test_T20_one_paired_peer_cannot_starve_the_others_with_default_limits(env, record):
@@ -287,12 +297,18 @@ def test_T20_one_paired_peer_cannot_pile_up_links(env, record):
         peer = env.raw(src=spread(i))
         peer.handshake()
         peers.append(peer)
+
+    def held() -> int:
+        return sum(1 for link in env.target.command("links")
+                   if link["peer"] == str(env.c.peer_id) and not link["closed"])
+
+    # The newest link forces out the oldest retiring one at once, unless that one
+    # is still routing what came with its message 3: then as soon as it is done.
+    assert wait_until(lambda: held() <= 2, 2), held()
     grown = env.target.resources().delta(base)
-    held = sum(1 for link in env.target.command("links")
-               if link["peer"] == str(env.c.peer_id) and not link["closed"])
     record(f"T20 one paired peer opened 60 authenticated links in a row: the target held "
-           f"{held} of them ({grown})")
-    assert grown.threads <= 4 and held <= 2
+           f"{held()} of them ({grown})")
+    assert grown.threads <= 4
 
 
 def test_T20_queued_sends_from_one_peer_hold_bounded_memory(env, record):

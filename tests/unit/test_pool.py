@@ -1,0 +1,94 @@
+"""The handler pool's send queue: bounded, ordered, and pushing back before dropping."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from peernet._io.pool import HandlerPool
+from tests.helpers import seeded_identity
+
+PEER = seeded_identity("pool-peer").peer_id
+
+
+class Blocked:
+    """A send handler that holds the queue until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        self.started, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self) -> None:
+        self.started.set()
+        self.gate.wait(5)
+
+
+def _full_pool(max_sends: int, first: Blocked, ran: list | None = None) -> HandlerPool:
+    """A pool whose queue for PEER holds ``max_sends`` sends behind a blocked one."""
+    pool = HandlerPool(max_workers=2, max_calls_per_peer=4, max_sends_per_peer=max_sends)
+    assert pool.submit_send(PEER, first)
+    assert first.started.wait(5)
+    for i in range(max_sends):
+        assert pool.submit_send(PEER, (lambda i=i: ran.append(i)) if ran is not None
+                                else (lambda: None))
+    return pool
+
+
+def test_a_full_queue_waits_for_room_and_loses_nothing():
+    first, ran = Blocked(), []
+    pool = _full_pool(4, first, ran)
+    try:
+        opener = threading.Timer(0.05, first.gate.set)
+        opener.start()
+        t0 = time.monotonic()
+        assert pool.submit_send(PEER, lambda: ran.append(4), wait_s=5)
+        assert 0.03 < time.monotonic() - t0 < 5
+        deadline = time.monotonic() + 5
+        while len(ran) < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ran == list(range(5))  # in order, none dropped
+        opener.join()
+    finally:
+        first.gate.set()
+        pool.close(5)
+
+
+def test_a_stuck_handler_gets_sends_dropped_after_the_wait_and_then_at_once():
+    first = Blocked()
+    pool = _full_pool(2, first)
+    try:
+        t0 = time.monotonic()
+        assert not pool.submit_send(PEER, lambda: None, wait_s=0.1)
+        assert time.monotonic() - t0 >= 0.09
+        t0 = time.monotonic()  # the peer is stalled now: no second wait
+        assert not pool.submit_send(PEER, lambda: None, wait_s=5)
+        assert time.monotonic() - t0 < 0.05
+        first.gate.set()  # once its queue empties, sends are taken again
+        deadline = time.monotonic() + 5
+        while not pool.submit_send(PEER, lambda: None) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert time.monotonic() < deadline
+    finally:
+        first.gate.set()
+        pool.close(5)
+
+
+def test_close_wakes_a_reader_waiting_for_room():
+    first = Blocked()
+    pool = _full_pool(1, first)
+    result: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(pool.submit_send(PEER, lambda: None, wait_s=30)))
+    closer = threading.Thread(target=pool.close, args=(5,))
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not pool._room._waiters and time.monotonic() < deadline:  # it is waiting
+            time.sleep(0.002)
+        closer.start()  # the queue stays full: only close() can wake it
+        waiter.join(2)
+        assert not waiter.is_alive() and result == [False]
+    finally:
+        first.gate.set()
+        if closer.ident is not None:
+            closer.join(5)
+        pool.close(5)
