@@ -323,3 +323,16 @@ def test_module_exports():
         obj = getattr(m, name)
         if callable(obj) and not isinstance(obj, type(HANDLER_NAME_RE)):
             assert obj.__doc__
+
+
+@pytest.mark.parametrize("size", [4095, 4096, 65535, 65536, 1 << 20])
+def test_big_bytes_bodies_encode_exactly_as_cbor2_would(size):
+    """A bytes body of 4 KiB or more skips cbor2 (it copies them slowly): same bytes."""
+    import cbor2
+
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for msg, fields in ((Call(5, "echo", body), [0, 5, "echo"]), (Reply(7, body), [1, 7]),
+                        (Send("put", body), [3, "put"])):
+        wire = encode_message(msg)
+        assert wire == cbor2.dumps([*fields, body])
+        assert decode_message(wire) == msg
