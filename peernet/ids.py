@@ -226,6 +226,11 @@ def _parse_text(value: str) -> bytes:
         _fail(f"{exc} (not a canonical encoding)")
 
 
+#: Text form of recently seen keys (a pure function of the key, so safe to share).
+_TEXT_CACHE: dict[bytes, str] = {}
+_TEXT_CACHE_SIZE = 4096
+
+
 class PeerId:
     """A peer's identity: the 32 bytes of its Ed25519 public key.
 
@@ -246,7 +251,12 @@ class PeerId:
         if not isinstance(raw32, _BYTES_LIKE):
             _fail(f"expected {_KEY_LENGTH} bytes, got {type(raw32).__name__}")
         raw = _coerce_raw(raw32)
-        text = bech32m_encode(_HRP, convertbits(raw, 8, 5, pad=True))
+        text = _TEXT_CACHE.get(raw)
+        if text is None:  # 40 us of bech32 in pure Python: once per key, not per link
+            text = bech32m_encode(_HRP, convertbits(raw, 8, 5, pad=True))
+            if len(_TEXT_CACHE) >= _TEXT_CACHE_SIZE:
+                _TEXT_CACHE.clear()  # atomic, so safe between threads; refilled as used
+            _TEXT_CACHE[raw] = text
         object.__setattr__(self, "_raw", raw)
         object.__setattr__(self, "_text", text)
 

@@ -632,6 +632,25 @@ def test_responder_refuses_bad_identity_payload_in_message3(name, build):
     assert responder.peer_id is None
 
 
+@pytest.mark.parametrize("name, build", BAD_PAYLOADS, ids=[n for n, _ in BAD_PAYLOADS])
+def test_a_verified_binding_remembered_never_admits_a_bad_one(name, build):
+    """Checked bindings are remembered (a reconnect skips ~100 us of checks): that must
+    hold only for the exact bytes, never for a variant from the same peer."""
+    i_id, other = Identity.generate(), Identity.generate()
+    good, hand, message2, _, _ = responder_against_hand_initiator(initiator_identity=i_id)
+    events = good.receive_data(hand.message3(message2, binding(i_id)))
+    assert kinds(events) == [HandshakeCompleted]
+    for _ in range(2):  # the second good handshake is served from memory
+        again, hand, message2, _, _ = responder_against_hand_initiator(initiator_identity=i_id)
+        assert kinds(again.receive_data(hand.message3(message2, binding(i_id)))) == \
+            [HandshakeCompleted]
+    payload, _ = build(i_id, other)
+    responder, hand, message2, _, _ = responder_against_hand_initiator(initiator_identity=i_id)
+    events = responder.receive_data(hand.message3(message2, payload))
+    assert kinds(events) == [SessionClosed]
+    assert responder.peer_id is None
+
+
 def test_nonempty_payload_in_message1_is_refused():
     responder = Session(LocalCredentials.from_identity(Identity.generate()),
                         initiator=False, is_trusted=trust_all)
