@@ -6,6 +6,7 @@ import threading
 import time
 
 from peernet._io.pool import HandlerPool
+from tests.conftest import wait_until
 from tests.helpers import seeded_identity
 
 PEER = seeded_identity("pool-peer").peer_id
@@ -42,9 +43,7 @@ def test_a_full_queue_waits_for_room_and_loses_nothing():
         t0 = time.monotonic()
         assert pool.submit_send(PEER, lambda: ran.append(4), wait_s=5)
         assert 0.03 < time.monotonic() - t0 < 5
-        deadline = time.monotonic() + 5
-        while len(ran) < 5 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        assert wait_until(lambda: len(ran) == 5)
         assert ran == list(range(5))  # in order, none dropped
         opener.join()
     finally:
@@ -63,10 +62,7 @@ def test_a_stuck_handler_gets_sends_dropped_after_the_wait_and_then_at_once():
         assert not pool.submit_send(PEER, lambda: None, wait_s=5)
         assert time.monotonic() - t0 < 0.05
         first.gate.set()  # once its queue empties, sends are taken again
-        deadline = time.monotonic() + 5
-        while not pool.submit_send(PEER, lambda: None) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert time.monotonic() < deadline
+        assert wait_until(lambda: pool.submit_send(PEER, lambda: None))
     finally:
         first.gate.set()
         pool.close(5)
@@ -81,9 +77,7 @@ def test_close_wakes_a_reader_waiting_for_room():
     closer = threading.Thread(target=pool.close, args=(5,))
     try:
         waiter.start()
-        deadline = time.monotonic() + 5
-        while not pool._room._waiters and time.monotonic() < deadline:  # it is waiting
-            time.sleep(0.002)
+        assert wait_until(lambda: pool._room._waiters)  # it is waiting for room
         closer.start()  # the queue stays full: only close() can wake it
         waiter.join(2)
         assert not waiter.is_alive() and result == [False]
