@@ -60,7 +60,7 @@ def test_a_stuck_handler_gets_sends_dropped_after_the_wait_and_then_at_once():
         assert time.monotonic() - t0 >= 0.09
         t0 = time.monotonic()  # the peer is stalled now: no second wait
         assert not pool.submit_send(PEER, lambda: None, wait_s=5)
-        assert time.monotonic() - t0 < 0.05
+        assert time.monotonic() - t0 < 2  # far below its wait_s of 5
         first.gate.set()  # once its queue empties, sends are taken again
         assert wait_until(lambda: pool.submit_send(PEER, lambda: None))
     finally:
