@@ -106,7 +106,8 @@ def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> Path:
 STALE_TEMP_AGE_S = 60.0
 
 
-def sweep_stale_temps(directory: Path, name: str, *, older_than_s: float = STALE_TEMP_AGE_S) -> int:
+def sweep_stale_temps(directory: Path, name: str, *,
+                      older_than_s: float = STALE_TEMP_AGE_S) -> int:
     """Remove temp files of ``name`` (see ``_write_temp``) that a killed writer left
     behind. Only our own regular files older than ``older_than_s`` go, so a writer in
     another process that is still working is never disturbed. Returns how many went."""

@@ -62,11 +62,11 @@ log = logging.getLogger(__name__)
 PeerLike = PeerId | str | bytes
 #: How long a handler may run on a link's reading thread before reading moves to a new
 #: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+_INLINE_BUDGET_S = 0.02
 #: Retiring links a peer may hold (see link_established) before older ones are forced.
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
 _SEND_ROOM_WAIT_S = 0.5
-_INLINE_BUDGET_S = 0.02
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 

@@ -312,14 +312,10 @@ class Link:
         self._maybe_send_bye()
         self._maybe_close_forced()
 
-    def serving(self) -> None:
-        """The node took a call from this link; ``answer`` ends it."""
-        with self._state_lock:
-            self._serving += 1
-
     def answer(self, payload: bytes) -> None:
-        """Send the reply (or error) to a call counted by ``serving``, best effort: if
-        the link is down the caller sees that."""
+        """Send the reply (or error) to a call this link handed to the node, best
+        effort: if the link is down the caller sees that. Every call routed to the node
+        is answered through here exactly once (a forced retirement waits for it)."""
         try:
             self.write(payload)
         except PeerUnavailable:
@@ -573,7 +569,8 @@ class Link:
                     self._maybe_send_bye()
         elif kind is Call or kind is Send:
             if kind is Call:
-                self.serving()  # the node answers it with answer()
+                with self._state_lock:  # the node ends it with answer()
+                    self._serving += 1
             self._owner.link_message(self, msg, last=last,  # type: ignore[arg-type]
                                      size=len(payload))
         elif kind is Error:

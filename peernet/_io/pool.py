@@ -62,6 +62,7 @@ class HandlerPool:
         self._sends: dict[PeerId, collections.deque[tuple[Task, int]]] = {}
         self._send_bytes: dict[PeerId, int] = {}  # bytes of sends waiting, per peer
         self._room = threading.Condition(self._lock)  # a send left a queue, or closing
+        self._room_waiters = 0  # readers waiting on _room: draining notifies only then
         # Peers whose handler did not make room within wait_s: their sends are dropped
         # without waiting until their queue is empty again.
         self._stalled: set[PeerId] = set()
@@ -126,7 +127,11 @@ class HandlerPool:
                 if now >= deadline:
                     self._stalled.add(peer)
                     return False
-                self._room.wait(deadline - now)
+                self._room_waiters += 1
+                try:
+                    self._room.wait(deadline - now)
+                finally:
+                    self._room_waiters -= 1
             if backlog is not None:  # a drain task is already running for this peer
                 backlog.append((task, size))
             else:
@@ -202,7 +207,8 @@ class HandlerPool:
                     return
                 task, size = backlog.popleft()
                 self._send_bytes[peer] -= size
-                self._room.notify_all()
+                if self._room_waiters:
+                    self._room.notify_all()
             try:
                 task()
             except BaseException:  # noqa: BLE001 -- one bad send must not stall the rest

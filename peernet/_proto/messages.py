@@ -80,21 +80,9 @@ _RID_END = 1 << 64
 _name_ok = HANDLER_NAME_RE.fullmatch
 
 
-_known_names: set[str] = set()  # valid names seen, so the hot path skips the regex
-_MAX_KNOWN_NAMES = 4096
-
-
 def is_valid_handler_name(name: object) -> bool:
     """True if ``name`` is exactly a ``str`` and matches :data:`HANDLER_NAME_RE`."""
-    if type(name) is not str:
-        return False
-    if name in _known_names:
-        return True
-    if _name_ok(name) is None:
-        return False
-    if len(_known_names) < _MAX_KNOWN_NAMES:
-        _known_names.add(name)
-    return True
+    return type(name) is str and _name_ok(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,7 @@ def test_close_wakes_a_reader_waiting_for_room():
     closer = threading.Thread(target=pool.close, args=(5,))
     try:
         waiter.start()
-        assert wait_until(lambda: pool._room._waiters)  # it is waiting for room
+        assert wait_until(lambda: pool._room_waiters)  # it is waiting for room
         closer.start()  # the queue stays full: only close() can wake it
         waiter.join(2)
         assert not waiter.is_alive() and result == [False]
