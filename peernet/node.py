@@ -637,25 +637,36 @@ class Node:
         self._report_status()
         return True
 
-    def link_message(self, link: Link, message: Call | Send, *, last: bool, size: int) -> None:
+    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
+                     size: int) -> None:
         peer = link.peer_id
         assert peer is not None
         if type(message) is Call:
-            if last and not self._closed:  # nothing queued behind it: run it right here
-                if self._pool.begin_call(peer):
-                    try:
-                        link.run_inline(lambda: self._serve_call(link, message))
-                    finally:
-                        self._pool.end_call(peer)
-                    return
+            # Run it right here on the reader unless told not to (see Link.run_inline);
+            # it still counts against the peer's cap on calls in progress.
+            if inline and not self._closed and self._pool.begin_call(peer):
+                try:
+                    link.run_inline(lambda: self._serve_call(link, message))
+                finally:
+                    self._pool.end_call(peer)
+                return
             if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
                 link.answer(encode_message(Error(message.request_id, BUSY, None)))
+        elif inline and not self._closed and self._pool.begin_send(peer):
+            # None of the peer's sends is queued or running: this one can run here,
+            # in order; any that arrive meanwhile queue behind it.
+            try:
+                link.run_inline(lambda: self._serve_send(peer, message))
+            finally:
+                self._pool.end_send(peer)
         elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message),
                                         size=size, wait_s=_SEND_ROOM_WAIT_S):
             log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def watch_inline(self) -> None:
         """A reader started a handler: make sure someone checks it does not stall."""
+        if self._inline_watch:  # the usual case; re-checked under the lock below
+            return
         with self._inline_lock:
             if self._inline_watch:
                 return

@@ -6,15 +6,16 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
-- calls and sends go to the node: sends to its handler pool (in order); a call that
-  is the last message of what one read brought is run right here (``run_inline``),
-  saving a thread hand-off each way, and the rest go to the pool.
+- calls and sends go to the node, which runs them right here, one after another in
+  arrival order (``run_inline``), saving a thread hand-off each way; its handler pool
+  takes them only when this reader must not (see below).
 
 A handler running on the reader must not stall the link: if it has not finished
 within a few tens of milliseconds (or it calls this same peer back), the node hands
-the reading over to a new thread (:meth:`take_over_reading`) and the old one exits
-once its handler returns. So replies and pongs wait behind a slow handler for at most
-that long, and never for the handler itself.
+the reading over to a new thread (:meth:`take_over_reading`), which first passes what
+is left of the current read to the handler pool, and the old thread exits once its
+handler returns. So replies, pongs and the calls behind a slow handler wait for at
+most that long, and never for the handler itself.
 
 Writes happen on whichever thread is writing, under the link's write lock: seal and
 ``sendall`` together, so the nonce order is the wire order. The socket has a timeout
@@ -88,7 +89,7 @@ class LinkOwner(Protocol):
 
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> bool: ...
-    def link_message(self, link: Link, message: Call | Send, *, last: bool,
+    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
                      size: int) -> None: ...
     def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
@@ -174,8 +175,12 @@ class Link:
         # Inline calls (run_inline): which thread reads now (a generation number), and
         # since when (monotonic) the reader has been running a handler, if it is.
         self._reader = 0
+        # What the reader's current read brought, and the index of the first event not
+        # yet started: a takeover hands the rest to the next reader.
+        self._batch: list[object] = []
+        self._batch_next = 0
         self.inline_since: float | None = None
-        self._inline_thread: threading.Thread | None = None
+        self._inline_thread: int | None = None  # threading.get_ident() of that reader
         self.thread = threading.Thread(target=self._run, daemon=True, name="peernet-link")
         #: Every thread this link started (a reader that handed off may still be
         #: finishing its handler); close() joins them all.
@@ -385,7 +390,7 @@ class Link:
                 return
             self.established = True
             for payload in self._early:
-                self._route(payload, False)
+                self._route(payload, inline=False)
             self._early.clear()
             with self._state_lock:
                 self._routed_early = True
@@ -398,10 +403,15 @@ class Link:
             if not handed_off:  # else the thread that took over reading tears down
                 self._teardown()
 
-    def _continue_reading(self, reader: int) -> None:
+    def _continue_reading(self, reader: int, leftover: list[object]) -> None:
         handed_off = False
         try:
-            handed_off = not self._read_loop(reader)
+            # The old reader is stuck in a handler: what its read brought after that
+            # goes to the pool, so it runs now instead of after the slow handler.
+            if self._dispatch(leftover, reader, inline=False):
+                handed_off = not self._read_loop(reader)
+            else:
+                handed_off = self._reader != reader
         except Exception:  # noqa: BLE001
             log.exception("link %r failed", self)
             self._begin_close("internal error")
@@ -410,20 +420,22 @@ class Link:
                 self._teardown()
 
     def run_inline(self, fn) -> None:
-        """Run ``fn`` (one call's handler and reply) on the reading thread."""
-        self._inline_thread = threading.current_thread()
+        """Run ``fn`` (one call's or send's handler) on the reading thread.
+
+        No lock: a takeover racing the end of ``fn`` is harmless, because this reader
+        checks the generation before it starts the next event (see _dispatch)."""
+        self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
         self._owner.watch_inline()
         try:
             fn()
         finally:
-            with self._state_lock:  # so take_over_reading sees it finished, or not
-                self.inline_since = None
-                self._inline_thread = None
+            self.inline_since = None
+            self._inline_thread = None
 
     def is_inline_here(self) -> bool:
         """Is the current thread this link's reader, busy in a handler?"""
-        return self._inline_thread is threading.current_thread()
+        return self._inline_thread == threading.get_ident()
 
     def take_over_reading(self) -> None:
         """The reader is stuck in a handler: let a new thread read from here on."""
@@ -432,7 +444,12 @@ class Link:
                 return
             self.inline_since = None  # once per stuck handler
             self._reader += 1
-            thread = threading.Thread(target=self._continue_reading, args=(self._reader,),
+            # The stuck reader is inside the event before _batch_next and, seeing the new
+            # generation, will start none after it: the rest is the new reader's.
+            leftover = self._batch[self._batch_next:]
+            self._batch, self._batch_next = [], 0
+            thread = threading.Thread(target=self._continue_reading,
+                                      args=(self._reader, leftover),
                                       daemon=True, name="peernet-link")
             self.threads = [t for t in self.threads if t.is_alive()] + [thread]
             self.thread = thread
@@ -540,20 +557,30 @@ class Link:
                 return True
             self.last_received = time.monotonic()
             events = session.receive_data(view[:n])
-            last = len(events) - 1
-            for i, event in enumerate(events):
-                if isinstance(event, MessageReceived):
-                    self._route(event.payload, i == last)
-                elif isinstance(event, SessionClosed):
-                    log.warning("link to %s closed: %s", self._peer_text(), event.reason)
-                    self._begin_close(event.reason)
-                    return True
+            self._batch, self._batch_next = events, 0
+            if not self._dispatch(events, reader, inline=True):
+                return self._reader == reader
+        return True
+
+    def _dispatch(self, events: list, reader: int, *, inline: bool) -> bool:
+        """Route ``events`` in order; False once the link is ending or another thread
+        took over reading (it has the events this one did not start)."""
+        for i, event in enumerate(events):
+            if self._reader != reader:
+                return False
+            if isinstance(event, MessageReceived):
+                self._batch_next = i + 1  # before the handler: a takeover reads it
+                self._route(event.payload, inline=inline)
+            elif isinstance(event, SessionClosed):
+                log.warning("link to %s closed: %s", self._peer_text(), event.reason)
+                self._begin_close(event.reason)
+                return False
         return True
 
     def _peer_text(self) -> str:
         return self.peer_id.short if self.peer_id else "?"
 
-    def _route(self, payload: bytes, last: bool) -> None:
+    def _route(self, payload: bytes, *, inline: bool) -> None:
         try:
             msg = decode_message(payload, max_depth=self._max_depth)
         except ProtocolError as exc:
@@ -571,7 +598,7 @@ class Link:
             if kind is Call:
                 with self._state_lock:  # the node ends it with answer()
                     self._serving += 1
-            self._owner.link_message(self, msg, last=last,  # type: ignore[arg-type]
+            self._owner.link_message(self, msg, inline=inline,  # type: ignore[arg-type]
                                      size=len(payload))
         elif kind is Error:
             fut = self.calls.pop(msg.request_id)

@@ -4,7 +4,8 @@ Bounded twice: at most ``max_workers`` threads (started on demand), and at most
 ``max_calls_per_peer`` calls from one peer queued or running at once -- past that a
 call is refused as busy at once, so one peer cannot starve the others. Sends from one
 peer run one after another, in the order they arrived (a per-peer queue drained by one
-task at a time), and at most ``max_sends_per_peer`` of them wait. When that queue is
+task at a time; a send the reader runs itself holds the queue, see :meth:`begin_send`),
+and at most ``max_sends_per_peer`` of them wait. When that queue is
 full the reader waits a little for room (``wait_s``), which stops it reading and lets
 TCP push back on the sender; only a handler too slow to make room in that time gets
 sends dropped, which is what fire-and-forget promises.
@@ -102,6 +103,26 @@ class HandlerPool:
         self._calls[peer] = running + 1
         return True
 
+    def begin_send(self, peer: PeerId) -> bool:
+        """Claim ``peer``'s send queue for a send the caller runs itself (see
+        Link.run_inline): True if none of its sends is waiting or running. Sends
+        submitted meanwhile queue behind it. Pair with :meth:`end_send`."""
+        with self._lock:
+            if self._closed or peer in self._sends:
+                return False
+            self._sends[peer] = collections.deque()
+            return True
+
+    def end_send(self, peer: PeerId) -> None:
+        """The send claimed by :meth:`begin_send` is done: run what queued behind it."""
+        with self._lock:
+            if self._sends[peer]:
+                self._submit_locked(lambda: self._drain_sends(peer))
+            else:
+                del self._sends[peer]
+                self._send_bytes.pop(peer, None)
+                self._stalled.discard(peer)
+
     def submit_send(self, peer: PeerId, task: Task, *, size: int = 0,
                     wait_s: float = 0.0) -> bool:
         """Queue one send (``size`` bytes) from ``peer`` behind its earlier sends. If
@@ -132,7 +153,7 @@ class HandlerPool:
                     self._room.wait(deadline - now)
                 finally:
                     self._room_waiters -= 1
-            if backlog is not None:  # a drain task is already running for this peer
+            if backlog is not None:  # a drain task, or a send run inline, is under way
                 backlog.append((task, size))
             else:
                 self._sends[peer] = collections.deque(((task, size),))

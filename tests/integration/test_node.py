@@ -279,6 +279,91 @@ def test_a_handler_run_on_the_reader_hands_reading_over_when_slow(pair_of_nodes)
     assert b._registry.active_link(a.id) is link and a.call(b.id, "echo", "x") == "x"
 
 
+def _raw_peer(node: Node):
+    """A paired peer that can put many messages into one write (a real node writes each
+    on its own), handshaken with ``node``."""
+    from peernet.identity import Identity
+    from tests.adversarial.harness import RawPeer
+
+    identity = Identity.generate()
+    node.pair(identity.peer_id)
+    peer = RawPeer(identity, node.id, node.port, src="127.0.0.1")
+    peer.handshake()
+    return peer
+
+
+def _one_write(peer, messages) -> None:
+    from peernet._proto.messages import encode_message
+
+    peer.sock.sendall(b"".join(peer.session.seal(encode_message(m)) for m in messages))
+
+
+def test_messages_that_arrive_together_run_on_the_reader_in_order(make_node):
+    """Calls and sends that one read brings run one after another on the link's reader,
+    with no hand-off to the handler pool, and every call is answered."""
+    from peernet._proto.messages import Call, Reply, Send
+
+    b = make_node()
+    seen: list[tuple[str, int, str]] = []
+    b.expose("note", lambda peer, i: seen.append(("note", i, threading.current_thread().name)))
+    b.expose("ask", lambda peer, i: seen.append(("ask", i, threading.current_thread().name))
+             or i)
+    peer = _raw_peer(b)
+    try:
+        batch = [Send("note", i) if i % 2 else Call(i + 1, "ask", i) for i in range(40)]
+        _one_write(peer, batch)
+        assert peer.wait_for(lambda p: len(p.payloads) >= 20)
+        replies = peer.messages()
+        assert all(type(m) is Reply and m.result == m.request_id - 1 for m in replies)
+        assert wait_until(lambda: len(seen) == 40)
+        assert [i for _, i, _ in seen] == list(range(40))  # arrival order, calls and sends
+        assert {name for _, _, name in seen} == {"peernet-link"}
+    finally:
+        peer.close()
+
+
+def test_a_slow_handler_hands_what_came_after_it_to_the_pool(make_node):
+    """One write: a slow call, a slow send, more sends, then quick calls. The quick calls
+    must not wait for either slow handler (the reader hands the rest of its read to the
+    pool), and the sends still run in order, after the slow one."""
+    from peernet._proto.messages import Call, Reply, Send
+
+    b = make_node()
+    release = threading.Event()
+    order: list[int] = []
+
+    def slow_send(peer, i):
+        release.wait(10)
+        order.append(i)
+
+    b.expose("slow", lambda peer, args: release.wait(10))
+    b.expose("slow_note", slow_send)
+    b.expose("note", lambda peer, i: order.append(i))
+    b.expose("echo", lambda peer, x: x)
+    peer = _raw_peer(b)
+    try:
+        batch = [Call(1, "slow", None), Send("slow_note", 0)]
+        batch += [Send("note", i) for i in range(1, 6)]
+        batch += [Call(10 + i, "echo", i) for i in range(5)]
+        t0 = time.monotonic()
+        _one_write(peer, batch)
+        quick = {10 + i for i in range(5)}
+        assert peer.wait_for(lambda p: quick <= {m.request_id for m in p.messages()},
+                             timeout_s=5)
+        quick_s = time.monotonic() - t0
+        assert quick_s < 1.0, quick_s  # two inline budgets (20 ms each) plus slack
+        assert order == []  # no send overtook the slow one
+        assert not any(m.request_id == 1 for m in peer.messages())
+        release.set()
+        assert peer.wait_for(lambda p: any(m.request_id == 1 for m in p.messages()))
+        assert next(m for m in peer.messages() if m.request_id == 1) == Reply(1, True)
+        assert wait_until(lambda: len(order) == 6)
+        assert order == list(range(6))
+    finally:
+        release.set()
+        peer.close()
+
+
 # -- links -------------------------------------------------------------------------------
 
 

@@ -86,3 +86,38 @@ def test_close_wakes_a_reader_waiting_for_room():
         if closer.ident is not None:
             closer.join(5)
         pool.close(5)
+
+
+def test_a_send_run_by_the_caller_holds_the_queue_and_later_sends_follow_in_order():
+    pool = HandlerPool(max_workers=2, max_calls_per_peer=4, max_sends_per_peer=8)
+    ran: list[int] = []
+    try:
+        assert pool.begin_send(PEER)  # nothing queued or running: the reader may run it
+        assert not pool.begin_send(PEER)  # held: a second claim must queue instead
+        for i in range(1, 4):  # arrive while the held send runs (a reader that handed off)
+            assert pool.submit_send(PEER, lambda i=i: ran.append(i))
+        assert not wait_until(lambda: ran, timeout_s=0.05)  # none overtakes the held send
+        ran.append(0)  # the held send itself
+        pool.end_send(PEER)
+        assert wait_until(lambda: len(ran) == 4)
+        assert ran == [0, 1, 2, 3]
+        assert wait_until(lambda: pool.begin_send(PEER))  # drained: free to claim again
+        pool.end_send(PEER)
+    finally:
+        pool.close(5)
+
+
+def test_a_send_queue_with_work_waiting_cannot_be_claimed():
+    first = Blocked()
+    pool = HandlerPool(max_workers=2, max_calls_per_peer=4, max_sends_per_peer=8)
+    try:
+        assert pool.submit_send(PEER, first)
+        assert first.started.wait(5)
+        assert not pool.begin_send(PEER)  # a drain task is running: go behind it
+        first.gate.set()
+        assert wait_until(lambda: pool.begin_send(PEER))
+        pool.end_send(PEER)
+    finally:
+        first.gate.set()
+        pool.close(5)
+    assert not pool.begin_send(PEER)  # closed: nothing runs any more
