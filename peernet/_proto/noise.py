@@ -362,11 +362,22 @@ class HandshakeState:
         static_private: bytes,
         ephemeral_private: bytes | None = None,
         prologue: bytes = b"",
+        *,
+        static_public: bytes | None = None,
     ) -> None:
-        """Initialize(): XX has no pre-messages, so only the prologue is mixed in."""
+        """Initialize(): XX has no pre-messages, so only the prologue is mixed in.
+
+        ``static_public``, if the caller already has it, must be the public key of
+        ``static_private``; it saves a scalar multiplication per handshake.
+        """
         self._initiator = bool(initiator)
         self._s = _private_key(static_private, "static_private")
-        self._s_pub = _scalarmult_base(self._s)
+        if static_public is None:
+            self._s_pub = _scalarmult_base(self._s)
+        else:
+            self._s_pub = _as_bytes(static_public, "static_public")
+            if len(self._s_pub) != DH_LEN:
+                raise ValueError("static_public must be a raw 32-byte X25519 public key")
         self._e = None if ephemeral_private is None else _private_key(
             ephemeral_private, "ephemeral_private")
         self._e_pub: bytes | None = None

@@ -189,7 +189,8 @@ class Session:
         self.expected_peer = expected_peer
         self._listen_port = listen_port
         self._hs: HandshakeState | None = HandshakeState(
-            initiator, credentials.static_private, ephemeral_private, PROLOGUE
+            initiator, credentials.static_private, ephemeral_private, PROLOGUE,
+            static_public=credentials.static_public,
         )
         self._deframer = Deframer(min_frame_len=32, max_frame_len=_MAX_HANDSHAKE_FRAME)
         self._outgoing = bytearray()
