@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ._proto.backoff import Backoff
-from ._proto.messages import BUSY, HANDLER_ERROR, Call, Error, Reply, Send, encode_message
+from ._proto.messages import (
+    BUSY,
+    HANDLER_ERROR,
+    Bulk,
+    Call,
+    Error,
+    Reply,
+    Send,
+    encode_for_link,
+    encode_message,
+)
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials, Session
 from ._fs import ensure_private_dir
 from .errors import (
@@ -414,7 +424,7 @@ class Node:
         """
         pid = PeerId.parse(peer_id)
         check_handler_name(name)
-        payload = encode_message(Send(name, args))
+        payload = encode_for_link(Send(name, args))
         self._check_size(payload)
         self._check_open()
         link = self._registry.active_link(pid)
@@ -487,15 +497,15 @@ class Node:
         if self._closed:
             raise NodeClosed("this node is closed")
 
-    def _check_size(self, payload: bytes) -> None:
+    def _check_size(self, payload: bytes | Bulk) -> None:
         if len(payload) > self.max_message_size:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds max_message_size "
                 f"({self.max_message_size}); raise it on both nodes to send more"
             )
 
-    def _encode_call(self, rid: int, name: str, args: Any) -> bytes:
-        payload = encode_message(Call(rid, name, args))
+    def _encode_call(self, rid: int, name: str, args: Any) -> bytes | Bulk:
+        payload = encode_for_link(Call(rid, name, args))
         self._check_size(payload)
         return payload
 
@@ -553,7 +563,7 @@ class Node:
         outcome = self._handlers.dispatch(peer, call.name, call.args)
         if outcome.error is None:
             try:
-                payload = encode_message(Reply(call.request_id, outcome.value))
+                payload = encode_for_link(Reply(call.request_id, outcome.value))
                 self._check_size(payload)
             except (EncodeError, MessageTooLarge) as exc:
                 log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)

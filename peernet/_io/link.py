@@ -44,6 +44,7 @@ from .._proto.messages import (
     FORBIDDEN,
     HANDLER_ERROR,
     NO_SUCH_HANDLER,
+    Bulk,
     Bye,
     Call,
     Error,
@@ -113,6 +114,27 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+_IOV_BATCH = 512  # frames per writev(), well under IOV_MAX (1024 on Linux)
+
+
+def _send_frames(sock: socket.socket, frames: list[bytes]) -> None:
+    """:func:`_send_all` for a bulk message's frames, gathered by ``writev`` rather than
+    joined first: joining would allocate (and fault in) a second copy of the message."""
+    fd = sock.fileno()
+    for i in range(0, len(frames), _IOV_BATCH):
+        batch = frames[i:i + _IOV_BATCH]
+        try:
+            sent = os.writev(fd, batch)
+        except BlockingIOError:
+            sent = 0
+        for part in batch:  # what did not fit: wait for room, up to the timeout
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            sock.sendall(memoryview(part)[sent:] if sent else part)
+            sent = 0
 
 
 def _error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
@@ -225,14 +247,18 @@ class Link:
 
     # -- writing (any thread) ---------------------------------------------------------
 
-    def write(self, payload: bytes) -> None:
+    def write(self, payload: bytes | Bulk) -> None:
         """Seal and send one encoded message. Raises ConnectionLost if the link is (or
         goes) down, MessageTooLarge if the message is over the limit (link unharmed)."""
         with self._wlock:
             if self._closing:
                 raise ConnectionLost(self._lost_text())
             try:
-                _send_all(self._sock, self.session.seal(payload))  # type: ignore[arg-type]
+                if type(payload) is Bulk:
+                    frames = self.session.seal_frames(payload.head, payload.body)
+                    _send_frames(self._sock, frames)  # type: ignore[arg-type]
+                else:
+                    _send_all(self._sock, self.session.seal(payload))  # type: ignore
             except MessageTooLarge:
                 raise
             except (OSError, ProtocolError) as exc:
@@ -317,7 +343,7 @@ class Link:
         self._maybe_send_bye()
         self._maybe_close_forced()
 
-    def answer(self, payload: bytes) -> None:
+    def answer(self, payload: bytes | Bulk) -> None:
         """Send the reply (or error) to a call this link handed to the node, best
         effort: if the link is down the caller sees that. Every call routed to the node
         is answered through here exactly once (a forced retirement waits for it)."""

@@ -47,10 +47,10 @@ from peernet._proto import cbor
 from peernet.errors import ProtocolError
 
 __all__ = [
-    "BAD_REQUEST", "BUSY", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
+    "BAD_REQUEST", "BUSY", "Bulk", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
     "HANDLER_ERROR", "HANDLER_NAME_RE", "MAX_TEXT", "Message", "NONCE_SIZE",
     "NO_SUCH_HANDLER", "Ping", "Pong", "Reply", "Send", "decode_message",
-    "encode_message", "is_valid_handler_name",
+    "encode_for_link", "encode_message", "is_valid_handler_name",
 ]
 
 HANDLER_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
@@ -195,15 +195,34 @@ def _bytes_head(n: int) -> bytes:
     return b"\x5b" + n.to_bytes(8, "big")
 
 
+class Bulk:
+    """An encoded message whose large ``bytes`` body is kept apart from the bytes
+    before it: ``bytes(bulk)`` is the encoding, ``len(bulk)`` its size. The link seals
+    the two parts straight into frames, so a bulk message is never copied into one
+    contiguous buffer (fresh large allocations are what make bulk transfer slow)."""
+
+    __slots__ = ("head", "body")
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        self.head, self.body = head, body
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.body)
+
+    def __bytes__(self) -> bytes:
+        return self.head + self.body
+
+
 def _with_body(fields: list, body: object, name: str, max_depth: int,
-               max_items: int) -> bytes:
+               max_items: int) -> bytes | Bulk:
     """Encode ``fields + [body]``; ``body`` gets what the envelope leaves of the limits."""
     if type(body) is bytes and len(body) >= _BIG_BYTES and max_items >= len(fields) + 2:
         # cbor2.dumps copies big byte strings slowly (1.4 ms per MiB); the envelope of a
         # bulk payload is a fixed head, so write it here: array head + fields + bytes.
         head = cbor.dumps_prepared(fields, name=name)
         assert head[0] == 0x80 | len(fields)  # a short array of small fields
-        return b"".join((bytes((head[0] + 1,)), head[1:], _bytes_head(len(body)), body))
+        return Bulk(b"".join((bytes((head[0] + 1,)), head[1:], _bytes_head(len(body)))),
+                    body)
     # The envelope is one level and 1 + len(fields) items; the body counts its own root.
     depth = max_depth - 1
     budget = max_items - 1 - len(fields)
@@ -221,6 +240,14 @@ def encode_message(msg: Message, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
     :class:`~peernet.errors.EncodeError` (a ``TypeError``) when ``args``/``result`` is
     not CBOR data within the limits (its message names the path, e.g. ``args["x"][3]``).
     """
+    encoded = encode_for_link(msg, max_depth=max_depth, max_items=max_items)
+    return encoded if type(encoded) is bytes else bytes(encoded)
+
+
+def encode_for_link(msg: Message, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
+                    max_items: int = cbor.DEFAULT_MAX_ITEMS) -> bytes | Bulk:
+    """:func:`encode_message`, except that a message with a large ``bytes`` body comes
+    back as a :class:`Bulk` (same encoding, not joined) for the link to seal."""
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1 (the envelope is one level)")
     t = type(msg)

@@ -109,7 +109,41 @@ def test_oversize_is_refused_on_send_and_the_link_survives(make_node):
         a.call(b.id, "echo", b"x" * 2000)
     with pytest.raises(peernet.MessageTooLarge):
         a.send(b.id, "echo", b"x" * 2000)
+    for big in (b"x" * 5000, b"x" * 70_000):  # bulk bodies take their own path
+        with pytest.raises(peernet.MessageTooLarge):
+            a.call(b.id, "echo", big)
+        with pytest.raises(peernet.MessageTooLarge):
+            a.send(b.id, "echo", big)
     assert a.call(b.id, "echo", b"x" * 500) == b"x" * 500
+
+
+def test_bulk_frames_are_written_whole_when_the_socket_buffer_fills():
+    """A bulk message goes out with writev; what does not fit waits for room (up to the
+    socket's timeout) and nothing is lost or reordered."""
+    from peernet._io.link import _send_frames
+
+    left, right = socket.socketpair()
+    left.settimeout(10)  # as on a link: non-blocking underneath, bounded waits
+    frames = [bytes([i]) * (65537 - i) for i in range(60)]  # ~3.8 MB, far over the buffer
+    got = bytearray()
+
+    def drain() -> None:
+        while len(got) < sum(map(len, frames)):
+            chunk = right.recv(7000)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        _send_frames(left, frames)
+        reader.join(10)
+        assert bytes(got) == b"".join(frames)
+    finally:
+        left.close()
+        right.close()
+        reader.join(5)
 
 
 def test_large_messages_are_fragmented_and_reassembled(pair_of_nodes):

@@ -336,3 +336,10 @@ def test_big_bytes_bodies_encode_exactly_as_cbor2_would(size):
         wire = encode_message(msg)
         assert wire == cbor2.dumps([*fields, body])
         assert decode_message(wire) == msg
+        # What the link gets: the same bytes, the body kept apart (and not copied).
+        parts = m.encode_for_link(msg)
+        if size >= 4096:
+            assert type(parts) is m.Bulk and parts.body is body
+            assert bytes(parts) == wire and len(parts) == len(wire)
+        else:
+            assert parts == wire

@@ -242,6 +242,34 @@ def test_fragmentation_round_trip(size, frames):
         assert receiver.receive_data(wire) == [MessageReceived(payload)]
 
 
+@pytest.mark.parametrize("head_len", [0, 1, 9, MAX_FRAGMENT - 1, MAX_FRAGMENT, MAX_FRAGMENT + 3])
+@pytest.mark.parametrize("body_len", [0, 1, 4096, MAX_FRAGMENT - 9, MAX_FRAGMENT,
+                                      3 * MAX_FRAGMENT + 17])
+def test_seal_frames_of_head_and_body_is_seal_of_their_join(head_len, body_len):
+    """The link seals a bulk message as its envelope and body, unjoined: the frames
+    must be cut exactly where seal() of the joined message cuts them."""
+    rng = random.Random(head_len * 7 + body_len)
+    head, body = rng.randbytes(head_len), rng.randbytes(body_len)
+    one, two = open_pair(), open_pair()
+    frames = one.initiator.seal_frames(head, body)
+    assert all(type(f) is bytes for f in frames)
+    joined = two.initiator.seal(head + body)
+    assert [len(f) for f in frames] == [len(f) for f in split_frames(joined)]
+    assert one.responder.receive_data(b"".join(frames)) == [MessageReceived(head + body)]
+
+
+def test_seal_frames_refuses_like_seal_and_consumes_nothing():
+    pair = open_pair(max_message_size=100_000)
+    i, r = pair.initiator, pair.responder
+    with pytest.raises(MessageTooLarge):
+        i.seal_frames(b"h" * 10, b"b" * (100_000 - 9))
+    assert r.receive_data(b"".join(i.seal_frames(b"h", b"b" * 70_000))) == [
+        MessageReceived(b"h" + b"b" * 70_000)]
+    i.close()
+    with pytest.raises(ProtocolError):
+        i.seal_frames(b"h", b"b")
+
+
 def test_max_message_size_round_trips_with_a_custom_limit():
     pair = open_pair(max_message_size=200_000)
     payload = b"m" * 200_000
