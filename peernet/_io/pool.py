@@ -107,21 +107,18 @@ class HandlerPool:
         """Claim ``peer``'s send queue for a send the caller runs itself (see
         Link.run_inline): True if none of its sends is waiting or running. Sends
         submitted meanwhile queue behind it. Pair with :meth:`end_send`."""
-        with self._lock:
-            if self._closed or peer in self._sends:
-                return False
-            self._sends[peer] = collections.deque()
-            return True
+        claim: collections.deque[tuple[Task, int]] = collections.deque()
+        with self._lock:  # one dict operation each way: this runs once per send
+            return not self._closed and self._sends.setdefault(peer, claim) is claim
 
     def end_send(self, peer: PeerId) -> None:
         """The send claimed by :meth:`begin_send` is done: run what queued behind it."""
         with self._lock:
-            if self._sends[peer]:
+            backlog = self._sends.pop(peer)
+            if backlog:  # sends came in meanwhile (the reader handed off): drain them
+                self._sends[peer] = backlog
                 self._submit_locked(lambda: self._drain_sends(peer))
-            else:
-                del self._sends[peer]
-                self._send_bytes.pop(peer, None)
-                self._stalled.discard(peer)
+            # else nothing was submitted while it ran, so nothing counts bytes or stalls
 
     def submit_send(self, peer: PeerId, task: Task, *, size: int = 0,
                     wait_s: float = 0.0) -> bool:
