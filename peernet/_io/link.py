@@ -446,18 +446,18 @@ class Link:
                 self._teardown()
 
     def run_inline(self, fn) -> None:
-        """Run ``fn`` (one call's or send's handler) on the reading thread.
-
-        No lock: a takeover racing the end of ``fn`` is harmless, because this reader
-        checks the generation before it starts the next event (see _dispatch)."""
+        """Run ``fn`` (one call's or send's handler) on the reading thread."""
+        reader = self._reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
         self._owner.watch_inline()
         try:
             fn()
         finally:
-            self.inline_since = None
-            self._inline_thread = None
+            with self._state_lock:  # atomic with take_over_reading
+                if self._reader == reader:  # else a newer reader owns these now
+                    self.inline_since = None
+                    self._inline_thread = None
 
     def is_inline_here(self) -> bool:
         """Is the current thread this link's reader, busy in a handler?"""

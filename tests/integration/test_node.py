@@ -313,6 +313,34 @@ def test_a_handler_run_on_the_reader_hands_reading_over_when_slow(pair_of_nodes)
     assert b._registry.active_link(a.id) is link and a.call(b.id, "echo", "x") == "x"
 
 
+def test_a_stuck_reader_finishing_late_does_not_hide_the_next_one(pair_of_nodes):
+    """Reader 1 is stuck in a handler and hands over to reader 2, which then gets stuck
+    in a handler of its own. When reader 1's handler returns, the watchdog must still
+    see reader 2 as stuck and hand over again, or calls would wait for reader 2."""
+    a, b = pair_of_nodes
+    first, second = threading.Event(), threading.Event()
+    b.expose("first", lambda peer, args: first.wait(10))
+    b.expose("second", lambda peer, args: second.wait(10))
+    b.expose("echo", lambda peer, args: args)
+    assert a.call(b.id, "echo", 0) == 0
+    link = b._registry.active_link(a.id)
+    reader1 = link.thread
+    slow1 = a.call_async(b.id, "first", timeout=10)
+    assert wait_until(lambda: link.thread is not reader1)  # reader 2 took over
+    reader2 = link.thread
+    slow2 = a.call_async(b.id, "second", timeout=10)
+    assert wait_until(lambda: link.inline_since is not None or link.thread is not reader2)
+    first.set()  # reader 1 returns from its handler while reader 2 is stuck
+    assert slow1.result(5) is True
+    reader1.join(5)
+    t0 = time.monotonic()
+    assert a.call(b.id, "echo", 1, timeout=5) == 1
+    assert time.monotonic() - t0 < 1.0  # reader 3 answered; reader 2 is still stuck
+    assert not slow2.done()
+    second.set()
+    assert slow2.result(5) is True
+
+
 def _raw_peer(node: Node):
     """A paired peer that can put many messages into one write (a real node writes each
     on its own), handshaken with ``node``."""
