@@ -112,7 +112,7 @@ class Node:
         IPv4), or one address such as ``"127.0.0.1"``.
     :param discovery: None (the default): manual addresses only (``connect``); the node
         announces nothing about itself. ``"udp"`` (signed broadcast announces on port
-        4040), ``"mdns"`` (needs ``peernet[mdns]``), a discovery object such as
+        4040), ``"mdns"`` (needs ``peernet-py[mdns]``), a discovery object such as
         ``UdpDiscovery(interfaces=["eth0"])``, or a list of these. Discovery only gives
         address hints: paired peers it finds are dialled, unpaired ones are listed by
         :meth:`list_nearby` and never dialled.

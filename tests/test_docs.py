@@ -70,3 +70,29 @@ def test_the_readme_links_every_guide():
     linked = set(re.findall(r"\]\((guides/[^)#\s]+\.md)", readme))
     guides = {f"guides/{p.name}" for p in (ROOT / "guides").glob("*.md")}
     assert not guides - linked, f"README.md does not link {sorted(guides - linked)}"
+
+
+def _distribution_name() -> str:
+    match = re.search(r'^name = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert match, "pyproject.toml names no distribution"
+    return match.group(1)
+
+
+def test_install_lines_name_our_own_distribution():
+    """`peernet` on the package index is an unrelated project: every `pip install` a
+    user may copy from the docs must name ours (with or without extras)."""
+    ours = _distribution_name()
+    assert ours != "peernet"
+    lines = [line for doc in _docs() for line in doc.read_text().splitlines()
+             if re.search(r"pip install\s+[\"']?peernet", line)]
+    assert lines, "README shows no install line"
+    for line in lines:
+        spec = re.search(r"pip install\s+[\"']?([A-Za-z0-9_.-]+)", line).group(1)
+        assert spec == ours, f"install line names {spec!r}, not {ours!r}: {line}"
+
+
+def test_extras_hints_in_the_code_name_our_own_distribution():
+    ours = _distribution_name()
+    for path in (ROOT / "peernet").rglob("*.py"):
+        for hint in re.findall(r"peernet(?:-py)?\[\w+\]", path.read_text()):
+            assert hint.startswith(ours + "["), f"{path.name}: {hint}"

@@ -1,4 +1,4 @@
-"""mDNS / DNS-SD discovery with python-zeroconf (``pip install "peernet[mdns]"``).
+"""mDNS / DNS-SD discovery with python-zeroconf (``pip install "peernet-py[mdns]"``).
 
 The node registers ``pn-<short id>._peernet._tcp.local.`` (host name
 ``pn-<short id>.local.``, never the machine's) with a signed TXT record (see
@@ -46,7 +46,7 @@ __all__ = ["MdnsDiscovery", "MdnsUnavailable"]
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'mDNS discovery needs python-zeroconf: pip install "peernet[mdns]"'
+_INSTALL_HINT = 'mDNS discovery needs python-zeroconf: pip install "peernet-py[mdns]"'
 #: How often the records of reported peers are checked against zeroconf's cache.
 _CHECK_INTERVAL_S = 1.0
 

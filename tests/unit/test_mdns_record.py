@@ -177,7 +177,7 @@ def test_without_zeroconf_asking_for_mdns_names_the_extra(monkeypatch, tmp_path)
         with pytest.raises(MdnsUnavailable) as info:
             attempt()
         assert isinstance(info.value, ImportError) and isinstance(info.value, PeerNetError)
-        assert 'pip install "peernet[mdns]"' in str(info.value)
+        assert 'pip install "peernet-py[mdns]"' in str(info.value)
     import peernet
 
     with pytest.raises(ImportError, match="peernet\\[mdns\\]"):
