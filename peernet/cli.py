@@ -83,6 +83,7 @@ from .identity import load_or_create
 from .ids import PeerId
 from .node import Node, default_data_dir
 from .peer import Peer, PeerEvent
+from ._addresses import AddressBook
 from .trust import TrustStore
 
 __all__ = [
@@ -538,7 +539,12 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
     """The status table of paired peers; ``--check`` dials some of them first."""
     if not opts.check:
         trust = TrustStore.load(data_dir)
-        peers = [Peer(t.peer_id, t.label, "unknown", None, None, None) for t in trust.list()]
+        book = AddressBook.load(ensure_private_dir(data_dir))
+        peers = []
+        for t in trust.list():
+            seen = book.get(t.peer_id)
+            peers.append(Peer(t.peer_id, t.label, "unknown", seen.address if seen else None,
+                              seen.last_seen if seen else None, None))
         if not peers:
             print("no paired peers yet; pair one with: peernet pair ID --label NAME")
             return EXIT_OK
@@ -554,7 +560,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
         targets.append((who, parse_address(where)))
     # A short heartbeat so an rtt is measured while we wait.
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
-                    heartbeat_interval=0.1, heartbeat_timeout=60.0) as node:
+                    redial_remembered=False, heartbeat_interval=0.1, heartbeat_timeout=60.0) as node:
         pids = []
         for who, address in targets:
             pid = resolve_peer(who, node.trust)
@@ -598,7 +604,8 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
     address = parse_address(opts.to) if opts.to else None
     out = _Out()
     with _stop_on_signals() as stop:
-        with _open_node(data_dir, host=opts.host, port=opts.port) as node:
+        with _open_node(data_dir, host=opts.host, port=opts.port,
+                        redial_remembered=False) as node:
             pid = resolve_peer(opts.peer, node.trust)
             _require_paired(pid, node.trust)
             name = _name(pid, node.trust)
@@ -639,7 +646,8 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[Node, P
     _check_handler(opts.handler)
     args = parse_json_arg(opts.json)
     address = parse_address(opts.to)
-    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False) as node:
+    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                    redial_remembered=False) as node:
         pid = resolve_peer(opts.peer, node.trust)
         _require_paired(pid, node.trust)
         yield node, pid, args, address

@@ -40,6 +40,7 @@ from ._proto.messages import (
     encode_message,
 )
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials, Session
+from ._addresses import AddressBook
 from ._fs import ensure_private_dir
 from .errors import (
     CallTimeout,
@@ -77,6 +78,11 @@ _INLINE_BUDGET_S = 0.02
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
 _SEND_ROOM_WAIT_S = 0.5
+#: An unpaired key that knocks is logged at WARNING at most this often.
+_REFUSAL_WARNING_EVERY_S = 60.0
+_REFUSAL_WARNINGS_TRACKED = 256
+#: How soon a change to the address book is written (changes in between coalesce).
+_ADDRESS_SAVE_DELAY_S = 1.0
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 
@@ -142,6 +148,11 @@ class Node:
         object with ``start(on_change)``/``stop(timeout_s)`` (see ``peernet._io.netmon``).
         On a real change, links whose local address vanished are closed and every
         offline peer is redialled at once.
+    :param redial_remembered: each paired peer's last good address (one this node
+        dialled successfully) is kept in ``data_dir/addresses.json``, so a restarted
+        node can reach its peers without ``connect()``. True (default): dial them as
+        soon as the node starts; False: only when a call or ``wait_for_peer`` needs
+        them (what a one-shot script or CLI command wants).
     """
 
     def __init__(
@@ -167,6 +178,7 @@ class Node:
         reconnect_max: float = 30.0,
         network_monitor: bool | NetworkMonitor = True,
         network_poll_interval: float = 5.0,
+        redial_remembered: bool = True,
     ) -> None:
         discoveries = make_discoveries(discovery)  # bad input fails before any side effect
         self.call_timeout = _positive("call_timeout", call_timeout)
@@ -184,6 +196,7 @@ class Node:
         self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
         self._events_thread: threading.Thread | None = None
         self._status_lock = threading.Lock()
+        self._refusals_warned: dict[PeerId, float] = {}
         self._inline_lock = threading.Lock()
         self._inline_watch = False
         if not 0 <= port <= 0xFFFF:
@@ -199,6 +212,9 @@ class Node:
             self._identity = load_or_create(self._data_dir)
             self._credentials = LocalCredentials.from_identity(self._identity)
             self.trust = TrustStore.load(self._data_dir)
+            self._addresses = AddressBook.load(self._data_dir)
+            self._addresses.keep_only({t.peer_id for t in self.trust.list()})
+            self._address_save_pending = False
             self._handlers = HandlerTable()
             self._links: set[Link] = set()
             self._links_lock = threading.Lock()
@@ -210,6 +226,8 @@ class Node:
             )
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
+            for pid, remembered in self._addresses.items():
+                self._registry.remember(pid, remembered.address, remembered.last_seen)
             self._hints = Hints(own_id=self._identity.peer_id, registry=self._registry,
                                 timers=self._timers, is_trusted=self.trust.is_trusted,
                                 dial=self._dial_hinted)
@@ -236,6 +254,10 @@ class Node:
             for source in (self._manual, *discoveries):
                 source.start(host_view)
                 self._discoveries.append(source)
+            if redial_remembered:
+                for pid, remembered in self._addresses.items():
+                    if remembered.address is not None:
+                        self._dial(pid)
         except BaseException:
             self._closed = True
             self._shutdown_partial()
@@ -624,28 +646,55 @@ class Node:
     def link_handshake_over(self, link: Link) -> None:
         if not link.outbound:
             self._acceptor.release(link.address[0])
+            refused = link.session.refused_peer
+            if refused is not None:
+                self._warn_refused(refused, link.address)
 
-    def link_established(self, link: Link) -> bool:
+    def _warn_refused(self, peer: PeerId, address: tuple[str, int]) -> None:
+        """One-sided pairing is the commonest first mistake: say which key knocked and
+        how to let it in, once a minute per key (keys are free, so the table is bounded)."""
+        now = time.monotonic()
+        with self._status_lock:
+            last = self._refusals_warned.pop(peer, None)
+            if last is not None and now - last < _REFUSAL_WARNING_EVERY_S:
+                self._refusals_warned[peer] = last
+                return
+            self._refusals_warned[peer] = now
+            while len(self._refusals_warned) > _REFUSAL_WARNINGS_TRACKED:
+                self._refusals_warned.pop(next(iter(self._refusals_warned)))
+        log.warning("refused a connection from %s (port %d): %s is not paired with this "
+                    "node. If you trust it, pair it: `peernet pair %s` or node.pair(%r)",
+                    address[0], address[1], peer.short, peer, str(peer))
+
+    def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
+        """Register an authenticated link. Runs under the link's write lock (before the
+        responder's READY goes out), so it only decides: returns None to refuse the
+        link, else the links the link must retire once the lock is released, each with
+        whether to force it."""
         peer = link.peer_id
         assert peer is not None
         if self._closed or not self.trust.is_trusted(peer):
-            return False
+            return None
         if not link.outbound and link.session.peer_listen_port:
             self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
                                        "inbound")
         loser = self._registry.add_link(link)
+        if link.outbound:  # an address we dialled and that proved to be the peer
+            self._addresses.reached(peer, link.address, time.time())
+            self._schedule_address_save()
+        retire: list[tuple[Link, bool]] = []
         if loser is not None:
             log.debug("two links to %s; retiring %r", peer.short, loser)
-            loser.retire()
+            retire.append((loser, False))
             self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
             # An honest peer has at most one link retiring (a simultaneous dial, a
             # reconnect); one that keeps opening links loses the older ones as soon as
             # their calls are answered, so it cannot pile up threads and descriptors.
             for extra in self._registry.excess_retiring(peer, keep=_MAX_RETIRING_LINKS):
-                extra.retire(force=True)
+                retire.append((extra, True))
         log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
         self._report_status()
-        return True
+        return retire
 
     def link_message(self, link: Link, message: Call | Send, *, inline: bool,
                      size: int) -> None:
@@ -707,9 +756,16 @@ class Node:
         self._registry.drop_link(link)
         with self._links_lock:
             self._links.discard(link)
-        if link.established:
-            log.info("link with %s closed: %s", link.peer_id.short if link.peer_id else "?",
-                     link.close_reason)
+        if link.established and link.peer_id is not None:
+            log.info("link with %s closed: %s", link.peer_id.short, link.close_reason)
+            if self.trust.is_trusted(link.peer_id):
+                self._addresses.seen(link.peer_id,
+                                     time.time() - (time.monotonic() - link.last_received))
+                self._schedule_address_save()
+            if not link.outbound and link.bye_reason is not None:
+                # It left on purpose and will dial us when it is back; the port it
+                # listened on may have been a one-off (a CLI call), so do not redial it.
+                self._registry.remove_address(link.peer_id, "inbound")
         # Whatever ended -- a live link, or a dial that failed at any stage -- try again
         # later if the peer is still paired, has an address and has no other link.
         if link.target is not None and not self._closed:
@@ -725,12 +781,28 @@ class Node:
 
     def _drop_peer(self, peer: PeerId) -> None:
         self._registry.forget(peer)
+        self._addresses.forget(peer)
+        self._schedule_address_save()
         # Every link is in self._links, including handshakes past message 2 and retiring
         # duplicates; inbound handshakes not yet at message 3 meet the live trust check.
         with self._links_lock:
             links = [link for link in self._links if link.target == peer]
         for link in links:
             link.close("unpaired", bye=True)
+
+    def _schedule_address_save(self) -> None:
+        """Save the address book soon, on the timer thread: a burst of link events costs
+        one write, and no link thread waits for the disk."""
+        with self._status_lock:
+            if self._address_save_pending or self._closed:
+                return
+            self._address_save_pending = True
+        self._timers.call_later(_ADDRESS_SAVE_DELAY_S, self._save_addresses)
+
+    def _save_addresses(self) -> None:
+        with self._status_lock:
+            self._address_save_pending = False
+        self._addresses.save()
 
     # -- internals: liveness, reconnects and events -------------------------------------
 
@@ -837,6 +909,9 @@ class Node:
         netmon = getattr(self, "_netmon", None)
         if netmon is not None:
             netmon.stop(left())
+        addresses = getattr(self, "_addresses", None)
+        if addresses is not None:
+            addresses.save()  # what the last links taught us, before the lock goes
         events_thread = getattr(self, "_events_thread", None)
         if events_thread is not None:
             self._events.put(None)

@@ -89,7 +89,7 @@ class LinkOwner(Protocol):
     """What a link needs from its node."""
 
     def link_handshake_over(self, link: Link) -> None: ...
-    def link_established(self, link: Link) -> bool: ...
+    def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
     def link_message(self, link: Link, message: Call | Send, *, inline: bool,
                      size: int) -> None: ...
     def watch_inline(self) -> None: ...
@@ -180,6 +180,8 @@ class Link:
         self._state_lock = threading.Lock()
         self._closing = False
         self.close_reason: str | None = None
+        #: The reason the peer gave when it said bye (other than "superseded"), if it did.
+        self.bye_reason: str | None = None
         self.established = False
         self.started_at = time.monotonic()
         self.last_received = self.started_at
@@ -412,9 +414,6 @@ class Link:
                 return
             if not self._handshake():
                 return
-            if not self._owner.link_established(self):
-                return
-            self.established = True
             for payload in self._early:
                 self._route(payload, inline=False)
             self._early.clear()
@@ -515,6 +514,7 @@ class Link:
             self._sock = sock
 
     def _handshake(self) -> bool:
+        """Run the handshake under its deadline, then :meth:`_establish` the link."""
         sock = self._sock
         assert sock is not None
         session = self.session
@@ -523,7 +523,7 @@ class Link:
         view = memoryview(buf)
         try:
             pending = session.data_to_send()
-            while True:
+            while session.state is not SessionState.OPEN:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._begin_close("handshake deadline passed")
@@ -531,11 +531,9 @@ class Link:
                 sock.settimeout(remaining)
                 if pending:
                     sock.sendall(pending)
-                if session.state is SessionState.OPEN:
-                    break
                 n = sock.recv_into(buf)
                 if not n:
-                    self._begin_close("peer closed during the handshake")
+                    self._begin_close(self._closed_in_handshake_text())
                     return False
                 for event in session.receive_data(view[:n]):
                     if isinstance(event, SessionClosed):
@@ -544,7 +542,8 @@ class Link:
                         return False
                     if isinstance(event, MessageReceived):
                         self._early.append(event.payload)
-                # Written before anything is routed: READY must precede every sealed frame.
+                # The responder's READY (once message 3 checked out) is left in
+                # ``pending``: _establish sends it after registering the link.
                 pending = session.data_to_send()
         except (socket.timeout, TimeoutError):
             self._begin_close("handshake deadline passed")
@@ -554,12 +553,47 @@ class Link:
             return False
         finally:
             self._owner.link_handshake_over(self)
-        sock.settimeout(self._io_timeout_s)
         try:
             self._local_ip = sock.getsockname()[0]
         except OSError:
             pass
+        return self._establish(sock, pending, deadline)
+
+    def _establish(self, sock: socket.socket, ready: bytes, deadline: float) -> bool:
+        """Register the link with the node, and only then (responder) send READY.
+
+        The initiator counts the link as up when READY arrives, so the responder must
+        have it registered before READY leaves: "connected" on either side then means
+        both sides can call. The write lock is held throughout, so no call can be
+        sealed on this link before READY, which holds the first send nonce.
+        """
+        with self._wlock:
+            retire = None if self._closing else self._owner.link_established(self)
+            if retire is None:
+                return False
+            self.established = True
+            try:
+                if ready:
+                    sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    sock.sendall(ready)
+                sock.settimeout(self._io_timeout_s)
+            except OSError as exc:
+                self._begin_close(f"handshake I/O error: {exc.__class__.__name__}")
+        # Retiring writes a bye, maybe on this very link: only with the lock released.
+        for other, force in retire:
+            other.retire(force=force)
         return not self._closing
+
+    def _closed_in_handshake_text(self) -> str:
+        """Why the link ended when the peer hung up mid-handshake. After message 3 (we
+        proved who we are and are waiting for READY) that means the peer refused this
+        node's key: almost always because it has not paired us (one-sided pairing)."""
+        if self.session.state is not SessionState.AWAITING_READY:
+            return "peer closed during the handshake"
+        me = self.session.local_id
+        return (f"{self._peer_text()} did not accept this node's key: it has not paired "
+                f"this node. On {self._peer_text()}, run `peernet pair {me}` or "
+                f"node.pair({str(me)!r})")
 
     def _read_loop(self, reader: int) -> bool:
         """Read until the link ends (True) or another thread took over reading (False)."""
@@ -650,6 +684,7 @@ class Link:
 
     def _on_bye(self, reason: str) -> None:
         if reason != SUPERSEDED:
+            self.bye_reason = reason
             self._begin_close(f"peer said bye ({reason})")
             return
         with self._state_lock:

@@ -25,8 +25,9 @@ from .timers import TimerHandle, Timers
 __all__ = ["Registry", "PeerEntry"]
 
 
-#: Address sources, in the order dials try them.
-SOURCES = ("manual", "udp", "mdns", "inbound")
+#: Address sources, in the order dials try them. "remembered" is the last good address
+#: from before this node started (``_addresses.py``).
+SOURCES = ("manual", "udp", "mdns", "inbound", "remembered")
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PeerEntry:
     dialing: Link | None = None
     #: Candidate addresses by where they came from: "manual" (connect), "udp" and
     #: "mdns" (discovery), "inbound" (source IP + the listening port the peer told us
-    #: in its handshake).
+    #: in its handshake), "remembered" (the last good address from a previous run).
     candidates: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: Wall-clock time we last heard from the peer on a link that has since closed.
     last_seen: float | None = None
@@ -105,6 +106,16 @@ class Registry:
             changed = candidates.get(source) != address
             candidates[source] = address
             return changed
+
+    def remember(self, peer: PeerId, address: tuple[str, int] | None,
+                 last_seen: float | None) -> None:
+        """Seed ``peer`` from the address book when the node starts."""
+        with self._cond:
+            entry = self._entry(peer)
+            if address is not None:
+                entry.candidates["remembered"] = address
+            if last_seen is not None:
+                entry.last_seen = last_seen
 
     def remove_address(self, peer: PeerId, source: str) -> None:
         """Drop the candidate ``source`` gave for ``peer`` (its hint expired)."""

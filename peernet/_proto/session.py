@@ -199,10 +199,18 @@ class Session:
         self._fragments: list[bytes] = []
         self._fragment_bytes = 0
         self._answered_msg1 = False  # responder: message 2 written, expecting message 3
+        #: A proven PeerId the trust check refused (the handshake then closed): lets
+        #: the edge tell "an unpaired peer knocked" from other handshake failures.
+        self.refused_peer: PeerId | None = None
         if initiator:
             self._outgoing += frame(self._hs.write_message(b""))
 
     # -- edge-facing API ------------------------------------------------------------
+
+    @property
+    def local_id(self) -> PeerId:
+        """This side's own PeerId."""
+        return self._credentials.peer_id
 
     def data_to_send(self) -> bytes:
         """Bytes the session produced on its own (handshake messages, READY).
@@ -362,6 +370,7 @@ class Session:
         except Exception:  # noqa: BLE001 -- a broken trust check must deny, never crash
             raise HandshakeError(f"trust check for {peer.short} failed") from None
         if trusted is not True:
+            self.refused_peer = peer
             raise HandshakeError(f"{peer.short} is not paired")
 
     # -- transport --------------------------------------------------------------------

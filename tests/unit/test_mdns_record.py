@@ -180,7 +180,7 @@ def test_without_zeroconf_asking_for_mdns_names_the_extra(monkeypatch, tmp_path)
         assert 'pip install "peernet-py[mdns]"' in str(info.value)
     import peernet
 
-    with pytest.raises(ImportError, match="peernet\\[mdns\\]"):
+    with pytest.raises(ImportError, match="peernet-py\\[mdns\\]"):
         peernet.Node(tmp_path / "n", discovery="mdns")
     assert not (tmp_path / "n").exists()  # failed before any side effect
 
