@@ -81,6 +81,8 @@ _SEND_ROOM_WAIT_S = 0.5
 #: An unpaired key that knocks is logged at WARNING at most this often.
 _REFUSAL_WARNING_EVERY_S = 60.0
 _REFUSAL_WARNINGS_TRACKED = 256
+#: The bye reason of a node shutting down (see link_closed).
+_NODE_CLOSING = "node closing"
 #: How soon a change to the address book is written (changes in between coalesce).
 _ADDRESS_SAVE_DELAY_S = 1.0
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
@@ -641,11 +643,14 @@ class Node:
             sock.close()
             self._acceptor.release(address[0])
             return
+        self._registry.inbound_started()  # ended by link_handshake_over
         self._new_link(self._new_session(initiator=False), address, sock).start()
 
     def link_handshake_over(self, link: Link) -> None:
+        """The handshake ended, and the link is registered if it succeeded."""
         if not link.outbound:
             self._acceptor.release(link.address[0])
+            self._registry.inbound_over()
             refused = link.session.refused_peer
             if refused is not None:
                 self._warn_refused(refused, link.address)
@@ -762,9 +767,9 @@ class Node:
                 self._addresses.seen(link.peer_id,
                                      time.time() - (time.monotonic() - link.last_received))
                 self._schedule_address_save()
-            if not link.outbound and link.bye_reason is not None:
-                # It left on purpose and will dial us when it is back; the port it
-                # listened on may have been a one-off (a CLI call), so do not redial it.
+            if not link.outbound and link.bye_reason == _NODE_CLOSING:
+                # It shut down and will dial us when it is back; the port it listened
+                # on may have been a one-off (a CLI call), so do not redial it.
                 self._registry.remove_address(link.peer_id, "inbound")
         # Whatever ended -- a live link, or a dial that failed at any stage -- try again
         # later if the peer is still paired, has an address and has no other link.
@@ -892,7 +897,7 @@ class Node:
             with self._links_lock:
                 links = list(self._links)
         for link in links:
-            link.close("node closing", bye=True)
+            link.close(_NODE_CLOSING, bye=True)
         me = threading.current_thread()
         for link in links:
             for thread in list(link.threads):

@@ -408,11 +408,7 @@ class Link:
     def _run(self) -> None:
         handed_off = False
         try:
-            if self._sock is None:
-                self._dial()
-            if self._closing:
-                return
-            if not self._handshake():
+            if not self._connect_and_handshake():
                 return
             for payload in self._early:
                 self._route(payload, inline=False)
@@ -427,6 +423,16 @@ class Link:
         finally:
             if not handed_off:  # else the thread that took over reading tears down
                 self._teardown()
+
+    def _connect_and_handshake(self) -> bool:
+        """Dial (outbound), handshake and register; tell the node it is over however it
+        ended, after registration, so nobody sees "no handshake, no link" in between."""
+        try:
+            if self._sock is None:
+                self._dial()
+            return not self._closing and self._handshake()
+        finally:
+            self._owner.link_handshake_over(self)
 
     def _continue_reading(self, reader: int, leftover: list[object]) -> None:
         handed_off = False
@@ -551,8 +557,6 @@ class Link:
         except OSError as exc:
             self._begin_close(f"handshake I/O error: {exc.__class__.__name__}")
             return False
-        finally:
-            self._owner.link_handshake_over(self)
         try:
             self._local_ip = sock.getsockname()[0]
         except OSError:

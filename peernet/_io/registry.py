@@ -79,6 +79,19 @@ class Registry:
         self._timers = timers
         self._peers: dict[PeerId, PeerEntry] = {}
         self._cond = threading.Condition(threading.Lock())
+        #: Inbound connections still in their handshake: any of them may turn out to
+        #: be the peer a caller is waiting for.
+        self._inbound_handshakes = 0
+
+    def inbound_started(self) -> None:
+        with self._cond:
+            self._inbound_handshakes += 1
+
+    def inbound_over(self) -> None:
+        """An inbound handshake ended: registered (``add_link`` came first) or failed."""
+        with self._cond:
+            self._inbound_handshakes -= 1
+            self._cond.notify_all()
 
     def _entry(self, peer: PeerId) -> PeerEntry:
         entry = self._peers.get(peer)
@@ -193,15 +206,16 @@ class Registry:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
         With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
-        way: no dial in progress and no retiring link whose replacement is being set
-        up. A failed dial is an answer, not a reason to wait out the timeout.
+        way: no dial in progress, no retiring link whose replacement is being set up,
+        and no inbound handshake that may be this peer dialling us. A failed dial is an
+        answer, not a reason to wait out the timeout.
         """
         with self._cond:
             while True:
                 entry = self._peers.get(peer)
                 if entry is not None and entry.link is not None and not entry.link.closed:
                     return entry.link
-                if give_up_when_idle and (
+                if give_up_when_idle and not self._inbound_handshakes and (
                     entry is None or (entry.dialing is None and not entry.retiring)
                 ):
                     return None

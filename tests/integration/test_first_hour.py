@@ -5,6 +5,7 @@ that survive a restart."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -157,3 +158,26 @@ def test_peernet_peers_shows_the_remembered_address_and_last_seen(tmp_path):
     row = next(line for line in out.stdout.splitlines() if line.startswith("device"))
     assert f"127.0.0.1:{port}" in row
     assert "never" not in row
+
+
+def test_a_call_waits_for_an_inbound_handshake_instead_of_failing(make_node):
+    """A knows no address for B, but B is dialling A right now: A's call waits for that
+    handshake (up to its timeout) rather than failing with "use node.connect() first"."""
+    import threading
+
+    a, b = make_node("a"), make_node("b")
+    a.pair(b.id)
+    b.pair(a.id)
+    b.expose("echo", lambda peer, args: args)
+    in_handshake = threading.Event()
+    register = a.link_established
+
+    def slow_register(link):  # message 3 checked out; registration is slow today
+        in_handshake.set()
+        time.sleep(0.3)  # widen the window the race lives in (not a wait for a condition)
+        return register(link)
+
+    a.link_established = slow_register
+    b.connect(a.id, "127.0.0.1", a.port)
+    assert in_handshake.wait(5)
+    assert a.call(b.id, "echo", "through", timeout=5) == "through"
