@@ -61,7 +61,7 @@ from ._io.acceptor import Acceptor, open_listener
 from ._io.hints import Hints
 from ._io.link import Link
 from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, normalize_ip
-from ._io.pool import HandlerPool
+from ._io.scheduler import JOB_OVERHEAD_BYTES, Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
 from ._io.timers import Timers
@@ -129,14 +129,18 @@ class Node:
     :param io_timeout: a write that cannot complete within this many seconds (the peer
         stopped reading) ends the link rather than blocking the caller (10.0).
     :param max_message_size: largest encoded message either way, bytes (1 MiB).
-    :param handler_workers: threads in the handler pool (16).
+    :param handler_workers: handlers that may run at once, on the link thread that read
+        the message or on a worker thread alike (16). One peer's calls hold at most half
+        of them, so one busy peer never starves the others. A handler that calls back a
+        peer that calls back again needs a free one at every level.
     :param max_calls_per_peer: calls from one peer queued or running at once; more are
-        refused as busy (32). At most half the handler workers run one peer's calls at
-        a time, so one busy peer never starves the others.
-    :param max_sends_per_peer: sends from one peer waiting for its handler (256; and at
-        most 4 x ``max_message_size`` bytes of them). When they are full the link stops
+        refused as busy (32).
+    :param max_sends_per_peer: sends from one peer waiting for its handler (256). Queued
+        calls and sends of one peer also hold at most 4 x ``max_message_size`` bytes
+        (kept encoded until they run). When a peer's sends are full the link stops
         reading for up to 0.5 s, so TCP slows the sender down; sends still without room
-        are dropped.
+        are dropped. Queued work of a link that ends, or of a peer that is unpaired,
+        never runs.
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
@@ -220,11 +224,12 @@ class Node:
             self._handlers = HandlerTable()
             self._links: set[Link] = set()
             self._links_lock = threading.Lock()
-            self._pool = HandlerPool(
+            self._sched = Scheduler(
                 max_workers=_count("handler_workers", handler_workers),
                 max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
                 max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
-                max_send_bytes_per_peer=4 * self.max_message_size,
+                max_queued_bytes_per_peer=4 * self.max_message_size,
+                is_trusted=self.trust.is_trusted,
             )
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
@@ -546,14 +551,13 @@ class Node:
             if link.is_inline_here():  # a handler calling back the peer that called it:
                 link.take_over_reading()  # someone else must read the reply
             try:
-                fut = link.calls.add(rid)
+                fut = link.start_call(rid, name)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
                 continue
             if fut is None:  # id collision on this link: draw again
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
                 continue
-            fut.peernet_name = name  # type: ignore[attr-defined] -- for error messages
             link.write(payload)
             return pid, fut, link, rid, deadline, timeout_s
 
@@ -702,30 +706,43 @@ class Node:
         return retire
 
     def link_message(self, link: Link, message: Call | Send, *, inline: bool,
-                     size: int) -> None:
+                     payload: bytes) -> None:
+        """Run a peer's call or send here on the reader (``inline``, when the scheduler
+        has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
+        (decoded when it runs), so what it is charged is what it holds."""
         peer = link.peer_id
         assert peer is not None
+        cost = len(payload) + JOB_OVERHEAD_BYTES
         if type(message) is Call:
-            # Run it right here on the reader unless told not to (see Link.run_inline);
-            # it still counts against the peer's cap on calls in progress.
-            if inline and not self._closed and self._pool.begin_call(peer):
+            if inline and self._sched.claim_call(peer):
                 try:
-                    link.run_inline(lambda: self._serve_call(link, message))
+                    link.run_inline(lambda: self._serve_call(link, message))  # type: ignore[arg-type]
                 finally:
-                    self._pool.end_call(peer)
+                    self._sched.release_call(peer)
                 return
-            if not self._pool.submit_call(peer, lambda: self._serve_call(link, message)):
-                link.answer(encode_message(Error(message.request_id, BUSY, None)))
-        elif inline and not self._closed and self._pool.begin_send(peer):
+            rid = message.request_id
+            if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
+                                           cost=cost):
+                link.answer(encode_message(Error(rid, BUSY, None)))
+        elif inline and self._sched.claim_send(peer):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
             try:
-                link.run_inline(lambda: self._serve_send(peer, message))
+                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
             finally:
-                self._pool.end_send(peer)
-        elif not self._pool.submit_send(peer, lambda: self._serve_send(peer, message),
-                                        size=size, wait_s=_SEND_ROOM_WAIT_S):
+                self._sched.release_send(peer)
+        elif not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
+                                         cost=cost, wait_s=_SEND_ROOM_WAIT_S):
             log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def _serve_queued(self, link: Link, payload: bytes) -> None:
+        """Run a queued call or send: decode it again (it was checked on arrival)."""
+        assert link.channel is not None and link.peer_id is not None
+        message = link.channel.decode(payload)
+        if type(message) is Call:
+            self._serve_call(link, message)
+        else:
+            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
 
     def watch_inline(self) -> None:
         """A reader started a handler: make sure someone checks it does not stall."""
@@ -759,6 +776,7 @@ class Node:
 
     def link_closed(self, link: Link) -> None:
         self._registry.drop_link(link)
+        self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
         with self._links_lock:
             self._links.discard(link)
         if link.established and link.peer_id is not None:
@@ -905,9 +923,9 @@ class Node:
                     thread.join(left())
         if hasattr(self, "_registry"):
             self._registry.notify()  # wake callers waiting for a link
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.close(left())
+        sched = getattr(self, "_sched", None)
+        if sched is not None:
+            sched.close(left())
         timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())

@@ -37,38 +37,23 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .._proto.messages import (
-    BUSY,
-    FORBIDDEN,
-    HANDLER_ERROR,
-    NO_SUCH_HANDLER,
-    Bulk,
-    Bye,
-    Call,
-    Error,
-    Message,
-    Ping,
-    Pong,
-    Reply,
-    Send,
-    decode_message,
-    encode_message,
+from .._proto.channel import (
+    SUPERSEDED,
+    Answered,
+    CallIn,
+    Channel,
+    LinkEnded,
+    PeerRetired,
+    PongIn,
+    Refused,
+    SendIn,
 )
+from .._proto.messages import Bulk, Call, Send
 from .._proto.session import MessageReceived, Session, SessionClosed, SessionState
-from ..errors import (
-    Busy,
-    CallError,
-    ConnectionLost,
-    Forbidden,
-    MessageTooLarge,
-    NoSuchHandler,
-    PeerUnavailable,
-    ProtocolError,
-    RemoteError,
-)
-from .replies import ReplyTable, settle
+from ..errors import ConnectionLost, MessageTooLarge, PeerUnavailable, ProtocolError
+from .replies import settle
 
 if TYPE_CHECKING:
     from ..ids import PeerId
@@ -80,9 +65,6 @@ log = logging.getLogger(__name__)
 _RECV_BUFFER = 65536 + 2  # one maximal frame per read
 _CONNECT_IN_PROGRESS = {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 _DIAL_POLL_S = 0.1  # how quickly close() can interrupt a dial in progress
-_MAX_PENDING_PINGS = 16
-#: Bye reason that starts the two-sided retirement of a duplicate link.
-SUPERSEDED = "superseded"
 
 
 class LinkOwner(Protocol):
@@ -91,7 +73,7 @@ class LinkOwner(Protocol):
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
     def link_message(self, link: Link, message: Call | Send, *, inline: bool,
-                     size: int) -> None: ...
+                     payload: bytes) -> None: ...
     def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
@@ -137,20 +119,6 @@ def _send_frames(sock: socket.socket, frames: list[bytes]) -> None:
             sent = 0
 
 
-def _error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
-    what = f"{name!r} on {peer.short}" if name else peer.short
-    if code == NO_SUCH_HANDLER:
-        return NoSuchHandler(f"{peer.short} exposes no handler {name!r}" if name else
-                             f"{peer.short}: no such handler")
-    if code == FORBIDDEN:
-        return Forbidden(f"{what}: forbidden")
-    if code == BUSY:
-        return Busy(f"{peer.short} is busy with our earlier calls; try again later")
-    if code == HANDLER_ERROR:
-        return RemoteError(detail or "Exception")
-    return CallError(f"{what}: the peer refused the request ({code})")
-
-
 class Link:
     """One connection. Create it, then ``start()``; everything else is thread-safe."""
 
@@ -174,8 +142,9 @@ class Link:
         self._handshake_timeout_s = handshake_timeout_s
         self._io_timeout_s = io_timeout_s
         self._max_depth = max_depth
-        self.calls = ReplyTable()
-        self._pings: dict[bytes, tuple[float, Future[float]]] = {}
+        #: The message protocol (sans-IO), from the end of the handshake on; guarded
+        #: by ``_state_lock``.
+        self.channel: Channel | None = None
         self._wlock = threading.Lock()
         self._state_lock = threading.Lock()
         self._closing = False
@@ -188,13 +157,6 @@ class Link:
         self.rtt_s: float | None = None
         self.last_ping = self.started_at
         self._local_ip: str | None = None
-        # Duplicate-link retirement (see retire()).
-        self._retiring = False
-        self._bye_sent = False
-        self._bye_received = False
-        self._forced = False  # retire(force=True): close without waiting for the peer's bye
-        self._serving = 0  # calls from the peer routed to the node and not yet answered
-        self._routed_early = False  # messages that came with message 3 are routed
         self._early: list[bytes] = []  # messages that arrived with the last handshake frame
         # Inline calls (run_inline): which thread reads now (a generation number), and
         # since when (monotonic) the reader has been running a handler, if it is.
@@ -268,9 +230,6 @@ class Link:
                 self._begin_close(f"write failed: {exc.__class__.__name__}")
                 raise ConnectionLost(self._lost_text()) from None
 
-    def send_message(self, message: Message) -> None:
-        self.write(encode_message(message))
-
     def try_write_nowait(self, payload: bytes) -> bool:
         """Write only if that cannot block (lock free, socket writable). For the timer
         thread: heartbeats must never wait behind a congested link."""
@@ -291,38 +250,81 @@ class Link:
             self._wlock.release()
 
     def ping(self) -> Future[float]:
-        """Send a ping and wait for nothing; the Future gets the round-trip time."""
-        nonce, fut = self._new_ping()
-        self.send_message(Ping(nonce))
+        """Send a ping; the Future gets the round-trip time in seconds."""
+        fut: Future[float] = Future()
+        self.write(self._locked_channel_op(lambda ch: ch.ping(os.urandom(8), time.monotonic(), fut)))
+        self.last_ping = time.monotonic()
         return fut
 
     def ping_nowait(self) -> bool:
         """Send a heartbeat ping unless that would block; the pong updates ``rtt_s``."""
-        nonce, _ = self._new_ping()
-        return self.try_write_nowait(encode_message(Ping(nonce)))
-
-    def _new_ping(self) -> tuple[bytes, Future[float]]:
-        nonce, fut = os.urandom(8), Future()
-        with self._state_lock:  # the reader pops pongs concurrently
-            self._pings[nonce] = (time.monotonic(), fut)
-            if len(self._pings) > _MAX_PENDING_PINGS:  # a dying link: keep the newest
-                self._pings.pop(next(iter(self._pings)))
+        try:
+            payload = self._locked_channel_op(lambda ch: ch.ping(os.urandom(8), time.monotonic()))
+        except ConnectionLost:
+            return False
         self.last_ping = time.monotonic()
-        return nonce, fut
+        return self.try_write_nowait(payload)
+
+    def start_call(self, request_id: int, name: str) -> Future[Any] | None:
+        """Expect the answer to ``request_id``: the Future it will complete, or None if
+        the id is taken on this link (draw another). Raises ConnectionLost if the link
+        takes no more calls (ended, or retired with its bye sent)."""
+        fut: Future[Any] = Future()
+        with self._state_lock:
+            channel = self.channel
+            try:
+                if channel is None:
+                    raise LinkEnded
+                return fut if channel.add_call(request_id, name, fut) else None
+            except LinkEnded:
+                raise ConnectionLost(self._lost_text()) from None
 
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""
-        self.calls.pop(request_id)
-        if self._retiring:
-            self._maybe_send_bye()
+        self._channel_op(lambda ch: ch.forget(request_id))
+
+    @property
+    def pending_calls(self) -> int:
+        channel = self.channel
+        return channel.pending_calls if channel is not None else 0
+
+    def _locked_channel_op(self, op):  # type: ignore[no-untyped-def]
+        with self._state_lock:
+            if self.channel is None or self.channel.ended is not None:
+                raise ConnectionLost(self._lost_text())
+            return op(self.channel)
+
+    def _channel_op(self, op) -> None:  # type: ignore[no-untyped-def]
+        """Run ``op(channel)`` under the lock, then write what it produced and close the
+        link if it ended the channel."""
+        with self._state_lock:
+            channel = self.channel
+            if channel is None:
+                return
+            op(channel)
+            output = channel.take_output()
+            ended = channel.ended
+        self._after_channel(output, ended)
+
+    def _after_channel(self, output: list[bytes], ended) -> None:  # type: ignore[no-untyped-def]
+        for payload in output:
+            try:
+                self.write(payload)
+            except PeerUnavailable:
+                break
+        if ended is not None:
+            if ended.bye_reason is not None:
+                self.bye_reason = ended.bye_reason
+            self._begin_close(ended.reason)
 
     # -- closing (any thread) ------------------------------------------------------------
 
     def close(self, reason: str, *, bye: bool = False) -> None:
         """End the link. With ``bye``, first tell the peer (best effort, bounded)."""
-        if bye and self.established and not self._closing:
+        channel = self.channel
+        if bye and self.established and not self._closing and channel is not None:
             try:
-                self.try_write_nowait(encode_message(Bye(reason[:200])))
+                self.try_write_nowait(channel.goodbye(reason))
             except Exception:  # noqa: BLE001 -- best effort only
                 pass
         self._begin_close(reason)
@@ -335,15 +337,9 @@ class Link:
         closes once it has both sent and received one, so no call in flight is lost.
         With ``force`` (a peer holding more links than any honest one would), it closes
         as soon as its own calls are answered and the peer's calls on it are served,
-        without waiting for the peer's bye.
+        without waiting for the peer's bye. (The protocol is :class:`Channel`'s.)
         """
-        with self._state_lock:
-            if self._closing or (self._retiring and (self._forced or not force)):
-                return
-            self._retiring = True
-            self._forced = self._forced or force
-        self._maybe_send_bye()
-        self._maybe_close_forced()
+        self._channel_op(lambda ch: ch.retire(force=force))
 
     def answer(self, payload: bytes | Bulk) -> None:
         """Send the reply (or error) to a call this link handed to the node, best
@@ -354,37 +350,7 @@ class Link:
         except PeerUnavailable:
             pass
         finally:
-            with self._state_lock:
-                self._serving -= 1
-                idle = self._serving == 0 and self._forced
-            if idle:
-                self._maybe_close_forced()
-
-    def _maybe_close_forced(self) -> None:
-        with self._state_lock:
-            done = (self._forced and self._bye_sent and self._serving == 0
-                    and self._routed_early)
-        if done:
-            self._begin_close(SUPERSEDED)
-
-    def _maybe_send_bye(self) -> None:
-        with self._state_lock:
-            if self._bye_sent or self._closing:
-                return
-            # Seal the reply table only if it is empty: a caller racing us then finds
-            # it closed and moves to the replacement link.
-            if not self.calls.close_if_empty(lambda: ConnectionLost(self._lost_text())):
-                return
-            self._bye_sent = True
-            both = self._bye_received
-        try:
-            self.send_message(Bye(SUPERSEDED))
-        except Exception:  # noqa: BLE001 -- the link is going anyway
-            pass
-        if both:
-            self._begin_close(SUPERSEDED)
-        else:
-            self._maybe_close_forced()
+            self._channel_op(Channel.answered)
 
     def _begin_close(self, reason: str) -> None:
         with self._state_lock:
@@ -413,9 +379,7 @@ class Link:
             for payload in self._early:
                 self._route(payload, inline=False)
             self._early.clear()
-            with self._state_lock:
-                self._routed_early = True
-            self._maybe_close_forced()
+            self._channel_op(Channel.early_routed)
             handed_off = not self._read_loop(0)
         except Exception:  # noqa: BLE001 -- a bug here must end this link only
             log.exception("link %r failed", self)
@@ -571,6 +535,12 @@ class Link:
         both sides can call. The write lock is held throughout, so no call can be
         sealed on this link before READY, which holds the first send nonce.
         """
+        assert self.session.peer_id is not None
+        channel = Channel(self.session.peer_id, max_depth=self._max_depth)
+        if self._early:
+            channel.hold_early()  # a forced retirement waits until they are routed
+        with self._state_lock:
+            self.channel = channel
         with self._wlock:
             retire = None if self._closing else self._owner.link_established(self)
             if retire is None:
@@ -645,60 +615,34 @@ class Link:
         return self.peer_id.short if self.peer_id else "?"
 
     def _route(self, payload: bytes, *, inline: bool) -> None:
+        channel = self.channel
+        assert channel is not None
         try:
-            msg = decode_message(payload, max_depth=self._max_depth)
+            msg = channel.decode(payload)  # stateless: outside the lock
         except ProtocolError as exc:
             log.warning("closing link to %s: %s", self._peer_text(), exc)
             self._begin_close(f"protocol error: {exc}")
             return
-        kind = type(msg)
-        if kind is Reply:
-            fut = self.calls.pop(msg.request_id)
-            if fut is not None:
-                settle(fut, result=msg.result)
-                if self._retiring:
-                    self._maybe_send_bye()
-        elif kind is Call or kind is Send:
-            if kind is Call:
-                with self._state_lock:  # the node ends it with answer()
-                    self._serving += 1
-            self._owner.link_message(self, msg, inline=inline,  # type: ignore[arg-type]
-                                     size=len(payload))
-        elif kind is Error:
-            fut = self.calls.pop(msg.request_id)
-            if fut is not None:
-                assert self.peer_id is not None
-                settle(fut, error=_error_for(msg.code, msg.detail, self.peer_id,
-                                             getattr(fut, "peernet_name", None)))
-                if self._retiring:
-                    self._maybe_send_bye()
-        elif kind is Ping:
-            try:
-                self.send_message(Pong(msg.nonce))
-            except ConnectionLost:
-                pass
-        elif kind is Pong:
-            with self._state_lock:
-                entry = self._pings.pop(msg.nonce, None)
-            if entry is not None:
-                self.rtt_s = time.monotonic() - entry[0]
-                settle(entry[1], result=self.rtt_s)
-        elif kind is Bye:
-            self._on_bye(msg.reason)
-
-    def _on_bye(self, reason: str) -> None:
-        if reason != SUPERSEDED:
-            self.bye_reason = reason
-            self._begin_close(f"peer said bye ({reason})")
-            return
         with self._state_lock:
-            self._bye_received = True
-            both = self._bye_sent
-        if both:
-            self._begin_close(SUPERSEDED)
-            return
-        self._owner.link_retired(self)
-        self.retire()
+            event = channel.handle(msg, time.monotonic())
+            output = channel.take_output() if channel.has_output else None
+            ended = channel.ended
+        kind = type(event)
+        if kind is Answered:
+            settle(event.token, result=event.result)  # type: ignore[union-attr]
+        elif kind is CallIn or kind is SendIn:
+            message = event.call if kind is CallIn else event.send  # type: ignore[union-attr]
+            self._owner.link_message(self, message, inline=inline, payload=payload)
+        elif kind is Refused:
+            settle(event.token, error=event.error)  # type: ignore[union-attr]
+        elif kind is PongIn:
+            self.rtt_s = event.rtt_s  # type: ignore[union-attr]
+            if event.token is not None:  # type: ignore[union-attr]
+                settle(event.token, result=event.rtt_s)  # type: ignore[union-attr]
+        elif kind is PeerRetired:
+            self._owner.link_retired(self)
+        if output or ended is not None:
+            self._after_channel(output or [], ended)
 
     def _teardown(self) -> None:
         self._begin_close(self.close_reason or "closed")
@@ -708,9 +652,9 @@ class Link:
             self._sock = None
         if sock is not None:
             sock.close()
-        self.calls.fail_all(lambda: ConnectionLost(self._lost_text()))
         with self._state_lock:
-            pings, self._pings = self._pings, {}
-        for _, fut in pings.values():
+            channel = self.channel
+            waiting = channel.close() if channel is not None else []
+        for fut in waiting:  # pending calls and pings fail at once, never time out
             settle(fut, error=ConnectionLost(self._lost_text()))
         self._owner.link_closed(self)

@@ -324,3 +324,23 @@ def test_T20_queued_sends_from_one_peer_hold_bounded_memory(env, record):
     record(f"T20 300 sends of 256 KiB to a slow handler: target RSS +{grown / MIB:.0f} MiB "
            f"while they wait")
     assert grown < 16 * MIB
+
+
+def test_T20_queued_work_is_charged_what_it_holds_not_its_wire_bytes(env, record):
+    """Sends of ~49,990 empty maps each (~50 KB on the wire, ~3.5 MB once decoded) to a
+    slow handler: queued work stays encoded, so the target's RSS grows by about its
+    per-peer byte budget (4 MiB), not by the decoded size (it grew by ~300 MiB when the
+    queue held decoded messages)."""
+    c = env.raw()
+    c.handshake()
+    c.sock.settimeout(20)
+    rss0 = env.target.resources().rss_kib
+    inflating = encode_message(Send("slow", [0.2, [{}] * 49_990]))
+    assert len(inflating) < 60_000
+    for _ in range(3):
+        c.sock.sendall(b"".join(c.session.seal(inflating) for _ in range(40)))
+    assert raw_session_alive(c, timeout_s=30)
+    grown = env.target.resources().rss_kib - rss0
+    record(f"T20 120 sends of 50 KB that decode to 3.5 MB each, to a slow handler: "
+           f"target RSS +{grown / MIB:.1f} MiB (budget 4 MiB)")
+    assert grown < 16 * MIB

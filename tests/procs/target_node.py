@@ -137,12 +137,8 @@ def main() -> None:
         node.expose("raise", handlers.raise_)
         node.expose("slow", handlers.slow)
         # Start every handler worker now, so that the thread count an attack starts
-        # from is the node's steady state (the pool otherwise grows on demand).
-        barrier = threading.Barrier(opts.handler_workers + 1)
-        with node._pool._lock:
-            for _ in range(opts.handler_workers):
-                node._pool._submit_locked(lambda: barrier.wait(10))
-        barrier.wait(10)
+        # from is the node's steady state (workers otherwise start on demand).
+        node._sched.start_workers()
         print("READY " + json.dumps({"id": str(node.id), "port": node.port,
                                      "pid": os.getpid()}), flush=True)
         futures: dict[int, object] = {}

@@ -1,0 +1,362 @@
+"""The handler scheduler: the one owner of where peers' calls and sends run.
+
+A call or send runs either *inline*, on the link's reading thread that brought it (no
+thread hand-off: the fast path), or on one of the scheduler's worker threads. Both
+count the same way, so the limits hold however a peer paces its messages:
+
+- **Running slots.** At most ``max_workers`` handlers run at once, inline ones
+  included (a reader must :meth:`claim_call` / :meth:`claim_send` a slot first, or
+  queue the work), and one peer's calls hold at most half of them
+  (``max(1, max_workers // 2)``), so one busy peer never starves the others.
+- **Calls per peer.** At most ``max_calls_per_peer`` calls from one peer are queued or
+  running; past that a call is refused as busy at once.
+- **Sends** from one peer run one at a time, in the order they arrived, inline or not;
+  at most ``max_sends_per_peer`` wait. When the queue is full the reader waits for room
+  (``wait_s``), which stops it reading and lets TCP push back on the sender; a handler
+  too slow to make room in that time gets the peer's sends dropped (fire-and-forget).
+- **Memory.** Queued work is charged what it holds: the caller queues a task that
+  keeps the message *encoded* (decoded only when it runs), charged its size plus a
+  fixed overhead against the peer's ``max_queued_bytes_per_peer``. So a peer's budget
+  bounds the memory its queued work holds, however its data would inflate when decoded.
+- **Revocation.** Each queued job remembers the link it came on: :meth:`drop` forgets
+  the queued work of a link that ended, and every job re-checks, right before it runs,
+  that its link is still open and its peer still trusted. No handler starts for a peer
+  after ``unpair()`` returned.
+
+Worker threads start on demand and are daemons, so a forgotten node never holds up
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ..ids import PeerId
+
+__all__ = ["JOB_OVERHEAD_BYTES", "Scheduler"]
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[], None]
+#: What a queued job costs beyond its message bytes (the job, its closure, a deque slot).
+JOB_OVERHEAD_BYTES = 512
+
+
+class Source(Protocol):
+    """Where a job came from (a link): its queued work dies with it."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    peer: PeerId
+    source: Source
+    task: Task
+    cost: int
+    is_call: bool
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        max_calls_per_peer: int,
+        max_sends_per_peer: int,
+        max_queued_bytes_per_peer: int,
+        is_trusted: Callable[[PeerId], bool],
+        name: str = "peernet-handler",
+    ) -> None:
+        if min(max_workers, max_calls_per_peer, max_sends_per_peer) < 1:
+            raise ValueError("handler limits must be at least 1")
+        self._max_workers = max_workers
+        self._max_calls = max_calls_per_peer
+        self._max_sends = max_sends_per_peer
+        self._max_bytes = max_queued_bytes_per_peer
+        self._share = max(1, max_workers // 2)  # running calls of one peer
+        self._is_trusted = is_trusted
+        self._name = name
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # a job is ready, or closing
+        self._room = threading.Condition(self._lock)  # a send left a queue, or closing
+        self._room_waiters = 0
+        self._running = 0  # handlers running now, inline or on workers
+        self._ready: collections.deque[_Job] = collections.deque()  # next for a slot
+        self._calls: dict[PeerId, int] = {}  # queued, ready or running, per peer
+        self._calls_started: dict[PeerId, int] = {}  # ready or running, per peer
+        self._calls_waiting: dict[PeerId, collections.deque[_Job]] = {}  # over the share
+        # A peer is in _sends while one of its sends is ready or running; the deque holds
+        # those queued behind it, in arrival order.
+        self._sends: dict[PeerId, collections.deque[_Job]] = {}
+        self._bytes: dict[PeerId, int] = {}  # cost of queued (not yet running) jobs
+        self._stalled: set[PeerId] = set()  # sends dropped without waiting
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    # -- calls -------------------------------------------------------------------------
+
+    def claim_call(self, peer: PeerId) -> bool:
+        """Take a running slot for a call the caller runs itself (inline); False if
+        none is free (queue it with :meth:`submit_call`). Pair with :meth:`release_call`."""
+        with self._lock:
+            if (self._closed or self._running >= self._max_workers
+                    or self._calls.get(peer, 0) >= self._max_calls
+                    or self._calls_started.get(peer, 0) >= self._share):
+                return False
+            self._running += 1
+            self._calls[peer] = self._calls.get(peer, 0) + 1
+            self._calls_started[peer] = self._calls_started.get(peer, 0) + 1
+            return True
+
+    def release_call(self, peer: PeerId) -> None:
+        with self._lock:
+            self._running -= 1
+            self._call_done_locked(peer)
+            self._dispatch_locked()
+
+    def submit_call(self, peer: PeerId, source: Source, task: Task, *, cost: int) -> bool:
+        """Queue a call; False (nothing queued: answer busy) if the peer has its maximum
+        of calls in progress or of queued bytes."""
+        job = _Job(peer, source, task, cost, True)
+        with self._lock:
+            if (self._closed or self._calls.get(peer, 0) >= self._max_calls
+                    or not self._charge_locked(peer, cost)):
+                return False
+            self._calls[peer] = self._calls.get(peer, 0) + 1
+            started = self._calls_started.get(peer, 0)
+            if started < self._share:
+                self._calls_started[peer] = started + 1
+                self._ready.append(job)
+                self._dispatch_locked()
+            else:
+                self._calls_waiting.setdefault(peer, collections.deque()).append(job)
+        return True
+
+    def calls_in_progress(self, peer: PeerId) -> int:
+        return self._calls.get(peer, 0)
+
+    # -- sends -------------------------------------------------------------------------
+
+    def claim_send(self, peer: PeerId) -> bool:
+        """Take a running slot and the peer's send lane for a send the caller runs itself:
+        True only if none of the peer's sends is queued or running (order) and a slot is
+        free. Sends submitted meanwhile queue behind it. Pair with :meth:`release_send`."""
+        with self._lock:
+            if self._closed or peer in self._sends or self._running >= self._max_workers:
+                return False
+            self._sends[peer] = collections.deque()
+            self._running += 1
+            return True
+
+    def release_send(self, peer: PeerId) -> None:
+        with self._lock:
+            self._running -= 1
+            self._send_done_locked(peer)
+            self._dispatch_locked()
+
+    def submit_send(self, peer: PeerId, source: Source, task: Task, *, cost: int,
+                    wait_s: float = 0.0) -> bool:
+        """Queue a send behind the peer's earlier ones. If its queue is full (count or
+        bytes), wait up to ``wait_s`` for room; False if there was none (dropped)."""
+        job = _Job(peer, source, task, cost, False)
+        deadline: float | None = None
+        with self._lock:
+            while True:
+                if self._closed:
+                    return False
+                lane = self._sends.get(peer)
+                if (lane is None or len(lane) < self._max_sends) and \
+                        self._charge_locked(peer, cost):
+                    break
+                if peer in self._stalled:
+                    return False
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + wait_s
+                if now >= deadline:
+                    self._stalled.add(peer)
+                    return False
+                self._room_waiters += 1
+                try:
+                    self._room.wait(deadline - now)
+                finally:
+                    self._room_waiters -= 1
+            if lane is not None:
+                lane.append(job)
+            else:  # the lane is free: this send is next
+                self._sends[peer] = collections.deque()
+                self._ready.append(job)
+                self._dispatch_locked()
+        return True
+
+    # -- revocation and shutdown ------------------------------------------------------
+
+    def drop(self, source: Source) -> int:
+        """Forget the queued work that came on ``source`` (a link that ended). Jobs
+        already handed to a worker are skipped when they come up. Returns how many went."""
+        dropped = 0
+        with self._lock:
+            for peer, waiting in list(self._calls_waiting.items()):
+                keep = collections.deque(j for j in waiting if j.source is not source)
+                for job in waiting:
+                    if job.source is source:
+                        dropped += 1
+                        self._uncharge_locked(job)
+                        self._calls[peer] -= 1
+                if keep:
+                    self._calls_waiting[peer] = keep
+                else:
+                    del self._calls_waiting[peer]
+            for peer, lane in self._sends.items():
+                keep = collections.deque(j for j in lane if j.source is not source)
+                for job in lane:
+                    if job.source is source:
+                        dropped += 1
+                        self._uncharge_locked(job)
+                lane.clear()
+                lane.extend(keep)
+            if dropped and self._room_waiters:
+                self._room.notify_all()
+        return dropped
+
+    def close(self, timeout_s: float) -> None:
+        """Stop taking work, let running handlers finish, join the workers (bounded)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._ready.clear()
+            self._work.notify_all()
+            self._room.notify_all()
+            threads = list(self._threads)
+        me = threading.current_thread()
+        deadline = time.monotonic() + timeout_s
+        for t in threads:
+            if t is not me:  # close() may run inside a handler
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    def start_workers(self) -> None:
+        """Start every worker now instead of on demand (a steady thread count)."""
+        with self._lock:
+            while len(self._threads) < self._max_workers and not self._closed:
+                self._start_worker_locked()
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    @property
+    def running(self) -> int:
+        """Handlers running now, inline or on workers."""
+        return self._running
+
+    # -- internals (under the lock) ----------------------------------------------------
+
+    def _charge_locked(self, peer: PeerId, cost: int) -> bool:
+        queued = self._bytes.get(peer, 0)
+        if queued and queued + cost > self._max_bytes:  # one job always fits
+            return False
+        self._bytes[peer] = queued + cost
+        return True
+
+    def _uncharge_locked(self, job: _Job) -> None:
+        left = self._bytes[job.peer] - job.cost
+        if left:
+            self._bytes[job.peer] = left
+        else:
+            del self._bytes[job.peer]
+
+    def _call_done_locked(self, peer: PeerId) -> None:
+        """One of ``peer``'s started calls finished: start its next waiting one."""
+        left = self._calls[peer] - 1
+        if left:
+            self._calls[peer] = left
+        else:
+            del self._calls[peer]
+        waiting = self._calls_waiting.get(peer)
+        if waiting and not self._closed:
+            self._ready.append(waiting.popleft())
+            if not waiting:
+                del self._calls_waiting[peer]
+            return  # its started count carries over to the next call
+        started = self._calls_started[peer] - 1
+        if started:
+            self._calls_started[peer] = started
+        else:
+            del self._calls_started[peer]
+
+    def _send_done_locked(self, peer: PeerId) -> None:
+        """``peer``'s current send finished: its next one is ready, or the lane is free."""
+        lane = self._sends[peer]
+        if lane and not self._closed:
+            self._ready.append(lane.popleft())
+        else:
+            del self._sends[peer]
+            self._stalled.discard(peer)
+        if self._room_waiters:
+            self._room.notify_all()
+
+    def _dispatch_locked(self) -> None:
+        """Make sure a worker takes the ready jobs that have a free slot."""
+        if not self._ready or self._running >= self._max_workers:
+            return
+        if self._idle:
+            self._work.notify()
+        elif len(self._threads) < self._max_workers:
+            self._start_worker_locked()
+
+    def _start_worker_locked(self) -> None:
+        t = threading.Thread(target=self._worker, daemon=True,
+                             name=f"{self._name}-{len(self._threads)}")
+        self._threads.append(t)
+        t.start()
+
+    def _next_job(self) -> _Job | None:
+        """Wait for a ready job with a free slot and take both; None when closing."""
+        with self._lock:
+            while not self._closed:
+                if self._ready and self._running < self._max_workers:
+                    job = self._ready.popleft()
+                    self._running += 1
+                    self._uncharge_locked(job)  # running now: it holds a slot instead
+                    if self._ready:
+                        self._dispatch_locked()
+                    return job
+                self._idle += 1
+                try:
+                    self._work.wait()
+                finally:
+                    self._idle -= 1
+            return None
+
+    def _worker(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            try:
+                # Revocation reaches queued work: the link that brought it must still be
+                # open, and the peer still trusted, the moment it starts.
+                if not job.source.closed and self._is_trusted(job.peer):
+                    job.task()
+                else:
+                    log.debug("dropped queued work of %s: link ended or peer unpaired",
+                              job.peer.short)
+            except BaseException:  # noqa: BLE001 -- tasks handle their own errors
+                log.exception("handler task failed")
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    if job.is_call:
+                        self._call_done_locked(job.peer)
+                    else:
+                        self._send_done_locked(job.peer)
+                    self._dispatch_locked()

@@ -1,0 +1,219 @@
+"""The handler scheduler: one accounting for inline and queued work, ordered sends,
+push-back before dropping, memory charged for what queued work holds, and revocation
+that reaches queued work. Driven directly, without sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from peernet._io.scheduler import Scheduler
+from tests.conftest import wait_until
+from tests.helpers import seeded_identity
+
+PEER = seeded_identity("sched-peer").peer_id
+OTHER = seeded_identity("sched-other").peer_id
+
+
+class Link:
+    """A stand-in for the link a job came on."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+class Blocked:
+    """A handler that holds its slot until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        self.started, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self) -> None:
+        self.started.set()
+        self.gate.wait(5)
+
+
+def make(trusted: set | None = None, **limits) -> Scheduler:
+    limits.setdefault("max_workers", 2)
+    limits.setdefault("max_calls_per_peer", 4)
+    limits.setdefault("max_sends_per_peer", 4)
+    limits.setdefault("max_queued_bytes_per_peer", 1 << 20)
+    allowed = trusted if trusted is not None else {PEER, OTHER}
+    return Scheduler(is_trusted=lambda p: p in allowed, **limits)
+
+
+def _full_lane(sched: Scheduler, link: Link, max_sends: int, first: Blocked,
+               ran: list | None = None) -> None:
+    assert sched.submit_send(PEER, link, first, cost=1)
+    assert first.started.wait(5)
+    for i in range(max_sends):
+        assert sched.submit_send(PEER, link, (lambda i=i: ran.append(i)) if ran is not None
+                                 else (lambda: None), cost=1)
+
+
+def test_a_full_send_queue_waits_for_room_and_loses_nothing():
+    sched, link, first, ran = make(), Link(), Blocked(), []
+    _full_lane(sched, link, 4, first, ran)
+    try:
+        opener = threading.Timer(0.05, first.gate.set)
+        opener.start()
+        t0 = time.monotonic()
+        assert sched.submit_send(PEER, link, lambda: ran.append(4), cost=1, wait_s=5)
+        assert 0.03 < time.monotonic() - t0 < 5
+        assert wait_until(lambda: len(ran) == 5)
+        assert ran == list(range(5))  # in order, none dropped
+        opener.join()
+    finally:
+        first.gate.set()
+        sched.close(5)
+
+
+def test_a_stuck_send_handler_gets_sends_dropped_after_the_wait_and_then_at_once():
+    sched, link, first = make(max_sends_per_peer=2), Link(), Blocked()
+    _full_lane(sched, link, 2, first)
+    try:
+        t0 = time.monotonic()
+        assert not sched.submit_send(PEER, link, lambda: None, cost=1, wait_s=0.1)
+        assert time.monotonic() - t0 >= 0.09
+        t0 = time.monotonic()  # stalled now: no second wait
+        assert not sched.submit_send(PEER, link, lambda: None, cost=1, wait_s=5)
+        assert time.monotonic() - t0 < 2
+        first.gate.set()  # once its queue empties, sends are taken again
+        assert wait_until(lambda: sched.submit_send(PEER, link, lambda: None, cost=1))
+    finally:
+        first.gate.set()
+        sched.close(5)
+
+
+def test_close_wakes_a_reader_waiting_for_room():
+    sched, link, first = make(max_sends_per_peer=1), Link(), Blocked()
+    _full_lane(sched, link, 1, first)
+    result: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(sched.submit_send(PEER, link, lambda: None, cost=1,
+                                                       wait_s=30)))
+    try:
+        waiter.start()
+        assert wait_until(lambda: sched._room_waiters)
+        closer = threading.Thread(target=sched.close, args=(5,))
+        closer.start()
+        waiter.join(2)
+        assert not waiter.is_alive() and result == [False]
+    finally:
+        first.gate.set()
+        sched.close(5)
+        closer.join(5)
+
+
+def test_an_inline_send_holds_the_lane_and_later_sends_follow_in_order():
+    sched, link, ran = make(), Link(), []
+    try:
+        assert sched.claim_send(PEER)
+        assert not sched.claim_send(PEER)  # held: a second one must queue
+        for i in range(1, 4):
+            assert sched.submit_send(PEER, link, lambda i=i: ran.append(i), cost=1)
+        assert not wait_until(lambda: ran, timeout_s=0.05)  # none overtakes it
+        ran.append(0)
+        sched.release_send(PEER)
+        assert wait_until(lambda: len(ran) == 4)
+        assert ran == [0, 1, 2, 3]
+        assert wait_until(lambda: sched.claim_send(PEER))
+        sched.release_send(PEER)
+    finally:
+        sched.close(5)
+    assert not sched.claim_send(PEER)  # closed: nothing runs any more
+
+
+def test_inline_calls_take_running_slots_like_workers_do():
+    """The bound holds however calls are paced: an inline call needs a free slot, and
+    one peer's calls never hold more than half of them."""
+    sched, link = make(max_workers=4, max_calls_per_peer=8), Link()
+    gates = [Blocked() for _ in range(4)]
+    try:
+        assert sched.claim_call(PEER) and sched.claim_call(PEER)  # the peer's share: 2
+        assert not sched.claim_call(PEER)  # the third must queue ...
+        assert sched.submit_call(PEER, link, gates[0], cost=1)
+        assert not gates[0].started.wait(0.1)  # ... and waits for the peer's share
+        assert sched.claim_call(OTHER) and sched.claim_call(OTHER)
+        assert sched.running == 4
+        assert not sched.claim_call(OTHER)  # no slot left for anyone
+        sched.release_call(PEER)
+        assert gates[0].started.wait(5)  # the queued call got the freed slot
+        assert sched.running == 4
+    finally:
+        for g in gates:
+            g.gate.set()
+        sched.close(5)
+
+
+def test_calls_beyond_the_per_peer_cap_are_refused():
+    sched, link = make(max_calls_per_peer=3), Link()
+    gate = Blocked()
+    try:
+        assert all(sched.submit_call(PEER, link, gate, cost=1) for _ in range(3))
+        assert not sched.submit_call(PEER, link, gate, cost=1)
+        assert sched.submit_call(OTHER, link, lambda: None, cost=1)
+    finally:
+        gate.gate.set()
+        sched.close(5)
+
+
+def test_queued_work_is_bounded_by_its_byte_budget():
+    sched, link = make(max_workers=2, max_calls_per_peer=100, max_sends_per_peer=100,
+                       max_queued_bytes_per_peer=1000), Link()
+    call, send = Blocked(), Blocked()
+    try:
+        assert sched.submit_call(PEER, link, call, cost=900)  # the peer's share of calls
+        assert call.started.wait(5)  # running: no longer charged
+        assert sched.submit_send(PEER, link, send, cost=900)  # and the send lane
+        assert send.started.wait(5)
+        assert sched.submit_send(PEER, link, lambda: None, cost=600)
+        assert not sched.submit_send(PEER, link, lambda: None, cost=600)  # 1200 > 1000
+        assert sched.submit_call(PEER, link, lambda: None, cost=300)
+        assert not sched.submit_call(PEER, link, lambda: None, cost=300)  # calls share it
+        assert sched.submit_call(OTHER, link, lambda: None, cost=900)  # a budget per peer
+    finally:
+        call.gate.set()
+        send.gate.set()
+        sched.close(5)
+
+
+def test_work_queued_on_a_link_that_ended_never_runs():
+    sched, link = make(max_workers=2, max_calls_per_peer=10, max_sends_per_peer=10), Link()
+    call, send, ran = Blocked(), Blocked(), []
+    try:
+        assert sched.submit_call(PEER, link, call, cost=1)  # the peer's one share of calls
+        assert sched.submit_send(PEER, link, send, cost=1)  # its send lane
+        assert call.started.wait(5) and send.started.wait(5)
+        for i in range(5):
+            assert sched.submit_call(PEER, link, lambda i=i: ran.append(i), cost=1)
+            assert sched.submit_send(PEER, link, lambda i=i: ran.append(-i), cost=1)
+        link.closed = True
+        assert sched.drop(link) == 10
+        call.gate.set()
+        send.gate.set()
+        assert wait_until(lambda: sched.calls_in_progress(PEER) == 0)
+        assert wait_until(lambda: sched.running == 0)
+        assert ran == []
+    finally:
+        call.gate.set()
+        send.gate.set()
+        sched.close(5)
+
+
+def test_queued_work_of_a_peer_that_was_unpaired_never_runs():
+    trusted = {PEER}
+    sched, link = make(trusted, max_workers=2, max_calls_per_peer=10), Link()
+    gate, ran = Blocked(), []
+    try:
+        assert sched.submit_call(PEER, link, gate, cost=1)
+        assert gate.started.wait(5)
+        for i in range(5):
+            assert sched.submit_call(PEER, link, lambda i=i: ran.append(i), cost=1)
+        trusted.clear()  # unpaired; its link has not even closed yet
+        gate.gate.set()
+        assert wait_until(lambda: sched.calls_in_progress(PEER) == 0)
+        assert ran == []
+    finally:
+        gate.gate.set()
+        sched.close(5)
