@@ -25,9 +25,16 @@ from .timers import TimerHandle, Timers
 __all__ = ["Registry", "PeerEntry"]
 
 
-#: Address sources, in the order dials try them. "remembered" is the last good address
-#: from before this node started (``_addresses.py``).
+#: Address sources we know, in the order dials try them. "remembered" is the last good
+#: address from before this node started (``_addresses.py``). Any other source (a
+#: custom discovery) is tried after "mdns", in the order its addresses arrived.
 SOURCES = ("manual", "udp", "mdns", "inbound", "remembered")
+_RANK = {source: rank for rank, source in enumerate(SOURCES)}
+_CUSTOM_RANK = _RANK["mdns"] + 0.5
+
+
+def _rank(source: str) -> float:
+    return _RANK.get(source, _CUSTOM_RANK)
 
 
 @dataclass
@@ -54,15 +61,16 @@ class PeerEntry:
         """The live link's address if online, else the first candidate by source order."""
         if self.link is not None and not self.link.closed and self.link.outbound:
             return self.link.address
-        for source in SOURCES:
-            if source in self.candidates:
-                return self.candidates[source]
-        return None
+        ordered = self._ordered()
+        return ordered[0] if ordered else None
+
+    def _ordered(self) -> list[tuple[str, int]]:
+        # sorted() is stable: custom sources keep their insertion order among themselves.
+        return [self.candidates[s] for s in sorted(self.candidates, key=_rank)]
 
     def next_address(self) -> tuple[str, int] | None:
         """The candidate to dial now: successive attempts cycle through the sources."""
-        ordered = [self.candidates[s] for s in SOURCES if s in self.candidates]
-        unique = list(dict.fromkeys(ordered))
+        unique = list(dict.fromkeys(self._ordered()))
         return unique[self.attempt % len(unique)] if unique else None
 
     def current_status(self) -> str:
@@ -113,7 +121,6 @@ class Registry:
         """Record a candidate address; returns whether it is new for that source.
         Candidates are kept per source, so an address learned from discovery never
         replaces the manual one or the live link's."""
-        assert source in SOURCES
         with self._cond:
             candidates = self._entry(peer).candidates
             changed = candidates.get(source) != address

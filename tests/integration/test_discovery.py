@@ -255,3 +255,35 @@ def test_a_node_that_vanishes_is_offline_within_3_intervals(make_node, tmp_path)
     finally:
         proc.send_signal(signal.SIGCONT)
         agent.stop()
+
+
+class _Bluetooth:
+    """A custom discovery source: the extension point is open to any name."""
+
+    source = "bluetooth"
+
+    def __init__(self) -> None:
+        self.host = None
+
+    def start(self, host) -> None:
+        self.host = host
+
+    def announce(self) -> None:
+        pass
+
+    def stop(self, timeout_s: float) -> None:
+        self.host = None
+
+
+def test_a_custom_discovery_source_gets_its_paired_peer_dialled(make_node):
+    """It used to die on `assert source in SOURCES` at its first hint (and under
+    python -O the candidate was silently never dialled)."""
+    custom = _Bluetooth()
+    a, b = make_node("a", discovery=[custom]), make_node("b")
+    a.pair(b.id)
+    b.pair(a.id)
+    b.expose("echo", lambda peer, args: args)
+    custom.host.peer_seen(b.id, ("127.0.0.1", b.port), source="bluetooth", ttl_s=None)
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert a.call(b.id, "echo", "found by bluetooth") == "found by bluetooth"
+    assert a.list_peers()[0].address == ("127.0.0.1", b.port)
