@@ -19,8 +19,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import queue
-import random
 import threading
 import time
 from concurrent.futures import Future
@@ -28,23 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ._proto.backoff import Backoff
-from ._proto.messages import (
-    BUSY,
-    HANDLER_ERROR,
-    Bulk,
-    Call,
-    Error,
-    Reply,
-    Send,
-    encode_for_link,
-    encode_message,
-)
-from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials, Session
+from ._proto.messages import Bulk, Call, Send, encode_for_link
+from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
 from ._addresses import AddressBook
 from ._fs import ensure_private_dir
 from .errors import (
     CallTimeout,
-    EncodeError,
     MessageTooLarge,
     NodeClosed,
     NotPaired,
@@ -60,8 +47,9 @@ from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
 from ._io.hints import Hints
 from ._io.link import Link
-from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, normalize_ip
-from ._io.scheduler import JOB_OVERHEAD_BYTES, Scheduler
+from ._io.mesh import Mesh, MeshSettings
+from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor
+from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
 from ._io.timers import Timers
@@ -71,20 +59,6 @@ __all__ = ["Node", "default_data_dir"]
 log = logging.getLogger(__name__)
 
 PeerLike = PeerId | str | bytes
-#: How long a handler may run on a link's reading thread before reading moves to a new
-#: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
-_INLINE_BUDGET_S = 0.02
-#: Retiring links a peer may hold (see link_established) before older ones are forced.
-_MAX_RETIRING_LINKS = 1
-#: How long a reader waits for room in a peer's full send queue before dropping.
-_SEND_ROOM_WAIT_S = 0.5
-#: An unpaired key that knocks is logged at WARNING at most this often.
-_REFUSAL_WARNING_EVERY_S = 60.0
-_REFUSAL_WARNINGS_TRACKED = 256
-#: The bye reason of a node shutting down (see link_closed).
-_NODE_CLOSING = "node closing"
-#: How soon a change to the address book is written (changes in between coalesce).
-_ADDRESS_SAVE_DELAY_S = 1.0
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 
@@ -196,15 +170,23 @@ class Node:
         self.heartbeat_timeout = _positive("heartbeat_timeout", heartbeat_timeout)
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
-        self._backoff = Backoff(base_s=_positive("reconnect_initial", reconnect_initial),
-                                cap_s=_positive("reconnect_max", reconnect_max))
-        self._observers: list[Callable[[PeerEvent], None]] = []
-        self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
-        self._events_thread: threading.Thread | None = None
-        self._status_lock = threading.Lock()
-        self._refusals_warned: dict[PeerId, float] = {}
-        self._inline_lock = threading.Lock()
-        self._inline_watch = False
+        mesh_settings = MeshSettings(
+            call_timeout_s=self.call_timeout,
+            handshake_timeout_s=self.handshake_timeout,
+            io_timeout_s=self.io_timeout,
+            max_message_size=self.max_message_size,
+            heartbeat_interval_s=self.heartbeat_interval,
+            heartbeat_timeout_s=self.heartbeat_timeout,
+            backoff=Backoff(base_s=_positive("reconnect_initial", reconnect_initial),
+                            cap_s=_positive("reconnect_max", reconnect_max)),
+        )
+        limits = dict(max_workers=_count("handler_workers", handler_workers),
+                      max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
+                      max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer))
+        preauth = dict(max_preauth=_count("max_preauth", max_preauth),
+                       max_preauth_per_ip=_count("max_preauth_per_ip", max_preauth_per_ip))
+        if network_monitor is True:
+            poll_s = _positive("network_poll_interval", network_poll_interval)
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
@@ -216,45 +198,34 @@ class Node:
         self._close_lock = threading.Lock()
         try:
             self._identity = load_or_create(self._data_dir)
-            self._credentials = LocalCredentials.from_identity(self._identity)
             self.trust = TrustStore.load(self._data_dir)
-            self._addresses = AddressBook.load(self._data_dir)
-            self._addresses.keep_only({t.peer_id for t in self.trust.list()})
-            self._address_save_pending = False
+            addresses = AddressBook.load(self._data_dir)
+            addresses.keep_only({t.peer_id for t in self.trust.list()})
             self._handlers = HandlerTable()
-            self._links: set[Link] = set()
-            self._links_lock = threading.Lock()
-            self._sched = Scheduler(
-                max_workers=_count("handler_workers", handler_workers),
-                max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
-                max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer),
-                max_queued_bytes_per_peer=4 * self.max_message_size,
-                is_trusted=self.trust.is_trusted,
-            )
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
-            for pid, remembered in self._addresses.items():
-                self._registry.remember(pid, remembered.address, remembered.last_seen)
+            self._mesh = Mesh(
+                credentials=LocalCredentials.from_identity(self._identity),
+                is_trusted=self.trust.is_trusted, settings=mesh_settings,
+                dispatch=self._handlers.dispatch, timers=self._timers,
+                registry=self._registry, addresses=addresses,
+                scheduler=Scheduler(**limits, is_trusted=self.trust.is_trusted,
+                                    max_queued_bytes_per_peer=4 * self.max_message_size),
+            )
             self._hints = Hints(own_id=self._identity.peer_id, registry=self._registry,
                                 timers=self._timers, is_trusted=self.trust.is_trusted,
-                                dial=self._dial_hinted)
-            self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+                                dial=self._mesh.dial_hinted)
             self._netmon: NetworkMonitor | None = None
             if network_monitor is True:
-                self._netmon = PollingMonitor(_positive("network_poll_interval",
-                                                        network_poll_interval))
+                self._netmon = PollingMonitor(poll_s)
             elif network_monitor is not False:
                 self._netmon = network_monitor
             if self._netmon is not None:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
-            listener = open_listener(host, port)
             self._host = host
-            self._acceptor = Acceptor(
-                listener, self._on_accept,
-                max_preauth=_count("max_preauth", max_preauth),
-                max_preauth_per_ip=_count("max_preauth_per_ip", max_preauth_per_ip),
-            )
+            self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept, **preauth)
+            self._mesh.listening(self._acceptor)
             self._manual = ManualDiscovery()
             self._discoveries: list[Discovery] = []
             host_view = _DiscoveryHost(self)
@@ -262,9 +233,7 @@ class Node:
                 source.start(host_view)
                 self._discoveries.append(source)
             if redial_remembered:
-                for pid, remembered in self._addresses.items():
-                    if remembered.address is not None:
-                        self._dial(pid)
+                self._mesh.redial_remembered()
         except BaseException:
             self._closed = True
             self._shutdown_partial()
@@ -319,7 +288,7 @@ class Node:
         """Stop trusting ``peer_id`` and close its live links at once."""
         pid = PeerId.parse(peer_id)
         removed = self.trust.unpair(pid)
-        self._drop_peer(pid)  # also when it was not paired: a stale link must not live on
+        self._mesh.drop_peer(pid)  # also when it was not paired: a stale link must not live on
         return removed
 
     def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
@@ -371,19 +340,8 @@ class Node:
         callback quick. Returns a function that unsubscribes.
         """
         self._check_open()
-        with self._close_lock:
-            self._observers.append(callback)
-            if self._events_thread is None:
-                self._events_thread = threading.Thread(
-                    target=self._deliver_events, name="peernet-events", daemon=True)
-                self._events_thread.start()
-
-        def unsubscribe() -> None:
-            with self._close_lock:
-                if callback in self._observers:
-                    self._observers.remove(callback)
-
-        return unsubscribe
+        return self._mesh.subscribe(
+            lambda e: callback(PeerEvent(id=e[0], status=e[1], previous=e[2], at=e[3])))
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -473,7 +431,7 @@ class Node:
         deadline = time.monotonic() + timeout
         if self._registry.active_link(pid) is not None:
             return True
-        self._dial(pid)
+        self._mesh.dial(pid)
         return self._registry.wait_for_link(pid, deadline, give_up_when_idle=False) is not None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -566,334 +524,24 @@ class Node:
         if link is not None:
             return link
         self._require_paired(pid)
-        self._dial(pid)
-        entry = self._registry.get(pid)
-        # No address yet, but discovery is on: it may find one before the deadline.
-        searching = len(self._discoveries) > 1 and (entry is None or entry.address is None)
-        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
-        if link is not None:
-            return link
-        self._check_open()
-        entry = self._registry.get(pid)
-        if entry is None or entry.address is None:
-            raise PeerUnavailable(
-                f"no live link to {pid.short} and no known address; "
-                f"use node.connect(peer, host, port) first"
-            )
-        why = f" ({entry.last_error})" if entry.last_error else ""
-        raise PeerUnavailable(
-            f"could not reach {pid.short} at {entry.address[0]}:{entry.address[1]}{why}"
-        )
-
-    def _serve_call(self, link: Link, call: Call) -> None:
-        peer = link.peer_id
-        assert peer is not None
-        outcome = self._handlers.dispatch(peer, call.name, call.args)
-        if outcome.error is None:
-            try:
-                payload = encode_for_link(Reply(call.request_id, outcome.value))
-                self._check_size(payload)
-            except (EncodeError, MessageTooLarge) as exc:
-                log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
-                payload = encode_message(Error(call.request_id, HANDLER_ERROR, type(exc).__name__))
-        else:
-            payload = encode_message(Error(call.request_id, outcome.error, outcome.detail))
-        link.answer(payload)
-
-    def _serve_send(self, peer: PeerId, send: Send) -> None:
-        outcome = self._handlers.dispatch(peer, send.name, send.args)
-        if outcome.error is not None:
-            log.debug("send %r from %s: %s", send.name, peer.short, outcome.error)
-
-    # -- internals: links (called from link threads) ---------------------------------------------
-
-    def _new_session(self, *, initiator: bool, expected: PeerId | None = None) -> Session:
-        return Session(
-            self._credentials,
-            initiator=initiator,
-            is_trusted=self.trust.is_trusted,
-            expected_peer=expected,
-            listen_port=self.port,
-            max_message_size=self.max_message_size,
-        )
-
-    def _new_link(self, session: Session, address: tuple[str, int], sock=None) -> Link:
-        link = Link(self, session, sock=sock, address=address,
-                    handshake_timeout_s=self.handshake_timeout, io_timeout_s=self.io_timeout)
-        with self._links_lock:
-            self._links.add(link)
-        return link
-
-    def _dial(self, pid: PeerId) -> None:
-        if self._closed:
-            return
-        link = self._registry.begin_dial(
-            pid, lambda address: self._new_link(self._new_session(initiator=True, expected=pid), address)
-        )
-        if link is not None:
-            link.start()
-            self._report_status()
-
-    def _dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
-        """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
-        address; a repeated hint waits for the reconnect backoff (a rate limit)."""
-        if source == "manual":
-            self._dial(pid)
-        else:
-            self._schedule_redial(pid, restart=changed)
-
-    def _on_accept(self, sock, address: tuple[str, int]) -> None:
-        if self._closed:
-            sock.close()
-            self._acceptor.release(address[0])
-            return
-        self._registry.inbound_started()  # ended by link_handshake_over
-        self._new_link(self._new_session(initiator=False), address, sock).start()
-
-    def link_handshake_over(self, link: Link) -> None:
-        """The handshake ended, and the link is registered if it succeeded."""
-        if not link.outbound:
-            self._acceptor.release(link.address[0])
-            self._registry.inbound_over()
-            refused = link.session.refused_peer
-            if refused is not None:
-                self._warn_refused(refused, link.address)
-
-    def _warn_refused(self, peer: PeerId, address: tuple[str, int]) -> None:
-        """One-sided pairing is the commonest first mistake: say which key knocked and
-        how to let it in, once a minute per key (keys are free, so the table is bounded)."""
-        now = time.monotonic()
-        with self._status_lock:
-            last = self._refusals_warned.pop(peer, None)
-            if last is not None and now - last < _REFUSAL_WARNING_EVERY_S:
-                self._refusals_warned[peer] = last
-                return
-            self._refusals_warned[peer] = now
-            while len(self._refusals_warned) > _REFUSAL_WARNINGS_TRACKED:
-                self._refusals_warned.pop(next(iter(self._refusals_warned)))
-        log.warning("refused a connection from %s (port %d): %s is not paired with this "
-                    "node. If you trust it, pair it: `peernet pair %s` or node.pair(%r)",
-                    address[0], address[1], peer.short, peer, str(peer))
-
-    def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
-        """Register an authenticated link. Runs under the link's write lock (before the
-        responder's READY goes out), so it only decides: returns None to refuse the
-        link, else the links the link must retire once the lock is released, each with
-        whether to force it."""
-        peer = link.peer_id
-        assert peer is not None
-        if self._closed or not self.trust.is_trusted(peer):
-            return None
-        if not link.outbound and link.session.peer_listen_port:
-            self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
-                                       "inbound")
-        loser = self._registry.add_link(link)
-        if link.outbound:  # an address we dialled and that proved to be the peer
-            self._addresses.reached(peer, link.address, time.time())
-            self._schedule_address_save()
-        retire: list[tuple[Link, bool]] = []
-        if loser is not None:
-            log.debug("two links to %s; retiring %r", peer.short, loser)
-            retire.append((loser, False))
-            self._timers.call_later(self.call_timeout + 1.0, lambda: loser.close("superseded"))
-            # An honest peer has at most one link retiring (a simultaneous dial, a
-            # reconnect); one that keeps opening links loses the older ones as soon as
-            # their calls are answered, so it cannot pile up threads and descriptors.
-            for extra in self._registry.excess_retiring(peer, keep=_MAX_RETIRING_LINKS):
-                retire.append((extra, True))
-        log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
-        self._report_status()
-        return retire
-
-    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
-                     payload: bytes) -> None:
-        """Run a peer's call or send here on the reader (``inline``, when the scheduler
-        has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
-        (decoded when it runs), so what it is charged is what it holds."""
-        peer = link.peer_id
-        assert peer is not None
-        cost = len(payload) + JOB_OVERHEAD_BYTES
-        if type(message) is Call:
-            if inline and self._sched.claim_call(peer):
-                try:
-                    link.run_inline(lambda: self._serve_call(link, message))  # type: ignore[arg-type]
-                finally:
-                    self._sched.release_call(peer)
-                return
-            rid = message.request_id
-            if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
-                                           cost=cost):
-                link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer):
-            # None of the peer's sends is queued or running: this one can run here,
-            # in order; any that arrive meanwhile queue behind it.
-            try:
-                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
-            finally:
-                self._sched.release_send(peer)
-        elif not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
-                                         cost=cost, wait_s=_SEND_ROOM_WAIT_S):
-            log.debug("dropped a send from %s: its queue is full", peer.short)
-
-    def _serve_queued(self, link: Link, payload: bytes) -> None:
-        """Run a queued call or send: decode it again (it was checked on arrival)."""
-        assert link.channel is not None and link.peer_id is not None
-        message = link.channel.decode(payload)
-        if type(message) is Call:
-            self._serve_call(link, message)
-        else:
-            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
-
-    def watch_inline(self) -> None:
-        """A reader started a handler: make sure someone checks it does not stall."""
-        if self._inline_watch:  # the usual case; re-checked under the lock below
-            return
-        with self._inline_lock:
-            if self._inline_watch:
-                return
-            self._inline_watch = True
-        self._timers.call_later(_INLINE_BUDGET_S, self._check_inline)
-
-    def _check_inline(self) -> None:
-        """On the timer thread: hand reading over from readers stuck in a handler."""
-        now = time.monotonic()
-        with self._links_lock:
-            links = list(self._links)
-        with self._inline_lock:
-            busy = False
-            for link in links:
-                since = link.inline_since
-                if since is not None:
-                    busy = True
-                    if now - since >= _INLINE_BUDGET_S:
-                        link.take_over_reading()
-            self._inline_watch = busy and not self._closed
-            if self._inline_watch:
-                self._timers.call_later(_INLINE_BUDGET_S, self._check_inline)
-
-    def link_retired(self, link: Link) -> None:
-        self._registry.retire(link)
-
-    def link_closed(self, link: Link) -> None:
-        self._registry.drop_link(link)
-        self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
-        with self._links_lock:
-            self._links.discard(link)
-        if link.established and link.peer_id is not None:
-            log.info("link with %s closed: %s", link.peer_id.short, link.close_reason)
-            if self.trust.is_trusted(link.peer_id):
-                self._addresses.seen(link.peer_id,
-                                     time.time() - (time.monotonic() - link.last_received))
-                self._schedule_address_save()
-            if not link.outbound and link.bye_reason == _NODE_CLOSING:
-                # It shut down and will dial us when it is back; the port it listened
-                # on may have been a one-off (a CLI call), so do not redial it.
-                self._registry.remove_address(link.peer_id, "inbound")
-        # Whatever ended -- a live link, or a dial that failed at any stage -- try again
-        # later if the peer is still paired, has an address and has no other link.
-        if link.target is not None and not self._closed:
-            self._schedule_redial(link.target)
-        self._report_status()
+        try:
+            # No address yet, but discovery is on: it may find one before the deadline.
+            return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1)
+        except PeerUnavailable:
+            self._check_open()
+            raise
 
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
         if event == "unpaired":
-            self._drop_peer(peer)
+            self._mesh.drop_peer(peer)
             self._hints.forget(peer)
         elif event == "paired":
             self._hints.paired(peer)  # a nearby node just picked: dial it now
 
-    def _drop_peer(self, peer: PeerId) -> None:
-        self._registry.forget(peer)
-        self._addresses.forget(peer)
-        self._schedule_address_save()
-        # Every link is in self._links, including handshakes past message 2 and retiring
-        # duplicates; inbound handshakes not yet at message 3 meet the live trust check.
-        with self._links_lock:
-            links = [link for link in self._links if link.target == peer]
-        for link in links:
-            link.close("unpaired", bye=True)
-
-    def _schedule_address_save(self) -> None:
-        """Save the address book soon, on the timer thread: a burst of link events costs
-        one write, and no link thread waits for the disk."""
-        with self._status_lock:
-            if self._address_save_pending or self._closed:
-                return
-            self._address_save_pending = True
-        self._timers.call_later(_ADDRESS_SAVE_DELAY_S, self._save_addresses)
-
-    def _save_addresses(self) -> None:
-        with self._status_lock:
-            self._address_save_pending = False
-        self._addresses.save()
-
-    # -- internals: liveness, reconnects and events -------------------------------------
-
-    def _heartbeat_period(self) -> float:
-        return max(0.02, min(self.heartbeat_interval, self.heartbeat_timeout) / 4)
-
-    def _heartbeat_tick(self) -> None:
-        """On the timer thread: ping links that are due, end links that went silent."""
-        if self._closed:
-            return
-        try:
-            now = time.monotonic()
-            with self._links_lock:
-                links = [link for link in self._links if link.established and not link.closed]
-            for link in links:
-                silent_s = now - link.last_received
-                if silent_s > self.heartbeat_timeout:
-                    log.warning("no traffic from %s for %.1f s; declaring the link dead",
-                                link.peer_id.short if link.peer_id else "?", silent_s)
-                    link.close("heartbeat timeout")
-                elif now - link.last_ping >= self.heartbeat_interval:
-                    link.ping_nowait()
-        finally:  # one bad tick must not end liveness for the node
-            self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
-
-    def _schedule_redial(self, pid: PeerId, *, restart: bool = False) -> None:
-        """Dial ``pid`` again after its backoff delay (``restart``: now, backoff reset)."""
-        if self._closed or not self.trust.is_trusted(pid):
-            return
-
-        def delay_s(attempt: int) -> float:
-            return 0.0 if restart else self._backoff.delay(attempt, random.random())
-
-        self._registry.schedule_redial(pid, delay_s, self._dial, restart=restart)
-
     def _on_network_change(self, change: NetworkChange) -> None:
-        """Close only the links whose local address vanished; redial offline peers now."""
-        log.info("network changed: +%s -%s", sorted(change.added), sorted(change.removed))
-        with self._links_lock:
-            links = list(self._links)
-        for link in links:
-            local = link.local_ip
-            if local is not None and normalize_ip(local) in change.removed:
-                link.close("local address vanished")
-        for entry in self._registry.entries():
-            self._schedule_redial(entry.peer_id, restart=True)
+        self._mesh.on_network_change(change)
         for source in self._discoveries:
             source.announce()  # peers learn our new address now, not an interval later
-
-    def _report_status(self) -> None:
-        with self._status_lock:  # so events from different threads queue in order
-            changes = self._registry.status_changes()
-            if not changes or not self._observers:
-                return
-            at = time.time()
-            for pid, old, new in changes:
-                self._events.put(PeerEvent(pid, new, old, at))
-
-    def _deliver_events(self) -> None:
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            for callback in list(self._observers):
-                try:
-                    callback(event)
-                except Exception:  # noqa: BLE001 -- an observer must not stop the others
-                    log.exception("on_peer_change callback failed")
 
     def _shutdown_partial(self) -> None:
         """Stop whatever was started, in order; works on a half-built node too."""
@@ -910,36 +558,17 @@ class Node:
         acceptor = getattr(self, "_acceptor", None)
         if acceptor is not None:
             acceptor.close(left())
-        links: Iterable[Link] = ()
-        if hasattr(self, "_links"):
-            with self._links_lock:
-                links = list(self._links)
-        for link in links:
-            link.close(_NODE_CLOSING, bye=True)
-        me = threading.current_thread()
-        for link in links:
-            for thread in list(link.threads):
-                if thread is not me and thread.ident is not None:
-                    thread.join(left())
-        if hasattr(self, "_registry"):
-            self._registry.notify()  # wake callers waiting for a link
-        sched = getattr(self, "_sched", None)
-        if sched is not None:
-            sched.close(left())
+        mesh = getattr(self, "_mesh", None)
+        if mesh is not None:
+            mesh.close(left)  # byes, link threads, then the handler workers
         timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())
         netmon = getattr(self, "_netmon", None)
         if netmon is not None:
             netmon.stop(left())
-        addresses = getattr(self, "_addresses", None)
-        if addresses is not None:
-            addresses.save()  # what the last links taught us, before the lock goes
-        events_thread = getattr(self, "_events_thread", None)
-        if events_thread is not None:
-            self._events.put(None)
-            if events_thread is not me:
-                events_thread.join(left())
+        if mesh is not None:
+            mesh.finish(left)
         self._dir_lock.release()
 
 

@@ -40,7 +40,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._proto.channel import (
-    SUPERSEDED,
     Answered,
     CallIn,
     Channel,

@@ -1,7 +1,9 @@
-"""The peer registry: per peer, its live link, its address, and any dial in progress.
+"""The peer registry: every link of a node, and per peer its live link, its addresses
+and any dial in progress. It is the one table of links: each link is tracked from its
+creation (inbound handshakes included) until it closes.
 
-One lock guards it, and it is never held across I/O: creating a Link object is cheap
-and starts nothing; threads are started by the caller after the lock is released.
+One lock guards it; it is never held across I/O and runs no callback. A dial is
+reserved (``begin_dial``) and the caller then builds and registers the link.
 Readers on the hot path (``active_link``) take no lock at all.
 
 **One link per peer.** When a second authenticated link to the same peer appears (both
@@ -37,11 +39,20 @@ def _rank(source: str) -> float:
     return _RANK.get(source, _CUSTOM_RANK)
 
 
+class _DialReserved:
+    """``PeerEntry.dialing`` between ``begin_dial`` and ``dial_started``."""
+
+    closed = False
+
+
+DIAL_RESERVED = _DialReserved()
+
+
 @dataclass
 class PeerEntry:
     peer_id: PeerId
     link: Link | None = None
-    dialing: Link | None = None
+    dialing: Link | _DialReserved | None = None
     #: Candidate addresses by where they came from: "manual" (connect), "udp" and
     #: "mdns" (discovery), "inbound" (source IP + the listening port the peer told us
     #: in its handshake), "remembered" (the last good address from a previous run).
@@ -86,6 +97,7 @@ class Registry:
         self._own_id = own_id
         self._timers = timers
         self._peers: dict[PeerId, PeerEntry] = {}
+        self._links: set[Link] = set()  # every link, from creation until it closed
         self._cond = threading.Condition(threading.Lock())
         #: Inbound connections still in their handshake: any of them may turn out to
         #: be the peer a caller is waiting for.
@@ -144,8 +156,18 @@ class Registry:
             if entry is not None:
                 entry.candidates.pop(source, None)
 
-    def begin_dial(self, peer: PeerId, make_link: Callable[[tuple[str, int]], Link]) -> Link | None:
-        """Create (not start) an outbound link unless one is live or being dialled."""
+    def track(self, link: Link) -> None:
+        """A link was created (dialled or accepted): it is in the table until it closes."""
+        with self._cond:
+            self._links.add(link)
+
+    def all_links(self) -> list[Link]:
+        with self._cond:
+            return list(self._links)
+
+    def begin_dial(self, peer: PeerId) -> tuple[str, int] | None:
+        """Reserve a dial to ``peer`` and return the address to dial, unless it has a live
+        link, a dial in progress or no address. Follow with :meth:`dial_started`."""
         with self._cond:
             entry = self._entry(peer)
             address = entry.next_address()
@@ -153,9 +175,20 @@ class Registry:
                 return None
             if entry.link is not None and not entry.link.closed:
                 return None
-            entry.dialing = make_link(address)
+            entry.dialing = DIAL_RESERVED
             entry.last_error = None
-            return entry.dialing
+            return address
+
+    def dial_started(self, peer: PeerId, link: Link) -> bool:
+        """The reserved dial's link exists (not started). False if the reservation is
+        gone meanwhile (the peer was forgotten): do not start it."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            if entry is None or entry.dialing is not DIAL_RESERVED:
+                return False
+            entry.dialing = link
+            self._links.add(link)
+            return True
 
     def add_link(self, link: Link) -> Link | None:
         """Register an authenticated link. Returns the link to retire, if any."""
@@ -197,6 +230,7 @@ class Registry:
         """``link`` closed (or its dial failed)."""
         peer = link.target
         with self._cond:
+            self._links.discard(link)
             entry = self._peers.get(peer) if peer is not None else None
             if entry is not None:
                 if entry.dialing is link:
@@ -232,15 +266,13 @@ class Registry:
                 self._cond.wait(remaining)
 
     def links_of(self, peer: PeerId) -> list[Link]:
+        """``peer``'s live, dialling and retiring links."""
         with self._cond:
-            return self._links_of_locked(peer)
-
-    def _links_of_locked(self, peer: PeerId) -> list[Link]:
-        entry = self._peers.get(peer)
-        if entry is None:
-            return []
-        links = [entry.link, entry.dialing, *entry.retiring]
-        return [link for link in links if link is not None]
+            entry = self._peers.get(peer)
+            if entry is None:
+                return []
+            links = [entry.link, entry.dialing, *entry.retiring]
+            return [link for link in links if isinstance(link, Link)]
 
     def forget(self, peer: PeerId) -> None:
         """Drop everything known about ``peer`` (the caller closes its links)."""

@@ -170,14 +170,14 @@ def test_a_call_waits_for_an_inbound_handshake_instead_of_failing(make_node):
     b.pair(a.id)
     b.expose("echo", lambda peer, args: args)
     in_handshake = threading.Event()
-    register = a.link_established
+    register = a._mesh.link_established
 
     def slow_register(link):  # message 3 checked out; registration is slow today
         in_handshake.set()
         time.sleep(0.3)  # widen the window the race lives in (not a wait for a condition)
         return register(link)
 
-    a.link_established = slow_register
+    a._mesh.link_established = slow_register
     b.connect(a.id, "127.0.0.1", a.port)
     assert in_handshake.wait(5)
     assert a.call(b.id, "echo", "through", timeout=5) == "through"

@@ -214,7 +214,7 @@ def test_busy_when_a_peer_exceeds_its_concurrent_call_cap(make_node):
     release = threading.Event()
     b.expose("stall", lambda peer, args: release.wait(5))
     stalled = [a.call_async(b.id, "stall") for _ in range(2)]
-    assert wait_until(lambda: b._sched.calls_in_progress(a.id) == 2)
+    assert wait_until(lambda: b._mesh._sched.calls_in_progress(a.id) == 2)
     with pytest.raises(peernet.Busy):
         a.call(b.id, "stall")
     release.set()
@@ -276,7 +276,7 @@ def test_a_slow_handler_delays_neither_calls_nor_pongs(pair_of_nodes):
     b.expose("slow", lambda peer, args: release.wait(10))
     b.expose("echo", lambda peer, args: args)
     slow = a.call_async(b.id, "slow", timeout=10)
-    assert wait_until(lambda: b._sched.calls_in_progress(a.id) == 1)
+    assert wait_until(lambda: b._mesh._sched.calls_in_progress(a.id) == 1)
     t0 = time.monotonic()
     assert a.call(b.id, "echo", 1) == 1
     link = a._registry.active_link(b.id)
@@ -579,7 +579,7 @@ def test_pending_calls_fail_fast_when_the_link_drops(pair_of_nodes):
     release = threading.Event()
     b.expose("stall", lambda peer, args: release.wait(5))
     fut = a.call_async(b.id, "stall", timeout=30)
-    assert wait_until(lambda: b._sched.calls_in_progress(a.id) == 1)
+    assert wait_until(lambda: b._mesh._sched.calls_in_progress(a.id) == 1)
     t0 = time.monotonic()
     a._registry.active_link(b.id).close("test drops the link")
     with pytest.raises(peernet.ConnectionLost):

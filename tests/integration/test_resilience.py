@@ -142,13 +142,13 @@ def test_simultaneous_reconnects_converge_without_a_storm(make_node):
     a.connect(b.id, "127.0.0.1", b.port)
     b.connect(a.id, "127.0.0.1", a.port)
     dials = {"n": 0}
-    original = a._dial
+    original = a._mesh.dial
 
     def counting_dial(pid):
         dials["n"] += 1
         original(pid)
 
-    a._dial = counting_dial
+    a._mesh.dial = counting_dial
     for attempt in range(50):
         assert wait_until(lambda: a._registry.active_link(b.id) and b._registry.active_link(a.id))
         a._registry.active_link(b.id).close("drop")  # both sides now reconnect at once

@@ -138,7 +138,7 @@ def main() -> None:
         node.expose("slow", handlers.slow)
         # Start every handler worker now, so that the thread count an attack starts
         # from is the node's steady state (workers otherwise start on demand).
-        node._sched.start_workers()
+        node._mesh._sched.start_workers()
         print("READY " + json.dumps({"id": str(node.id), "port": node.port,
                                      "pid": os.getpid()}), flush=True)
         futures: dict[int, object] = {}
@@ -151,8 +151,7 @@ def main() -> None:
                 elif op == "peers":
                     result = {str(p.id): p.status for p in node.list_peers()}
                 elif op == "links":  # every link object the node holds, by peer
-                    with node._links_lock:
-                        links = list(node._links)
+                    links = node._registry.all_links()
                     result = [{"peer": str(link.peer_id) if link.peer_id else None,
                                "target": str(link.target) if link.target else None,
                                "established": link.established, "closed": link.closed,

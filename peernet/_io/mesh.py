@@ -1,0 +1,506 @@
+"""The mesh: every link of one node, and what keeps them up.
+
+``Node`` is the user's object; the mesh is what its links report to (the
+:class:`~peernet._io.link.LinkOwner` callbacks) and what it asks for a link to a peer.
+It dials and accepts, keeps one link per peer (retiring duplicates), serves the calls
+and sends links bring (through the one :class:`~peernet._io.scheduler.Scheduler`),
+heartbeats, redials with backoff, reacts to network changes, remembers good
+addresses, and reports status changes to observers. It never imports the public
+layer: it is given the node's credentials, a trust check, settings and the handler
+table's ``dispatch`` as plain values and callables.
+
+Locks: the registry's (the one table of links), each link's write and state locks,
+the scheduler's, and ``_status_lock`` (status events in order, small tables). None is
+held while another component's callback runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .._proto.backoff import Backoff
+from .._proto.messages import (
+    BUSY,
+    HANDLER_ERROR,
+    Bulk,
+    Call,
+    Error,
+    Reply,
+    Send,
+    encode_for_link,
+    encode_message,
+)
+from .._proto.session import LocalCredentials, Session
+from .._addresses import AddressBook
+from ..errors import EncodeError, MessageTooLarge, PeerUnavailable
+from ..ids import PeerId
+from .link import Link
+from .netmon import NetworkChange, normalize_ip
+from .registry import Registry
+from .scheduler import JOB_OVERHEAD_BYTES, Scheduler
+from .timers import Timers
+
+__all__ = ["Mesh", "MeshSettings", "NODE_CLOSING", "PeerEvent"]
+
+log = logging.getLogger(__name__)
+
+#: How long a handler may run on a link's reading thread before reading moves to a new
+#: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+INLINE_BUDGET_S = 0.02
+#: Retiring links a peer may hold (see link_established) before older ones are forced.
+_MAX_RETIRING_LINKS = 1
+#: How long a reader waits for room in a peer's full send queue before dropping.
+_SEND_ROOM_WAIT_S = 0.5
+#: An unpaired key that knocks is logged at WARNING at most this often.
+_REFUSAL_WARNING_EVERY_S = 60.0
+_REFUSAL_WARNINGS_TRACKED = 256
+#: The bye reason of a node shutting down (see link_closed).
+NODE_CLOSING = "node closing"
+#: How soon a change to the address book is written (changes in between coalesce).
+_ADDRESS_SAVE_DELAY_S = 1.0
+
+#: What ``dispatch(peer, name, args)`` returns: ``.value``, or ``.error`` + ``.detail``.
+Dispatch = Callable[[PeerId, str, Any], Any]
+#: (peer, new status, previous status, unix time)
+PeerEvent = tuple[PeerId, str, str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    call_timeout_s: float
+    handshake_timeout_s: float
+    io_timeout_s: float
+    max_message_size: int
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    backoff: Backoff
+
+
+class Mesh:
+    """Every link of one node. Built by ``Node``; see the module docstring."""
+
+    def __init__(self, *, credentials: LocalCredentials, is_trusted: Callable[[PeerId], bool],
+                 settings: MeshSettings, dispatch: Dispatch, scheduler: Scheduler,
+                 timers: Timers, registry: Registry, addresses: AddressBook) -> None:
+        self._credentials = credentials
+        self._is_trusted = is_trusted
+        self._settings = settings
+        self._dispatch = dispatch
+        self._sched = scheduler
+        self._timers = timers
+        self._registry = registry
+        self._addresses = addresses
+        self._acceptor: Any = None  # set by listening(); has .port and .release(ip)
+        self._closed = False
+        self._status_lock = threading.Lock()
+        self._refusals_warned: dict[PeerId, float] = {}
+        self._address_save_pending = False
+        self._inline_watch = False
+        self._inline_lock = threading.Lock()
+        self._observers: list[Callable[[PeerEvent], None]] = []
+        self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
+        self._events_thread: threading.Thread | None = None
+        for pid, remembered in addresses.items():
+            registry.remember(pid, remembered.address, remembered.last_seen)
+        timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+
+    def listening(self, acceptor: Any) -> None:
+        """The acceptor is up: its port is what handshakes advertise."""
+        self._acceptor = acceptor
+
+    @property
+    def port(self) -> int:
+        return self._acceptor.port if self._acceptor is not None else 0
+
+    # -- what the node asks ------------------------------------------------------------
+
+    def dial(self, pid: PeerId) -> None:
+        """Dial ``pid`` in the background unless it has a link or a dial in progress."""
+        if self._closed:
+            return
+        address = self._registry.begin_dial(pid)
+        if address is None:
+            return
+        link = self._new_link(self._new_session(initiator=True, expected=pid), address)
+        if self._registry.dial_started(pid, link):
+            link.start()
+            self._report_status()
+
+    def dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
+        """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
+        address; a repeated hint waits for the reconnect backoff (a rate limit)."""
+        if source == "manual":
+            self.dial(pid)
+        else:
+            self._schedule_redial(pid, restart=changed)
+
+    def redial_remembered(self) -> None:
+        for pid, remembered in self._addresses.items():
+            if remembered.address is not None:
+                self.dial(pid)
+
+    def link_for(self, pid: PeerId, deadline: float, *, searching: bool) -> Link:
+        """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
+        needed; PeerUnavailable if none came. ``searching``: discovery may still find an
+        address, so an idle wait is not an answer."""
+        link = self._registry.active_link(pid)
+        if link is not None:
+            return link
+        self.dial(pid)
+        entry = self._registry.get(pid)
+        searching = searching and (entry is None or entry.address is None)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
+        if link is not None:
+            return link
+        entry = self._registry.get(pid)
+        if entry is None or entry.address is None:
+            raise PeerUnavailable(
+                f"no live link to {pid.short} and no known address; "
+                f"use node.connect(peer, host, port) first"
+            )
+        why = f" ({entry.last_error})" if entry.last_error else ""
+        raise PeerUnavailable(
+            f"could not reach {pid.short} at {entry.address[0]}:{entry.address[1]}{why}"
+        )
+
+    def accept(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """The acceptor's hand-off of a new connection."""
+        if self._closed:
+            sock.close()
+            self._acceptor.release(address[0])
+            return
+        self._registry.inbound_started()  # ended by link_handshake_over
+        self._new_link(self._new_session(initiator=False), address, sock).start()
+
+    def drop_peer(self, peer: PeerId) -> None:
+        """``peer`` was unpaired: forget it and close its links at once."""
+        self._registry.forget(peer)
+        self._addresses.forget(peer)
+        self._schedule_address_save()
+        # The table has every link, including handshakes past message 2 and retiring
+        # duplicates; inbound handshakes not yet at message 3 meet the live trust check.
+        for link in self._registry.all_links():
+            if link.target == peer:
+                link.close("unpaired", bye=True)
+
+    def on_network_change(self, change: NetworkChange) -> None:
+        """Close only the links whose local address vanished; redial offline peers now."""
+        log.info("network changed: +%s -%s", sorted(change.added), sorted(change.removed))
+        for link in self._registry.all_links():
+            local = link.local_ip
+            if local is not None and normalize_ip(local) in change.removed:
+                link.close("local address vanished")
+        for entry in self._registry.entries():
+            self._schedule_redial(entry.peer_id, restart=True)
+
+    def subscribe(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        """Deliver status changes to ``callback`` on the ``peernet-events`` thread."""
+        with self._status_lock:
+            self._observers.append(callback)
+            if self._events_thread is None:
+                self._events_thread = threading.Thread(
+                    target=self._deliver_events, name="peernet-events", daemon=True)
+                self._events_thread.start()
+
+        def unsubscribe() -> None:
+            with self._status_lock:
+                if callback in self._observers:
+                    self._observers.remove(callback)
+
+        return unsubscribe
+
+    def close(self, left: Callable[[], float]) -> None:
+        """Say bye on every link, join every link thread, the scheduler and the events
+        thread, and save the address book (``left()``: seconds still allowed)."""
+        self._closed = True
+        links = self._registry.all_links()
+        for link in links:
+            link.close(NODE_CLOSING, bye=True)
+        me = threading.current_thread()
+        for link in links:
+            for thread in list(link.threads):
+                if thread is not me and thread.ident is not None:
+                    thread.join(left())
+        self._registry.notify()  # wake callers waiting for a link
+        self._sched.close(left())
+
+    def finish(self, left: Callable[[], float]) -> None:
+        """After the timer thread stopped: save the address book, end event delivery."""
+        self._addresses.save()  # what the last links taught us, before the lock goes
+        if self._events_thread is not None:
+            self._events.put(None)
+            if self._events_thread is not threading.current_thread():
+                self._events_thread.join(left())
+
+    # -- LinkOwner: what links report (from link threads) ------------------------------
+
+    def link_handshake_over(self, link: Link) -> None:
+        """The handshake ended, and the link is registered if it succeeded."""
+        if not link.outbound:
+            self._acceptor.release(link.address[0])
+            self._registry.inbound_over()
+            refused = link.session.refused_peer
+            if refused is not None:
+                self._warn_refused(refused, link.address)
+
+    def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
+        """Register an authenticated link. Runs under the link's write lock (before the
+        responder's READY goes out), so it only decides: returns None to refuse the
+        link, else the links the link must retire once the lock is released, each with
+        whether to force it."""
+        peer = link.peer_id
+        assert peer is not None
+        if self._closed or not self._is_trusted(peer):
+            return None
+        if not link.outbound and link.session.peer_listen_port:
+            self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
+                                       "inbound")
+        loser = self._registry.add_link(link)
+        if link.outbound:  # an address we dialled and that proved to be the peer
+            self._addresses.reached(peer, link.address, time.time())
+            self._schedule_address_save()
+        retire: list[tuple[Link, bool]] = []
+        if loser is not None:
+            log.debug("two links to %s; retiring %r", peer.short, loser)
+            retire.append((loser, False))
+            self._timers.call_later(self._settings.call_timeout_s + 1.0,
+                                    lambda: loser.close("superseded"))
+            # An honest peer has at most one link retiring (a simultaneous dial, a
+            # reconnect); one that keeps opening links loses the older ones as soon as
+            # their calls are answered, so it cannot pile up threads and descriptors.
+            for extra in self._registry.excess_retiring(peer, keep=_MAX_RETIRING_LINKS):
+                retire.append((extra, True))
+        log.info("link %s %s is up", "to" if link.outbound else "from", peer.short)
+        self._report_status()
+        return retire
+
+    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
+                     payload: bytes) -> None:
+        """Run a peer's call or send here on the reader (``inline``, when the scheduler
+        has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
+        (decoded when it runs), so what it is charged is what it holds."""
+        peer = link.peer_id
+        assert peer is not None
+        cost = len(payload) + JOB_OVERHEAD_BYTES
+        if type(message) is Call:
+            if inline and self._sched.claim_call(peer):
+                try:
+                    link.run_inline(lambda: self._serve_call(link, message))  # type: ignore[arg-type]
+                finally:
+                    self._sched.release_call(peer)
+                return
+            rid = message.request_id
+            if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
+                                           cost=cost):
+                link.answer(encode_message(Error(rid, BUSY, None)))
+        elif inline and self._sched.claim_send(peer):
+            # None of the peer's sends is queued or running: this one can run here,
+            # in order; any that arrive meanwhile queue behind it.
+            try:
+                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
+            finally:
+                self._sched.release_send(peer)
+        elif not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
+                                         cost=cost, wait_s=_SEND_ROOM_WAIT_S):
+            log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def watch_inline(self) -> None:
+        """A reader started a handler: make sure someone checks it does not stall."""
+        if self._inline_watch:  # the usual case; re-checked under the lock below
+            return
+        with self._inline_lock:
+            if self._inline_watch:
+                return
+            self._inline_watch = True
+        self._timers.call_later(INLINE_BUDGET_S, self._check_inline)
+
+    def link_retired(self, link: Link) -> None:
+        self._registry.retire(link)
+
+    def link_closed(self, link: Link) -> None:
+        self._registry.drop_link(link)
+        self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
+        if link.established and link.peer_id is not None:
+            log.info("link with %s closed: %s", link.peer_id.short, link.close_reason)
+            if self._is_trusted(link.peer_id):
+                self._addresses.seen(link.peer_id,
+                                     time.time() - (time.monotonic() - link.last_received))
+                self._schedule_address_save()
+            if not link.outbound and link.bye_reason == NODE_CLOSING:
+                # It shut down and will dial us when it is back; the port it listened
+                # on may have been a one-off (a CLI call), so do not redial it.
+                self._registry.remove_address(link.peer_id, "inbound")
+        # Whatever ended -- a live link, or a dial that failed at any stage -- try again
+        # later if the peer is still paired, has an address and has no other link.
+        if link.target is not None and not self._closed:
+            self._schedule_redial(link.target)
+        self._report_status()
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _serve_call(self, link: Link, call: Call) -> None:
+        peer = link.peer_id
+        assert peer is not None
+        outcome = self._dispatch(peer, call.name, call.args)
+        if outcome.error is None:
+            try:
+                payload = encode_for_link(Reply(call.request_id, outcome.value))
+                self._check_size(payload)
+            except (EncodeError, MessageTooLarge) as exc:
+                log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
+                payload = encode_message(Error(call.request_id, HANDLER_ERROR, type(exc).__name__))
+        else:
+            payload = encode_message(Error(call.request_id, outcome.error, outcome.detail))
+        link.answer(payload)
+
+    def _serve_send(self, peer: PeerId, send: Send) -> None:
+        outcome = self._dispatch(peer, send.name, send.args)
+        if outcome.error is not None:
+            log.debug("send %r from %s: %s", send.name, peer.short, outcome.error)
+
+    def _serve_queued(self, link: Link, payload: bytes) -> None:
+        """Run a queued call or send: decode it again (it was checked on arrival)."""
+        assert link.channel is not None and link.peer_id is not None
+        message = link.channel.decode(payload)
+        if type(message) is Call:
+            self._serve_call(link, message)
+        else:
+            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
+
+    def _check_size(self, payload: bytes | Bulk) -> None:
+        if len(payload) > self._settings.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds max_message_size "
+                f"({self._settings.max_message_size})")
+
+    # -- links -------------------------------------------------------------------------
+
+    def _new_session(self, *, initiator: bool, expected: PeerId | None = None) -> Session:
+        return Session(
+            self._credentials,
+            initiator=initiator,
+            is_trusted=self._is_trusted,
+            expected_peer=expected,
+            listen_port=self.port,
+            max_message_size=self._settings.max_message_size,
+        )
+
+    def _new_link(self, session: Session, address: tuple[str, int],
+                  sock: socket.socket | None = None) -> Link:
+        link = Link(self, session, sock=sock, address=address,
+                    handshake_timeout_s=self._settings.handshake_timeout_s,
+                    io_timeout_s=self._settings.io_timeout_s)
+        if sock is not None:  # a dial is tracked by dial_started
+            self._registry.track(link)
+        return link
+
+    def _warn_refused(self, peer: PeerId, address: tuple[str, int]) -> None:
+        """One-sided pairing is the commonest first mistake: say which key knocked and
+        how to let it in, once a minute per key (keys are free, so the table is bounded)."""
+        now = time.monotonic()
+        with self._status_lock:
+            last = self._refusals_warned.pop(peer, None)
+            if last is not None and now - last < _REFUSAL_WARNING_EVERY_S:
+                self._refusals_warned[peer] = last
+                return
+            self._refusals_warned[peer] = now
+            while len(self._refusals_warned) > _REFUSAL_WARNINGS_TRACKED:
+                self._refusals_warned.pop(next(iter(self._refusals_warned)))
+        log.warning("refused a connection from %s (port %d): %s is not paired with this "
+                    "node. If you trust it, pair it: `peernet pair %s` or node.pair(%r)",
+                    address[0], address[1], peer.short, peer, str(peer))
+
+    def _check_inline(self) -> None:
+        """On the timer thread: hand reading over from readers stuck in a handler."""
+        now = time.monotonic()
+        links = self._registry.all_links()
+        with self._inline_lock:
+            busy = False
+            for link in links:
+                since = link.inline_since
+                if since is not None:
+                    busy = True
+                    if now - since >= INLINE_BUDGET_S:
+                        link.take_over_reading()
+            self._inline_watch = busy and not self._closed
+            if self._inline_watch:
+                self._timers.call_later(INLINE_BUDGET_S, self._check_inline)
+
+    # -- liveness, reconnects, addresses, events ---------------------------------------
+
+    def _heartbeat_period(self) -> float:
+        s = self._settings
+        return max(0.02, min(s.heartbeat_interval_s, s.heartbeat_timeout_s) / 4)
+
+    def _heartbeat_tick(self) -> None:
+        """On the timer thread: ping links that are due, end links that went silent."""
+        if self._closed:
+            return
+        try:
+            now = time.monotonic()
+            for link in self._registry.all_links():
+                if not link.established or link.closed:
+                    continue
+                silent_s = now - link.last_received
+                if silent_s > self._settings.heartbeat_timeout_s:
+                    log.warning("no traffic from %s for %.1f s; declaring the link dead",
+                                link.peer_id.short if link.peer_id else "?", silent_s)
+                    link.close("heartbeat timeout")
+                elif now - link.last_ping >= self._settings.heartbeat_interval_s:
+                    link.ping_nowait()
+        finally:  # one bad tick must not end liveness for the node
+            self._timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
+
+    def _schedule_redial(self, pid: PeerId, *, restart: bool = False) -> None:
+        """Dial ``pid`` again after its backoff delay (``restart``: now, backoff reset)."""
+        if self._closed or not self._is_trusted(pid):
+            return
+        backoff = self._settings.backoff
+
+        def delay_s(attempt: int) -> float:
+            return 0.0 if restart else backoff.delay(attempt, random.random())
+
+        self._registry.schedule_redial(pid, delay_s, self.dial, restart=restart)
+
+    def _schedule_address_save(self) -> None:
+        """Save the address book soon, on the timer thread: a burst of link events costs
+        one write, and no link thread waits for the disk."""
+        with self._status_lock:
+            if self._address_save_pending or self._closed:
+                return
+            self._address_save_pending = True
+        self._timers.call_later(_ADDRESS_SAVE_DELAY_S, self._save_addresses)
+
+    def _save_addresses(self) -> None:
+        with self._status_lock:
+            self._address_save_pending = False
+        self._addresses.save()
+
+    def _report_status(self) -> None:
+        with self._status_lock:  # so events from different threads queue in order
+            changes = self._registry.status_changes()
+            if not changes or not self._observers:
+                return
+            at = time.time()
+            for pid, old, new in changes:
+                self._events.put((pid, new, old, at))
+
+    def _deliver_events(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            with self._status_lock:
+                observers = list(self._observers)
+            for callback in observers:
+                try:
+                    callback(event)
+                except Exception:  # noqa: BLE001 -- an observer must not stop the others
+                    log.exception("on_peer_change callback failed")
