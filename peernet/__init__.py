@@ -14,8 +14,7 @@ from .errors import __all__ as _errors_all
 from .ids import PeerId
 from .node import Node, default_data_dir
 from .peer import Nearby, Peer, PeerEvent
-from ._io.udp import UdpDiscovery
-from ._io.mdns import MdnsDiscovery
+from .discovery import MdnsDiscovery, UdpDiscovery
 from . import rpc
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())

@@ -45,7 +45,8 @@ from .peer import Nearby, Peer, PeerEvent, peers_table
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
-from ._io.hints import Hints
+from .discovery.hints import Hints
+from .discovery.host import Host
 from ._io.link import Link
 from ._io.mesh import Mesh, MeshSettings
 from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor
@@ -228,7 +229,9 @@ class Node:
             self._mesh.listening(self._acceptor)
             self._manual = ManualDiscovery()
             self._discoveries: list[Discovery] = []
-            host_view = _DiscoveryHost(self)
+            host_view = Host(peer_id=self.id, port=lambda: self.port,
+                             sign=self._identity.sign, hints=self._hints,
+                             closed=lambda: self._closed)
             for source in (self._manual, *discoveries):
                 source.start(host_view)
                 self._discoveries.append(source)
@@ -570,36 +573,3 @@ class Node:
         if mesh is not None:
             mesh.finish(left)
         self._dir_lock.release()
-
-
-class _DiscoveryHost:
-    """The node as its discovery sources see it (``peernet.discovery.DiscoveryHost``):
-    its id and port, a signing function, and where to report hints. Checks what
-    third-party sources report, so a bad hint fails there, not deep in a dial."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    @property
-    def id(self) -> PeerId:
-        return self._node.id
-
-    @property
-    def port(self) -> int:
-        return self._node.port
-
-    def sign(self, message: bytes) -> bytes:
-        return self._node._identity.sign(message)
-
-    def peer_seen(self, peer: PeerId, address: tuple[str, int], *, source: str,
-                  ttl_s: float | None) -> None:
-        host, port = address
-        if not isinstance(peer, PeerId) or type(port) is not int or not 0 < port <= 0xFFFF:
-            raise ValueError(f"bad hint from {source}: {peer!r} at {address!r}")
-        if ttl_s is not None and not ttl_s > 0:
-            raise ValueError(f"bad hint from {source}: ttl_s={ttl_s!r}")
-        if not self._node.closed:
-            self._node._hints.seen(peer, (str(host), port), source, ttl_s)
-
-    def peer_lost(self, peer: PeerId, *, source: str) -> None:
-        self._node._hints.lost(peer, source)

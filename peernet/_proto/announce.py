@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ProtocolError
-from ..identity import verify
+from .keys import verify
 from ..ids import PeerId
 
 __all__ = [

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from ..errors import InvalidPeerId, ProtocolError
-from ..identity import verify
+from .keys import verify
 from ..ids import PeerId
 
 __all__ = [

@@ -44,7 +44,7 @@ from typing import Callable
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 
 from ..errors import HandshakeError, MessageTooLarge, ProtocolError
-from ..identity import Identity, verify
+from .keys import Identity, verify
 from ..ids import PeerId
 from .framing import MAX_FRAME_LEN, Deframer, frame
 from .noise import TAG_LEN, CipherState, HandshakeState

@@ -38,7 +38,7 @@ import json, socket, sys, threading, time
 from pathlib import Path
 import zeroconf
 from peernet.identity import load_or_create
-from peernet._io.mdns import MdnsDiscovery
+from peernet.discovery.mdns import MdnsDiscovery
 from peernet._proto import mdns_record as rec
 
 mode, data_dir, arg = sys.argv[1], Path(sys.argv[2]), sys.argv[3]

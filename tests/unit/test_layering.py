@@ -110,7 +110,7 @@ def test_peernet_modules_the_core_depends_on_stay_below_the_io_layer():
                                    path.name == "__init__.py")
         seen[mod] = imports
         todo += [m for m in imports if m.startswith("peernet.")]
-    assert "peernet._proto.session" in seen and "peernet.identity" in seen
+    assert "peernet._proto.session" in seen and "peernet._proto.keys" in seen
     leaks = {mod: bad for mod, imps in seen.items()
              if (bad := [m for m in violations(imps) if m.startswith("peernet")])}
     assert leaks == {}
@@ -147,3 +147,79 @@ def test_checker_catches_forbidden_imports(source):
 )
 def test_checker_allows_harmless_imports(source):
     assert violations(imported_modules(source, "peernet._proto.fake", False)) == []
+
+
+# --- the layers above the core -------------------------------------------------------
+
+PUBLIC_LAYER = ("peernet.node", "peernet.discovery", "peernet.peer", "peernet.trust",
+                "peernet.handlers", "peernet.cli", "peernet.rpc", "peernet.identity")
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """:func:`imported_modules` minus what is imported only under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        for field in ("body", "orelse"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                setattr(node, field, [
+                    child for child in block
+                    if not (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                            and child.test.id == "TYPE_CHECKING")])
+    return imported_modules(ast.unparse(tree), module_name(path), path.name == "__init__.py")
+
+
+ALL_FILES = sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE_DIR / "_io").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_the_edge_imports_nothing_from_the_public_layer(path):
+    imports = imported_modules(path.read_text(encoding="utf-8"), module_name(path),
+                               path.name == "__init__.py")
+    upward = [m for m in imports if any(m == p or m.startswith(p + ".") for p in PUBLIC_LAYER)]
+    assert upward == [], f"_io/{path.name} imports {upward}"
+
+
+def test_the_core_reaches_no_file_storage():
+    """Key math lives in _proto/keys.py: the core never reaches identity.py or _fs."""
+    for path in PROTO_FILES:
+        imports = imported_modules(path.read_text(encoding="utf-8"), module_name(path),
+                                   path.name == "__init__.py")
+        assert not {"peernet.identity", "peernet._fs"} & imports, path.name
+
+
+def test_there_is_no_import_cycle():
+    """Runtime imports between peernet's modules form no cycle. An import of a package
+    (its ``__init__``) counts only from outside that package: inside, it re-exports."""
+    modules = {module_name(p): p for p in ALL_FILES}
+    packages = {module_name(p) for p in ALL_FILES if p.name == "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for mod, path in modules.items():
+        edges = set()
+        for target in _runtime_imports(path):
+            if target not in modules or target == mod:
+                continue
+            if target in packages and (mod + ".").startswith(target + "."):
+                continue
+            edges.add(target)
+        graph[mod] = edges
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(mod: str) -> None:
+        state[mod] = 1
+        stack.append(mod)
+        for nxt in graph[mod]:
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod)
+

@@ -170,7 +170,7 @@ def test_choose_address_only_returns_signed_ones():
 
 
 def test_without_zeroconf_asking_for_mdns_names_the_extra(monkeypatch, tmp_path):
-    from peernet._io.mdns import MdnsDiscovery, MdnsUnavailable
+    from peernet.discovery.mdns import MdnsDiscovery, MdnsUnavailable
 
     monkeypatch.setitem(sys.modules, "zeroconf", None)  # import zeroconf -> ImportError
     for attempt in (MdnsDiscovery, lambda: make_discoveries("mdns")):
@@ -302,7 +302,7 @@ class RecordingHost:
 
 @pytest.fixture
 def fake(monkeypatch):
-    from peernet._io import mdns
+    from peernet.discovery import mdns
     from peernet._io.netmon import LocalAddress
 
     net = FakeNet()
@@ -314,7 +314,7 @@ def fake(monkeypatch):
 
 @pytest.fixture
 def running(fake):
-    from peernet._io.mdns import MdnsDiscovery
+    from peernet.discovery.mdns import MdnsDiscovery
 
     disc = MdnsDiscovery(max_peers=8)
     host = RecordingHost()
@@ -418,7 +418,7 @@ def test_announce_follows_the_interfaces(running, fake):
 
 
 def test_stop_says_goodbye_and_closes(fake):
-    from peernet._io.mdns import MdnsDiscovery
+    from peernet.discovery.mdns import MdnsDiscovery
 
     disc = MdnsDiscovery()
     disc.start(RecordingHost())
@@ -430,7 +430,7 @@ def test_stop_says_goodbye_and_closes(fake):
 
 
 def test_no_interface_yet_means_no_zeroconf_until_announce(fake):
-    from peernet._io.mdns import MdnsDiscovery
+    from peernet.discovery.mdns import MdnsDiscovery
     from peernet._io.netmon import LocalAddress
 
     fake.local = []
@@ -446,7 +446,7 @@ def test_no_interface_yet_means_no_zeroconf_until_announce(fake):
 
 
 def test_bad_settings():
-    from peernet._io.mdns import MdnsDiscovery
+    from peernet.discovery.mdns import MdnsDiscovery
 
     for bad in ({"ttl_s": 0}, {"resolve_timeout_s": 0}, {"max_peers": 0}):
         with pytest.raises(ValueError):

@@ -29,8 +29,8 @@ from typing import Callable
 
 from ..ids import PeerId
 from ..peer import Nearby
-from .registry import Registry
-from .timers import Timers
+from .._io.registry import Registry
+from .._io.timers import Timers
 
 __all__ = ["Hints"]
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol, runtime_checkable
 
-from ._io.mdns import MdnsDiscovery
-from ._io.udp import UdpDiscovery
-from .ids import PeerId
+from ..ids import PeerId
+from .mdns import MdnsDiscovery
+from .udp import UdpDiscovery
 
 __all__ = [
     "Discovery",

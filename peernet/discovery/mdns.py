@@ -37,10 +37,10 @@ from .._proto.mdns_record import (
 )
 from ..errors import PeerNetError
 from ..ids import PeerId
-from .netmon import LocalAddress, host_interfaces
+from .._io.netmon import LocalAddress, host_interfaces
 
 if TYPE_CHECKING:
-    from ..discovery import DiscoveryHost
+    from . import DiscoveryHost
 
 __all__ = ["MdnsDiscovery", "MdnsUnavailable"]
 

@@ -23,10 +23,10 @@ import time
 from typing import TYPE_CHECKING, Iterable
 
 from .._proto.announce import ANNOUNCE_LEN, AnnounceFilter, encode_announce, next_counter
-from .netmon import host_interfaces
+from .._io.netmon import host_interfaces
 
 if TYPE_CHECKING:
-    from ..discovery import DiscoveryHost
+    from . import DiscoveryHost
 
 __all__ = ["UdpDiscovery", "DEFAULT_PORT"]
 
