@@ -455,7 +455,7 @@ def _stdin_lines(stop: _StopFlag) -> Iterator[str]:
 
 def _print_qr(text: str, out: _Out, *, explicit: bool) -> None:
     try:
-        import qrcode  # type: ignore[import-not-found]  # optional
+        import qrcode  # type: ignore[import-not-found, import-untyped, unused-ignore]  # optional
     except ImportError:
         if explicit:
             out.note("(no QR code: install the optional 'qrcode' package for one)")

@@ -16,7 +16,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
-from ._proto.messages import FORBIDDEN, HANDLER_ERROR, NO_SUCH_HANDLER, is_valid_handler_name
+from ._proto.messages import (
+    FORBIDDEN,
+    HANDLER_ERROR,
+    NO_SUCH_HANDLER,
+    exception_detail,
+    is_valid_handler_name,
+)
 from .errors import Forbidden, InvalidHandlerName
 from .ids import PeerId
 
@@ -132,4 +138,4 @@ class HandlerTable:
             return _FORBIDDEN
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
             log.error("handler %r raised for %s", name, peer.short, exc_info=True)
-            return Outcome(error=HANDLER_ERROR, detail=type(exc).__name__)
+            return Outcome(error=HANDLER_ERROR, detail=exception_detail(exc))

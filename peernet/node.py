@@ -181,11 +181,11 @@ class Node:
             backoff=Backoff(base_s=_positive("reconnect_initial", reconnect_initial),
                             cap_s=_positive("reconnect_max", reconnect_max)),
         )
-        limits = dict(max_workers=_count("handler_workers", handler_workers),
-                      max_calls_per_peer=_count("max_calls_per_peer", max_calls_per_peer),
-                      max_sends_per_peer=_count("max_sends_per_peer", max_sends_per_peer))
-        preauth = dict(max_preauth=_count("max_preauth", max_preauth),
-                       max_preauth_per_ip=_count("max_preauth_per_ip", max_preauth_per_ip))
+        workers = _count("handler_workers", handler_workers)
+        calls_per_peer = _count("max_calls_per_peer", max_calls_per_peer)
+        sends_per_peer = _count("max_sends_per_peer", max_sends_per_peer)
+        preauth = _count("max_preauth", max_preauth)
+        preauth_per_ip = _count("max_preauth_per_ip", max_preauth_per_ip)
         if network_monitor is True:
             poll_s = _positive("network_poll_interval", network_poll_interval)
         if not 0 <= port <= 0xFFFF:
@@ -210,8 +210,10 @@ class Node:
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
                 dispatch=self._handlers.dispatch, timers=self._timers,
                 registry=self._registry, addresses=addresses,
-                scheduler=Scheduler(**limits, is_trusted=self.trust.is_trusted,
-                                    max_queued_bytes_per_peer=4 * self.max_message_size),
+                scheduler=Scheduler(max_workers=workers, max_calls_per_peer=calls_per_peer,
+                                    max_sends_per_peer=sends_per_peer,
+                                    max_queued_bytes_per_peer=4 * self.max_message_size,
+                                    is_trusted=self.trust.is_trusted),
             )
             self._hints = Hints(own_id=self._identity.peer_id, registry=self._registry,
                                 timers=self._timers, is_trusted=self.trust.is_trusted,
@@ -225,7 +227,8 @@ class Node:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             self._host = host
-            self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept, **preauth)
+            self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept,
+                                      max_preauth=preauth, max_preauth_per_ip=preauth_per_ip)
             self._mesh.listening(self._acceptor)
             self._manual = ManualDiscovery()
             self._discoveries: list[Discovery] = []

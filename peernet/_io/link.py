@@ -37,12 +37,13 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .._proto.channel import (
     Answered,
     CallIn,
     Channel,
+    Ended,
     LinkEnded,
     PeerRetired,
     PongIn,
@@ -50,7 +51,7 @@ from .._proto.channel import (
     SendIn,
 )
 from .._proto.messages import Bulk, Call, Send
-from .._proto.session import MessageReceived, Session, SessionClosed, SessionState
+from .._proto.session import Event, MessageReceived, Session, SessionClosed, SessionState
 from ..errors import ConnectionLost, MessageTooLarge, PeerUnavailable, ProtocolError
 from .replies import settle
 
@@ -162,7 +163,7 @@ class Link:
         self._reader = 0
         # What the reader's current read brought, and the index of the first event not
         # yet started: a takeover hands the rest to the next reader.
-        self._batch: list[object] = []
+        self._batch: list[Event] = []
         self._batch_next = 0
         self.inline_since: float | None = None
         self._inline_thread: int | None = None  # threading.get_ident() of that reader
@@ -287,13 +288,13 @@ class Link:
         channel = self.channel
         return channel.pending_calls if channel is not None else 0
 
-    def _locked_channel_op(self, op):  # type: ignore[no-untyped-def]
+    def _locked_channel_op(self, op: Callable[[Channel], bytes]) -> bytes:
         with self._state_lock:
             if self.channel is None or self.channel.ended is not None:
                 raise ConnectionLost(self._lost_text())
             return op(self.channel)
 
-    def _channel_op(self, op) -> None:  # type: ignore[no-untyped-def]
+    def _channel_op(self, op: Callable[[Channel], object]) -> None:
         """Run ``op(channel)`` under the lock, then write what it produced and close the
         link if it ended the channel."""
         with self._state_lock:
@@ -305,7 +306,7 @@ class Link:
             ended = channel.ended
         self._after_channel(output, ended)
 
-    def _after_channel(self, output: list[bytes], ended) -> None:  # type: ignore[no-untyped-def]
+    def _after_channel(self, output: list[bytes], ended: Ended | None) -> None:
         for payload in output:
             try:
                 self.write(payload)
@@ -397,7 +398,7 @@ class Link:
         finally:
             self._owner.link_handshake_over(self)
 
-    def _continue_reading(self, reader: int, leftover: list[object]) -> None:
+    def _continue_reading(self, reader: int, leftover: list[Event]) -> None:
         handed_off = False
         try:
             # The old reader is stuck in a handler: what its read brought after that

@@ -36,6 +36,7 @@ from .._proto.messages import (
     Send,
     encode_for_link,
     encode_message,
+    exception_detail,
 )
 from .._proto.session import LocalCredentials, Session
 from .._addresses import AddressBook
@@ -292,7 +293,7 @@ class Mesh:
         if type(message) is Call:
             if inline and self._sched.claim_call(peer):
                 try:
-                    link.run_inline(lambda: self._serve_call(link, message))  # type: ignore[arg-type]
+                    link.run_inline(lambda: self._serve_call(link, message))
                 finally:
                     self._sched.release_call(peer)
                 return
@@ -355,7 +356,8 @@ class Mesh:
                 self._check_size(payload)
             except (EncodeError, MessageTooLarge) as exc:
                 log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
-                payload = encode_message(Error(call.request_id, HANDLER_ERROR, type(exc).__name__))
+                payload = encode_message(Error(call.request_id, HANDLER_ERROR,
+                                              exception_detail(exc)))
         else:
             payload = encode_message(Error(call.request_id, outcome.error, outcome.detail))
         link.answer(payload)

@@ -382,6 +382,7 @@ def _normalize(value: object, max_depth: int, max_items: int, name: str,
     UTF-8 encoded (lone surrogates).
     """
     path: list[str] = []  # segments from the root to the container being filled
+    items = 0  # items seen so far (open_container counts them; set for real below)
 
     def fail(segment: str, why: str) -> NoReturn:
         raise EncodeError(f"{name}{''.join(path)}{segment}: {why}")
@@ -394,7 +395,7 @@ def _normalize(value: object, max_depth: int, max_items: int, name: str,
         if isinstance(v, int):
             if t is not int:
                 v = int.__index__(v)  # the int value itself, not an overridden method
-            if not _INT_MIN <= v <= _INT_MAX:  # type: ignore[operator]
+            if not _INT_MIN <= v <= _INT_MAX:
                 fail(segment, "int does not fit in 64 bits (bignums are not allowed)")
             return True, v
         if isinstance(v, float):
@@ -404,7 +405,7 @@ def _normalize(value: object, max_depth: int, max_items: int, name: str,
                 v = str.__str__(v)
             if check_text:
                 try:
-                    v.encode("utf-8")  # type: ignore[attr-defined]
+                    v.encode("utf-8")
                 except UnicodeEncodeError:
                     fail(segment, "str is not valid Unicode text (lone surrogate)")
             return True, v
@@ -480,7 +481,7 @@ def _normalize(value: object, max_depth: int, max_items: int, name: str,
             if not ok:
                 path.append(segment)
                 open_ids.append(cid)
-                stack.append((cit, plain))
+                stack.append((cit, plain))  # type: ignore[arg-type]  # a container here
                 break
         else:
             stack.pop()

@@ -49,6 +49,7 @@ from ..errors import (
     ProtocolError,
     RemoteError,
 )
+from .._text import escape
 from ..ids import PeerId
 from . import cbor
 from .messages import (
@@ -99,8 +100,8 @@ def error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> 
         return Forbidden(f"{what}: forbidden")
     if code == BUSY:
         return Busy(f"{peer.short} is busy with our earlier calls; try again later")
-    if code == HANDLER_ERROR:
-        return RemoteError(detail or "Exception")
+    if code == HANDLER_ERROR:  # decode_message let only a type name through; belt and braces
+        return RemoteError(escape(detail or "Exception"))
     assert code == BAD_REQUEST or code not in ERROR_TYPES
     return CallError(f"{what}: the peer refused the request ({code})")
 

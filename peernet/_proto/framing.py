@@ -53,7 +53,7 @@ class Deframer:
         """Bytes held that have not been returned as frames yet."""
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0

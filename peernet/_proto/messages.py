@@ -20,9 +20,15 @@ Field rules, checked exactly (``type(x) is int``, so ``True`` is not a request i
 * ``request_id``: an ``int`` with ``1 <= request_id < 2**64``.
 * ``name``: a ``str`` matching :data:`HANDLER_NAME_RE` (so never ``_private``).
 * ``code``: one of :data:`ERROR_CODES`; unknown codes are refused, not guessed at.
-* ``detail``: ``None`` or a ``str`` of at most 200 characters (for ``handler_error`` it
-  is the exception's type name, never its message or traceback).
-* ``nonce``: exactly 8 ``bytes``. ``reason``: a ``str`` of at most 200 characters.
+* ``detail``: ``None`` or an exception's qualified type name (ASCII identifiers joined
+  by dots, at most 200 characters, e.g. ``ValueError`` or ``myapp.errors.Busy``); never
+  a message or a traceback.
+* ``nonce``: exactly 8 ``bytes``. ``reason``: printable ASCII (``0x20``-``0x7e``), at
+  most 200 characters.
+
+Both texts reach people (exception messages, terminals, logs), so they are held to
+these shapes on receipt: nothing a peer sends there can carry an escape sequence or a
+line break.
 * ``args`` and ``result``: any CBOR data; arity is exact.
 
 Depth and item limits cover the whole message: the envelope array is nesting level 1,
@@ -50,7 +56,8 @@ __all__ = [
     "BAD_REQUEST", "BUSY", "Bulk", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
     "HANDLER_ERROR", "HANDLER_NAME_RE", "MAX_TEXT", "Message", "NONCE_SIZE",
     "NO_SUCH_HANDLER", "Ping", "Pong", "Reply", "Send", "decode_message",
-    "encode_for_link", "encode_message", "is_valid_handler_name",
+    "encode_for_link", "encode_message", "exception_detail", "is_valid_detail",
+    "is_valid_handler_name", "is_valid_reason",
 ]
 
 HANDLER_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
@@ -78,6 +85,26 @@ NONCE_SIZE = 8
 
 _RID_END = 1 << 64
 _name_ok = HANDLER_NAME_RE.fullmatch
+_detail_ok = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*").fullmatch
+_reason_ok = re.compile(r"[\x20-\x7e]*").fullmatch
+
+
+def is_valid_detail(detail: object) -> bool:
+    """True for ``None`` or a qualified exception type name (see the module doc)."""
+    return detail is None or (type(detail) is str and len(detail) <= MAX_TEXT
+                              and _detail_ok(detail) is not None)
+
+
+def exception_detail(exc: BaseException) -> str:
+    """The ``detail`` that reports ``exc``: its type name, or ``Exception`` when the name
+    is not one a peer would accept (a non-ASCII class name, say)."""
+    name = type(exc).__name__
+    return name if is_valid_detail(name) else "Exception"
+
+
+def is_valid_reason(reason: object) -> bool:
+    """True for a bye reason: printable ASCII, at most :data:`MAX_TEXT` characters."""
+    return type(reason) is str and len(reason) <= MAX_TEXT and _reason_ok(reason) is not None
 
 
 def is_valid_handler_name(name: object) -> bool:
@@ -153,19 +180,6 @@ Message: TypeAlias = Call | Reply | Error | Send | Ping | Pong | Bye
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-def _text_ok(text: object) -> bool:
-    """A short str that UTF-8 can carry (no lone surrogates)."""
-    if type(text) is not str or len(text) > MAX_TEXT:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_rid(rid: object) -> None:
@@ -250,33 +264,32 @@ def encode_for_link(msg: Message, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
     back as a :class:`Bulk` (same encoding, not joined) for the link to seal."""
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1 (the envelope is one level)")
-    t = type(msg)
-    if t is Call:
+    if isinstance(msg, Call):
         _check_rid(msg.request_id)
         _check_name(msg.name)
         return _with_body([0, msg.request_id, msg.name], msg.args, "args",
                           max_depth, max_items)
-    if t is Reply:
+    if isinstance(msg, Reply):
         _check_rid(msg.request_id)
         return _with_body([1, msg.request_id], msg.result, "result", max_depth, max_items)
-    if t is Send:
+    if isinstance(msg, Send):
         _check_name(msg.name)
         return _with_body([3, msg.name], msg.args, "args", max_depth, max_items)
-    if t is Error:
+    if isinstance(msg, Error):
         _check_rid(msg.request_id)
         if type(msg.code) is not str or msg.code not in ERROR_CODES:
             raise ValueError(f"error code must be one of {sorted(ERROR_CODES)}")
-        if msg.detail is not None and not _text_ok(msg.detail):
-            raise ValueError(f"error detail must be None or a str of at most {MAX_TEXT} "
-                             "characters")
+        if not is_valid_detail(msg.detail):
+            raise ValueError("error detail must be None or an exception type name")
         fields: list = [2, msg.request_id, msg.code, msg.detail]
-    elif t is Ping or t is Pong:
+    elif isinstance(msg, (Ping, Pong)):
         if type(msg.nonce) is not bytes or len(msg.nonce) != NONCE_SIZE:
             raise ValueError(f"nonce must be exactly {NONCE_SIZE} bytes")
-        fields = [t.KIND, msg.nonce]
-    elif t is Bye:
-        if not _text_ok(msg.reason):
-            raise ValueError(f"bye reason must be a str of at most {MAX_TEXT} characters")
+        fields = [msg.KIND, msg.nonce]
+    elif isinstance(msg, Bye):
+        if not is_valid_reason(msg.reason):
+            raise ValueError(f"bye reason must be printable ASCII, at most {MAX_TEXT} "
+                             "characters")
         fields = [6, msg.reason]
     else:
         raise TypeError(f"not a peernet message: {type(msg).__name__}")
@@ -330,7 +343,7 @@ def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
             raise _bad("request id out of range")
         if type(code) is not str or code not in ERROR_CODES:
             raise _bad("unknown error code")
-        if detail is not None and (type(detail) is not str or len(detail) > MAX_TEXT):
+        if not is_valid_detail(detail):
             raise _bad("invalid error detail")
         return Error(rid, code, detail)
     if kind == 3:
@@ -351,7 +364,7 @@ def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
         if n != 2:
             raise _bad("bye needs 2 elements")
         reason = msg[1]
-        if type(reason) is not str or len(reason) > MAX_TEXT:
+        if not is_valid_reason(reason):
             raise _bad("invalid bye reason")
         return Bye(reason)
     raise _bad("unknown kind")

@@ -62,7 +62,7 @@ try:  # Optional: the same AEAD, about 4x cheaper per small message than PyNaCl'
     from cryptography.exceptions import InvalidTag as _InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaCha
 except ImportError:  # pragma: no cover -- exercised by forcing the PyNaCl backend
-    _ChaCha = None
+    _ChaCha = None  # type: ignore[assignment, misc]
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -115,8 +115,10 @@ def public_key(private: bytes) -> bytes:
     return _scalarmult_base(private)
 
 
-def _dh(private: bytes, public: bytes) -> bytes:
+def _dh(private: bytes | None, public: bytes | None) -> bytes:
     """DH() of §4.1/§12.1. libsodium refuses low-order points; that fails the handshake."""
+    if private is None or public is None:  # a key the pattern has not produced yet
+        raise HandshakeError("handshake state is missing a key")
     # Never let a short buffer reach libsodium: it would read past its end.
     if len(public) != DH_LEN:
         raise HandshakeError("DH public key has the wrong length")
@@ -196,7 +198,7 @@ class CipherState:
         """Create a CipherState with ``key`` (32 bytes) or, for the handshake, none."""
         if key is not None and (not isinstance(key, bytes) or len(key) != 32):
             raise ValueError("a ChaChaPoly key is exactly 32 bytes")
-        self._k = None
+        self._k: bytes | None = None
         self.nonce = 0
         if key is not None:
             self._initialize_key(key)
@@ -483,11 +485,13 @@ class HandshakeState:
         # Steps count from 0: the initiator writes messages 1 and 3, the responder 2.
         return self._step < 3 and (self._step % 2 == 0) == self._initiator
 
-    def _generate_ephemeral(self) -> None:
-        """The "e" token's GENERATE_KEYPAIR(), unless a test vector injected one."""
+    def _generate_ephemeral(self) -> bytes:
+        """The "e" token's GENERATE_KEYPAIR(), unless a test vector injected one.
+        Returns the ephemeral public key."""
         if self._e is None:
             self._e = _random(DH_LEN)
-        self._e_pub = _scalarmult_base(self._e)
+        self._e_pub = e_pub = _scalarmult_base(self._e)
+        return e_pub
 
     def _finish_message(self) -> None:
         self._step += 1
@@ -511,12 +515,10 @@ class HandshakeState:
         ss = self._ss
         assert ss is not None
         if step == 0:  # -> e
-            self._generate_ephemeral()
-            out = self._e_pub
+            out = self._generate_ephemeral()
             ss.mix_hash(out)
         elif step == 1:  # <- e, ee, s, es
-            self._generate_ephemeral()
-            out = self._e_pub
+            out = self._generate_ephemeral()
             ss.mix_hash(out)
             ss.mix_key(_dh(self._e, self._re))             # ee
             out += ss.encrypt_and_hash(self._s_pub)        # s

@@ -222,7 +222,7 @@ class Session:
         self._outgoing.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the socket; returns the events they complete, in order."""
         events: list[Event] = []
         if self.state is SessionState.CLOSED:

@@ -102,7 +102,7 @@ class Hints:
             # The peer speaks from somewhere new: the live link may be dead without
             # knowing it (its FIN left from an address that is gone). Ask it.
             self._probe(link, f"peer moved to {address[0]} and the old link is silent")
-        if arm:
+        if arm and ttl_s is not None:
             self._timers.call_later(ttl_s * _PROBE_FRACTION, lambda: self._check(key))
         self._dial(peer, changed, source)
 
@@ -179,6 +179,7 @@ class Hints:
             self._timers.call_later(next_check - now, lambda: self._check(key))
             return
         self._registry.remove_address(peer, source)
-        probed = s.probed_at is not None and s.probed_at >= s.heard_at
-        if link is not None and probed and link.last_received < s.probed_at:
+        probed_at = s.probed_at
+        if (link is not None and probed_at is not None and probed_at >= s.heard_at
+                and link.last_received < probed_at):
             link.close(f"not heard by {source} and did not answer a ping")

@@ -129,6 +129,8 @@ class UdpDiscovery:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None  # start() opened it before starting this thread
         next_due = time.monotonic()  # the first announce goes out at once
         while not self._stop.is_set():
             now = time.monotonic()
@@ -138,7 +140,7 @@ class UdpDiscovery:
                 next_due = time.monotonic() + self.interval_s
             try:  # poll(), not select(): descriptors may be numbered 1024 and up
                 poller = select.poll()
-                poller.register(self._sock, select.POLLIN)
+                poller.register(sock, select.POLLIN)
                 poller.register(self._wake_r, select.POLLIN)
                 ready = {fd for fd, _ in poller.poll(max(0.0, next_due - time.monotonic()) * 1000)}
             except (OSError, ValueError):

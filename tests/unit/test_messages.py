@@ -33,8 +33,8 @@ SAMPLES = [
     Error(7, NO_SUCH_HANDLER, None),
     Error(8, HANDLER_ERROR, "ValueError"),
     Error(9, FORBIDDEN, "x" * 200),
-    Error(10, BUSY, ""),
-    Error(11, BAD_REQUEST, "é☃"),
+    Error(10, BUSY, "myapp.errors.Busy_2"),
+    Error(11, BAD_REQUEST, None),
     Send("notify", [1, 2, 3]),
     Send("Z" + "9" * 63, {}),
     Ping(NONCE),
@@ -169,7 +169,29 @@ def test_bad_shapes_are_protocol_errors(data):
 def test_boundary_values_are_accepted():
     assert decode_message(raw(0, 2**64 - 1, "a" * 64, None)) == Call(2**64 - 1, "a" * 64, None)
     assert decode_message(raw(2, 1, "busy", "x" * 200)) == Error(1, BUSY, "x" * 200)
-    assert decode_message(raw(6, "é" * 200)) == Bye("é" * 200)
+    assert decode_message(raw(6, "~" * 200)) == Bye("~" * 200)
+
+
+@pytest.mark.parametrize("data", [
+    raw(2, 1, "handler_error", "\x1b]0;pwned\x07"),     # set the window title
+    raw(2, 1, "handler_error", "Value\nError"),          # a forged log line
+    raw(2, 1, "handler_error", "ValueError: secret"),    # a message, not a type name
+    raw(2, 1, "handler_error", ""),
+    raw(2, 1, "handler_error", "Ünïcode"),
+    raw(2, 1, "busy", "a..b"),
+    raw(6, "bye\x1b[2J"),                                 # clear the screen
+    raw(6, "two\nlines"),
+    raw(6, "\u202eevil"),                                 # right-to-left override
+    raw(6, "\u009b31m"),                                  # C1 CSI
+    raw(6, "é"),
+], ids=["osc-title", "newline-detail", "message-detail", "empty-detail", "non-ascii-detail",
+        "empty-segment", "clear-screen", "newline-reason", "rlo-reason", "c1-reason",
+        "non-ascii-reason"])
+def test_texts_a_peer_controls_must_look_like_what_they_are(data):
+    """An error detail is an exception type name; a bye reason is printable ASCII. Both
+    reach terminals and logs, so anything else ends the link."""
+    with pytest.raises(ProtocolError):
+        decode_message(data)
 
 
 @pytest.mark.parametrize("data", [c[1] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
@@ -197,7 +219,7 @@ def test_protocol_error_messages_do_not_repeat_the_data():
     Reply(-5, None), Error(1, "oops", None), Error(1, BUSY, "x" * 201),
     Error(1, BUSY, 5), Error(1, ["busy"], None), Error(1, HANDLER_ERROR, "bad\ud800"),
     Ping(b"short"), Ping(bytearray(8)), Pong("12345678"), Bye("x" * 201), Bye(None),
-    Bye("\udc00"),
+    Bye("\udc00"), Bye("é"), Bye("a\nb"), Error(1, HANDLER_ERROR, "not a name"),
 ])
 def test_invalid_fields_raise_value_error_on_encode(msg):
     with pytest.raises(ValueError):
