@@ -19,6 +19,8 @@ import stat
 import time
 from pathlib import Path
 
+from .errors import InsecureDataDir
+
 __all__ = ["ensure_private_dir", "atomic_write", "read_private_file", "fsync_dir"]
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,10 @@ _NO_HARD_LINKS = frozenset(
 def ensure_private_dir(path: StrPath) -> Path:
     """Create ``path`` (and any missing parents) with mode 0700, and return it.
 
-    Directories we create get exactly 0700 whatever the umask. An existing directory is
-    left as it is: the owner may have reasons for its mode. ``~`` is expanded.
+    Directories we create get exactly 0700 whatever the umask. An existing directory
+    (or the one a symlink points to) must be ours and not writable by group or others,
+    as ssh's StrictModes asks of ``~/.ssh``: else :class:`~peernet.InsecureDataDir`,
+    with how to fix it. Its mode is otherwise left as it is. ``~`` is expanded.
     """
     target = Path(path).expanduser()
     missing: list[Path] = []
@@ -51,12 +55,39 @@ def ensure_private_dir(path: StrPath) -> Path:
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
-            continue  # someone else made it meanwhile: not ours to chmod
+            continue  # someone else made it meanwhile: not ours to chmod (checked below)
         # mkdir's mode is filtered by the umask; we want 0700 exactly on what we made.
         os.chmod(directory, 0o700)
     if not target.is_dir():
         raise NotADirectoryError(f"{target} exists but is not a directory")
+    check_private_dir(target)
     return target
+
+
+def check_private_dir(directory: Path) -> None:
+    """Refuse a data dir that another user owns or may write to (see ensure_private_dir).
+    A symlink is judged by both ends: the link must be ours, and so must its target."""
+    uid = os.geteuid()
+    shown = shlex.quote(str(directory))
+    elsewhere = ("or give the node a directory of your own (data_dir=..., --data-dir, "
+                 "or PEERNET_DATA_DIR)")
+    link = os.lstat(directory)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+        raise InsecureDataDir(
+            f"data dir {directory} is a symbolic link owned by uid {link.st_uid}, not by "
+            f"you (uid {uid}): its owner could point it anywhere. Refusing to use it; "
+            f"{elsewhere}.")
+    info = os.stat(directory)
+    if info.st_uid != uid:
+        raise InsecureDataDir(
+            f"data dir {directory} is owned by uid {info.st_uid}, not by you (uid {uid}): "
+            f"its owner could swap your trust list or key. Refusing to use it; if it is "
+            f"yours, run `chown {uid} {shown}`, {elsewhere}.")
+    if stat.S_IMODE(info.st_mode) & 0o022:
+        raise InsecureDataDir(
+            f"data dir {directory} has mode {stat.S_IMODE(info.st_mode):04o}, so other "
+            f"users can write to it and swap your trust list or key. Refusing to use it; "
+            f"fix it with `chmod 700 {shown}`, {elsewhere}.")
 
 
 def fsync_dir(directory: StrPath) -> None:

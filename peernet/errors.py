@@ -22,6 +22,7 @@ __all__ = [
     "InsecureKeyFile",
     "TrustStoreError",
     "DataDirLocked",
+    "InsecureDataDir",
     "NodeClosed",
     "NotPaired",
     "CallError",
@@ -88,6 +89,11 @@ class InsecureKeyFile(KeyFileError):
 
 class TrustStoreError(PeerNetError):
     """The trust store file is corrupt. It is never emptied or overwritten."""
+
+
+class InsecureDataDir(PeerNetError, PermissionError):
+    """The data dir is not owned by this user, or other users may write to it: they could
+    swap the trust list or the key. Nothing in it was used."""
 
 
 class DataDirLocked(PeerNetError):

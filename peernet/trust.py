@@ -57,12 +57,16 @@ class TrustedPeer:
     added_at: float
 
 
-def normalize_label(label: str | None) -> str | None:
+def normalize_label(label: str | None, *, strict: bool = True) -> str | None:
     """Return ``label`` stripped, or None for None or an all-blank label.
 
     Raises ``TypeError`` for a non-string and ``ValueError`` for a label longer than
     100 characters or containing control characters (including line breaks and
-    bidirectional overrides, which could make one label look like another).
+    bidirectional overrides, which could make one label look like another). ``strict``
+    (every new label) also refuses invisible characters: format characters such as
+    zero-width spaces, the soft hyphen, tag characters, and other default-ignorable
+    ones, with which two different labels would print the same. (Labels stored by
+    older versions are only held to the first rules.)
     """
     if label is None:
         return None
@@ -71,10 +75,45 @@ def normalize_label(label: str | None) -> str | None:
     label = label.strip()
     if len(label) > MAX_LABEL_LENGTH:
         raise ValueError(f"label is {len(label)} characters long, at most {MAX_LABEL_LENGTH}")
-    for char in label:
+    for i, char in enumerate(label):
         if char in _BIDI_CONTROLS or unicodedata.category(char) in _BAD_CATEGORIES:
             raise ValueError(f"label contains a control character ({ascii(char)})")
+        if strict and _invisible(char) and not _in_emoji(label, i):
+            raise ValueError(f"label contains an invisible character ({ascii(char)}); "
+                             "type it without one")
     return label or None
+
+
+# Default-ignorable code points that are not Cf (Unicode's DerivedCoreProperties):
+# Hangul fillers, the combining grapheme joiner, variation selectors.
+_IGNORABLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5") | frozenset(
+    chr(c) for c in [*range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) == "Cf" or char in _IGNORABLE
+
+
+_EMOJI_GLUE = frozenset("\u200d\ufe0f")  # zero-width joiner, emoji presentation
+
+
+def _in_emoji(label: str, i: int) -> bool:
+    """A joiner or presentation selector inside an emoji sequence (a family, a red
+    heart) is part of what is shown, not a hidden difference."""
+    if label[i] not in _EMOJI_GLUE or i == 0:
+        return False
+    before = unicodedata.category(label[i - 1]) == "So" or label[i - 1] == "\ufe0f"
+    after = label[i] == "\ufe0f" or (i + 1 < len(label)
+                                       and unicodedata.category(label[i + 1]) == "So")
+    return before and after
+
+
+def label_skeleton(label: str) -> str:
+    """What a label looks like, for telling look-alikes apart: NFKC, case folded,
+    invisible characters dropped, runs of white space as one space."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    visible = "".join(ch for ch in folded if not _invisible(ch))
+    return " ".join(visible.split())
 
 
 class TrustStore:
@@ -100,7 +139,7 @@ class TrustStore:
         self._peers: MappingProxyType[PeerId, TrustedPeer] = MappingProxyType(
             {entry.peer_id: entry for entry in peers}
         )
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: tuple[_Subscription, ...] = ()
 
     # --- construction -------------------------------------------------------------
 
@@ -186,6 +225,8 @@ class TrustStore:
         peer_id = PeerId.parse(peer)
         new_label = normalize_label(label)
         with self._lock:
+            if new_label is not None:
+                self._refuse_look_alike(peer_id, new_label)
             old = self._peers.get(peer_id)
             if old is None:
                 entry = TrustedPeer(peer_id, new_label, float(self._clock()))
@@ -199,6 +240,15 @@ class TrustStore:
         if old is None:
             self._notify("paired", peer_id)
         return entry
+
+    def _refuse_look_alike(self, peer_id: PeerId, label: str) -> None:
+        skeleton = label_skeleton(label)
+        for other in self._peers.values():
+            if (other.peer_id != peer_id and other.label is not None
+                    and label_skeleton(other.label) == skeleton):
+                raise ValueError(
+                    f"label {label!r} looks like {other.label!r}, the label of "
+                    f"{other.peer_id.short}; choose one that cannot be mistaken for it")
 
     def unpair(self, peer: PeerId | str | bytes) -> bool:
         """Stop trusting ``peer``; True if it was paired. Subscribers hear "unpaired"."""
@@ -333,7 +383,7 @@ def _parse_file(data: bytes, path: Path) -> builtins.list[TrustedPeer]:
         seen[peer_id] = index
         label = item["label"]
         try:
-            if label is not None and normalize_label(label) != label:
+            if label is not None and normalize_label(label, strict=False) != label:
                 bad(f"{where}.label has surrounding spaces or is empty")
         except (TypeError, ValueError) as exc:
             bad(f"{where}.label: {exc}")

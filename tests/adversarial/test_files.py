@@ -107,3 +107,103 @@ def test_T14_a_node_refuses_to_start_on_a_corrupt_trust_file_and_leaves_it(tmp_p
     assert out.returncode != 0 and "READY" not in out.stdout
     assert "TrustStoreError" in out.stderr and str(path) in out.stderr
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+# --- the data dir itself (StrictModes) ------------------------------------------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="playing another local user needs root (os.setuid)")
+
+
+def _as_other_user(fn) -> None:
+    """Run ``fn()`` in a forked child that became uid/gid 65534 (another local user)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        code = 1
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.fixture
+def shared_tmp():
+    """A sticky, world-writable directory, like /tmp, that other users can create in
+    (pytest's own tmp_path lies below directories only we may enter)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    shared = Path(tempfile.mkdtemp(prefix="peernet-shared-", dir="/tmp"))
+    os.chmod(shared, 0o1777)
+    try:
+        yield shared
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
+def test_a_data_dir_others_can_write_to_is_refused(tmp_path, mode):
+    import peernet
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(data, mode)
+    with pytest.raises(peernet.InsecureDataDir, match=rf"chmod 700 {data}"):
+        peernet.Node(data, host="127.0.0.1")
+    assert sorted(os.listdir(data)) == []  # nothing was created in it
+    os.chmod(data, 0o755)  # readable by others is the owner's business
+    with peernet.Node(data, host="127.0.0.1", network_monitor=False):
+        pass
+
+
+@needs_root
+def test_T14b_a_data_dir_another_user_made_is_refused_before_anything_is_trusted(shared_tmp):
+    """Another user pre-creates the shared data dir (mode 0777 or even 0700): with it
+    they could swap trust.json back after an unpair, delete the key, or hold the lock.
+    The node refuses it, naming the owner and what to do."""
+    import peernet
+
+    for mode in (0o777, 0o700):
+        data = shared_tmp / f"peernet-{mode:o}"
+        _as_other_user(lambda: (os.mkdir(data), os.chmod(data, mode)))
+        assert os.stat(data).st_uid == NOBODY
+        with pytest.raises(peernet.InsecureDataDir, match=f"owned by uid {NOBODY}"):
+            peernet.Node(data, host="127.0.0.1")
+        with pytest.raises(peernet.InsecureDataDir):
+            TrustStore.load(data)
+        with pytest.raises(peernet.InsecureDataDir):
+            load_or_create(data)
+
+
+@needs_root
+def test_a_symlink_another_user_owns_is_refused_even_to_our_own_dir(shared_tmp, tmp_path):
+    import peernet
+
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    link = shared_tmp / "data"
+    _as_other_user(lambda: os.symlink(ours, link))
+    with pytest.raises(peernet.InsecureDataDir, match="symbolic link owned by uid"):
+        peernet.Node(link, host="127.0.0.1")
+
+
+@needs_root
+def test_trust_and_key_files_another_user_owns_are_refused(tmp_path):
+    import peernet
+
+    data = tmp_path / "data"
+    TrustStore.load(data).pair(seeded_identity("x").peer_id)
+    load_or_create(data)
+    for name, error in ((TRUST_FILE_NAME, peernet.TrustStoreError),
+                        (KEY_FILE_NAME, peernet.KeyFileError)):
+        os.chown(data / name, NOBODY, NOBODY)
+        with pytest.raises(error, match=f"owned by uid {NOBODY}"):
+            peernet.Node(data, host="127.0.0.1")
+        os.chown(data / name, 0, 0)

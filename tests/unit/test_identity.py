@@ -199,6 +199,9 @@ def test_a_directory_in_place_of_the_key_is_refused(tmp_path):
 def test_file_of_another_user_is_refused(tmp_path, monkeypatch):
     write_key_file(tmp_path / "identity.key", valid_key_bytes())
     monkeypatch.setattr(os, "geteuid", lambda: os.stat(tmp_path).st_uid + 1)
+    # The directory would be refused first (tests/adversarial/test_files.py); here the
+    # file's own check is under test.
+    monkeypatch.setattr("peernet._fs.check_private_dir", lambda directory: None)
     with pytest.raises(InsecureKeyFile, match="owned by uid"):
         load_or_create(tmp_path)
 

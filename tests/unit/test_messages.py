@@ -298,14 +298,17 @@ cbor_values = st.recursive(
 rids = st.integers(1, 2**64 - 1)
 names = st.from_regex(HANDLER_NAME_RE, fullmatch=True)
 short_text = st.text(max_size=200)
+type_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}(\.[A-Za-z_][A-Za-z0-9_]{0,20}){0,3}",
+                           fullmatch=True)
+reasons = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
 valid_messages = st.one_of(
     st.builds(Call, rids, names, cbor_values),
     st.builds(Reply, rids, cbor_values),
-    st.builds(Error, rids, st.sampled_from(sorted(ERROR_CODES)), st.none() | short_text),
+    st.builds(Error, rids, st.sampled_from(sorted(ERROR_CODES)), st.none() | type_names),
     st.builds(Send, names, cbor_values),
     st.builds(Ping, st.binary(min_size=8, max_size=8)),
     st.builds(Pong, st.binary(min_size=8, max_size=8)),
-    st.builds(Bye, short_text),
+    st.builds(Bye, reasons),
 )
 
 

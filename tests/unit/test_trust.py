@@ -434,6 +434,9 @@ def test_symlink_is_refused(tmp_path):
 def test_file_of_another_user_is_refused(tmp_path, monkeypatch):
     write_trust_file(tmp_path, document(entry(1)))
     monkeypatch.setattr(os, "geteuid", lambda: os.stat(tmp_path).st_uid + 1)
+    # The directory would be refused first (tests/adversarial/test_files.py); here the
+    # file's own check is under test.
+    monkeypatch.setattr("peernet._fs.check_private_dir", lambda directory: None)
     with pytest.raises(TrustStoreError, match="owned by uid"):
         TrustStore.load(tmp_path)
 
@@ -465,3 +468,32 @@ def test_load_sweeps_temp_files_of_killed_writers_but_not_fresh_ones(tmp_path):
     assert len(TrustStore.load(tmp_path)) == 0
     assert not stale.exists()
     assert fresh.exists() and other.exists() and link.is_symlink()
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u2060", "\u00ad", "\u200f", "\U000e0041",
+                                       "\ufeff", "\u3164", "\ufe0f"])
+def test_labels_with_invisible_characters_are_refused(clock, invisible):
+    """`peernet peers` could show `alice` twice for two keys (zero-width and other
+    format characters, tag characters, fillers, variation selectors)."""
+    store = TrustStore.in_memory(clock=clock)
+    with pytest.raises(ValueError, match="invisible character"):
+        store.pair(pid(1), label=f"ali{invisible}ce")
+    assert not store.is_trusted(pid(1))
+
+
+@pytest.mark.parametrize("look_alike", ["ALICE", "Alice", "ａｌｉｃｅ", "alice"])
+def test_a_label_that_looks_like_another_peers_label_is_refused(clock, look_alike):
+    store = TrustStore.in_memory(clock=clock)
+    store.pair(pid(1), label="alice")
+    with pytest.raises(ValueError, match="looks like 'alice'"):
+        store.pair(pid(2), label=look_alike)
+    assert not store.is_trusted(pid(2))
+    store.pair(pid(1), label="Alice")  # relabelling the same peer is fine
+
+
+def test_labels_in_other_scripts_are_still_welcome(clock):
+    store = TrustStore.in_memory(clock=clock)
+    store.pair(pid(1), label="Küche")
+    store.pair(pid(2), label="台所のパイ")
+    store.pair(pid(3), label="кухня")
+    assert [p.label for p in store.list()] == ["кухня", "台所のパイ", "Küche"]
