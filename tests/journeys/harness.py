@@ -24,7 +24,7 @@ from pathlib import Path
 from tests.conftest import wait_until
 
 __all__ = ["Proc", "Device", "free_port", "wait_for_port", "group_alive", "parent_pid", "run",
-           "peernet_cli"]
+           "peernet_cli", "with_tests_importable"]
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -143,6 +143,12 @@ def wait_for_port(port: int, proc: Proc, timeout_s: float) -> None:
     assert wait_until(accepting, timeout_s=timeout_s, interval_s=0.05), proc.text()
 
 
+def with_tests_importable(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the repo on PYTHONPATH, for ``python -m tests.journeys.X``."""
+    repo = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))}
+
+
 def run(args: list[str], *, cwd: Path, env: dict[str, str],
         timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run a command to completion in its own group; fail with its output if it fails."""
@@ -165,11 +171,8 @@ class Device:
     talks to."""
 
     def __init__(self, data_dir: Path, *, cwd: Path, env: dict[str, str]) -> None:
-        repo = Path(__file__).resolve().parents[2]
-        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo),
-                                                                 env.get("PYTHONPATH")]))}
         self.proc = Proc([sys.executable, "-m", "tests.journeys.device", str(data_dir)],
-                         cwd=cwd, env=env, stdin=True)
+                         cwd=cwd, env=with_tests_importable(env), stdin=True)
         try:
             info = json.loads(self.proc.expect(r"^READY (.*)$", timeout_s=20)[1].group(1))
         except BaseException:
