@@ -8,25 +8,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_RUNNABLE = re.compile(r"<!-- runnable -->\s*```python\n(.*?)```", re.DOTALL)
-_ANY_PYTHON = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-
-
-def _docs() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "guides").glob("*.md"))]
-
-
-def _blocks(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
-    found = []
-    for doc in _docs():
-        for i, match in enumerate(pattern.finditer(doc.read_text())):
-            found.append((f"{doc.relative_to(ROOT)}#{i + 1}", match.group(1)))
-    return found
+from tests.docblocks import ANY_PYTHON as _ANY_PYTHON
+from tests.docblocks import ROOT
+from tests.docblocks import RUNNABLE as _RUNNABLE
+from tests.docblocks import blocks as _blocks
+from tests.docblocks import docs as _docs
 
 
 def test_the_readme_has_a_runnable_quick_start():
