@@ -55,13 +55,13 @@ import signal
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ._fs import ensure_private_dir
+from ._text import escape, escape_json
 from ._io.lifecycle import DataDirLock
 from .errors import (
     Busy,
@@ -227,16 +227,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def dump_json(value: Any) -> str:
-    """One line of JSON for a call result; bytes become ``{"$base64": ...}``."""
-    return json.dumps(_jsonable(value), ensure_ascii=False)
+    """One line of JSON for a call result; bytes become ``{"$base64": ...}``. A peer
+    chose these strings: C1 controls, format and bidi characters come out as ``\\u``
+    escapes (still the same JSON value), so a result cannot drive the terminal."""
+    return escape_json(json.dumps(_jsonable(value), ensure_ascii=False))
 
 
-def _printable(text: str) -> str:
-    """Peer-supplied text, safe for a terminal: control and format characters escaped."""
-    return "".join(
-        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") else ch
-        for ch in text
-    )
+_printable = escape  # chat lines and labels: peer text, safe for a terminal
 
 
 # --- output ------------------------------------------------------------------------
@@ -296,16 +293,16 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
 # --- nodes and peers ---------------------------------------------------------------
 
 
-def _locked_message(data_dir: Path) -> str:
-    return (f"another peernet process is using {data_dir} (a `peernet listen` or `chat`?); "
-            "stop it first, or use another --data-dir")
+def _locked_message(data_dir: Path, exc: DataDirLocked) -> str:
+    """The lock's own message names the holder (its pid and command line)."""
+    return f"{exc} (--data-dir)"
 
 
 def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
     try:
         return Node(data_dir, host=host, port=port, **settings)
-    except DataDirLocked:
-        raise CliError(_locked_message(data_dir)) from None
+    except DataDirLocked as exc:
+        raise CliError(_locked_message(data_dir, exc)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -317,8 +314,8 @@ def _trust_store_locked(data_dir: Path) -> Iterator[TrustStore]:
     directory = ensure_private_dir(data_dir)
     try:
         lock = DataDirLock(directory)
-    except DataDirLocked:
-        raise CliError(_locked_message(data_dir)) from None
+    except DataDirLocked as exc:
+        raise CliError(_locked_message(data_dir, exc)) from None
     try:
         yield TrustStore.load(directory)
     finally:
@@ -524,7 +521,7 @@ def _table(peers: list[Peer]) -> str:
     rows = [("LABEL", "ID", "STATUS", "ADDRESS", "LAST SEEN", "RTT")]
     for p in peers:
         rows.append((
-            p.label or "-",
+            _printable(p.label) if p.label else "-",
             p.id.short,
             p.status,
             f"{p.address[0]}:{p.address[1]}" if p.address else "-",
@@ -792,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 -- one line, never a traceback
         code, message = _classify(exc)
-        print(f"peernet: {message}", file=sys.stderr)
+        # Whatever part of it came from a peer, it cannot move the cursor or forge lines.
+        print(f"peernet: {escape(message)}", file=sys.stderr)
         return code
     finally:
         if in_main_thread:

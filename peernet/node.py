@@ -234,7 +234,8 @@ class Node:
             self._discoveries: list[Discovery] = []
             host_view = Host(peer_id=self.id, port=lambda: self.port,
                              sign=self._identity.sign, hints=self._hints,
-                             closed=lambda: self._closed)
+                             closed=lambda: self._closed,
+                             paired_peers=self.trust.paired_ids)
             for source in (self._manual, *discoveries):
                 source.start(host_view)
                 self._discoveries.append(source)

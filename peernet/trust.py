@@ -189,6 +189,10 @@ class TrustStore:
         except TypeError:  # unhashable junk
             return False
 
+    def paired_ids(self) -> frozenset[PeerId]:
+        """The ids of every paired peer (a snapshot)."""
+        return frozenset(self._peers)
+
     def get(self, peer: PeerId | str | bytes) -> TrustedPeer | None:
         """The entry for ``peer`` (anything ``PeerId.parse`` accepts), or None."""
         return self._peers.get(PeerId.parse(peer))

@@ -329,7 +329,7 @@ class Mesh:
         self._registry.drop_link(link)
         self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
         if link.established and link.peer_id is not None:
-            log.info("link with %s closed: %s", link.peer_id.short, link.close_reason)
+            log.info("link with %s closed: %r", link.peer_id.short, link.close_reason)
             if self._is_trusted(link.peer_id):
                 self._addresses.seen(link.peer_id,
                                      time.time() - (time.monotonic() - link.last_received))

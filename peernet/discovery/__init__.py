@@ -55,6 +55,10 @@ class DiscoveryHost(Protocol):
     def peer_lost(self, peer: PeerId, *, source: str) -> None:
         """The hint this source gave for ``peer`` no longer holds."""
         ...
+    def paired_peers(self) -> frozenset[PeerId]:
+        """The peers this node is paired with now: a source that must ration its work
+        (strangers' announcements are free to make) serves these first."""
+        ...
 
 
 @runtime_checkable

@@ -17,12 +17,14 @@ class Host:
 
     def __init__(self, *, peer_id: PeerId, port: Callable[[], int],
                  sign: Callable[[bytes], bytes], hints: Hints,
-                 closed: Callable[[], bool]) -> None:
+                 closed: Callable[[], bool],
+                 paired_peers: Callable[[], frozenset[PeerId]]) -> None:
         self._id = peer_id
         self._port = port
         self._sign = sign
         self._hints = hints
         self._closed = closed
+        self.paired_peers = paired_peers
 
     @property
     def id(self) -> PeerId:

@@ -73,15 +73,20 @@ class MdnsDiscovery:
         they last heard it; browsers refresh live records before they expire.
     :param resolve_timeout_s: how long to ask the network for a service's records when
         they did not come with its announcement.
-    :param max_peers: how many services are tracked and queued at most; more are
-        ignored (a flood of records costs bounded memory and work).
+    :param max_peers: how many paired peers' services are tracked and queued at most;
+        more are ignored (a flood of records costs bounded memory and work).
+    :param max_strangers: how many of those may be *unpaired* announcers (default 32,
+        at most ``max_peers``). Keys are
+        free, so strangers get a small budget of their own, least recently heard out
+        first, and can never crowd out a paired peer's record.
     :raises MdnsUnavailable: python-zeroconf is not installed.
     """
 
     source = "mdns"
 
     def __init__(self, *, interfaces: Iterable[str] | None = None, ttl_s: float = 120.0,
-                 resolve_timeout_s: float = 1.0, max_peers: int = 256) -> None:
+                 resolve_timeout_s: float = 1.0, max_peers: int = 256,
+                 max_strangers: int | None = None) -> None:
         self._zc_mod = _import_zeroconf()
         if not 1 <= float(ttl_s) <= 4500:
             raise ValueError(f"ttl_s must be 1 .. 4500 seconds, got {ttl_s!r}")
@@ -89,10 +94,17 @@ class MdnsDiscovery:
             raise ValueError(f"resolve_timeout_s must be 0.05 .. 10 seconds, got {resolve_timeout_s!r}")
         if type(max_peers) is not int or max_peers < 1:
             raise ValueError(f"max_peers must be a positive int, got {max_peers!r}")
+        if max_strangers is None:
+            max_strangers = min(32, max_peers)
+        if type(max_strangers) is not int or not 1 <= max_strangers <= max_peers:
+            raise ValueError(f"max_strangers must be an int in 1 .. max_peers, "
+                             f"got {max_strangers!r}")
         self.interfaces = None if interfaces is None else tuple(interfaces)
         self.ttl_s = int(round(float(ttl_s)))
         self.resolve_timeout_s = float(resolve_timeout_s)
         self.max_peers = max_peers
+        self.max_strangers = max_strangers
+        self._paired_names: tuple[frozenset[PeerId], frozenset[str]] = (frozenset(), frozenset())
         self._host: DiscoveryHost | None = None
         self._filter: RecordFilter | None = None
         self._thread: threading.Thread | None = None
@@ -161,14 +173,36 @@ class MdnsDiscovery:
 
     def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         kind = "removed" if state_change is self._zc_mod.ServiceStateChange.Removed else "resolve"
+        paired = self._is_paired_name(name)
         with self._cond:
             if self._stop:
                 return
-            if name not in self._pending and len(self._pending) >= self.max_peers:
-                self._ignore("queue_full")
+            if name in self._pending:
+                self._pending.move_to_end(name)
+            elif not paired:
+                strangers = [n for n in self._pending if not self._is_paired_name(n)]
+                if len(strangers) >= self.max_strangers:
+                    del self._pending[strangers[0]]  # the least recently heard stranger
+                    self._ignore("stranger_evicted")
+            elif len(self._pending) >= self.max_peers + self.max_strangers:
+                self._ignore("queue_full")  # only paired names can get here: bounded
                 return
             self._pending[name] = kind
             self._cond.notify()
+
+    def _is_paired_name(self, name: str) -> bool:
+        """Is ``name`` the service name of a peer we are paired with? (Names are derived
+        from keys, so a stranger cannot take a paired peer's name without its key's
+        short form, and its record would not verify anyway.)"""
+        paired_peers = getattr(self._host, "paired_peers", None)  # a host of one's own
+        if paired_peers is None:                                   # may not offer it
+            return False
+        paired = paired_peers()
+        known, names = self._paired_names
+        if paired is not known:
+            names = frozenset(instance_name(p) for p in paired)
+            self._paired_names = (paired, names)
+        return name in names
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -289,14 +323,20 @@ class MdnsDiscovery:
         zc, host, filt = self._zc, self._host, self._filter
         if zc is None or host is None or filt is None:
             return
-        if name not in self._tracked and len(self._tracked) >= self.max_peers:
+        if name not in self._tracked and not self._is_paired_name(name):
+            strangers = [n for n in self._tracked if not self._is_paired_name(n)]
+            if len(strangers) >= self.max_strangers:
+                self._forget(strangers[0])  # the least recently heard stranger
+                self._ignore("stranger_evicted")
+        elif name not in self._tracked and sum(
+                map(self._is_paired_name, self._tracked)) >= self.max_peers:
             self._ignore("too_many_peers")
             return
         info = self._zc_mod.ServiceInfo(SERVICE_TYPE, name)
         try:
             complete = info.request(zc, int(self.resolve_timeout_s * 1000))  # milliseconds
         except Exception:  # noqa: BLE001 -- zeroconf closing, or a bad name
-            log.debug("resolving %s failed", name, exc_info=True)
+            log.debug("resolving %r failed", name, exc_info=True)
             complete = False
         if not complete or info.port is None:
             self._ignore("unresolved")
@@ -309,7 +349,8 @@ class MdnsDiscovery:
         address = choose_address(record.addresses, resolved, local)
         if address is None:
             return
-        self._tracked[name] = record.peer_id
+        self._tracked.pop(name, None)
+        self._tracked[name] = record.peer_id  # most recently heard last
         self.resolved += 1
         host.peer_seen(record.peer_id, (address, record.port), source=self.source, ttl_s=None)
 

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 
+import pytest
 
 from peernet._proto import cbor
 from peernet._proto.messages import (
@@ -344,3 +345,21 @@ def test_T20_queued_work_is_charged_what_it_holds_not_its_wire_bytes(env, record
     record(f"T20 120 sends of 50 KB that decode to 3.5 MB each, to a slow handler: "
            f"target RSS +{grown / MIB:.1f} MiB (budget 4 MiB)")
     assert grown < 16 * MIB
+
+
+@pytest.mark.parametrize("name,payload", [
+    ("bye-newline", [6, "bye\n2099-01-01 00:00:00,000 WARNING MainThread peernet: forged"]),
+    ("bye-escapes", [6, "\x1b]0;pwned\x07\x1b[2J"]),
+    ("detail-newline", [2, 1, "handler_error", "E\nWARNING forged"]),
+])
+def test_peer_text_cannot_forge_log_lines_or_reach_a_terminal_raw(env, record, name, payload):
+    """A paired peer's bye reason or error detail with a line break or terminal escapes
+    ends its link as a protocol error, and the node's log gains no line of its making."""
+    c = env.raw()
+    c.handshake()
+    c.send_payload(cbor.encode(payload))
+    assert not raw_session_alive(c, timeout_s=2)
+    log = env.target.log()
+    assert "forged" not in log and "pwned" not in log and "\x1b" not in log
+    assert all(line[:4].isdigit() for line in log.splitlines() if line.strip()), log[-500:]
+    record(f"T17 {name}: link closed as a protocol error, log has no injected line")

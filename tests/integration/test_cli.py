@@ -300,8 +300,9 @@ def test_listen_serves_call_and_send_and_stops_on_sigterm(alice_bob, tmp_path):
         # A live node holds its data dir: a clear one-line error, exit 1.
         for argv in (("call", "bob", "echo", "--to", to), ("pair", b_id),
                      ("listen", "--host", LOOPBACK)):
-            assert "another peernet process is using" in one_line_error(
-                run("--data-dir", a, *argv), 1)
+            line = one_line_error(run("--data-dir", a, *argv), 1)
+            # The holder is named: its pid and command line (`peernet listen`).
+            assert "in another process (pid " in line and "listen" in line, line
 
         checked = run("--data-dir", b, "peers", "--check", f"alice@{to}")
         assert checked.returncode == 0, checked.stderr
@@ -411,9 +412,28 @@ def test_chat_with_an_unpaired_peer_or_a_locked_data_dir(alice_bob, tmp_path):
     alice = peernet_proc("--data-dir", a, "chat", "bob", "--host", LOOPBACK)
     try:
         ready(alice)
-        assert "another peernet process" in one_line_error(
+        assert "in another process (pid " in one_line_error(
             run("--data-dir", a, "chat", "bob", "--host", LOOPBACK), 1)
         alice.p.send_signal(signal.SIGINT)
         assert alice.wait() == 0
     finally:
         alice.stop()
+
+
+def test_a_result_cannot_drive_the_terminal(tmp_path):
+    """A paired peer's result with a C1 CSI (U+009B), a right-to-left override and a tag
+    character is printed as JSON escapes, and still parses to the same value."""
+    from peernet.identity import load_or_create
+
+    me = load_or_create(tmp_path / "me").peer_id
+    evil = "\u009b2J\u202eevil\U000e0041 ok"
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False) as device:
+        device.pair(me)
+        device.expose("evil", lambda peer, args: [evil, {"k": evil}])
+        assert run("--data-dir", tmp_path / "me", "pair", str(device.id)).returncode == 0
+        out = run("--data-dir", tmp_path / "me", "call", str(device.id), "evil",
+                  "--to", f"{LOOPBACK}:{device.port}")
+    assert out.returncode == 0, out.stderr
+    assert "\u009b" not in out.stdout and "\u202e" not in out.stdout
+    assert "\\u009b2J\\u202eevil\\udb40\\udc41 ok" in out.stdout
+    assert json.loads(out.stdout) == [evil, {"k": evil}]

@@ -79,6 +79,27 @@ if mode == "announce":
     disc.start(host)
     stop = lambda: disc.stop(10.0)
     out({"id": str(ident.peer_id), "port": host.port})
+elif mode == "flood":
+    # arg: how many throwaway keys announce a valid, signed record each (no listener).
+    import asyncio
+    from peernet.identity import Identity
+    me = sys.argv[4]
+    zc = zeroconf.Zeroconf(interfaces=[me], ip_version=zeroconf.IPVersion.V4Only)
+    seq = time.time_ns() // 1_000_000
+    pending = []
+    for _ in range(int(arg)):
+        throwaway = Identity.generate()
+        txt = rec.build_txt(throwaway.sign, throwaway.peer_id, port=9, seq=seq, addresses=[me])
+        info = zeroconf.ServiceInfo(rec.SERVICE_TYPE, rec.instance_name(throwaway.peer_id),
+                                    port=9, properties=txt,
+                                    server=rec.server_name(throwaway.peer_id),
+                                    parsed_addresses=[me])
+        pending.append(asyncio.run_coroutine_threadsafe(
+            zc.async_register_service(info, cooperating_responders=True), zc.loop))
+    for future in pending:
+        future.result(30)
+    stop = zc.close
+    out({"id": str(ident.peer_id), "port": 0})
 else:
     victim = load_or_create(Path(arg))
     victim_port = int(sys.argv[4])
@@ -279,3 +300,20 @@ def test_a_spoofed_or_replayed_record_redirects_nothing(lab, tmp_path):
         assert victim.id not in _nearby(node)
         time.sleep(0.05)
     assert attacker.ask("accepted") == 0
+
+
+def test_a_flood_of_throwaway_keys_never_hides_a_paired_peer(lab, tmp_path):
+    """300 validly signed records from throwaway keys: strangers have a small LRU budget
+    of their own, so a paired peer that starts after the flood is still found and
+    called (the table of 256 used to be full of strangers, and it never was)."""
+    a_dir, b_dir = _data_dirs(tmp_path, 2, paired=True)
+    a = lab.agent(0, a_dir, "--discovery", "mdns")
+    flood = lab.helper(2, "flood", str(tmp_path / "flooder"), "300", lab.address(2))
+    assert flood.id
+    assert wait_until(lambda: len(_nearby(a)) >= 32, timeout_s=20, interval_s=0.1)
+    b = lab.agent(1, b_dir, "--discovery", "mdns")
+    started = time.monotonic()
+    assert wait_until(lambda: _call_ok(a, b.id), timeout_s=10, interval_s=0.05)
+    took = time.monotonic() - started
+    assert took < 5.0, f"found the paired peer {took:.1f} s after it started"
+    assert len(_nearby(a)) <= 32 + 1  # strangers stay within their budget

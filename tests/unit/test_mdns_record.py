@@ -289,6 +289,10 @@ class RecordingHost:
         self.port = port
         self.seen: list[tuple] = []
         self.lost: list[tuple] = []
+        self.paired: frozenset = frozenset()
+
+    def paired_peers(self):
+        return self.paired
 
     def sign(self, message: bytes) -> bytes:
         return self._identity.sign(message)
@@ -398,10 +402,29 @@ def test_a_flood_is_bounded(running, fake):
     for i in range(300):
         zc.browser.fire(publish(fake, Identity.generate(), name=f"x{i}._peernet._tcp.local."),
                         state.Added)
-    assert wait_until(lambda: len(host.seen) >= 8 and not disc._pending)
-    assert len(host.seen) == 8 and len(disc._tracked) == 8
-    # Whether the queue or the peer cap refuses each one depends on thread timing.
-    assert disc.dropped.get("queue_full", 0) + disc.dropped.get("too_many_peers", 0) == 292
+    assert wait_until(lambda: not disc._pending)
+    # Strangers share a small LRU budget: the least recently heard make room.
+    assert len(disc._tracked) <= disc.max_strangers
+    assert disc.dropped.get("stranger_evicted", 0) >= 300 - disc.max_strangers
+
+
+def test_a_flood_of_strangers_never_crowds_out_a_paired_peer(running, fake):
+    """300 validly signed records from throwaway keys used to fill every slot (256 by
+    default), so a paired peer's record was never resolved."""
+    disc, host, zc = running
+    state = sys.modules["zeroconf"].ServiceStateChange
+    host.paired = frozenset({OTHER.peer_id})
+    for i in range(300):
+        zc.browser.fire(publish(fake, Identity.generate(), name=f"x{i}._peernet._tcp.local."),
+                        state.Added)
+    zc.browser.fire(publish(fake, OTHER), state.Added)
+    for i in range(300, 400):  # and the flood goes on
+        zc.browser.fire(publish(fake, Identity.generate(), name=f"x{i}._peernet._tcp.local."),
+                        state.Added)
+    assert wait_until(lambda: any(seen[0] == OTHER.peer_id for seen in host.seen))
+    assert wait_until(lambda: not disc._pending)
+    assert instance_name(OTHER.peer_id) in disc._tracked
+    assert len(disc._tracked) <= disc.max_strangers + 1
 
 
 def test_announce_follows_the_interfaces(running, fake):
