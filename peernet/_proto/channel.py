@@ -55,6 +55,7 @@ from . import cbor
 from .messages import (
     BAD_REQUEST,
     BUSY,
+    BYE_SUPERSEDED,
     FORBIDDEN,
     HANDLER_ERROR,
     NO_SUCH_HANDLER,
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 #: Bye reason that starts (or answers) the two-sided retirement of a duplicate link.
-SUPERSEDED = "superseded"
+SUPERSEDED = BYE_SUPERSEDED
 MAX_PENDING_PINGS = 16
 
 #: Wire error code -> the exception a caller gets. ``bad_request`` and any code without

@@ -53,7 +53,8 @@ from peernet._proto import cbor
 from peernet.errors import ProtocolError
 
 __all__ = [
-    "BAD_REQUEST", "BUSY", "Bulk", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
+    "BAD_REQUEST", "BUSY", "BYE_NODE_CLOSING", "BYE_REASONS", "BYE_SUPERSEDED",
+    "BYE_UNPAIRED", "Bulk", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
     "HANDLER_ERROR", "HANDLER_NAME_RE", "MAX_TEXT", "Message", "NONCE_SIZE",
     "NO_SUCH_HANDLER", "Ping", "Pong", "Reply", "Send", "decode_message",
     "encode_for_link", "encode_message", "exception_detail", "is_valid_detail",
@@ -73,10 +74,22 @@ HANDLER_ERROR = "handler_error"
 BUSY = "busy"
 """Error code: the callee has too many calls from this peer in progress."""
 BAD_REQUEST = "bad_request"
-"""Error code: the call was well-formed CBOR but unusable (e.g. args the handler
-cannot take)."""
+"""Error code, reserved: peernet never sends it (a malformed call ends the link; args a
+handler cannot take make it raise, which is ``handler_error``). A receiver accepts it
+like any other code and fails the call."""
 ERROR_CODES = frozenset({NO_SUCH_HANDLER, FORBIDDEN, HANDLER_ERROR, BUSY, BAD_REQUEST})
 """Every error code that may appear in an :class:`Error` message."""
+
+BYE_SUPERSEDED = "superseded"
+"""Bye reason: this link lost to another link to the same peer; it closes once both
+sides have said it (the two-sided retirement of ``guides/protocol.md``)."""
+BYE_NODE_CLOSING = "node closing"
+"""Bye reason: the sender is shutting down (``Node.close``)."""
+BYE_UNPAIRED = "unpaired"
+"""Bye reason: the sender stopped trusting the receiver (``Node.unpair``)."""
+BYE_REASONS = (BYE_SUPERSEDED, BYE_NODE_CLOSING, BYE_UNPAIRED)
+"""Every bye reason peernet sends. A receiver accepts any reason text: only
+``superseded`` has a meaning of its own, every other one ends the link at once."""
 
 MAX_TEXT = 200
 """Longest ``Error.detail`` / ``Bye.reason``, in characters."""
