@@ -28,6 +28,8 @@ from typing import Any, Callable
 from .._proto.backoff import Backoff
 from .._proto.messages import (
     BUSY,
+    BYE_NODE_CLOSING,
+    BYE_UNPAIRED,
     HANDLER_ERROR,
     Bulk,
     Call,
@@ -63,7 +65,7 @@ _SEND_ROOM_WAIT_S = 0.5
 _REFUSAL_WARNING_EVERY_S = 60.0
 _REFUSAL_WARNINGS_TRACKED = 256
 #: The bye reason of a node shutting down (see link_closed).
-NODE_CLOSING = "node closing"
+NODE_CLOSING = BYE_NODE_CLOSING
 #: How soon a change to the address book is written (changes in between coalesce).
 _ADDRESS_SAVE_DELAY_S = 1.0
 
@@ -189,7 +191,7 @@ class Mesh:
         # duplicates; inbound handshakes not yet at message 3 meet the live trust check.
         for link in self._registry.all_links():
             if link.target == peer:
-                link.close("unpaired", bye=True)
+                link.close(BYE_UNPAIRED, bye=True)
 
     def on_network_change(self, change: NetworkChange) -> None:
         """Close only the links whose local address vanished; redial offline peers now."""
