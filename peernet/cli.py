@@ -72,13 +72,15 @@ from .errors import (
     InvalidHandlerName,
     InvalidPeerId,
     MessageTooLarge,
+    PortInUse,
     NoSuchHandler,
     NotPaired,
     PeerNetError,
     PeerUnavailable,
     RemoteError,
 )
-from .handlers import check_handler_name
+from ._version import __version__
+from .handlers import HandlerFailure, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
 from .node import Node, default_data_dir
@@ -298,11 +300,21 @@ def _locked_message(data_dir: Path, exc: DataDirLocked) -> str:
     return f"{exc} (--data-dir)"
 
 
+def _note_handler_error(failure: HandlerFailure) -> None:
+    """The CLI serves only its own echo and chat, so a failure there means a peer sent
+    arguments they cannot take: one line, not a traceback."""
+    print(f"peernet: {failure.handler} could not serve a call from {failure.peer.short}: "
+          f"{type(failure.exception).__name__}", file=sys.stderr, flush=True)
+
+
 def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
+    settings.setdefault("on_handler_error", _note_handler_error)
     try:
         return Node(data_dir, host=host, port=port, **settings)
     except DataDirLocked as exc:
         raise CliError(_locked_message(data_dir, exc)) from None
+    except PortInUse as exc:
+        raise CliError(f"{exc} (--port)") from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -683,6 +695,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="where the identity and trust list live (default: "
                          "$PEERNET_DATA_DIR or ~/.local/share/peernet)")
+    ap.add_argument("--version", action="version",
+                    version=f"peernet {__version__} (distribution peernet-py, "
+                            f"Python {sys.version.split()[0]})")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace, Path], int], help_text: str,

@@ -24,6 +24,7 @@ __all__ = [
     "DataDirLocked",
     "InsecureDataDir",
     "NodeClosed",
+    "PortInUse",
     "NotPaired",
     "CallError",
     "PeerUnavailable",
@@ -105,6 +106,14 @@ class DataDirLocked(PeerNetError):
 
 class NodeClosed(PeerNetError, RuntimeError):
     """The node was closed; it cannot be used any more."""
+
+
+class PortInUse(PeerNetError, OSError):
+    """The node's TCP port is taken (another node or program listens on it). Pick
+    another ``port``, or ``port=0`` for a free one."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class NotPaired(PeerNetError, LookupError):

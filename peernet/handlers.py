@@ -4,15 +4,24 @@ Default-deny: a name that was never exposed (or was revoked) answers "no such ha
 ``authorize(peer)`` runs before every call of its handler and only ``True`` (the object,
 not a truthy value) lets the call through; an ``authorize`` that raises means forbidden.
 A handler may refuse a call itself by raising :class:`~peernet.Forbidden` (the peer gets
-"forbidden", never the message). A handler that raises anything else --
+"forbidden", never the message), or by raising :class:`~peernet.NoSuchHandler` say that
+what was asked for does not exist (``rpc`` does, for a function not on its allow-list:
+the caller was authorized, so "no such function" tells it nothing it may not know).
+A handler that raises anything else --
 ``BaseException`` included -- becomes a ``handler_error`` outcome carrying the
-exception's type name only; the traceback goes to the local log and never to the peer.
+exception's type name only. The peer never sees the traceback; this node does: the
+table hands it to ``on_error`` (``Node(on_handler_error=...)``), by default
+:func:`report_handler_error`, which shows it the way ``threading.excepthook`` shows an
+uncaught exception in a thread.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
@@ -23,10 +32,11 @@ from ._proto.messages import (
     exception_detail,
     is_valid_handler_name,
 )
-from .errors import Forbidden, InvalidHandlerName
+from .errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from .ids import PeerId
 
-__all__ = ["HandlerFn", "AuthorizeFn", "Handler", "Outcome", "HandlerTable"]
+__all__ = ["HandlerFn", "AuthorizeFn", "Handler", "Outcome", "HandlerTable",
+           "HandlerFailure", "report_handler_error"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,84 @@ class Outcome:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HandlerFailure:
+    """What ``Node(on_handler_error=...)`` is given when a handler raised.
+
+    The peer got only ``RemoteError`` with the exception's type name; this is the whole
+    story, for this node's eyes only.
+    """
+
+    #: The handler's name.
+    handler: str
+    #: The peer whose call or send it was serving.
+    peer: PeerId
+    #: What it raised (``exception.__traceback__`` is intact).
+    exception: BaseException
+    #: True when the handler's ``authorize`` raised (the call was refused as forbidden).
+    in_authorize: bool = False
+
+
+def _logging_configured(logger: logging.Logger) -> bool:
+    """Whether an application set up logging that would show ``logger``'s records:
+    a handler other than our NullHandler on it or an ancestor (the root included)."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def report_handler_error(failure: HandlerFailure) -> None:
+    """The default ``on_handler_error``: make a handler's exception visible here.
+
+    If the application configured logging (``logging.basicConfig()``, Django's or
+    Flask's logging, a handler on the ``"peernet"`` logger), the failure is logged
+    once at ERROR on ``peernet.handlers`` with its traceback. Otherwise it is printed
+    to ``sys.stderr`` with the handler's name, the peer's short id and the
+    traceback, as ``threading.excepthook`` prints an uncaught exception.
+    """
+    exc = failure.exception
+    where = "authorize of handler" if failure.in_authorize else "handler"
+    if _logging_configured(log):
+        log.error("%s %r raised for %s", where, failure.handler, failure.peer.short,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return
+    stream = sys.stderr
+    if stream is None:  # pythonw, or a daemon that closed it
+        return
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    stream.write(f"peernet: exception in {where} {failure.handler!r} "
+                 f"(call from {failure.peer.short}):\n" + "".join(lines))
+    stream.flush()
+
+
+def check_handler_signature(name: str, fn: Callable[..., Any]) -> None:
+    """Refuse, at ``expose()`` time, a handler that cannot be called as ``fn(peer, args)``.
+
+    Without this, the mistake shows only when a peer calls: as ``RemoteError:
+    TypeError`` on the caller. Callables whose signature Python cannot read are let
+    through.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        shown = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise TypeError(
+            f"handler {name!r}: {shown}{signature} cannot be called as fn(peer, args) "
+            f"({exc}); a handler takes the calling peer's PeerId and the call's args, "
+            f"e.g. def {name.replace('.', '_').replace(':', '_').replace('-', '_')}"
+            f"(peer, args): ..."
+        ) from None
+
+
 _NO_SUCH_HANDLER = Outcome(error=NO_SUCH_HANDLER)
 _FORBIDDEN = Outcome(error=FORBIDDEN)
 
@@ -68,11 +156,17 @@ def check_handler_name(name: object) -> str:
 
 
 class HandlerTable:
-    """Thread-safe map of exposed handlers. Lookups take no lock."""
+    """Thread-safe map of exposed handlers. Lookups take no lock.
 
-    def __init__(self) -> None:
+    ``on_error(failure)`` is told of every exception a handler raises (see
+    :func:`report_handler_error`, the default).
+    """
+
+    def __init__(self, on_error: Callable[[HandlerFailure], None] = report_handler_error
+                 ) -> None:
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
+        self._on_error = on_error
 
     @overload
     def expose(self, name: str, fn: F, *, authorize: AuthorizeFn | None = None) -> F: ...
@@ -99,6 +193,7 @@ class HandlerTable:
             return decorator
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {type(fn).__name__}")
+        check_handler_signature(name, fn)
         with self._lock:
             self._handlers[name] = Handler(name, fn, authorize)
         return fn
@@ -125,9 +220,8 @@ class HandlerTable:
         if handler.authorize is not None:
             try:
                 allowed = handler.authorize(peer)
-            except BaseException:  # noqa: BLE001 -- a broken policy must deny, not crash
-                log.error("authorize for %r raised; call from %s refused", name, peer.short,
-                          exc_info=True)
+            except BaseException as exc:  # noqa: BLE001 -- a broken policy denies
+                self._report(HandlerFailure(name, peer, exc, in_authorize=True))
                 return _FORBIDDEN
             if allowed is not True:
                 return _FORBIDDEN
@@ -136,6 +230,16 @@ class HandlerTable:
         except Forbidden as exc:
             log.info("handler %r refused a call from %s: %s", name, peer.short, exc)
             return _FORBIDDEN
+        except NoSuchHandler as exc:
+            log.info("handler %r found nothing for %s: %s", name, peer.short, exc)
+            return _NO_SUCH_HANDLER
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
-            log.error("handler %r raised for %s", name, peer.short, exc_info=True)
+            self._report(HandlerFailure(name, peer, exc))
             return Outcome(error=HANDLER_ERROR, detail=exception_detail(exc))
+
+    def _report(self, failure: HandlerFailure) -> None:
+        try:
+            self._on_error(failure)
+        except BaseException:  # noqa: BLE001 -- a broken hook must not break serving
+            log.error("on_handler_error raised while reporting handler %r", failure.handler,
+                      exc_info=True)

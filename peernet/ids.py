@@ -229,6 +229,11 @@ def _parse_text(value: str) -> bytes:
 #: Text form of recently seen keys (a pure function of the key, so safe to share).
 _TEXT_CACHE: dict[bytes, str] = {}
 _TEXT_CACHE_SIZE = 4096
+#: PeerIds of recently parsed texts, keyed by the exact text given: users pass ids as
+#: text on every call, and bech32m in pure Python costs ~40 us. Only valid texts are
+#: kept, so a caller feeding junk cannot fill it; it is emptied when full.
+_PARSED: dict[str, PeerId] = {}
+_PARSED_SIZE = 4096
 
 
 class PeerId:
@@ -238,6 +243,11 @@ class PeerId:
     61-character ``pn1…`` text, ``pid.bytes`` the raw key, ``pid.short`` a short form for
     logs (display only: never authorize anything by it). Build one from raw bytes with
     ``PeerId(raw32)`` or from anything a user typed with :meth:`PeerId.parse`.
+
+    A PeerId equals its canonical text and hashes like it, so an id pasted from
+    ``peernet id`` works wherever a PeerId does: ``peer == "pn1…"``, ``"pn1…" in
+    {peer}``, ``peer in {"pn1…"}`` and dict keys. Only the canonical (lower-case, no
+    spaces) text compares equal; ``PeerId.parse`` accepts the looser forms.
     """
 
     __slots__ = ("_raw", "_text")
@@ -271,7 +281,14 @@ class PeerId:
         if isinstance(value, PeerId):
             return value
         if isinstance(value, str):
-            return cls(_parse_text(value))
+            pid = _PARSED.get(value)
+            if pid is None:
+                pid = cls(_parse_text(value))
+                if type(value) is str:  # a str subclass could hash or compare oddly
+                    if len(_PARSED) >= _PARSED_SIZE:
+                        _PARSED.clear()  # atomic, so safe between threads
+                    _PARSED[value] = pid
+            return pid
         if isinstance(value, _BYTES_LIKE):
             return cls(value)
         _fail(
@@ -294,16 +311,20 @@ class PeerId:
         return self._raw
 
     def __hash__(self) -> int:
-        return hash(self._raw)
+        return hash(self._text)  # like the text, so a PeerId and its text are one key
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PeerId):
             return self._raw == other._raw
+        if isinstance(other, str):
+            return self._text == other
         return NotImplemented
 
     def __ne__(self, other: object) -> bool:
         if isinstance(other, PeerId):
             return self._raw != other._raw
+        if isinstance(other, str):
+            return self._text != other
         return NotImplemented
 
     def __lt__(self, other: object) -> bool:

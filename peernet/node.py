@@ -17,6 +17,7 @@ See guides/architecture.md for the path of one ``call()``.
 from __future__ import annotations
 
 import html
+import ipaddress
 import logging
 import os
 import threading
@@ -38,10 +39,16 @@ from .errors import (
     PeerUnavailable,
 )
 from .discovery import Discovery, ManualDiscovery, make_discoveries
-from .handlers import AuthorizeFn, HandlerTable, check_handler_name
+from .handlers import (
+    AuthorizeFn,
+    HandlerFailure,
+    HandlerTable,
+    check_handler_name,
+    report_handler_error,
+)
 from .identity import load_or_create
 from .ids import PeerId
-from .peer import Nearby, Peer, PeerEvent, peers_table
+from .peer import Nearby, Peer, PeerEvent, PeerList, peers_table
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
@@ -83,6 +90,23 @@ def _count(name: str, value: int) -> int:
     if type(value) is not int or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _check_host(host: object) -> str:
+    """A host name or IP address to dial, without a port, brackets or spaces."""
+    if type(host) is not str or not host:
+        raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if ":" in host or "[" in host or "/" in host or any(c.isspace() for c in host) or (
+            len(host) > 253):
+        raise ValueError(
+            f"host must be a host name or IP address without a port, got {host!r:.80}; "
+            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
+    return host
 
 
 class Node:
@@ -134,6 +158,12 @@ class Node:
         node can reach its peers without ``connect()``. True (default): dial them as
         soon as the node starts; False: only when a call or ``wait_for_peer`` needs
         them (what a one-shot script or CLI command wants).
+    :param on_handler_error: called with a :class:`~peernet.handlers.HandlerFailure`
+        (handler name, peer, exception) whenever one of this node's handlers (or its
+        ``authorize``) raises; the calling peer only gets ``RemoteError`` with the type
+        name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
+        ERROR on ``peernet.handlers`` when logging is configured and otherwise prints
+        the traceback to stderr, like an uncaught exception in a thread.
     """
 
     def __init__(
@@ -160,8 +190,14 @@ class Node:
         network_monitor: bool | NetworkMonitor = True,
         network_poll_interval: float = 5.0,
         redial_remembered: bool = True,
+        on_handler_error: Callable[[HandlerFailure], None] = report_handler_error,
     ) -> None:
+        self._closed = True  # until it is built: repr() and close() of a half-built node work
+        self._close_lock = threading.Lock()
+        self._host = host
         discoveries = make_discoveries(discovery)  # bad input fails before any side effect
+        if not callable(on_handler_error):
+            raise TypeError("on_handler_error must be callable")
         self.call_timeout = _positive("call_timeout", call_timeout)
         self.handshake_timeout = _positive("handshake_timeout", handshake_timeout)
         self.io_timeout = _positive("io_timeout", io_timeout)
@@ -196,13 +232,12 @@ class Node:
         )
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
         self._closed = False
-        self._close_lock = threading.Lock()
         try:
             self._identity = load_or_create(self._data_dir)
             self.trust = TrustStore.load(self._data_dir)
             addresses = AddressBook.load(self._data_dir)
             addresses.keep_only({t.peer_id for t in self.trust.list()})
-            self._handlers = HandlerTable()
+            self._handlers = HandlerTable(on_error=on_handler_error)
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
             self._mesh = Mesh(
@@ -226,7 +261,6 @@ class Node:
             if self._netmon is not None:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
-            self._host = host
             self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept,
                                       max_preauth=preauth, max_preauth_per_ip=preauth_per_ip)
             self._mesh.listening(self._acceptor)
@@ -289,6 +323,9 @@ class Node:
     def pair(self, peer_id: PeerLike, label: str | None = None) -> PeerId:
         """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
         label replaces the old one. Both sides must pair each other to talk."""
+        if PeerId.parse(peer_id) == self.id:
+            raise ValueError("that is this node's own id: pair the other node's id "
+                             "(run `peernet id` there)")
         return self.trust.pair(peer_id, label).peer_id
 
     def unpair(self, peer_id: PeerLike) -> bool:
@@ -301,25 +338,29 @@ class Node:
     def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
         """Remember ``host:port`` as ``peer_id``'s address and dial it in the background.
 
-        Returns at once; use :meth:`wait_for_peer` to wait for the link, or just
-        :meth:`call`, which waits for a dial in progress. Raises NotPaired for a peer
-        that is not paired (the handshake would refuse it anyway).
+        Returns at once, before the link is up: :meth:`call` waits for a dial in
+        progress, but :meth:`send` never waits, so a ``send()`` straight after
+        ``connect()`` usually returns False. Call :meth:`wait_for_peer` first. Raises
+        NotPaired for a peer that is not paired (the handshake would refuse it anyway),
+        ValueError for a host with a port in it or a bad port.
         """
         self._check_open()
         pid = PeerId.parse(peer_id)
         self._require_paired(pid)
+        host = _check_host(host)
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
-        self._manual.add(pid, (str(host), port))
+        self._manual.add(pid, (host, port))
 
-    def list_peers(self) -> list[Peer]:
+    def list_peers(self) -> PeerList:
         """Every paired peer, newest first, with status, address, last_seen and rtt.
 
         Status is "online" (a live authenticated link), "connecting" (a dial in
         progress), "offline" (known before, no link now) or "unknown" (never seen).
+        A plain list, shown as a table in a notebook.
         """
         now_wall, now_mono = time.time(), time.monotonic()
-        peers = []
+        peers = PeerList()
         for trusted in self.trust.list():
             entry = self._registry.get(trusted.peer_id)
             link = self._registry.active_link(trusted.peer_id)
@@ -414,7 +455,9 @@ class Node:
     def send(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
         """Fire and forget: True if handed to a live link, False if dropped (offline).
 
-        Never waits and never queues. Bad args raise before anything is sent.
+        Never waits and never queues, not even for a dial in progress: after
+        :meth:`connect` or at start-up, :meth:`wait_for_peer` first. Bad args raise
+        before anything is sent.
         """
         pid = PeerId.parse(peer_id)
         check_handler_name(name)
@@ -432,9 +475,11 @@ class Node:
 
     def wait_for_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
         """Wait until a live authenticated link to ``peer_id`` exists; dial if its address
-        is known. Returns whether one exists."""
+        is known. Returns whether one exists. Raises NotPaired at once for a peer that
+        is not paired (no link to it can ever come up)."""
         pid = PeerId.parse(peer_id)
         self._check_open()
+        self._require_paired(pid)
         deadline = time.monotonic() + timeout
         if self._registry.active_link(pid) is not None:
             return True
@@ -461,14 +506,19 @@ class Node:
         self.close()
 
     def __repr__(self) -> str:
+        identity = getattr(self, "_identity", None)
+        short = identity.peer_id.short if identity is not None else "(not started)"
         if self._closed:
-            return f"<Node {self.id.short} closed>"
+            return f"<Node {short} closed>"
         peers = self.list_peers()
         online = sum(p.online for p in peers)
-        return (f"<Node {self.id.short} on {self._host}:{self.port}, "
-                f"{online}/{len(peers)} peers online, {len(self._handlers)} handlers>")
+        handlers = len(self._handlers)
+        return (f"<Node {short} on {self._host}:{self.port}, {online}/{len(peers)} "
+                f"peers online, {handlers} handler{'' if handlers == 1 else 's'}>")
 
     def _repr_html_(self) -> str:
+        if getattr(self, "_identity", None) is None:
+            return "<div><b>peernet node</b> (not started)</div>"
         state = "closed" if self._closed else f"listening on {self._host}:{self.port}"
         handlers = ", ".join(self._handlers.names()) or "none"
         return (

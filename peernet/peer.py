@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .ids import PeerId
 
-__all__ = ["Nearby", "Peer", "PeerEvent"]
+__all__ = ["Nearby", "Peer", "PeerEvent", "PeerList"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,14 @@ class Peer:
 
     def _repr_html_(self) -> str:
         return peers_table([self])
+
+
+class PeerList(list[Peer]):
+    """What ``Node.list_peers()`` returns: a plain list of :class:`Peer` that a notebook
+    shows as a table (with each full id, to copy)."""
+
+    def _repr_html_(self) -> str:
+        return peers_table(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +91,14 @@ def _ago(ts: float | None) -> str:
 
 def peers_table(peers: list[Peer]) -> str:
     """An HTML table of peers; every field is escaped (labels come from people)."""
+    if not peers:
+        return "<div>no paired peers</div>"
     rows = []
     for p in peers:
         addr = f"{p.address[0]}:{p.address[1]}" if p.address else ""
         rtt = f"{p.rtt * 1000:.1f} ms" if p.rtt is not None else ""
-        cells = [p.label or "", p.id.short, p.status, addr, _ago(p.last_seen), rtt]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        cells = [html.escape(c) for c in (p.label or "", p.status, addr, _ago(p.last_seen), rtt)]
+        cells.insert(1, f"<code>{html.escape(str(p.id))}</code>")  # the full id, to copy
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("label", "id", "status", "address", "last seen", "rtt"))
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

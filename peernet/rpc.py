@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .errors import Forbidden
+from .errors import Forbidden, NoSuchHandler
 from .handlers import AuthorizeFn
 from .ids import PeerId
 
@@ -211,15 +211,20 @@ class Allowlist:
     def handle(self, peer: PeerId, request: Any) -> Any:
         """The node handler: run one listed function for ``peer``; see the wire format.
 
-        Only exact lookups in the table happen here; anything else raises Forbidden.
-        Exceptions the function raises propagate (the peer gets ``RemoteError``).
+        Only exact lookups in the table happen here. A name not on the list raises
+        NoSuchHandler (the caller passed ``authorize``, so it may know what exists);
+        a malformed request raises Forbidden. Exceptions the function raises propagate
+        (the peer gets ``RemoteError``).
         """
         if type(request) is not list or len(request) != 3:
             return self._refuse(peer, None, _MALFORMED)
         name, args, kwargs = request
-        fn = self._fns.get(name) if type(name) is str else None
+        if type(name) is not str:
+            return self._refuse(peer, name, _MALFORMED)
+        fn = self._fns.get(name)
         if fn is None:
-            return self._refuse(peer, name, _NOT_ALLOWED)
+            shown = name if len(name) <= 100 else name[:100] + "..."
+            raise NoSuchHandler(f"rpc {shown!r} from {peer.short}: {_NOT_ALLOWED}")
         if type(args) is not list or type(kwargs) is not dict:
             return self._refuse(peer, name, _MALFORMED)
         if any(type(key) is not str or _KWARG_RE.fullmatch(key) is None for key in kwargs):
@@ -259,14 +264,20 @@ def call(node: Node, peer: PeerId | str | bytes, name: str, /, *args: Any,
 
     Raises ``TypeError``/``ValueError`` for a malformed name or keyword, and
     :class:`~peernet.EncodeError` for non-CBOR arguments, before anything is sent;
-    :class:`~peernet.Forbidden` if ``peer`` does not allow it (or you);
+    :class:`~peernet.Forbidden` if ``peer`` does not let you use its rpc;
+    :class:`~peernet.NoSuchHandler` if it does, but ``name`` is not on its allow-list
+    (a typo, say), or it serves no ``handler``;
     :class:`~peernet.RemoteError` if the function raised (``type_name`` says what) or
-    its result is not CBOR data (``"EncodeError"``);
-    :class:`~peernet.NoSuchHandler` if the peer serves no ``handler``; and whatever
+    its result is not CBOR data (``"EncodeError"``); and whatever
     :meth:`Node.call` raises (timeouts, unavailable peer...).
     """
-    return node.call(PeerId.parse(peer), handler, _request(name, args, kwargs),
-                     timeout=timeout)
+    pid = PeerId.parse(peer)
+    try:
+        return node.call(pid, handler, _request(name, args, kwargs), timeout=timeout)
+    except NoSuchHandler:
+        raise NoSuchHandler(
+            f"{pid.short}: no such function {name!r} (not on its rpc allow-list, or it "
+            f"serves no {handler!r} handler)") from None
 
 
 def cast(node: Node, peer: PeerId | str | bytes, name: str, /, *args: Any,

@@ -11,9 +11,17 @@ fi
 stamp="$venv/.peernet-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) [$extras]"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
   spec="$root"
   [ -n "$extras" ] && spec="$root[$extras]"
-  "$venv/bin/python" -m pip install --quiet -e "$spec"
+  echo "installing peernet${extras:+[$extras]} into .venv (once; later runs start at once)..." >&2
+  # pip's and setuptools' chatter (the editable-install banner) goes to a log, shown
+  # only if the install fails.
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --quiet --upgrade pip &&
+         "$venv/bin/python" -m pip install --quiet -e "$spec"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "installing into $venv failed (log: $log)" >&2
+    exit 1
+  fi
   echo "$want" >> "$stamp"
 fi

@@ -19,11 +19,12 @@ from peernet.identity import load_or_create
 
 def serve(data_dir: str, friend: str) -> None:
     """The second process: 'bob', who exposes a greeting and a notebook of notes."""
+    notes: list[str] = []
     with peernet.Node(data_dir, host="127.0.0.1") as bob:
         bob.pair(friend, label="alice")
         bob.expose("greet", lambda peer, name: f"hello {name}, this is bob ({bob.id.short})")
-        bob.expose("note", lambda peer, text: print(f"  [bob] note from {peer.short}: {text}",
-                                                    flush=True))
+        bob.expose("note", lambda peer, text: notes.append(f"{text!r} from {peer.short}"))
+        bob.expose("notes", lambda peer, args: notes)
         print("READY " + json.dumps({"port": bob.port}), flush=True)
         sys.stdin.read()  # until alice closes our stdin
 
@@ -60,7 +61,10 @@ def main() -> None:
             except peernet.NoSuchHandler as exc:
                 print("call  -> refused:", exc)
             print("send  ->", alice.send(bob_id, "note", "walkie-talkie says hi"))
-            alice.call(bob_id, "greet", "again")  # the note is handled before this returns
+            deadline = time.monotonic() + 5  # a send has no reply: ask bob what arrived
+            while not (notes := alice.call(bob_id, "notes")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print("bob received:", notes)
 
             bob.stdin.close()
             bob.wait(10)

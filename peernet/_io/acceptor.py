@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Callable
 
+from ..errors import PortInUse
+
 __all__ = ["Acceptor", "open_listener"]
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,15 @@ def open_listener(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(sockaddr)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse(
+                exc.errno, f"port {port} on {host or '*'} is already in use (another node "
+                f"or program listens there); pick another port, or port=0 for a free one"
+            ) from None
         sock.listen(_BACKLOG)
         sock.setblocking(False)
     except BaseException:

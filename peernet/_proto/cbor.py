@@ -93,6 +93,40 @@ class _TagRefused(Exception):
     """Raised inside cbor2 by the rejecting tag hooks (then wrapped by cbor2)."""
 
 
+
+#: What to send instead of a common non-CBOR type, by its type name (checked by name, so
+#: this module imports no datetime, decimal, uuid, pathlib or enum).
+_INSTEAD = {
+    "set": "a list (sorted(s), if order should not matter)",
+    "frozenset": "a list (sorted(s))",
+    "datetime": "an ISO 8601 string (d.isoformat()) or a Unix time (d.timestamp())",
+    "date": "an ISO 8601 string (d.isoformat())",
+    "time": "an ISO 8601 string (t.isoformat())",
+    "timedelta": "seconds as a float (td.total_seconds())",
+    "Decimal": "a string (str(d)), or a float if rounding is fine",
+    "Fraction": "a [numerator, denominator] list, or a float",
+    "complex": "a [real, imag] list",
+    "UUID": "its text (str(u)) or bytes (u.bytes)",
+    "PosixPath": "a string (str(path))",
+    "WindowsPath": "a string (str(path))",
+    "PeerId": "its text (str(peer)) or bytes (peer.bytes)",
+    "bytearray": "bytes",
+}
+
+
+def _hint_for(value: object) -> str:
+    """A ``; send ... instead`` hint for a common non-CBOR type, else ''."""
+    name = type(value).__name__
+    hint = _INSTEAD.get(name)
+    if hint is None:
+        for base in type(value).__mro__[1:]:  # an Enum member: its value may travel
+            if base.__name__ in ("Enum", "IntEnum", "StrEnum", "Flag"):
+                return "; send its .value or .name instead"
+        if hasattr(value, "__dataclass_fields__"):
+            return "; send a dict instead (dataclasses.asdict(obj))"
+        return ""
+    return f"; send {hint} instead"
+
 def _refuse_tag(*_args: object) -> NoReturn:
     raise _TagRefused("tag")
 
@@ -420,7 +454,7 @@ def _normalize(value: object, max_depth: int, max_items: int, name: str,
                 fail(segment, "memoryview is released")
         if isinstance(v, (list, tuple, dict)):
             return False, None
-        fail(segment, f"{t.__name__} is not CBOR data")
+        fail(segment, f"{t.__name__} is not CBOR data{_hint_for(v)}")
 
     def open_container(v: Any, segment: str, depth: int) -> tuple[Any, int, list | dict]:
         """Check limits and cycles for container ``v`` at nesting level ``depth``;

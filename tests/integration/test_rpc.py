@@ -318,7 +318,7 @@ def test_serving_again_replaces_the_allow_list_and_revoke_stops_it(linked):
     rpc.serve(b, [add])
     assert rpc.call(a, b.id, f"{HERE}:add", 1, 2) == 3
     rpc.serve(b, [divide])
-    with pytest.raises(peernet.Forbidden):
+    with pytest.raises(peernet.NoSuchHandler, match="no such function"):
         rpc.call(a, b.id, f"{HERE}:add", 1, 2)
     assert rpc.call(a, b.id, f"{HERE}:divide", 4, 2) == 2
     assert b.revoke("rpc") is True
@@ -348,6 +348,21 @@ def test_authorize_runs_per_peer_and_only_true_allows(linked):
     assert set(seen) == {a.id}
 
 
+def test_a_typo_is_no_such_function_for_an_authorized_caller_and_forbidden_otherwise(linked):
+    a, b = linked
+    allowed = [True]
+    rpc.serve(b, [add], authorize=lambda peer: allowed[0])
+    with pytest.raises(peernet.NoSuchHandler) as caught:
+        rpc.call(a, b.id, f"{HERE}:ad", 1, 2)
+    assert "no such function" in str(caught.value) and f"{HERE}:ad" in str(caught.value)
+    assert not isinstance(caught.value, peernet.Forbidden)
+    allowed[0] = False  # an unauthorized caller learns nothing about what exists
+    with pytest.raises(peernet.Forbidden):
+        rpc.call(a, b.id, f"{HERE}:ad", 1, 2)
+    with pytest.raises(peernet.Forbidden):
+        rpc.call(a, b.id, f"{HERE}:add", 1, 2)
+
+
 def test_an_authorize_that_raises_forbids(linked):
     a, b = linked
     rpc.serve(b, [add], authorize=lambda peer: 1 / 0)
@@ -362,9 +377,9 @@ def test_granting_on_one_side_gives_the_other_side_nothing(linked):
     with pytest.raises(peernet.NoSuchHandler):  # a serves nothing
         rpc.call(b, a.id, f"{HERE}:add", 1, 2)
     rpc.serve(a, [divide])
-    with pytest.raises(peernet.Forbidden):  # b's add is not on a's list
+    with pytest.raises(peernet.NoSuchHandler):  # b's add is not on a's list
         rpc.call(b, a.id, f"{HERE}:add", 1, 2)
-    with pytest.raises(peernet.Forbidden):  # a's divide is not on b's list
+    with pytest.raises(peernet.NoSuchHandler):  # a's divide is not on b's list
         rpc.call(a, b.id, f"{HERE}:divide", 1, 2)
     assert rpc.call(b, a.id, f"{HERE}:divide", 1, 2) == 0.5
 
@@ -406,7 +421,7 @@ def attacks(canary):
     return requests
 
 
-def test_attacks_are_refused_as_forbidden_with_no_side_effect(linked, tmp_path, monkeypatch):
+def test_attacks_are_refused_with_no_side_effect(linked, tmp_path, monkeypatch):
     a, b = linked
     canary = tmp_path / "canary"
     monkeypatch.chdir(tmp_path)  # so even a relative path a broken callee touched lands here
@@ -415,13 +430,16 @@ def test_attacks_are_refused_as_forbidden_with_no_side_effect(linked, tmp_path, 
     rpc.serve(b, [CANARY_PING])
     # Warm up both paths, so lazy imports of the library itself do not count.
     assert rpc.call(a, b.id, CANARY_PING, 1) == ["pong", 1]
-    with pytest.raises(peernet.Forbidden):
+    with pytest.raises(peernet.NoSuchHandler):
         raw(a, b, ["os:system", [], {}])
+    with pytest.raises(peernet.Forbidden):
+        raw(a, b, [None, [], {}])
     rpc_canary.looked_up.clear()
     modules_before = set(sys.modules)
 
     for request in attacks(str(canary)):
-        with pytest.raises(peernet.Forbidden):
+        # A name not on the list is "no such function"; anything malformed, forbidden.
+        with pytest.raises((peernet.Forbidden, peernet.NoSuchHandler)):
             raw(a, b, request)
 
     assert not canary.exists() and set(tmp_path.iterdir()) == files_before

@@ -403,7 +403,8 @@ def test_subclasses_are_sent_as_plain_builtins():
     (ValueError("x"), "ValueError"),
 ])
 def test_encode_refuses_non_cbor_types(value, type_name):
-    with pytest.raises(EncodeError, match=f"^value: {type_name}.* is not CBOR data$"):
+    with pytest.raises(EncodeError,
+                       match=f"^value: {type_name}.* is not CBOR data(; send .* instead)?$"):
         cbor.encode(value)
     with pytest.raises(EncodeError, match=f"^args\\[1\\]\\[\"k\"\\]: {type_name}"):
         cbor.encode([0, {"k": value}], name="args")
@@ -452,7 +453,8 @@ def test_encode_refuses_lone_surrogates_with_a_path():
 def test_encode_messages_name_type_and_path_never_the_value():
     with pytest.raises(EncodeError) as info:
         cbor.encode({"x": [0, 0, 0, {"very-secret"}]}, name="args")
-    assert str(info.value) == 'args["x"][3]: set is not CBOR data'
+    assert str(info.value) == ('args["x"][3]: set is not CBOR data; send a list '
+                               '(sorted(s), if order should not matter) instead')
     long_key = "k" * 100
     with pytest.raises(EncodeError) as info:
         cbor.encode({long_key: decimal.Decimal("98765.4321")})
@@ -517,3 +519,22 @@ def test_mutated_encodings_raise_only_protocol_error(value, draw):
     # accepts it back with the same limits.
     assert only_allowed_types(out)
     assert same(cbor.decode(cbor.encode(out)), out)
+
+
+@pytest.mark.parametrize("value, hint", [
+    (datetime.datetime(2020, 1, 2), "an ISO 8601 string (d.isoformat())"),
+    (datetime.date(2020, 1, 2), "an ISO 8601 string"),
+    ({1, 2}, "a list"), (frozenset({1}), "a list"),
+    (decimal.Decimal("1.5"), "a string (str(d))"),
+    (1j, "a [real, imag] list"),
+])
+def test_common_non_cbor_types_say_what_to_send_instead(value, hint):
+    with pytest.raises(EncodeError) as caught:
+        cbor.encode({"when": value}, name="args")
+    assert "is not CBOR data; send " in str(caught.value)
+    assert hint in str(caught.value)
+
+
+def test_a_type_without_a_known_substitute_gets_no_hint():
+    with pytest.raises(EncodeError, match=r"object is not CBOR data$"):
+        cbor.encode(object())

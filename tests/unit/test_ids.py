@@ -213,9 +213,30 @@ def test_equality_and_hash():
     a, a2, b = PeerId(DEMO_KEY), PeerId(bytearray(DEMO_KEY)), PeerId(bytes(32))
     assert a == a2 and hash(a) == hash(a2)
     assert a != b
-    assert a != DEMO_KEY and a != DEMO_TEXT
+    assert a != DEMO_KEY
     assert len({a, a2, b}) == 2
     assert {a: 1}[a2] == 1
+
+
+def test_a_peer_id_and_its_canonical_text_are_interchangeable():
+    # The README's `authorize=lambda peer: peer == laptop_id` with the id pasted as text.
+    a, b = PeerId(DEMO_KEY), PeerId(bytes(32))
+    text = str(a)
+    assert a == text and text == a and not (a != text) and not (text != a)
+    assert text in {a} and a in {text} and hash(a) == hash(text)
+    assert {text: 1}[a] == 1 and {a: 2}[text] == 2
+    assert a != str(b) and str(b) != a and a not in {str(b)}
+    # Only the canonical text: the looser forms parse() forgives are not equal.
+    assert a != text.upper() and a != " " + text and a != text[:-1]
+
+
+def test_parsing_a_text_twice_gives_the_same_id_from_the_cache():
+    first = PeerId.parse(DEMO_TEXT)
+    assert PeerId.parse(DEMO_TEXT) is first
+    with pytest.raises(InvalidPeerId):
+        PeerId.parse(DEMO_TEXT[:-1] + ("q" if DEMO_TEXT[-1] != "q" else "p"))
+    with pytest.raises(InvalidPeerId):  # still refused the second time: errors are not kept
+        PeerId.parse(DEMO_TEXT[:-1] + ("q" if DEMO_TEXT[-1] != "q" else "p"))
 
 
 def test_ordering_follows_raw_bytes():
