@@ -11,13 +11,15 @@ import logging
 from ._version import __version__
 from .errors import *  # noqa: F403  (the hierarchy is part of the public API)
 from .errors import __all__ as _errors_all
+from .handlers import HandlerFailure, report_handler_error
 from .ids import PeerId
 from .node import Node, default_data_dir
-from .peer import Nearby, Peer, PeerEvent
+from .peer import Nearby, Peer, PeerEvent, PeerList
 from .discovery import MdnsDiscovery, UdpDiscovery
 from . import rpc
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "Nearby", "UdpDiscovery",
-           "MdnsDiscovery", "rpc", "default_data_dir", *_errors_all]
+__all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "PeerList", "Nearby",
+           "UdpDiscovery", "MdnsDiscovery", "HandlerFailure", "report_handler_error", "rpc",
+           "default_data_dir", *_errors_all]
