@@ -49,6 +49,7 @@ from .handlers import (
 from .identity import load_or_create
 from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent, PeerList, peers_table
+from .settings import Settings, check_seconds
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
@@ -77,19 +78,6 @@ def default_data_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
     return Path(base).expanduser() / "peernet"
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return value
-
-
-def _count(name: str, value: int) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_host(host: object) -> str:
@@ -198,32 +186,24 @@ class Node:
         discoveries = make_discoveries(discovery)  # bad input fails before any side effect
         if not callable(on_handler_error):
             raise TypeError("on_handler_error must be callable")
-        self.call_timeout = _positive("call_timeout", call_timeout)
-        self.handshake_timeout = _positive("handshake_timeout", handshake_timeout)
-        self.io_timeout = _positive("io_timeout", io_timeout)
-        self.close_timeout = _positive("close_timeout", close_timeout)
-        self.max_message_size = _count("max_message_size", max_message_size)
-        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
-        self.heartbeat_timeout = _positive("heartbeat_timeout", heartbeat_timeout)
-        if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        self._settings = settings = Settings(
+            call_timeout=call_timeout, handshake_timeout=handshake_timeout,
+            io_timeout=io_timeout, max_message_size=max_message_size,
+            handler_workers=handler_workers, max_calls_per_peer=max_calls_per_peer,
+            max_sends_per_peer=max_sends_per_peer, max_preauth=max_preauth,
+            max_preauth_per_ip=max_preauth_per_ip, close_timeout=close_timeout,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            reconnect_initial=reconnect_initial, reconnect_max=reconnect_max,
+            network_poll_interval=network_poll_interval)
         mesh_settings = MeshSettings(
-            call_timeout_s=self.call_timeout,
-            handshake_timeout_s=self.handshake_timeout,
-            io_timeout_s=self.io_timeout,
-            max_message_size=self.max_message_size,
-            heartbeat_interval_s=self.heartbeat_interval,
-            heartbeat_timeout_s=self.heartbeat_timeout,
-            backoff=Backoff(base_s=_positive("reconnect_initial", reconnect_initial),
-                            cap_s=_positive("reconnect_max", reconnect_max)),
+            call_timeout_s=settings.call_timeout,
+            handshake_timeout_s=settings.handshake_timeout,
+            io_timeout_s=settings.io_timeout,
+            max_message_size=settings.max_message_size,
+            heartbeat_interval_s=settings.heartbeat_interval,
+            heartbeat_timeout_s=settings.heartbeat_timeout,
+            backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
         )
-        workers = _count("handler_workers", handler_workers)
-        calls_per_peer = _count("max_calls_per_peer", max_calls_per_peer)
-        sends_per_peer = _count("max_sends_per_peer", max_sends_per_peer)
-        preauth = _count("max_preauth", max_preauth)
-        preauth_per_ip = _count("max_preauth_per_ip", max_preauth_per_ip)
-        if network_monitor is True:
-            poll_s = _positive("network_poll_interval", network_poll_interval)
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
@@ -245,9 +225,10 @@ class Node:
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
                 dispatch=self._handlers.dispatch, timers=self._timers,
                 registry=self._registry, addresses=addresses,
-                scheduler=Scheduler(max_workers=workers, max_calls_per_peer=calls_per_peer,
-                                    max_sends_per_peer=sends_per_peer,
-                                    max_queued_bytes_per_peer=4 * self.max_message_size,
+                scheduler=Scheduler(max_workers=settings.handler_workers,
+                                    max_calls_per_peer=settings.max_calls_per_peer,
+                                    max_sends_per_peer=settings.max_sends_per_peer,
+                                    max_queued_bytes_per_peer=settings.max_queued_bytes_per_peer,
                                     is_trusted=self.trust.is_trusted),
             )
             self._hints = Hints(own_id=self._identity.peer_id, registry=self._registry,
@@ -255,14 +236,15 @@ class Node:
                                 dial=self._mesh.dial_hinted)
             self._netmon: NetworkMonitor | None = None
             if network_monitor is True:
-                self._netmon = PollingMonitor(poll_s)
+                self._netmon = PollingMonitor(settings.network_poll_interval)
             elif network_monitor is not False:
                 self._netmon = network_monitor
             if self._netmon is not None:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept,
-                                      max_preauth=preauth, max_preauth_per_ip=preauth_per_ip)
+                                      max_preauth=settings.max_preauth,
+                                      max_preauth_per_ip=settings.max_preauth_per_ip)
             self._mesh.listening(self._acceptor)
             self._manual = ManualDiscovery()
             self._discoveries: list[Discovery] = []
@@ -293,6 +275,11 @@ class Node:
     def port(self) -> int:
         """The TCP port this node listens on."""
         return self._acceptor.port
+
+    @property
+    def settings(self) -> Settings:
+        """This node's settings (frozen: create a new node to change them)."""
+        return self._settings
 
     @property
     def data_dir(self) -> Path:
@@ -542,10 +529,11 @@ class Node:
             raise NodeClosed("this node is closed")
 
     def _check_size(self, payload: bytes | Bulk) -> None:
-        if len(payload) > self.max_message_size:
+        limit = self._settings.max_message_size
+        if len(payload) > limit:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds max_message_size "
-                f"({self.max_message_size}); raise it on both nodes to send more"
+                f"({limit}); raise it on both nodes to send more"
             )
 
     def _encode_call(self, rid: int, name: str, args: Any) -> bytes | Bulk:
@@ -556,7 +544,8 @@ class Node:
     def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None):
         pid = PeerId.parse(peer_id)
         check_handler_name(name)
-        timeout_s = self.call_timeout if timeout is None else _positive("timeout", timeout)
+        timeout_s = (self._settings.call_timeout if timeout is None
+                     else check_seconds("timeout", timeout))
         deadline = time.monotonic() + timeout_s
         rid = new_request_id()
         payload = self._encode_call(rid, name, args)  # before anything is sent
@@ -602,7 +591,7 @@ class Node:
 
     def _shutdown_partial(self) -> None:
         """Stop whatever was started, in order; works on a half-built node too."""
-        deadline = time.monotonic() + self.close_timeout
+        deadline = time.monotonic() + self._settings.close_timeout
         left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
         unsubscribe = getattr(self, "_unsubscribe_trust", None)
         if unsubscribe is not None:

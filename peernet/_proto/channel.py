@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import (
     Busy,
@@ -53,7 +53,6 @@ from .._text import escape
 from ..ids import PeerId
 from . import cbor
 from .messages import (
-    BAD_REQUEST,
     BUSY,
     BYE_SUPERSEDED,
     FORBIDDEN,
@@ -91,20 +90,29 @@ ERROR_TYPES: dict[str, type[CallError]] = {
 }
 
 
+#: Wire error code -> how the exception's message reads, from (peer, name).
+_ERROR_TEXT: dict[str, Callable[[PeerId, str | None], str]] = {
+    NO_SUCH_HANDLER: lambda peer, name: (f"{peer.short} exposes no handler {name!r}" if name
+                                         else f"{peer.short}: no such handler"),
+    FORBIDDEN: lambda peer, name: f"{_what(peer, name)}: forbidden",
+    BUSY: lambda peer, name: f"{peer.short} is busy with our earlier calls; try again later",
+}
+
+
+def _what(peer: PeerId, name: str | None) -> str:
+    return f"{name!r} on {peer.short}" if name else peer.short
+
+
 def error_for(code: str, detail: str | None, peer: PeerId, name: str | None) -> CallError:
-    """The exception for a wire ``Error`` that answered call ``name`` made to ``peer``."""
-    what = f"{name!r} on {peer.short}" if name else peer.short
-    if code == NO_SUCH_HANDLER:
-        return NoSuchHandler(f"{peer.short} exposes no handler {name!r}" if name else
-                             f"{peer.short}: no such handler")
-    if code == FORBIDDEN:
-        return Forbidden(f"{what}: forbidden")
-    if code == BUSY:
-        return Busy(f"{peer.short} is busy with our earlier calls; try again later")
-    if code == HANDLER_ERROR:  # decode_message let only a type name through; belt and braces
+    """The exception for a wire ``Error`` that answered call ``name`` made to ``peer``:
+    the class from :data:`ERROR_TYPES` (a plain CallError for ``bad_request`` and any
+    code it does not list)."""
+    kind = ERROR_TYPES.get(code)
+    if kind is RemoteError:  # decode_message let only a type name through; belt and braces
         return RemoteError(escape(detail or "Exception"))
-    assert code == BAD_REQUEST or code not in ERROR_TYPES
-    return CallError(f"{what}: the peer refused the request ({code})")
+    if kind is None:
+        return CallError(f"{_what(peer, name)}: the peer refused the request ({code})")
+    return kind(_ERROR_TEXT[code](peer, name))
 
 
 class ChannelState(enum.Enum):
@@ -232,35 +240,36 @@ class Channel:
         """:meth:`receive` for a message already decoded by :meth:`decode`."""
         if self.ended is not None:
             return None
-        kind = type(msg)
-        if kind is Reply:
-            waiting = self._pending.pop(msg.request_id, None)  # type: ignore[union-attr]
-            if waiting is None:
+        match msg:  # the commonest kinds first: class patterns are tried in order
+            case Reply(request_id=rid, result=result):
+                waiting = self._settle(rid)
+                return None if waiting is None else Answered(waiting[1], result)
+            case Call():
+                self._serving += 1
+                return CallIn(msg)
+            case Send():
+                return SendIn(msg)
+            case Error(request_id=rid, code=code, detail=detail):
+                waiting = self._settle(rid)
+                if waiting is None:
+                    return None
+                return Refused(waiting[1], error_for(code, detail, self.peer, waiting[0]))
+            case Ping(nonce=nonce):
+                self._output.append(encode_message(Pong(nonce)))
                 return None
-            if self.state is ChannelState.RETIRING:
-                self._maybe_bye()
-            return Answered(waiting[1], msg.result)  # type: ignore[union-attr]
-        if kind is Call:
-            self._serving += 1
-            return CallIn(msg)  # type: ignore[arg-type]
-        if kind is Send:
-            return SendIn(msg)  # type: ignore[arg-type]
-        if kind is Error:
-            assert isinstance(msg, Error)
-            waiting = self._pending.pop(msg.request_id, None)
-            if waiting is None:
-                return None
-            if self.state is ChannelState.RETIRING:
-                self._maybe_bye()
-            return Refused(waiting[1], error_for(msg.code, msg.detail, self.peer, waiting[0]))
-        if kind is Ping:
-            self._output.append(encode_message(Pong(msg.nonce)))  # type: ignore[union-attr]
-            return None
-        if kind is Pong:
-            sent = self._pings.pop(msg.nonce, None)  # type: ignore[union-attr]
-            return None if sent is None else PongIn(sent[1], max(0.0, now - sent[0]))
-        assert isinstance(msg, Bye)
-        return self._on_bye(msg.reason)
+            case Pong(nonce=nonce):
+                sent = self._pings.pop(nonce, None)
+                return None if sent is None else PongIn(sent[1], max(0.0, now - sent[0]))
+            case Bye(reason=reason):
+                return self._on_bye(reason)
+        raise AssertionError(f"not a message: {type(msg).__name__}")  # decode makes only these
+
+    def _settle(self, request_id: int) -> tuple[str, Any] | None:
+        """The pending call an answer settles (None: unknown, late or forged, dropped)."""
+        waiting = self._pending.pop(request_id, None)
+        if waiting is not None and self.state is ChannelState.RETIRING:
+            self._maybe_bye()
+        return waiting
 
     def answered(self) -> None:
         """The answer to one CallIn was written (or could not be)."""

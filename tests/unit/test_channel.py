@@ -91,6 +91,29 @@ def test_unknown_late_and_duplicate_replies_are_dropped():
     assert pair.a.ended is None
 
 
+def test_unknown_late_and_duplicate_errors_are_dropped():
+    pair = ChannelPair()
+    token, _ = pair.call(rid=9)
+    assert pair.deliver(pair.a, Error(10, FORBIDDEN, None)) is None  # never asked
+    refused = pair.deliver(pair.a, Error(9, BUSY, None))
+    assert type(refused) is Refused and refused.token is token
+    assert pair.deliver(pair.a, Error(9, BUSY, None)) is None  # duplicate
+    assert pair.deliver(pair.a, Reply(9, "after the error")) is None
+    pair.call(rid=11)
+    pair.a.forget(11)
+    assert pair.deliver(pair.a, Error(11, HANDLER_ERROR, "ValueError")) is None  # late
+    assert pair.a.ended is None and pair.a.pending_calls == 0
+
+
+def test_an_error_that_settles_the_last_call_lets_a_retiring_link_say_bye():
+    pair = ChannelPair()
+    pair.call(rid=3)
+    pair.a.retire()
+    assert not pair.a.has_output  # our call is still pending
+    pair.deliver(pair.a, Error(3, NO_SUCH_HANDLER, None))
+    assert [decode_message(p) for p in pair.a.take_output()] == [Bye(SUPERSEDED)]
+
+
 def test_a_taken_request_id_is_refused_so_the_caller_draws_another():
     pair = ChannelPair()
     assert pair.a.add_call(5, "echo", object())
@@ -217,6 +240,19 @@ def test_any_other_bye_ends_the_channel_with_the_peers_reason():
     assert pair.deliver(pair.a, Bye("node closing")) is None
     assert pair.a.ended.reason == "peer said bye (node closing)"
     assert pair.a.ended.bye_reason == "node closing"
+    assert pair.a.close() == [token]
+
+
+def test_nothing_after_the_peers_bye_is_routed():
+    """A peer that said bye (not superseded) is gone: calls, sends and answers it sends
+    after that never reach a handler or a caller."""
+    pair = ChannelPair()
+    token, _ = pair.call(rid=4)
+    assert pair.deliver(pair.a, Bye("unpaired")) is None
+    for late in (Call(5, "echo", 1), Send("note", 1), Reply(4, "late"),
+                 Error(4, BUSY, None), Bye(SUPERSEDED)):
+        assert pair.deliver(pair.a, late) is None
+    assert not pair.a.has_output
     assert pair.a.close() == [token]
 
 
