@@ -47,7 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "server CPU1; none: the scheduler decides")
     p.add_argument("--systems", help=f"comma-separated subset of: {', '.join(SYSTEMS)} "
                                      "(default all; with --profile: peernet)")
-    p.add_argument("--workloads", help="comma-separated subset of w1..w5 "
+    p.add_argument("--workloads", help="comma-separated subset of w1..w5, w5cold "
                                        "(default all; with --profile: w1,w2)")
     p.add_argument("--rounds", type=int, help="rounds, interleaved (default 2; --quick 1)")
     p.add_argument("--scale-peers", type=int, help="client nodes in the scale test "
@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     systems = split(args.systems or ("peernet" if args.profile else ",".join(SYSTEMS)))
-    workloads = split(args.workloads or ("w1,w2" if args.profile else "w1,w2,w3,w4,w5"))
+    workloads = split(args.workloads or ("w1,w2" if args.profile else "w1,w2,w3,w4,w5,w5cold"))
     if bad := [s for s in systems if s not in SYSTEMS]:
         raise SystemExit(f"unknown system(s) {bad}; choose from {list(SYSTEMS)}")
     if bad := [w for w in workloads if w not in WORKLOADS]:
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
                           file=sys.stderr, flush=True)
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     doc = {"meta": meta, "rounds": rounds, "scale": scale}
-    if "peernet" in systems and "zmq-curve" in systems and not args.profile:
+    if "zmq-curve" in systems and set(report.SUBJECTS) & set(systems) and not args.profile:
         doc["targets"] = report.targets(rounds, scale)
     text = report.markdown(doc)
     (out_dir / f"{base}.json").write_text(json.dumps(doc, indent=1, default=str))

@@ -48,7 +48,9 @@ def serve(opts: dict[str, Any], handlers: Handlers) -> tuple[dict[str, Any], Cal
 
 class PeernetConn:
     def __init__(self, client: Client, *, fresh: bool = False) -> None:
-        self.node, self.pid, self._fresh = client.node, client.server_id, fresh
+        self.node, self._fresh = client.node, fresh
+        # What users pass: a PeerId, or (peernet-text) the pn1... text from a config file.
+        self.pid: PeerId | str = client.server_text if client.ids_as_text else client.server_id
 
     def call(self, method: str, arg: Any) -> Any:
         return self.node.call(self.pid, method, arg, timeout=CALL_TIMEOUT_S)
@@ -58,7 +60,7 @@ class PeernetConn:
 
     def close(self) -> None:
         if self._fresh:
-            drop_link(self.node, self.pid)
+            drop_link(self.node, PeerId.parse(self.pid))
 
 
 def drop_link(node: Node, pid: PeerId, timeout_s: float = 10.0) -> None:
@@ -76,19 +78,41 @@ def drop_link(node: Node, pid: PeerId, timeout_s: float = 10.0) -> None:
 
 class Client(BaseClient):
     shared_mode = "mux"  # a node multiplexes calls from any number of threads
+    #: Pass the server's id as its pn1... text on every call (the peernet-text system).
+    ids_as_text = False
 
     def __init__(self, data_dir: Path | None = None) -> None:
         """``data_dir``: an existing identity to use (the scale test made it beforehand)."""
         self._dir = Path(tempfile.mkdtemp(prefix="bench-peernet-cli-"))
         self.node = Node(data_dir or self._dir / "node", **node_kwargs())
+        # W5-cold starts a node from this existing data dir each time, as a management
+        # command or `peernet call` does: made (and its key written) once, here.
+        self._cold_dir = self._dir / "cold"
+        with Node(self._cold_dir, **node_kwargs()) as cold:
+            self._cold_id = str(cold.id)
 
     def server_opts(self) -> dict[str, Any]:
-        return {"client_ids": [str(self.node.id)]}
+        return {"client_ids": [str(self.node.id), self._cold_id]}
 
     def attach(self, ready: dict[str, Any]) -> None:
         super().attach(ready)
+        self.server_text = ready["id"]
         self.server_id = PeerId.parse(ready["id"])
         self.node.pair(self.server_id)
+        with Node(self._cold_dir, **node_kwargs()) as cold:
+            cold.pair(self.server_text)
+
+    def cold_call(self, arg: Any) -> tuple[Any, float]:
+        """W5-cold: a Node from the existing data dir, dial, one call (id as text), close.
+        Returns the result and how long the Node took to start, in seconds."""
+        t0 = time.perf_counter()
+        node = Node(self._cold_dir, **node_kwargs(), redial_remembered=False)
+        started_s = time.perf_counter() - t0
+        try:
+            node.connect(self.server_text, "127.0.0.1", self.ready["port"])
+            return node.call(self.server_text, "echo", arg, timeout=CALL_TIMEOUT_S), started_s
+        finally:
+            node.close()
 
     def connect(self) -> Conn:
         """The one link, set up outside any timed part (idempotent while it is up)."""

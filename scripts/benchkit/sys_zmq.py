@@ -7,6 +7,7 @@ uses a DEALER socket, which also carries the final ``stats`` call.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,26 @@ class Client(BaseClient):
 
     def connect_oneway(self) -> Conn:
         return DealerConn(self, zmq.DEALER)
+
+    def cold_call(self, arg: Any) -> tuple[Any, float]:
+        """W5-cold: what a fresh process does: a context, a CURVE socket, connect, one
+        call, close. Returns the result and the set-up time (context + socket)."""
+        t0 = time.perf_counter()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.REQ)
+        sock.curve_serverkey = self.server_key
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+        sock.rcvtimeo = sock.sndtimeo = _TIMEOUT_MS
+        sock.linger = 0
+        started_s = time.perf_counter() - t0
+        try:
+            sock.connect(f"tcp://127.0.0.1:{self.ready['port']}")
+            sock.send(cbor2.dumps(["echo", arg]))
+            return cbor2.loads(sock.recv()), started_s
+        finally:
+            sock.close(0)
+            ctx.term()
 
     def close(self) -> None:
         self.ctx.term()
