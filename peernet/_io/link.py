@@ -600,7 +600,7 @@ class Link:
         """Route ``events`` in order; False once the link is ending or another thread
         took over reading (it has the events this one did not start)."""
         for i, event in enumerate(events):
-            if self._reader != reader:
+            if self._reader != reader or self._closing:  # per event: ended means now
                 return False
             if isinstance(event, MessageReceived):
                 self._batch_next = i + 1  # before the handler: a takeover reads it

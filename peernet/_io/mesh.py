@@ -183,7 +183,9 @@ class Mesh:
         self._new_link(self._new_session(initiator=False), address, sock).start()
 
     def drop_peer(self, peer: PeerId) -> None:
-        """``peer`` was unpaired: forget it and close its links at once."""
+        """``peer`` was unpaired: none of its work starts from now on (inline or
+        queued), then forget it and close its links at once."""
+        self._sched.revoke(peer)
         self._registry.forget(peer)
         self._addresses.forget(peer)
         self._schedule_address_save()
@@ -262,6 +264,7 @@ class Mesh:
         assert peer is not None
         if self._closed or not self._is_trusted(peer):
             return None
+        self._sched.admit(peer)  # paired (again): its work may run
         if not link.outbound and link.session.peer_listen_port:
             self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
                                        "inbound")
@@ -293,7 +296,7 @@ class Mesh:
         assert peer is not None
         cost = len(payload) + JOB_OVERHEAD_BYTES
         if type(message) is Call:
-            if inline and self._sched.claim_call(peer):
+            if inline and self._sched.claim_call(peer, link):
                 try:
                     link.run_inline(lambda: self._serve_call(link, message))
                 finally:
@@ -303,7 +306,7 @@ class Mesh:
             if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
                                            cost=cost):
                 link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer):
+        elif inline and self._sched.claim_send(peer, link):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
             try:

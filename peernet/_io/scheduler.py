@@ -18,10 +18,14 @@ count the same way, so the limits hold however a peer paces its messages:
   keeps the message *encoded* (decoded only when it runs), charged its size plus a
   fixed overhead against the peer's ``max_queued_bytes_per_peer``. So a peer's budget
   bounds the memory its queued work holds, however its data would inflate when decoded.
-- **Revocation.** Each queued job remembers the link it came on: :meth:`drop` forgets
-  the queued work of a link that ended, and every job re-checks, right before it runs,
-  that its link is still open and its peer still trusted. No handler starts for a peer
-  after ``unpair()`` returned.
+- **Revocation.** Every claim and every job names the link it came on, and the
+  scheduler's lock decides: a claim (inline) or a job (on a worker) whose link has
+  ended, or whose peer was revoked (:meth:`revoke`), is refused under that lock, where the
+  worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
+  marks the peer and drops all its queued work under the same lock, so no handler,
+  inline or queued, call or send, starts for a peer once ``unpair()`` returned or once
+  its link is known to have ended (:meth:`drop` then frees the dead link's queue).
+  A new link of a re-paired peer re-admits it (:meth:`admit`).
 
 Worker threads start on demand and are daemons, so a forgotten node never holds up
 interpreter exit.
@@ -97,17 +101,20 @@ class Scheduler:
         self._sends: dict[PeerId, collections.deque[_Job]] = {}
         self._bytes: dict[PeerId, int] = {}  # cost of queued (not yet running) jobs
         self._stalled: set[PeerId] = set()  # sends dropped without waiting
+        self._revoked: set[PeerId] = set()  # unpaired: nothing of theirs starts
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
 
     # -- calls -------------------------------------------------------------------------
 
-    def claim_call(self, peer: PeerId) -> bool:
+    def claim_call(self, peer: PeerId, source: Source) -> bool:
         """Take a running slot for a call the caller runs itself (inline); False if
-        none is free (queue it with :meth:`submit_call`). Pair with :meth:`release_call`."""
+        none is free (queue it with :meth:`submit_call`), or if ``source`` ended or the
+        peer was revoked (drop it). Pair with :meth:`release_call`."""
         with self._lock:
-            if (self._closed or self._running >= self._max_workers
+            if (self._closed or source.closed or peer in self._revoked
+                    or self._running >= self._max_workers
                     or self._calls.get(peer, 0) >= self._max_calls
                     or self._calls_started.get(peer, 0) >= self._share):
                 return False
@@ -127,7 +134,8 @@ class Scheduler:
         of calls in progress or of queued bytes."""
         job = _Job(peer, source, task, cost, True)
         with self._lock:
-            if (self._closed or self._calls.get(peer, 0) >= self._max_calls
+            if (self._closed or source.closed or peer in self._revoked
+                    or self._calls.get(peer, 0) >= self._max_calls
                     or not self._charge_locked(peer, cost)):
                 return False
             self._calls[peer] = self._calls.get(peer, 0) + 1
@@ -145,12 +153,14 @@ class Scheduler:
 
     # -- sends -------------------------------------------------------------------------
 
-    def claim_send(self, peer: PeerId) -> bool:
+    def claim_send(self, peer: PeerId, source: Source) -> bool:
         """Take a running slot and the peer's send lane for a send the caller runs itself:
         True only if none of the peer's sends is queued or running (order) and a slot is
-        free. Sends submitted meanwhile queue behind it. Pair with :meth:`release_send`."""
+        free, and ``source`` is open and the peer not revoked. Sends submitted meanwhile queue
+        behind it. Pair with :meth:`release_send`."""
         with self._lock:
-            if self._closed or peer in self._sends or self._running >= self._max_workers:
+            if (self._closed or source.closed or peer in self._revoked
+                    or peer in self._sends or self._running >= self._max_workers):
                 return False
             self._sends[peer] = collections.deque()
             self._running += 1
@@ -170,7 +180,7 @@ class Scheduler:
         deadline: float | None = None
         with self._lock:
             while True:
-                if self._closed:
+                if self._closed or source.closed or peer in self._revoked:
                     return False
                 lane = self._sends.get(peer)
                 if (lane is None or len(lane) < self._max_sends) and \
@@ -201,30 +211,46 @@ class Scheduler:
 
     def drop(self, source: Source) -> int:
         """Forget the queued work that came on ``source`` (a link that ended). Jobs
-        already handed to a worker are skipped when they come up. Returns how many went."""
-        dropped = 0
+        already ready for a worker are skipped when they come up. Returns how many went."""
         with self._lock:
-            for peer, waiting in list(self._calls_waiting.items()):
-                keep = collections.deque(j for j in waiting if j.source is not source)
-                for job in waiting:
-                    if job.source is source:
-                        dropped += 1
-                        self._uncharge_locked(job)
-                        self._calls[peer] -= 1
-                if keep:
-                    self._calls_waiting[peer] = keep
-                else:
-                    del self._calls_waiting[peer]
-            for peer, lane in self._sends.items():
-                keep = collections.deque(j for j in lane if j.source is not source)
-                for job in lane:
-                    if job.source is source:
-                        dropped += 1
-                        self._uncharge_locked(job)
-                lane.clear()
-                lane.extend(keep)
-            if dropped and self._room_waiters:
-                self._room.notify_all()
+            return self._drop_locked(lambda job: job.source is source)
+
+    def revoke(self, peer: PeerId) -> int:
+        """``peer`` was unpaired: from now on none of its work starts (claims and
+        submissions are refused, jobs ready for a worker are skipped), and its queued
+        work goes now. Returns how many queued jobs went."""
+        with self._lock:
+            self._revoked.add(peer)
+            return self._drop_locked(lambda job: job.peer == peer)
+
+    def admit(self, peer: PeerId) -> None:
+        """``peer`` is trusted again (a new link of it was established)."""
+        with self._lock:
+            self._revoked.discard(peer)
+
+    def _drop_locked(self, doomed: Callable[[_Job], bool]) -> int:
+        dropped = 0
+        for peer, waiting in list(self._calls_waiting.items()):
+            keep = collections.deque(j for j in waiting if not doomed(j))
+            for job in waiting:
+                if doomed(job):
+                    dropped += 1
+                    self._uncharge_locked(job)
+                    self._calls[peer] -= 1
+            if keep:
+                self._calls_waiting[peer] = keep
+            else:
+                del self._calls_waiting[peer]
+        for peer, lane in self._sends.items():
+            keep = collections.deque(j for j in lane if not doomed(j))
+            for job in lane:
+                if doomed(job):
+                    dropped += 1
+                    self._uncharge_locked(job)
+            lane.clear()
+            lane.extend(keep)
+        if dropped and self._room_waiters:
+            self._room.notify_all()
         return dropped
 
     def close(self, timeout_s: float) -> None:
@@ -325,8 +351,14 @@ class Scheduler:
             while not self._closed:
                 if self._ready and self._running < self._max_workers:
                     job = self._ready.popleft()
-                    self._running += 1
                     self._uncharge_locked(job)  # running now: it holds a slot instead
+                    if job.source.closed or job.peer in self._revoked:
+                        # Decided here, under the lock revoke() takes: it never starts.
+                        log.debug("dropped queued work of %s: link ended or peer unpaired",
+                                  job.peer.short)
+                        self._job_done_locked(job)
+                        continue
+                    self._running += 1
                     if self._ready:
                         self._dispatch_locked()
                     return job
@@ -343,20 +375,20 @@ class Scheduler:
             if job is None:
                 return
             try:
-                # Revocation reaches queued work: the link that brought it must still be
-                # open, and the peer still trusted, the moment it starts.
-                if not job.source.closed and self._is_trusted(job.peer):
+                # _next_job checked the link and revocation under the lock; the trust
+                # store is checked here too, for a store changed behind the node's back.
+                if self._is_trusted(job.peer):
                     job.task()
-                else:
-                    log.debug("dropped queued work of %s: link ended or peer unpaired",
-                              job.peer.short)
             except BaseException:  # noqa: BLE001 -- tasks handle their own errors
                 log.exception("handler task failed")
             finally:
                 with self._lock:
                     self._running -= 1
-                    if job.is_call:
-                        self._call_done_locked(job.peer)
-                    else:
-                        self._send_done_locked(job.peer)
+                    self._job_done_locked(job)
                     self._dispatch_locked()
+
+    def _job_done_locked(self, job: _Job) -> None:
+        if job.is_call:
+            self._call_done_locked(job.peer)
+        else:
+            self._send_done_locked(job.peer)
