@@ -72,7 +72,7 @@ class LinkOwner(Protocol):
 
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
-    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
+    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None: ...
     def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
@@ -627,12 +627,16 @@ class Link:
             event = channel.handle(msg, time.monotonic())
             output = channel.take_output() if channel.has_output else None
             ended = channel.ended
+        del msg  # the event holds it; the box below is its only other holder
         kind = type(event)
         if kind is Answered:
             settle(event.token, result=event.result)  # type: ignore[union-attr]
         elif kind is CallIn or kind is SendIn:
-            message = event.call if kind is CallIn else event.send  # type: ignore[union-attr]
-            self._owner.link_message(self, message, inline=inline, payload=payload)
+            # Handed over in a box the owner empties: decoded, a message can hold ~70x its
+            # payload, and this frame must not keep it alive while it waits in a queue.
+            box = [event.call if kind is CallIn else event.send]  # type: ignore[union-attr]
+            del event
+            self._owner.link_message(self, box, inline=inline, payload=payload)
         elif kind is Refused:
             settle(event.token, error=event.error)  # type: ignore[union-attr]
         elif kind is PongIn:

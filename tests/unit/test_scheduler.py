@@ -158,20 +158,25 @@ def test_calls_beyond_the_per_peer_cap_are_refused():
         sched.close(5)
 
 
-def test_queued_work_is_bounded_by_its_byte_budget():
+def test_queued_and_running_work_is_bounded_by_its_byte_budget():
+    """Work is charged from submission until its handler returns (running, it holds its
+    decoded message), and so is a claim that carries a cost."""
     sched, link = make(max_workers=2, max_calls_per_peer=100, max_sends_per_peer=100,
                        max_queued_bytes_per_peer=1000), Link()
     call, send = Blocked(), Blocked()
     try:
-        assert sched.submit_call(PEER, link, call, cost=900)  # the peer's share of calls
-        assert call.started.wait(5)  # running: no longer charged
-        assert sched.submit_send(PEER, link, send, cost=900)  # and the send lane
+        assert sched.submit_call(PEER, link, call, cost=300)  # the peer's share of calls
+        assert call.started.wait(5)  # running: still charged
+        assert sched.submit_send(PEER, link, send, cost=300)  # and the send lane
         assert send.started.wait(5)
-        assert sched.submit_send(PEER, link, lambda: None, cost=600)
-        assert not sched.submit_send(PEER, link, lambda: None, cost=600)  # 1200 > 1000
-        assert sched.submit_call(PEER, link, lambda: None, cost=300)
-        assert not sched.submit_call(PEER, link, lambda: None, cost=300)  # calls share it
+        assert sched.submit_send(PEER, link, lambda: None, cost=300)  # 900
+        assert not sched.submit_send(PEER, link, lambda: None, cost=300)  # 1200 > 1000
+        assert sched.submit_call(PEER, link, lambda: None, cost=100)  # 1000
+        assert not sched.submit_call(PEER, link, lambda: None, cost=1)  # calls share it
         assert sched.submit_call(OTHER, link, lambda: None, cost=900)  # a budget per peer
+        assert not sched.claim_call(OTHER, link, 200)  # 1100 > 1000 for OTHER
+        call.gate.set()  # the running call returns: its 300 are free again
+        assert wait_until(lambda: sched.submit_call(PEER, link, lambda: None, cost=200))
     finally:
         call.gate.set()
         send.gate.set()
