@@ -6,14 +6,15 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
-- calls and sends go to the node, which runs them right here, one after another in
-  arrival order (``run_inline``), saving a thread hand-off each way; its handler pool
-  takes them only when this reader must not (see below).
+- calls and sends go to the mesh (its owner), which asks the scheduler where each
+  runs: right here, one after another in arrival order (``run_inline``), saving a
+  thread hand-off each way, or on the scheduler's workers when this reader must not
+  (see below). Once the link is ending, nothing more of the current read is routed.
 
 A handler running on the reader must not stall the link: if it has not finished
-within a few tens of milliseconds (or it calls this same peer back), the node hands
+within a few tens of milliseconds (or it calls this same peer back), the mesh hands
 the reading over to a new thread (:meth:`take_over_reading`), which first passes what
-is left of the current read to the handler pool, and the old thread exits once its
+is left of the current read to the scheduler, and the old thread exits once its
 handler returns. So replies, pongs and the calls behind a slow handler wait for at
 most that long, and never for the handler itself.
 
@@ -24,7 +25,7 @@ instead of blocking callers forever; the reader treats the same timeout as "noth
 yet" and keeps reading.
 
 However the link ends, its thread closes the socket, fails every pending call with
-:class:`ConnectionLost` at once, and tells the node; nothing else is affected.
+:class:`ConnectionLost` at once, and tells the mesh; nothing else is affected.
 """
 
 from __future__ import annotations
