@@ -5,7 +5,7 @@ Threads a node starts (all daemons, all joined by ``close()``):
 
 - ``peernet-acceptor``: the selector loop over the listening socket;
 - ``peernet-link``: one per connection (dials, handshakes, reads, routes);
-- ``peernet-handler-N``: the bounded handler pool;
+- ``peernet-handler-N``: the handler scheduler's workers (bounded, shared with inline runs);
 - ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links,
   heartbeats, reconnects, discovery expiry);
 - ``peernet-netmon``: polls the host's addresses (``network_monitor=True``);

@@ -6,14 +6,15 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
-- calls and sends go to the node, which runs them right here, one after another in
-  arrival order (``run_inline``), saving a thread hand-off each way; its handler pool
-  takes them only when this reader must not (see below).
+- calls and sends go to the mesh (its owner), which asks the scheduler where each
+  runs: right here, one after another in arrival order (``run_inline``), saving a
+  thread hand-off each way, or on the scheduler's workers when this reader must not
+  (see below). Once the link is ending, nothing more of the current read is routed.
 
 A handler running on the reader must not stall the link: if it has not finished
-within a few tens of milliseconds (or it calls this same peer back), the node hands
+within a few tens of milliseconds (or it calls this same peer back), the mesh hands
 the reading over to a new thread (:meth:`take_over_reading`), which first passes what
-is left of the current read to the handler pool, and the old thread exits once its
+is left of the current read to the scheduler, and the old thread exits once its
 handler returns. So replies, pongs and the calls behind a slow handler wait for at
 most that long, and never for the handler itself.
 
@@ -24,7 +25,7 @@ instead of blocking callers forever; the reader treats the same timeout as "noth
 yet" and keeps reading.
 
 However the link ends, its thread closes the socket, fails every pending call with
-:class:`ConnectionLost` at once, and tells the node; nothing else is affected.
+:class:`ConnectionLost` at once, and tells the mesh; nothing else is affected.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class LinkOwner(Protocol):
 
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
-    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
+    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None: ...
     def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
@@ -600,7 +601,7 @@ class Link:
         """Route ``events`` in order; False once the link is ending or another thread
         took over reading (it has the events this one did not start)."""
         for i, event in enumerate(events):
-            if self._reader != reader:
+            if self._reader != reader or self._closing:  # per event: ended means now
                 return False
             if isinstance(event, MessageReceived):
                 self._batch_next = i + 1  # before the handler: a takeover reads it
@@ -627,12 +628,16 @@ class Link:
             event = channel.handle(msg, time.monotonic())
             output = channel.take_output() if channel.has_output else None
             ended = channel.ended
+        del msg  # the event holds it; the box below is its only other holder
         kind = type(event)
         if kind is Answered:
             settle(event.token, result=event.result)  # type: ignore[union-attr]
         elif kind is CallIn or kind is SendIn:
-            message = event.call if kind is CallIn else event.send  # type: ignore[union-attr]
-            self._owner.link_message(self, message, inline=inline, payload=payload)
+            # Handed over in a box the owner empties: decoded, a message can hold ~70x its
+            # payload, and this frame must not keep it alive while it waits in a queue.
+            box = [event.call if kind is CallIn else event.send]  # type: ignore[union-attr]
+            del event
+            self._owner.link_message(self, box, inline=inline, payload=payload)
         elif kind is Refused:
             settle(event.token, error=event.error)  # type: ignore[union-attr]
         elif kind is PongIn:

@@ -47,7 +47,7 @@ from ..ids import PeerId
 from .link import Link
 from .netmon import NetworkChange, normalize_ip
 from .registry import Registry
-from .scheduler import JOB_OVERHEAD_BYTES, Scheduler
+from .scheduler import JOB_OVERHEAD_BYTES, Scheduler, held_bytes
 from .timers import Timers
 
 __all__ = ["Mesh", "MeshSettings", "NODE_CLOSING", "PeerEvent"]
@@ -61,6 +61,8 @@ INLINE_BUDGET_S = 0.02
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
 _SEND_ROOM_WAIT_S = 0.5
+#: Inline work of at most this many encoded bytes is not measured nor charged.
+_UNCHARGED_INLINE = 4096
 #: An unpaired key that knocks is logged at WARNING at most this often.
 _REFUSAL_WARNING_EVERY_S = 60.0
 _REFUSAL_WARNINGS_TRACKED = 256
@@ -183,7 +185,9 @@ class Mesh:
         self._new_link(self._new_session(initiator=False), address, sock).start()
 
     def drop_peer(self, peer: PeerId) -> None:
-        """``peer`` was unpaired: forget it and close its links at once."""
+        """``peer`` was unpaired: none of its work starts from now on (inline or
+        queued), then forget it and close its links at once."""
+        self._sched.revoke(peer)
         self._registry.forget(peer)
         self._addresses.forget(peer)
         self._schedule_address_save()
@@ -262,6 +266,7 @@ class Mesh:
         assert peer is not None
         if self._closed or not self._is_trusted(peer):
             return None
+        self._sched.admit(peer)  # paired (again): its work may run
         if not link.outbound and link.session.peer_listen_port:
             self._registry.set_address(peer, (link.address[0], link.session.peer_listen_port),
                                        "inbound")
@@ -284,35 +289,49 @@ class Mesh:
         self._report_status()
         return retire
 
-    def link_message(self, link: Link, message: Call | Send, *, inline: bool,
+    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None:
         """Run a peer's call or send here on the reader (``inline``, when the scheduler
         has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
-        (decoded when it runs), so what it is charged is what it holds."""
+        (decoded when it runs), charged what it holds once decoded."""
         peer = link.peer_id
         assert peer is not None
-        cost = len(payload) + JOB_OVERHEAD_BYTES
+        message = box.pop()  # now the only reference: see the dels below
+        # A small message cannot hold much decoded (at most ~80 bytes per byte): only
+        # a large one is measured and charged when it runs inline.
+        held = self._cost(payload, message.args) if len(payload) > _UNCHARGED_INLINE else 0
         if type(message) is Call:
-            if inline and self._sched.claim_call(peer):
+            if inline and self._sched.claim_call(peer, link, held):
                 try:
                     link.run_inline(lambda: self._serve_call(link, message))
                 finally:
-                    self._sched.release_call(peer)
+                    self._sched.release_call(peer, held)
                 return
             rid = message.request_id
+            cost = held or self._cost(payload, message.args)
+            del message  # decoded, it holds far more than the payload: not while queued
             if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
                                            cost=cost):
                 link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer):
+        elif inline and self._sched.claim_send(peer, link, held):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
             try:
                 link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
             finally:
-                self._sched.release_send(peer)
-        elif not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
-                                         cost=cost, wait_s=_SEND_ROOM_WAIT_S):
-            log.debug("dropped a send from %s: its queue is full", peer.short)
+                self._sched.release_send(peer, held)
+        else:
+            cost = held or self._cost(payload, message.args)
+            del message  # not held while waiting for room, nor while queued
+            if not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
+                                           cost=cost, wait_s=_SEND_ROOM_WAIT_S):
+                log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def _cost(self, payload: bytes, args: Any) -> int:
+        """What queued work is charged: what it holds when it runs (decoded), or its
+        encoded size if larger (a bytes body decodes to about itself)."""
+        held = held_bytes(args, self._settings.max_message_size * 4)
+        return max(len(payload), held) + JOB_OVERHEAD_BYTES
 
     def watch_inline(self) -> None:
         """A reader started a handler: make sure someone checks it does not stall."""

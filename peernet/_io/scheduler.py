@@ -14,14 +14,23 @@ count the same way, so the limits hold however a peer paces its messages:
   at most ``max_sends_per_peer`` wait. When the queue is full the reader waits for room
   (``wait_s``), which stops it reading and lets TCP push back on the sender; a handler
   too slow to make room in that time gets the peer's sends dropped (fire-and-forget).
-- **Memory.** Queued work is charged what it holds: the caller queues a task that
-  keeps the message *encoded* (decoded only when it runs), charged its size plus a
-  fixed overhead against the peer's ``max_queued_bytes_per_peer``. So a peer's budget
-  bounds the memory its queued work holds, however its data would inflate when decoded.
-- **Revocation.** Each queued job remembers the link it came on: :meth:`drop` forgets
-  the queued work of a link that ended, and every job re-checks, right before it runs,
-  that its link is still open and its peer still trusted. No handler starts for a peer
-  after ``unpair()`` returned.
+- **Memory.** Work on a worker is charged what it holds against the peer's
+  ``max_queued_bytes_per_peer``, from the moment it is queued until its handler
+  returns. The caller queues a task that keeps the message *encoded* (decoded only
+  when it runs), and charges it the larger of its encoded size and what it holds once
+  decoded (:func:`held_bytes`, measured on the message the reader just checked), plus
+  a fixed overhead. A running job stays charged: it holds its decoded arguments; so
+  does a large call or send run inline (its claim carries the cost). So a
+  peer's budget bounds what its queued and running work holds, however its data
+  inflates when decoded (50 KB of empty maps decode to ~3.5 MB).
+- **Revocation.** Every claim and every job names the link it came on, and the
+  scheduler's lock decides: a claim (inline) or a job (on a worker) whose link has
+  ended, or whose peer was revoked (:meth:`revoke`), is refused under that lock, where the
+  worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
+  marks the peer and drops all its queued work under the same lock, so no handler,
+  inline or queued, call or send, starts for a peer once ``unpair()`` returned or once
+  its link is known to have ended (:meth:`drop` then frees the dead link's queue).
+  A new link of a re-paired peer re-admits it (:meth:`admit`).
 
 Worker threads start on demand and are daemons, so a forgotten node never holds up
 interpreter exit.
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,13 +48,34 @@ from typing import Callable, Protocol
 
 from ..ids import PeerId
 
-__all__ = ["JOB_OVERHEAD_BYTES", "Scheduler"]
+__all__ = ["JOB_OVERHEAD_BYTES", "Scheduler", "held_bytes"]
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[], None]
 #: What a queued job costs beyond its message bytes (the job, its closure, a deque slot).
 JOB_OVERHEAD_BYTES = 512
+
+
+def held_bytes(value: object, limit: int) -> int:
+    """About how much memory ``value`` (decoded CBOR data) holds, counting each object
+    once per reference (so shared ones count too often: an upper estimate); stops
+    counting once past ``limit``. Bounded by the decoder's item limit (50,000)."""
+    total = 0
+    stack = [value]
+    size = sys.getsizeof
+    while stack:
+        v = stack.pop()
+        total += size(v)
+        t = type(v)
+        if t is list:
+            stack.extend(v)  # type: ignore[arg-type]
+        elif t is dict:
+            stack.extend(v)  # type: ignore[arg-type]
+            stack.extend(v.values())  # type: ignore[attr-defined]
+        if total > limit:
+            break
+    return total
 
 
 class Source(Protocol):
@@ -84,7 +115,9 @@ class Scheduler:
         self._is_trusted = is_trusted
         self._name = name
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # a job is ready, or closing
+        # Idle workers, most recently idle last, each waiting on its own condition (of
+        # the one lock): a job wakes the warmest one (see _take_locked).
+        self._idle_workers: list[threading.Condition] = []
         self._room = threading.Condition(self._lock)  # a send left a queue, or closing
         self._room_waiters = 0
         self._running = 0  # handlers running now, inline or on workers
@@ -95,30 +128,36 @@ class Scheduler:
         # A peer is in _sends while one of its sends is ready or running; the deque holds
         # those queued behind it, in arrival order.
         self._sends: dict[PeerId, collections.deque[_Job]] = {}
-        self._bytes: dict[PeerId, int] = {}  # cost of queued (not yet running) jobs
+        self._bytes: dict[PeerId, int] = {}  # cost of queued and running jobs
         self._stalled: set[PeerId] = set()  # sends dropped without waiting
+        self._revoked: set[PeerId] = set()  # unpaired: nothing of theirs starts
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._closed = False
 
     # -- calls -------------------------------------------------------------------------
 
-    def claim_call(self, peer: PeerId) -> bool:
+    def claim_call(self, peer: PeerId, source: Source, cost: int = 0) -> bool:
         """Take a running slot for a call the caller runs itself (inline); False if
-        none is free (queue it with :meth:`submit_call`). Pair with :meth:`release_call`."""
+        none is free (queue it with :meth:`submit_call`), or if ``source`` ended or the
+        peer was revoked (drop it). ``cost``: what it holds decoded, charged until
+        :meth:`release_call` (give it the same cost)."""
         with self._lock:
-            if (self._closed or self._running >= self._max_workers
+            if (self._closed or source.closed or peer in self._revoked
+                    or self._running >= self._max_workers
                     or self._calls.get(peer, 0) >= self._max_calls
-                    or self._calls_started.get(peer, 0) >= self._share):
+                    or self._calls_started.get(peer, 0) >= self._share
+                    or (cost and not self._charge_locked(peer, cost))):
                 return False
             self._running += 1
             self._calls[peer] = self._calls.get(peer, 0) + 1
             self._calls_started[peer] = self._calls_started.get(peer, 0) + 1
             return True
 
-    def release_call(self, peer: PeerId) -> None:
+    def release_call(self, peer: PeerId, cost: int = 0) -> None:
         with self._lock:
             self._running -= 1
+            if cost:
+                self._uncharge_bytes_locked(peer, cost)
             self._call_done_locked(peer)
             self._dispatch_locked()
 
@@ -127,7 +166,8 @@ class Scheduler:
         of calls in progress or of queued bytes."""
         job = _Job(peer, source, task, cost, True)
         with self._lock:
-            if (self._closed or self._calls.get(peer, 0) >= self._max_calls
+            if (self._closed or source.closed or peer in self._revoked
+                    or self._calls.get(peer, 0) >= self._max_calls
                     or not self._charge_locked(peer, cost)):
                 return False
             self._calls[peer] = self._calls.get(peer, 0) + 1
@@ -145,20 +185,25 @@ class Scheduler:
 
     # -- sends -------------------------------------------------------------------------
 
-    def claim_send(self, peer: PeerId) -> bool:
+    def claim_send(self, peer: PeerId, source: Source, cost: int = 0) -> bool:
         """Take a running slot and the peer's send lane for a send the caller runs itself:
         True only if none of the peer's sends is queued or running (order) and a slot is
-        free. Sends submitted meanwhile queue behind it. Pair with :meth:`release_send`."""
+        free, and ``source`` is open and the peer not revoked. Sends submitted meanwhile queue
+        behind it. Pair with :meth:`release_send`."""
         with self._lock:
-            if self._closed or peer in self._sends or self._running >= self._max_workers:
+            if (self._closed or source.closed or peer in self._revoked
+                    or peer in self._sends or self._running >= self._max_workers
+                    or (cost and not self._charge_locked(peer, cost))):
                 return False
             self._sends[peer] = collections.deque()
             self._running += 1
             return True
 
-    def release_send(self, peer: PeerId) -> None:
+    def release_send(self, peer: PeerId, cost: int = 0) -> None:
         with self._lock:
             self._running -= 1
+            if cost:
+                self._uncharge_bytes_locked(peer, cost)
             self._send_done_locked(peer)
             self._dispatch_locked()
 
@@ -170,7 +215,7 @@ class Scheduler:
         deadline: float | None = None
         with self._lock:
             while True:
-                if self._closed:
+                if self._closed or source.closed or peer in self._revoked:
                     return False
                 lane = self._sends.get(peer)
                 if (lane is None or len(lane) < self._max_sends) and \
@@ -201,30 +246,46 @@ class Scheduler:
 
     def drop(self, source: Source) -> int:
         """Forget the queued work that came on ``source`` (a link that ended). Jobs
-        already handed to a worker are skipped when they come up. Returns how many went."""
-        dropped = 0
+        already ready for a worker are skipped when they come up. Returns how many went."""
         with self._lock:
-            for peer, waiting in list(self._calls_waiting.items()):
-                keep = collections.deque(j for j in waiting if j.source is not source)
-                for job in waiting:
-                    if job.source is source:
-                        dropped += 1
-                        self._uncharge_locked(job)
-                        self._calls[peer] -= 1
-                if keep:
-                    self._calls_waiting[peer] = keep
-                else:
-                    del self._calls_waiting[peer]
-            for peer, lane in self._sends.items():
-                keep = collections.deque(j for j in lane if j.source is not source)
-                for job in lane:
-                    if job.source is source:
-                        dropped += 1
-                        self._uncharge_locked(job)
-                lane.clear()
-                lane.extend(keep)
-            if dropped and self._room_waiters:
-                self._room.notify_all()
+            return self._drop_locked(lambda job: job.source is source)
+
+    def revoke(self, peer: PeerId) -> int:
+        """``peer`` was unpaired: from now on none of its work starts (claims and
+        submissions are refused, jobs ready for a worker are skipped), and its queued
+        work goes now. Returns how many queued jobs went."""
+        with self._lock:
+            self._revoked.add(peer)
+            return self._drop_locked(lambda job: job.peer == peer)
+
+    def admit(self, peer: PeerId) -> None:
+        """``peer`` is trusted again (a new link of it was established)."""
+        with self._lock:
+            self._revoked.discard(peer)
+
+    def _drop_locked(self, doomed: Callable[[_Job], bool]) -> int:
+        dropped = 0
+        for peer, waiting in list(self._calls_waiting.items()):
+            keep = collections.deque(j for j in waiting if not doomed(j))
+            for job in waiting:
+                if doomed(job):
+                    dropped += 1
+                    self._uncharge_locked(job)
+                    self._calls[peer] -= 1
+            if keep:
+                self._calls_waiting[peer] = keep
+            else:
+                del self._calls_waiting[peer]
+        for peer, lane in self._sends.items():
+            keep = collections.deque(j for j in lane if not doomed(j))
+            for job in lane:
+                if doomed(job):
+                    dropped += 1
+                    self._uncharge_locked(job)
+            lane.clear()
+            lane.extend(keep)
+        if dropped and self._room_waiters:
+            self._room.notify_all()
         return dropped
 
     def close(self, timeout_s: float) -> None:
@@ -234,7 +295,8 @@ class Scheduler:
                 return
             self._closed = True
             self._ready.clear()
-            self._work.notify_all()
+            for cond in self._idle_workers:
+                cond.notify()
             self._room.notify_all()
             threads = list(self._threads)
         me = threading.current_thread()
@@ -268,11 +330,14 @@ class Scheduler:
         return True
 
     def _uncharge_locked(self, job: _Job) -> None:
-        left = self._bytes[job.peer] - job.cost
+        self._uncharge_bytes_locked(job.peer, job.cost)
+
+    def _uncharge_bytes_locked(self, peer: PeerId, cost: int) -> None:
+        left = self._bytes[peer] - cost
         if left:
-            self._bytes[job.peer] = left
+            self._bytes[peer] = left
         else:
-            del self._bytes[job.peer]
+            del self._bytes[peer]
 
     def _call_done_locked(self, peer: PeerId) -> None:
         """One of ``peer``'s started calls finished: start its next waiting one."""
@@ -308,8 +373,8 @@ class Scheduler:
         """Make sure a worker takes the ready jobs that have a free slot."""
         if not self._ready or self._running >= self._max_workers:
             return
-        if self._idle:
-            self._work.notify()
+        if self._idle_workers:
+            self._idle_workers.pop().notify()
         elif len(self._threads) < self._max_workers:
             self._start_worker_locked()
 
@@ -322,41 +387,58 @@ class Scheduler:
     def _next_job(self) -> _Job | None:
         """Wait for a ready job with a free slot and take both; None when closing."""
         with self._lock:
-            while not self._closed:
-                if self._ready and self._running < self._max_workers:
-                    job = self._ready.popleft()
-                    self._running += 1
-                    self._uncharge_locked(job)  # running now: it holds a slot instead
-                    if self._ready:
-                        self._dispatch_locked()
-                    return job
-                self._idle += 1
-                try:
-                    self._work.wait()
-                finally:
-                    self._idle -= 1
-            return None
+            return self._take_locked()
 
-    def _worker(self) -> None:
-        while True:
-            job = self._next_job()
-            if job is None:
-                return
-            try:
-                # Revocation reaches queued work: the link that brought it must still be
-                # open, and the peer still trusted, the moment it starts.
-                if not job.source.closed and self._is_trusted(job.peer):
-                    job.task()
-                else:
+    def _take_locked(self) -> _Job | None:
+        while not self._closed:
+            if self._ready and self._running < self._max_workers:
+                job = self._ready.popleft()
+                if job.source.closed or job.peer in self._revoked:
+                    # Decided here, under the lock revoke() takes: it never starts.
                     log.debug("dropped queued work of %s: link ended or peer unpaired",
                               job.peer.short)
+                    self._uncharge_locked(job)
+                    self._job_done_locked(job)
+                    continue
+                self._running += 1
+                if self._ready:
+                    self._dispatch_locked()
+                return job
+            # Wait as the most recently idle worker: the next job wakes this thread, not
+            # the one idle longest, so steady work stays on few (warm) threads; each
+            # thread that decodes keeps what it freed in its own malloc arena.
+            cond = threading.Condition(self._lock)
+            self._idle_workers.append(cond)
+            try:
+                cond.wait()
+            finally:
+                if cond in self._idle_workers:
+                    self._idle_workers.remove(cond)
+        return None
+
+    def _worker(self) -> None:
+        job = self._next_job()
+        while job is not None:
+            try:
+                # _next_job checked the link and revocation under the lock; the trust
+                # store is checked here too, for a store changed behind the node's back.
+                if self._is_trusted(job.peer):
+                    job.task()
             except BaseException:  # noqa: BLE001 -- tasks handle their own errors
                 log.exception("handler task failed")
             finally:
                 with self._lock:
                     self._running -= 1
-                    if job.is_call:
-                        self._call_done_locked(job.peer)
-                    else:
-                        self._send_done_locked(job.peer)
-                    self._dispatch_locked()
+                    self._uncharge_locked(job)  # it held its decoded message until now
+                    self._job_done_locked(job)
+                    # This (warm) thread takes the next ready job itself, under the same
+                    # lock, rather than waking another: one peer's sends stay on one
+                    # thread instead of spreading over every worker, each of which would
+                    # keep the memory its decodes freed (a malloc arena per thread).
+                    job = self._take_locked()
+
+    def _job_done_locked(self, job: _Job) -> None:
+        if job.is_call:
+            self._call_done_locked(job.peer)
+        else:
+            self._send_done_locked(job.peer)

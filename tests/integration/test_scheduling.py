@@ -76,3 +76,99 @@ def test_no_handler_starts_after_unpair_returns(make_node):
     late = [t for t in slow.starts if t > unpaired_at]
     assert late == [], f"{len(late)} handlers started after unpair() returned"
     assert len(slow.starts) < 30
+
+
+class Starts:
+    """A short handler (well inside the 20 ms inline budget, so it runs on the reader)
+    that records, for each run, when it started, on which thread, and whether the link
+    that brought it had already ended at that moment."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.link = None  # the callee's link to the caller, once known
+        self.lock = threading.Lock()
+        self.runs: list[tuple[float, str, bool]] = []
+
+    def __call__(self, peer, args):
+        ended = self.link is not None and self.link.closed
+        with self.lock:
+            self.runs.append((time.monotonic(), threading.current_thread().name, ended))
+        time.sleep(self.seconds)
+        return args
+
+
+def _pipelined(make_node, calls: int = 400):
+    a = make_node("a")
+    b = make_node("b", max_calls_per_peer=calls)
+    a.pair(b.id)
+    b.pair(a.id)
+    short = Starts(0.005)
+    b.expose("short", short)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert wait_until(lambda: b._registry.active_link(a.id) is not None)
+    short.link = b._registry.active_link(a.id)
+    links = b._registry.all_links()
+    futures = [a.call_async(b.id, "short", i, timeout=20) for i in range(calls)]
+    assert wait_until(lambda: len(short.runs) >= 10, timeout_s=10)
+    return a, b, short, links, futures
+
+
+def _settled(b, links, futures) -> None:
+    """Every call ended and nothing on B can start another handler: its links' threads
+    are gone and no handler runs."""
+    for f in futures:
+        f.exception(20)
+    assert wait_until(lambda: not any(t.is_alive() for link in links for t in link.threads)
+                      and b._mesh._sched.running == 0, timeout_s=10)
+
+
+@pytest.mark.timeout(60)
+def test_no_inline_handler_starts_after_unpair_returns(make_node):
+    """The reader used to route the rest of its read after unpair() closed the link, and
+    its inline path checked neither trust nor the link: most of a pipelined burst of
+    short calls still ran, on the reader, after unpair() returned."""
+    a, b, short, links, futures = _pipelined(make_node)
+    b.unpair(a.id)
+    unpaired_at = time.monotonic()
+    _settled(b, links, futures)
+    assert any(name == "peernet-link" for _, name, _ in short.runs)  # the inline path ran
+    late = [name for at, name, _ in short.runs if at > unpaired_at]
+    assert late == [], f"{len(late)} of {len(short.runs)} handlers started after unpair()"
+    assert len(short.runs) < len(futures)
+
+
+@pytest.mark.timeout(60)
+def test_no_inline_handler_starts_after_the_link_ended(make_node):
+    """Link loss (here the callee's own close, as a heartbeat timeout or a vanished
+    address would do it): no handler starts once the link is known to have ended."""
+    a, b, short, links, futures = _pipelined(make_node)
+    short.link.close("test: link lost")
+    closed_at = time.monotonic()
+    _settled(b, links, futures)
+    late = [name for at, name, ended in short.runs if at > closed_at or ended]
+    assert late == [], f"{len(late)} of {len(short.runs)} handlers started after the link ended"
+    assert len(short.runs) < len(futures)
+
+
+@pytest.mark.timeout(60)
+def test_no_queued_handler_starts_after_the_peer_closed(make_node):
+    """The caller goes away (bye, then its socket closes) with calls queued on workers:
+    none of them starts once the callee knows the link ended."""
+    a = make_node("a")
+    b = make_node("b", handler_workers=2, max_calls_per_peer=64)
+    a.pair(b.id)
+    b.pair(a.id)
+    slow = Starts(0.05)  # over the inline budget: the rest queue
+    b.expose("short", slow)
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert wait_until(lambda: b._registry.active_link(a.id) is not None)
+    slow.link = b._registry.active_link(a.id)
+    links = b._registry.all_links()
+    futures = [a.call_async(b.id, "short", i, timeout=20) for i in range(40)]
+    assert wait_until(lambda: len(slow.runs) >= 2, timeout_s=10)
+    a.close()
+    _settled(b, links, futures)
+    assert [r for r in slow.runs if r[2]] == []
+    assert len(slow.runs) < len(futures)

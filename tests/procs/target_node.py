@@ -109,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data_dir")
     ap.add_argument("--handshake-timeout", type=float, default=10.0)
+    ap.add_argument("--call-timeout", type=float, default=5.0)
     ap.add_argument("--nofile", type=int, default=None, help="RLIMIT_NOFILE soft limit")
     ap.add_argument("--max-calls-per-peer", type=int,  # the library's own default
                     default=inspect.signature(peernet.Node).parameters["max_calls_per_peer"].default)
@@ -126,7 +127,7 @@ def main() -> None:
     handlers = Handlers()
     node = peernet.Node(
         opts.data_dir, host="127.0.0.1", network_monitor=False,
-        handshake_timeout=opts.handshake_timeout,
+        handshake_timeout=opts.handshake_timeout, call_timeout=opts.call_timeout,
         max_calls_per_peer=opts.max_calls_per_peer, max_preauth=opts.max_preauth,
         max_preauth_per_ip=opts.max_preauth_per_ip, handler_workers=opts.handler_workers,
         reconnect_initial=0.2, reconnect_max=2.0)

@@ -108,8 +108,8 @@ def test_close_wakes_a_reader_waiting_for_room():
 def test_an_inline_send_holds_the_lane_and_later_sends_follow_in_order():
     sched, link, ran = make(), Link(), []
     try:
-        assert sched.claim_send(PEER)
-        assert not sched.claim_send(PEER)  # held: a second one must queue
+        assert sched.claim_send(PEER, link)
+        assert not sched.claim_send(PEER, link)  # held: a second one must queue
         for i in range(1, 4):
             assert sched.submit_send(PEER, link, lambda i=i: ran.append(i), cost=1)
         assert not wait_until(lambda: ran, timeout_s=0.05)  # none overtakes it
@@ -117,11 +117,11 @@ def test_an_inline_send_holds_the_lane_and_later_sends_follow_in_order():
         sched.release_send(PEER)
         assert wait_until(lambda: len(ran) == 4)
         assert ran == [0, 1, 2, 3]
-        assert wait_until(lambda: sched.claim_send(PEER))
+        assert wait_until(lambda: sched.claim_send(PEER, link))
         sched.release_send(PEER)
     finally:
         sched.close(5)
-    assert not sched.claim_send(PEER)  # closed: nothing runs any more
+    assert not sched.claim_send(PEER, link)  # closed: nothing runs any more
 
 
 def test_inline_calls_take_running_slots_like_workers_do():
@@ -130,13 +130,13 @@ def test_inline_calls_take_running_slots_like_workers_do():
     sched, link = make(max_workers=4, max_calls_per_peer=8), Link()
     gates = [Blocked() for _ in range(4)]
     try:
-        assert sched.claim_call(PEER) and sched.claim_call(PEER)  # the peer's share: 2
-        assert not sched.claim_call(PEER)  # the third must queue ...
+        assert sched.claim_call(PEER, link) and sched.claim_call(PEER, link)  # the peer's share: 2
+        assert not sched.claim_call(PEER, link)  # the third must queue ...
         assert sched.submit_call(PEER, link, gates[0], cost=1)
         assert not gates[0].started.wait(0.1)  # ... and waits for the peer's share
-        assert sched.claim_call(OTHER) and sched.claim_call(OTHER)
+        assert sched.claim_call(OTHER, link) and sched.claim_call(OTHER, link)
         assert sched.running == 4
-        assert not sched.claim_call(OTHER)  # no slot left for anyone
+        assert not sched.claim_call(OTHER, link)  # no slot left for anyone
         sched.release_call(PEER)
         assert gates[0].started.wait(5)  # the queued call got the freed slot
         assert sched.running == 4
@@ -158,20 +158,25 @@ def test_calls_beyond_the_per_peer_cap_are_refused():
         sched.close(5)
 
 
-def test_queued_work_is_bounded_by_its_byte_budget():
+def test_queued_and_running_work_is_bounded_by_its_byte_budget():
+    """Work is charged from submission until its handler returns (running, it holds its
+    decoded message), and so is a claim that carries a cost."""
     sched, link = make(max_workers=2, max_calls_per_peer=100, max_sends_per_peer=100,
                        max_queued_bytes_per_peer=1000), Link()
     call, send = Blocked(), Blocked()
     try:
-        assert sched.submit_call(PEER, link, call, cost=900)  # the peer's share of calls
-        assert call.started.wait(5)  # running: no longer charged
-        assert sched.submit_send(PEER, link, send, cost=900)  # and the send lane
+        assert sched.submit_call(PEER, link, call, cost=300)  # the peer's share of calls
+        assert call.started.wait(5)  # running: still charged
+        assert sched.submit_send(PEER, link, send, cost=300)  # and the send lane
         assert send.started.wait(5)
-        assert sched.submit_send(PEER, link, lambda: None, cost=600)
-        assert not sched.submit_send(PEER, link, lambda: None, cost=600)  # 1200 > 1000
-        assert sched.submit_call(PEER, link, lambda: None, cost=300)
-        assert not sched.submit_call(PEER, link, lambda: None, cost=300)  # calls share it
+        assert sched.submit_send(PEER, link, lambda: None, cost=300)  # 900
+        assert not sched.submit_send(PEER, link, lambda: None, cost=300)  # 1200 > 1000
+        assert sched.submit_call(PEER, link, lambda: None, cost=100)  # 1000
+        assert not sched.submit_call(PEER, link, lambda: None, cost=1)  # calls share it
         assert sched.submit_call(OTHER, link, lambda: None, cost=900)  # a budget per peer
+        assert not sched.claim_call(OTHER, link, 200)  # 1100 > 1000 for OTHER
+        call.gate.set()  # the running call returns: its 300 are free again
+        assert wait_until(lambda: sched.submit_call(PEER, link, lambda: None, cost=200))
     finally:
         call.gate.set()
         send.gate.set()
@@ -216,4 +221,42 @@ def test_queued_work_of_a_peer_that_was_unpaired_never_runs():
         assert ran == []
     finally:
         gate.gate.set()
+        sched.close(5)
+
+
+def test_revoke_refuses_claims_and_drops_queued_work_at_once():
+    """unpair() revokes under the scheduler's lock: from its return on, no claim
+    (inline) or queued job of the peer starts, whatever the trust store says."""
+    sched, link = make(max_workers=2, max_calls_per_peer=10), Link()
+    gate, ran = Blocked(), []
+    try:
+        assert sched.submit_call(PEER, link, gate, cost=1)
+        assert gate.started.wait(5)
+        for i in range(3):
+            assert sched.submit_call(PEER, link, lambda i=i: ran.append(i), cost=1)
+        assert sched.submit_send(PEER, link, lambda: ran.append("send"), cost=1)
+        assert sched.revoke(PEER) >= 3
+        assert not sched.claim_call(PEER, link) and not sched.claim_send(PEER, link)
+        assert not sched.submit_call(PEER, link, lambda: ran.append("late"), cost=1)
+        assert not sched.submit_send(PEER, link, lambda: ran.append("late"), cost=1)
+        assert sched.claim_call(OTHER, link)  # others are unaffected
+        sched.release_call(OTHER)
+        gate.gate.set()
+        assert wait_until(lambda: sched.running == 0 and sched.calls_in_progress(PEER) == 0)
+        assert ran == []
+        sched.admit(PEER)  # paired again, with a new link
+        assert sched.claim_call(PEER, link)
+        sched.release_call(PEER)
+    finally:
+        gate.gate.set()
+        sched.close(5)
+
+
+def test_a_claim_on_a_link_that_ended_is_refused():
+    sched, link = make(), Link()
+    try:
+        link.closed = True
+        assert not sched.claim_call(PEER, link) and not sched.claim_send(PEER, link)
+        assert not sched.submit_call(PEER, link, lambda: None, cost=1)
+    finally:
         sched.close(5)
