@@ -96,6 +96,8 @@ def _run(node: Node, targets: list[PeerId], name: str, args: Any, deadline: floa
                     yield pid, timed_out(pid)
                     continue
                 error = fut.exception()
+                if isinstance(error, CallTimeout):  # say the fan-out's timeout, not what was left
+                    error = timed_out(pid)
                 yield pid, error if error is not None else fut.result()
     finally:
         for fut in inflight:  # the caller left early: abandon what is still pending
