@@ -15,6 +15,8 @@ from .handlers import HandlerFailure, report_handler_error
 from .ids import PeerId
 from .node import Node, default_data_dir
 from .peer import Nearby, Peer, PeerEvent, PeerList
+from .directory import HandlerInfo, HandlerList
+from .proxy import PeerProxy, RemoteHandler
 from .discovery import MdnsDiscovery, UdpDiscovery
 from . import rpc
 
@@ -22,4 +24,5 @@ logging.getLogger("peernet").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "PeerList", "Nearby",
            "UdpDiscovery", "MdnsDiscovery", "HandlerFailure", "report_handler_error", "rpc",
+           "PeerProxy", "RemoteHandler", "HandlerInfo", "HandlerList",
            "default_data_dir", *_errors_all]

@@ -13,6 +13,9 @@ from __future__ import annotations
 __all__ = [
     "PeerNetError",
     "InvalidPeerId",
+    "PeerLookupError",
+    "UnknownPeer",
+    "AmbiguousPeer",
     "InvalidHandlerName",
     "EncodeError",
     "MessageTooLarge",
@@ -46,6 +49,29 @@ class PeerNetError(Exception):
 
 class InvalidPeerId(PeerNetError, ValueError):
     """A peer id could not be parsed; the message says what is wrong with it."""
+
+
+class PeerLookupError(InvalidPeerId, LookupError):
+    """A text that is not a peer id did not name exactly one paired peer by its label.
+
+    ``candidates`` holds the ``(PeerId, label)`` pairs the message names: the peers the
+    text matches (ambiguous) or the labels closest to it (unknown). Still an
+    ``InvalidPeerId`` (what such a text raised before labels were accepted) and also a
+    ``LookupError``.
+    """
+
+    def __init__(self, message: str, candidates: tuple[tuple[object, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class UnknownPeer(PeerLookupError):
+    """The text is neither a peer id nor the label of a paired peer."""
+
+
+class AmbiguousPeer(PeerLookupError):
+    """The text is the label of more than one paired peer (labels that look alike,
+    stored by an older version): use the id instead."""
 
 
 class InvalidHandlerName(PeerNetError, ValueError):
@@ -138,7 +164,12 @@ class CallTimeout(CallError, TimeoutError):
 
 
 class NoSuchHandler(CallError):
-    """The peer exposes no handler by that name."""
+    """The peer exposes no handler by that name.
+
+    ``suggestions`` holds close matches from the peer's handler directory ("did you
+    mean ...?"), when a blocking call could fetch it; otherwise it is empty."""
+
+    suggestions: tuple[str, ...] = ()
 
 
 class Forbidden(CallError):

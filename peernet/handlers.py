@@ -36,7 +36,7 @@ from .errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from .ids import PeerId
 
 __all__ = ["HandlerFn", "AuthorizeFn", "Handler", "Outcome", "HandlerTable",
-           "HandlerFailure", "report_handler_error"]
+           "HandlerFailure", "report_handler_error", "RESERVED_PREFIX", "is_reserved"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,18 @@ def check_handler_signature(name: str, fn: Callable[..., Any]) -> None:
         ) from None
 
 
+#: Handler names starting with this (any case) belong to peernet's built-in handlers,
+#: such as the handler directory ``peernet.directory``. They are valid on the wire
+#: (so peers can call them) but ``expose()`` refuses them, so no application handler
+#: can stand in for one.
+RESERVED_PREFIX = "peernet."
+
+
+def is_reserved(name: str) -> bool:
+    """True for a name in the reserved ``peernet.`` namespace (compared case-insensitively)."""
+    return name[:len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX
+
+
 _NO_SUCH_HANDLER = Outcome(error=NO_SUCH_HANDLER)
 _FORBIDDEN = Outcome(error=FORBIDDEN)
 
@@ -165,6 +177,7 @@ class HandlerTable:
     def __init__(self, on_error: Callable[[HandlerFailure], None] = report_handler_error
                  ) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._builtins: dict[str, Handler] = {}  # reserved names, served after a miss
         self._lock = threading.Lock()
         self._on_error = on_error
 
@@ -179,9 +192,14 @@ class HandlerTable:
         """Expose ``fn(peer, args) -> result`` under ``name``; replaces an earlier one.
 
         Without ``fn`` it returns a decorator. ``authorize(peer) -> bool`` gates every
-        call; only ``True`` allows it.
+        call; only ``True`` allows it. Names in the reserved ``peernet.`` namespace
+        raise InvalidHandlerName.
         """
         check_handler_name(name)
+        if is_reserved(name):
+            raise InvalidHandlerName(
+                f"handler names starting with {RESERVED_PREFIX!r} are reserved for "
+                f"peernet's built-in handlers; choose another name than {name!r}")
         if authorize is not None and not callable(authorize):
             raise TypeError(f"authorize must be callable, got {type(authorize).__name__}")
         if fn is None:
@@ -203,7 +221,33 @@ class HandlerTable:
         with self._lock:
             return self._handlers.pop(name, None) is not None
 
+    def install_builtin(self, name: str, fn: HandlerFn) -> None:
+        """Serve peernet's own handler ``fn`` under the reserved ``name`` (behind the
+        handshake like any other; never listed by :meth:`names`)."""
+        if not is_reserved(check_handler_name(name)):
+            raise ValueError(f"built-in handler names start with {RESERVED_PREFIX!r}")
+        with self._lock:
+            self._builtins[name] = Handler(name, fn, None)
+
+    def snapshot(self) -> list[Handler]:
+        """The exposed (application) handlers, sorted by name."""
+        with self._lock:
+            handlers = list(self._handlers.values())
+        return sorted(handlers, key=lambda h: h.name)
+
+    def authorized(self, handler: Handler, peer: PeerId) -> bool:
+        """Whether ``handler``'s ``authorize`` lets ``peer`` call it (a raising one
+        does not, and is reported like in :meth:`dispatch`)."""
+        if handler.authorize is None:
+            return True
+        try:
+            return handler.authorize(peer) is True
+        except BaseException as exc:  # noqa: BLE001 -- a broken policy denies
+            self._report(HandlerFailure(handler.name, peer, exc, in_authorize=True))
+            return False
+
     def names(self) -> list[str]:
+        """The exposed handler names, sorted (built-in ones are not listed)."""
         return sorted(self._handlers)
 
     def __contains__(self, name: object) -> bool:
@@ -216,7 +260,9 @@ class HandlerTable:
         """Run one call from ``peer`` and say how it went. Never raises."""
         handler = self._handlers.get(name)
         if handler is None:
-            return _NO_SUCH_HANDLER
+            handler = self._builtins.get(name)
+            if handler is None:
+                return _NO_SUCH_HANDLER
         if handler.authorize is not None:
             try:
                 allowed = handler.authorize(peer)

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
@@ -35,15 +35,26 @@ from .errors import (
     CallTimeout,
     MessageTooLarge,
     NodeClosed,
+    NoSuchHandler,
     NotPaired,
     PeerUnavailable,
 )
+from .directory import (
+    DIRECTORY_HANDLER,
+    DirectoryCache,
+    HandlerList,
+    directory_handler,
+    parse_directory,
+    suggest,
+)
+from .labels import PeerLike, resolve_peer
 from .discovery import Discovery, ManualDiscovery, make_discoveries
 from .handlers import (
     AuthorizeFn,
     HandlerFailure,
     HandlerTable,
     check_handler_name,
+    is_reserved,
     report_handler_error,
 )
 from .identity import load_or_create
@@ -62,12 +73,15 @@ from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
 from ._io.timers import Timers
+from . import aio, fanout
+
+if TYPE_CHECKING:
+    from .proxy import PeerProxy
 
 __all__ = ["Node", "default_data_dir"]
 
 log = logging.getLogger(__name__)
 
-PeerLike = PeerId | str | bytes
 DiscoverySpec = None | str | Discovery | Iterable[str | Discovery]
 
 
@@ -95,6 +109,18 @@ def _check_host(host: object) -> str:
             f"host must be a host name or IP address without a port, got {host!r:.80}; "
             "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
     return host
+
+
+def _copy_outcome(source: Future[Any], target: Future[Any]) -> None:
+    """Complete ``target`` as ``source`` completed (unless ``target`` was cancelled)."""
+    if source.cancelled():
+        target.cancel()
+        return
+    error = source.exception()
+    if error is not None:
+        settle(target, error=error)
+    else:
+        settle(target, result=source.result())
 
 
 class Node:
@@ -152,6 +178,13 @@ class Node:
         name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
         ERROR on ``peernet.handlers`` when logging is configured and otherwise prints
         the traceback to stderr, like an uncaught exception in a thread.
+    :param directory: True (default) serves the handler directory: a paired peer may
+        ask (``handlers_of``) which of this node's handlers it may call, and gets each
+        one's name and the first line of its docstring, only for handlers whose
+        ``authorize`` allows it. False refuses such requests (``no_such_handler``).
+
+    Wherever a method takes a peer it accepts a :class:`PeerId`, its ``pn1...`` text,
+    32 raw bytes, or the label of a paired peer (see :meth:`resolve`).
     """
 
     def __init__(
@@ -179,6 +212,7 @@ class Node:
         network_poll_interval: float = 5.0,
         redial_remembered: bool = True,
         on_handler_error: Callable[[HandlerFailure], None] = report_handler_error,
+        directory: bool = True,
     ) -> None:
         self._closed = True  # until it is built: repr() and close() of a half-built node work
         self._close_lock = threading.Lock()
@@ -218,6 +252,11 @@ class Node:
             addresses = AddressBook.load(self._data_dir)
             addresses.keep_only({t.peer_id for t in self.trust.list()})
             self._handlers = HandlerTable(on_error=on_handler_error)
+            if directory:
+                self._handlers.install_builtin(
+                    DIRECTORY_HANDLER,
+                    directory_handler(self._handlers, settings.max_message_size))
+            self._directories = DirectoryCache()
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
             self._mesh = Mesh(
@@ -289,6 +328,15 @@ class Node:
     def closed(self) -> bool:
         return self._closed
 
+    def resolve(self, peer: PeerLike) -> PeerId:
+        """The :class:`PeerId` that ``peer`` means here: a PeerId, its text or 32 raw
+        bytes is that id (ids always win); any other text is the label of exactly one
+        paired peer (compared ignoring case and invisible differences, like the
+        look-alike rule of ``pair``). Raises :class:`~peernet.UnknownPeer` or
+        :class:`~peernet.AmbiguousPeer` (both ``InvalidPeerId`` and ``LookupError``)
+        naming the candidates. Every method that takes a peer resolves it this way."""
+        return resolve_peer(self.trust, peer)
+
     # -- handlers ------------------------------------------------------------------------
 
     def expose(self, name: str, fn: Callable[[PeerId, Any], Any] | None = None, *,
@@ -316,8 +364,9 @@ class Node:
         return self.trust.pair(peer_id, label).peer_id
 
     def unpair(self, peer_id: PeerLike) -> bool:
-        """Stop trusting ``peer_id`` and close its live links at once."""
-        pid = PeerId.parse(peer_id)
+        """Stop trusting ``peer_id`` (or the peer with that label) and close its live
+        links at once."""
+        pid = self.resolve(peer_id)
         removed = self.trust.unpair(pid)
         self._mesh.drop_peer(pid)  # also when it was not paired: a stale link must not live on
         return removed
@@ -332,7 +381,7 @@ class Node:
         ValueError for a host with a port in it or a bad port.
         """
         self._check_open()
-        pid = PeerId.parse(peer_id)
+        pid = self.resolve(peer_id)
         self._require_paired(pid)
         host = _check_host(host)
         if type(port) is not int or not 0 < port <= 0xFFFF:
@@ -387,7 +436,9 @@ class Node:
         Waits up to ``timeout`` seconds (default ``call_timeout``), including dialling a
         paired peer whose address is known. Raises NotPaired, PeerUnavailable,
         ConnectionLost, CallTimeout, NoSuchHandler, Forbidden, Busy, RemoteError;
-        EncodeError or MessageTooLarge before anything is sent.
+        EncodeError or MessageTooLarge before anything is sent. A NoSuchHandler names
+        close matches from the peer's handler directory ("did you mean ...?") when it
+        can be had within what is left of the timeout (at most 1 s more).
         """
         pid, fut, link, rid, deadline, timeout_s = self._start_call(peer_id, name, args, timeout)
         try:
@@ -397,46 +448,70 @@ class Node:
                 return fut.result()
             link.forget_call(rid)
             raise self._timeout_error(pid, name, timeout_s) from None
+        except NoSuchHandler as exc:
+            self._add_suggestions(exc, pid, name, deadline)
+            raise
+        except BaseException:  # KeyboardInterrupt in a notebook: a late reply is dropped
+            if not fut.done():
+                link.forget_call(rid)
+            raise
 
     def call_async(self, peer_id: PeerLike, name: str, args: Any = None, *,
                    timeout: float | None = None) -> Future[Any]:
         """Like :meth:`call` but returns a ``concurrent.futures.Future`` at once.
 
         Errors that can be known before sending (bad name or args, not paired) are
-        raised here; everything later lands in the Future.
+        raised here; everything later lands in the Future. Cancelling the Future
+        (``fut.cancel()``) abandons the call: its pending entry is dropped and a late
+        reply is ignored. (A NoSuchHandler here carries no suggestions.)
         """
-        pid = PeerId.parse(peer_id)
+        pid = self.resolve(peer_id)
         check_handler_name(name)
         self._check_open()
         if self._registry.active_link(pid) is None:
-            # A dial may be needed, and dialling waits: do it on a helper thread.
+            # A dial may be needed, and dialling waits: do it on a helper thread, which
+            # ends as soon as the call is on its way.
             self._encode_call(new_request_id(), name, args)  # bad args still raise here
             self._require_paired(pid)
             fut: Future[Any] = Future()
 
             def run() -> None:
                 try:
-                    settle(fut, result=self.call(pid, name, args, timeout=timeout))
+                    started = self._start_call(pid, name, args, timeout)
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
+                    return
+                inner = self._watch_call(name, *started)
+                inner.add_done_callback(lambda f: _copy_outcome(f, fut))
+                fut.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
             threading.Thread(target=run, name="peernet-call", daemon=True).start()
             return fut
         # The usual case: a live link. No thread; the timer thread enforces the deadline.
         try:
-            pid, fut, link, rid, deadline, timeout_s = self._start_call(pid, name, args, timeout)
+            started = self._start_call(pid, name, args, timeout)
         except PeerUnavailable as exc:  # the link died under us: that is a result
             fut = Future()
             fut.set_exception(exc)
             return fut
+        return self._watch_call(name, *started)
 
+    def _watch_call(self, name: str, pid: PeerId, fut: Future[Any], link: Link, rid: int,
+                    deadline: float, timeout_s: float) -> Future[Any]:
+        """Enforce a pending call's deadline on the timer thread, and drop its pending
+        entry at once if the caller cancels ``fut``."""
         def expire() -> None:
             if not fut.done():
                 link.forget_call(rid)
                 settle(fut, error=self._timeout_error(pid, name, timeout_s))
 
+        def done(f: Future[Any]) -> None:
+            timer.cancel()
+            if f.cancelled():  # abandoned: an asyncio task cancelled, fut.cancel()
+                link.forget_call(rid)
+
         timer = self._timers.call_later(deadline - time.monotonic(), expire)
-        fut.add_done_callback(lambda _: timer.cancel())
+        fut.add_done_callback(done)
         return fut
 
     def send(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
@@ -446,7 +521,7 @@ class Node:
         :meth:`connect` or at start-up, :meth:`wait_for_peer` first. Bad args raise
         before anything is sent.
         """
-        pid = PeerId.parse(peer_id)
+        pid = self.resolve(peer_id)
         check_handler_name(name)
         payload = encode_for_link(Send(name, args))
         self._check_size(payload)
@@ -463,15 +538,95 @@ class Node:
     def wait_for_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
         """Wait until a live authenticated link to ``peer_id`` exists; dial if its address
         is known. Returns whether one exists. Raises NotPaired at once for a peer that
-        is not paired (no link to it can ever come up)."""
-        pid = PeerId.parse(peer_id)
-        self._check_open()
-        self._require_paired(pid)
+        is not paired (no link to it can ever come up). :meth:`await_peer` is the
+        asyncio form."""
+        pid = self._dial_for_wait(peer_id)
         deadline = time.monotonic() + timeout
         if self._registry.active_link(pid) is not None:
             return True
-        self._mesh.dial(pid)
         return self._registry.wait_for_link(pid, deadline, give_up_when_idle=False) is not None
+
+    # -- ergonomics: proxies, the directory, fan-out, asyncio -------------------------------
+
+    def peer(self, peer: PeerLike, *, timeout: float | None = None) -> PeerProxy:
+        """A proxy for one peer: ``pi = node.peer("pi"); pi.temperature()``.
+
+        ``peer`` is resolved once, now (see :meth:`resolve`); ``timeout`` is the
+        proxy's call timeout (default ``call_timeout``). See :class:`peernet.PeerProxy`
+        for how positional and keyword arguments become ``args``.
+        """
+        from .proxy import PeerProxy  # noqa: PLC0415 -- proxy.py imports nothing of node
+
+        return PeerProxy(self, self.resolve(peer), timeout=timeout)
+
+    def handlers_of(self, peer: PeerLike, *, timeout: float | None = None) -> HandlerList:
+        """The handlers ``peer`` lets this node call, with the first line of each one's
+        docstring, from its handler directory (fetched now; one call).
+
+        Lists only handlers whose ``authorize`` allows this node. Raises like
+        :meth:`call`; NoSuchHandler if the peer does not serve its directory
+        (``Node(directory=False)``), CallError if what it sent is malformed.
+        """
+        pid = self.resolve(peer)
+        try:
+            reply = self.call(pid, DIRECTORY_HANDLER, None, timeout=timeout)
+        except NoSuchHandler:
+            raise NoSuchHandler(f"{pid.short} does not publish its handler directory "
+                                f"(it runs with directory=False)") from None
+        handlers = parse_directory(reply, pid)
+        self._directories.put(pid, handlers)
+        return handlers
+
+    def call_many(self, peers: Iterable[PeerLike] | None, name: str, args: Any = None, *,
+                  timeout: float | None = None, max_concurrency: int = 32
+                  ) -> dict[PeerId, Any]:
+        """Call ``name`` on many peers at once: ``{peer id: result or exception}``.
+
+        ``peers`` is an iterable of ids or labels, or None for every paired peer that
+        is online now. At most ``max_concurrency`` calls are in flight at once (each
+        one a :meth:`call_async` Future, not a thread). ``timeout`` (default
+        ``call_timeout``) bounds the whole fan-out: a peer that has not answered by
+        then gets a CallTimeout, and never delays the others. Failures (CallTimeout,
+        PeerUnavailable, RemoteError, NotPaired, ...) are values in the dict, never
+        raised; bad ``name``, ``args`` or labels raise before anything is sent. The
+        dict keeps the order of ``peers``. :meth:`call_many_iter` yields each result
+        as it arrives.
+        """
+        return fanout.call_many(self, peers, name, args, timeout=timeout,
+                                max_concurrency=max_concurrency)
+
+    def call_many_iter(self, peers: Iterable[PeerLike] | None, name: str, args: Any = None,
+                       *, timeout: float | None = None, max_concurrency: int = 32
+                       ) -> Iterator[tuple[PeerId, Any]]:
+        """:meth:`call_many`, yielding ``(peer id, result or exception)`` as each call
+        completes (fastest first). Leaving the loop early abandons the calls still
+        pending."""
+        return fanout.call_many_iter(self, peers, name, args, timeout=timeout,
+                                     max_concurrency=max_concurrency)
+
+    async def acall(self, peer_id: PeerLike, name: str, args: Any = None, *,
+                    timeout: float | None = None) -> Any:
+        """``await node.acall(peer, name, args)``: :meth:`call` for asyncio code.
+
+        Runs on :meth:`call_async` (no event loop inside peernet, no thread per call),
+        so it works under ``asyncio.run``, FastAPI and a notebook's running loop.
+        Cancelling the awaiting task abandons the call: its pending entry is dropped
+        and a late reply is ignored.
+        """
+        return await aio.acall(self, peer_id, name, args, timeout=timeout)
+
+    async def asend(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
+        """``await node.asend(peer, name, args)``: :meth:`send` for asyncio code (the
+        write runs in the loop's default executor, so a full socket never blocks the
+        loop)."""
+        return await aio.asend(self, peer_id, name, args)
+
+    async def await_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
+        """``await node.await_peer(peer)``: :meth:`wait_for_peer` for asyncio code.
+
+        Returns whether a live link exists, waiting up to ``timeout`` seconds without
+        blocking the loop or holding a thread. Raises NotPaired at once."""
+        return await aio.await_peer(self, peer_id, timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -516,6 +671,48 @@ class Node:
 
     # -- internals: calls --------------------------------------------------------------------
 
+    def _dial_for_wait(self, peer: PeerLike) -> PeerId:
+        """What waiting for a peer starts with: resolve, check, dial unless linked."""
+        pid = self.resolve(peer)
+        self._check_open()
+        self._require_paired(pid)
+        if self._registry.active_link(pid) is None:
+            self._mesh.dial(pid)
+        return pid
+
+    def _has_link(self, pid: PeerId) -> bool:
+        return self._registry.active_link(pid) is not None
+
+    def _directory_for_hints(self, pid: PeerId, timeout_s: float) -> HandlerList | None:
+        """``pid``'s directory for "did you mean" and ``dir(proxy)``: cached, or fetched
+        within ``timeout_s`` over a live link only; None if it cannot be had."""
+        cached = self._directories.get(pid)
+        if cached is not None:
+            return cached
+        if timeout_s < 0.05 or self._closed or not self._has_link(pid):
+            return None
+        try:
+            return self.handlers_of(pid, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 -- best effort: hints never raise
+            return None
+
+    def _add_suggestions(self, exc: NoSuchHandler, pid: PeerId, name: str,
+                         deadline: float) -> None:
+        """Add "did you mean ...?" to ``exc`` from ``pid``'s directory, within what is
+        left until ``deadline`` (at most 1 s). Never raises; ``exc`` stays the error."""
+        if is_reserved(name):
+            return
+        try:
+            handlers = self._directory_for_hints(pid, min(1.0, deadline - time.monotonic()))
+            if handlers is None or name in handlers.names:  # it exists: it refused itself
+                return
+            close = suggest(name, handlers.names)
+            if close:
+                exc.suggestions = close
+                exc.args = (f"{exc}; did you mean {' or '.join(map(repr, close))}?",)
+        except Exception:  # noqa: BLE001 -- never mask the original error
+            log.debug("no suggestions for %r on %s", name, pid.short, exc_info=True)
+
     def _require_paired(self, pid: PeerId) -> None:
         if not self.trust.is_trusted(pid):
             raise NotPaired(f"{pid.short} is not paired; call node.pair({str(pid)!r}) first")
@@ -541,8 +738,9 @@ class Node:
         self._check_size(payload)
         return payload
 
-    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None):
-        pid = PeerId.parse(peer_id)
+    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None
+                    ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
+        pid = self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
                      else check_seconds("timeout", timeout))

@@ -209,7 +209,7 @@ class Allowlist:
         return f"<rpc.Allowlist {list(self.names)!r}>"
 
     def handle(self, peer: PeerId, request: Any) -> Any:
-        """The node handler: run one listed function for ``peer``; see the wire format.
+        """Run an allow-listed function: args are [name, args list, kwargs map] (peernet.rpc).
 
         Only exact lookups in the table happen here. A name not on the list raises
         NoSuchHandler (the caller passed ``authorize``, so it may know what exists);
@@ -260,7 +260,8 @@ def _request(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[A
 def call(node: Node, peer: PeerId | str | bytes, name: str, /, *args: Any,
          timeout: float | None = None, handler: str = DEFAULT_HANDLER,
          **kwargs: Any) -> Any:
-    """Run the allow-listed function ``name`` on ``peer`` and return its result.
+    """Run the allow-listed function ``name`` on ``peer`` (an id or a label) and
+    return its result.
 
     Raises ``TypeError``/``ValueError`` for a malformed name or keyword, and
     :class:`~peernet.EncodeError` for non-CBOR arguments, before anything is sent;
@@ -271,7 +272,7 @@ def call(node: Node, peer: PeerId | str | bytes, name: str, /, *args: Any,
     its result is not CBOR data (``"EncodeError"``); and whatever
     :meth:`Node.call` raises (timeouts, unavailable peer...).
     """
-    pid = PeerId.parse(peer)
+    pid = node.resolve(peer)
     try:
         return node.call(pid, handler, _request(name, args, kwargs), timeout=timeout)
     except NoSuchHandler:
@@ -287,4 +288,4 @@ def cast(node: Node, peer: PeerId | str | bytes, name: str, /, *args: Any,
     Returns True if handed to a live link, False if dropped (offline); a refusal or an
     exception on the peer is only logged there. Bad names and arguments raise here.
     """
-    return node.send(PeerId.parse(peer), handler, _request(name, args, kwargs))
+    return node.send(node.resolve(peer), handler, _request(name, args, kwargs))
