@@ -146,6 +146,12 @@ example, two machines (alice at 192.168.1.10, and bob):
   bob$   peernet chat alice --to 192.168.1.10:7777   # or, instead of listen, run
                                                     # `peernet chat bob` on alice
 
+on a LAN, no addresses (both machines: export PEERNET_DISCOVERY=udp, or mdns):
+  alice$ peernet listen              # announces itself; says on which interfaces
+  bob$   peernet nearby              # 1  pn1aaa...  192.168.1.10:40321  udp  0 s ago
+  bob$   peernet pair 1 --label alice   # shows the full id to check, asks
+  bob$   peernet call alice echo '"hi"' # found by asking the LAN, no --to
+
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
 Only one node may use a data dir at a time (stop `listen` before `pair`).
@@ -154,7 +160,9 @@ exit codes:
   0 ok                     1 runtime error (data dir in use, bad key file...)
   2 usage (bad id, JSON)   3 peer unreachable, or not delivered (offline)
   4 peer refused/failed    5 timeout
-  6 not paired here        130 interrupted"""
+  6 not paired here        130 interrupted
+  (nearby: 3 when nothing answered; call/send without --to: 2 when there is no
+  discovery and no remembered address, 3 when the peer is not nearby in time)"""
 
 
 class CliError(Exception):
