@@ -3,17 +3,33 @@
 Subcommands::
 
     peernet id [--qr]                               this machine's id and a pairing line
-    peernet pair ID [--label L]                     trust a peer (both sides must pair)
+    peernet pair ID|N|PREFIX [--label L] [--yes]    trust a peer (both sides must pair);
+                                                    N or PREFIX picks a `nearby` entry
     peernet unpair ID                               stop trusting a peer
     peernet peers [--check ID@HOST:PORT]... [--timeout S]
                                                     the paired peers, as a status table
+    peernet nearby [--wait S]                       unpaired nodes announcing on the LAN
     peernet listen [--host H] [--port N]            serve ``echo`` and ``chat`` until Ctrl-C
     peernet chat ID [--to HOST:PORT] [--host H] [--port N] [--wait S]
                                                     interactive walkie-talkie chat
-    peernet call ID HANDLER [JSON] --to HOST:PORT [--timeout S]
+    peernet call ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     run a handler, print its JSON result
-    peernet send ID HANDLER [JSON] --to HOST:PORT [--timeout S]
+    peernet send ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     fire and forget, no reply
+
+Discovery (``listen``, ``nearby``, ``peers``, ``chat``, ``call``, ``send``):
+``--discovery udp|mdns|none`` (repeatable, or ``udp,mdns``), ``--interface NAME``
+(repeatable), ``--udp-port P`` and ``--udp-target HOST:PORT`` (unicast instead of
+broadcast). Defaults come from ``$PEERNET_DISCOVERY`` (e.g. ``udp`` or ``udp,mdns``;
+``none`` turns it off), else from ``DATA_DIR/settings.toml``::
+
+    discovery = ["udp"]          # or "udp", or ["udp", "mdns"]
+    interfaces = ["eth0"]        # optional; default: every usable IPv4 interface
+
+With discovery on, ``call``, ``send`` and ``chat`` need no ``--to``: the command asks
+the LAN (a UDP solicitation, an mDNS query) and the peer answers at once. Without it, a
+remembered address (the last one a node of this data dir reached) is tried. One-shot
+commands never announce themselves; ``listen`` and ``chat`` do.
 
 Every command takes ``--data-dir`` (default ``$PEERNET_DATA_DIR``, else
 ``~/.local/share/peernet``): the identity and trust list. Commands that run a node
@@ -57,10 +73,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._fs import ensure_private_dir
+from ._fs import atomic_write, ensure_private_dir, read_private_file
 from ._text import escape, escape_json
 from ._io.lifecycle import DataDirLock
 from .errors import (
@@ -86,6 +103,9 @@ from .ids import PeerId
 from .node import Node, default_data_dir
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
+from ._io.netmon import LocalAddress, host_interfaces
+from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
+from .discovery.mdns import MdnsUnavailable
 from .trust import TrustStore
 
 __all__ = [
@@ -126,6 +146,12 @@ example, two machines (alice at 192.168.1.10, and bob):
   bob$   peernet chat alice --to 192.168.1.10:7777   # or, instead of listen, run
                                                     # `peernet chat bob` on alice
 
+on a LAN, no addresses (both machines: export PEERNET_DISCOVERY=udp, or mdns):
+  alice$ peernet listen              # announces itself; says on which interfaces
+  bob$   peernet nearby              # 1  pn1aaa...  192.168.1.10:40321  udp  0 s ago
+  bob$   peernet pair 1 --label alice   # shows the full id to check, asks
+  bob$   peernet call alice echo '"hi"' # found by asking the LAN, no --to
+
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
 Only one node may use a data dir at a time (stop `listen` before `pair`).
@@ -134,7 +160,9 @@ exit codes:
   0 ok                     1 runtime error (data dir in use, bad key file...)
   2 usage (bad id, JSON)   3 peer unreachable, or not delivered (offline)
   4 peer refused/failed    5 timeout
-  6 not paired here        130 interrupted"""
+  6 not paired here        130 interrupted
+  (nearby: 3 when nothing answered; call/send without --to: 2 when there is no
+  discovery and no remembered address, 3 when the peer is not nearby in time)"""
 
 
 class CliError(Exception):
@@ -366,10 +394,20 @@ def _status(node: Node, pid: PeerId) -> str | None:
     return next((p.status for p in node.list_peers() if p.id == pid), None)
 
 
-def _reach(node: Node, pid: PeerId, address: tuple[str, int], timeout: float,
+def _reach(node: Node, pid: PeerId, address: tuple[str, int] | None, timeout: float,
            stop: Callable[[], bool] = lambda: False) -> bool:
     """Connect to ``pid`` at ``address``; True once online, False when the first dial
-    fails or ``timeout`` passes."""
+    fails or ``timeout`` passes. ``address`` None: wherever discovery or a remembered
+    address says (``wait_for_peer``, which asks the LAN), until ``timeout``."""
+    if address is None:
+        deadline = time.monotonic() + timeout
+        while not stop():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if node.wait_for_peer(pid, timeout=min(remaining, 0.2)):
+                return True
+        return False
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
     unsubscribe = node.on_peer_change(lambda ev: events.put(ev.status) if ev.id == pid else None)
     try:
@@ -402,6 +440,236 @@ def _unreachable_hint(node: Node) -> str:
 def _unreachable(node: Node, pid: PeerId, address: tuple[str, int]) -> str:
     return (f"could not reach {_name(pid, node.trust)} at {address[0]}:{address[1]} "
             + _unreachable_hint(node))
+
+
+# --- discovery: flags, $PEERNET_DISCOVERY, settings.toml ------------------------------
+
+SETTINGS_FILE_NAME = "settings.toml"
+NEARBY_FILE_NAME = "nearby.json"
+#: A nearby list older than this is not used by ``pair N``: run ``nearby`` again.
+_NEARBY_MAX_AGE_S = 600.0
+_MODES = ("udp", "mdns")
+_MDNS_HINT = 'mDNS discovery needs the mdns extra: pip install "peernet-py[mdns]"'
+
+
+@dataclass(frozen=True)
+class Lan:
+    """The discovery a command runs with, and where that choice came from."""
+
+    modes: tuple[str, ...]
+    interfaces: tuple[str, ...] | None
+    udp_port: int
+    udp_targets: tuple[tuple[str, int], ...] | None
+    origin: str
+
+    def __bool__(self) -> bool:
+        return bool(self.modes)
+
+    def named(self) -> str:
+        return " and ".join(self.modes) or "none"
+
+
+def _parse_modes(values: list[str], where: str) -> tuple[str, ...]:
+    modes: list[str] = []
+    for value in values:
+        for item in str(value).replace(" ", ",").split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            if item in ("none", "off"):
+                modes.clear()
+                continue
+            if item not in _MODES:
+                raise CliError(f"unknown discovery {item!r} in {where}: use udp, mdns or none",
+                               EXIT_USAGE)
+            if item not in modes:
+                modes.append(item)
+    return tuple(modes)
+
+
+def _read_settings(data_dir: Path) -> dict[str, Any]:
+    """``DATA_DIR/settings.toml`` ({} when missing); CliError (exit 1) when unusable."""
+    import tomllib
+
+    path = data_dir / SETTINGS_FILE_NAME
+    try:
+        raw = read_private_file(path, max_bytes=64 * 1024, error=ValueError,
+                                forbidden_mode=0o022, what="settings file")
+    except FileNotFoundError:
+        return {}
+    except (ValueError, PeerNetError, OSError) as exc:
+        raise CliError(f"cannot use {path}: {exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"bad settings file {path}: {exc}") from None
+    unknown = sorted(set(data) - {"discovery", "interfaces"})
+    if unknown:
+        raise CliError(f"bad settings file {path}: unknown setting(s) {', '.join(unknown)} "
+                       "(known: discovery, interfaces)")
+    for key in ("discovery", "interfaces"):
+        value = data.get(key)
+        if isinstance(value, str):
+            data[key] = [value]
+        elif value is not None and not (isinstance(value, list)
+                                        and all(isinstance(v, str) for v in value)):
+            raise CliError(f"bad settings file {path}: {key} must be a string or a list "
+                           "of strings")
+    return data
+
+
+def choose_lan(opts: argparse.Namespace, data_dir: Path) -> Lan:
+    """The discovery for this command: ``--discovery``, else ``$PEERNET_DISCOVERY``,
+    else ``settings.toml``, else none. ``--interface`` likewise (flag, then file)."""
+    settings: dict[str, Any] | None = None
+    flags = getattr(opts, "discovery", None)
+    if flags:
+        modes, origin = _parse_modes(flags, "--discovery"), "--discovery"
+    elif os.environ.get("PEERNET_DISCOVERY", "").strip():
+        modes = _parse_modes([os.environ["PEERNET_DISCOVERY"]], "$PEERNET_DISCOVERY")
+        origin = "$PEERNET_DISCOVERY"
+    else:
+        settings = _read_settings(data_dir)
+        modes = _parse_modes(settings.get("discovery") or [], str(data_dir / SETTINGS_FILE_NAME))
+        origin = SETTINGS_FILE_NAME
+    interfaces: tuple[str, ...] | None = tuple(getattr(opts, "interface", None) or ()) or None
+    if interfaces is None and modes:
+        if settings is None:
+            settings = _read_settings(data_dir)
+        interfaces = tuple(settings.get("interfaces") or ()) or None
+    targets = getattr(opts, "udp_target", None)
+    return Lan(modes, interfaces, getattr(opts, "udp_port", None) or 4040,
+               tuple(parse_address(t) for t in targets) if targets else None, origin)
+
+
+def _check_interfaces(lan: Lan) -> list[LocalAddress]:
+    """The addresses discovery will use; CliError for a named interface that has none,
+    or (UDP) no broadcast address."""
+    found = host_interfaces(lan.interfaces)
+    if lan.interfaces is not None:
+        for name in lan.interfaces:
+            mine = [a for a in found if name in (a.interface, a.ip) and ":" not in a.ip]
+            if not mine:
+                raise CliError(f"interface {name!r} has no usable IPv4 address (loopback and "
+                               "link-local do not count); see `ip addr`", EXIT_USAGE)
+            if ("udp" in lan.modes and lan.udp_targets is None
+                    and all(a.broadcast is None for a in mine)):
+                raise CliError(
+                    f"interface {name!r} has no broadcast address ({mine[0].ip}/"
+                    f"{mine[0].prefix_len}): UDP discovery cannot announce there; use "
+                    "--discovery mdns, --udp-target HOST:PORT, or another interface",
+                    EXIT_USAGE)
+    return [a for a in found if ":" not in a.ip]
+
+
+def make_discovery(lan: Lan, *, one_shot: bool) -> list[Discovery]:
+    """Discovery objects for ``lan``. ``one_shot``: listen and ask, never announce."""
+    if not lan:
+        return []
+    _check_interfaces(lan)
+    found: list[Discovery] = []
+    for mode in lan.modes:
+        if mode == "udp":
+            found.append(UdpDiscovery(port=lan.udp_port, interfaces=lan.interfaces,
+                                      targets=lan.udp_targets, announce=not one_shot))
+        else:
+            try:
+                found.append(MdnsDiscovery(interfaces=lan.interfaces, register=not one_shot))
+            except MdnsUnavailable:
+                raise CliError(_MDNS_HINT) from None
+    return found
+
+
+def _describe_lan(lan: Lan) -> list[str]:
+    """What ``listen`` tells the user: which interfaces each discovery uses."""
+    addresses = _check_interfaces(lan)
+    lines = []
+    for mode in lan.modes:
+        if mode == "udp" and lan.udp_targets is not None:
+            where = ", ".join(f"{h}:{p}" for h, p in lan.udp_targets)
+            lines.append(f"discovery udp: unicast to {where} (UDP port {lan.udp_port})")
+        elif mode == "udp":
+            where = ", ".join(f"{a.interface} {a.ip} (broadcast {a.broadcast})"
+                              for a in addresses if a.broadcast) or "no interface yet"
+            lines.append(f"discovery udp on {where}, UDP port {lan.udp_port}")
+        else:
+            where = ", ".join(f"{a.interface} {a.ip}" for a in addresses) or "no interface yet"
+            lines.append(f"discovery mdns on {where}")
+    return [f"{line} (from {lan.origin})" for line in lines]
+
+
+def _solicit(sources: list[Discovery]) -> None:
+    """Ask the LAN now (each discovery that can: UDP solicitation, mDNS query)."""
+    for source in sources:
+        solicit = getattr(source, "solicit", None)
+        if solicit is not None:
+            solicit()
+
+
+def _no_address(pid: PeerId, trust: TrustStore) -> CliError:
+    return CliError(f"no address for {_name(pid, trust)}: give --to HOST:PORT, or turn on "
+                    "discovery (--discovery udp, or PEERNET_DISCOVERY=udp)", EXIT_USAGE)
+
+
+def _not_found(node: Node, pid: PeerId, lan: Lan, wait_s: float) -> str:
+    return (f"{_name(pid, node.trust)} is not nearby: no {lan.named()} answer from it within "
+            f"{wait_s:g} s (is it running `peernet listen --discovery {lan.modes[0]}` on "
+            f"this network, and has it paired this machine, {node.id}?)")
+
+
+# --- the nearby list, kept for `pair N` ------------------------------------------------
+
+
+def _save_nearby(data_dir: Path, rows: list[dict[str, Any]]) -> None:
+    data = {"version": 1, "at": time.time(), "entries": rows}
+    atomic_write(data_dir / NEARBY_FILE_NAME, json.dumps(data).encode(), durable=False)
+
+
+def _load_nearby(data_dir: Path) -> tuple[float, list[dict[str, Any]]]:
+    path = data_dir / NEARBY_FILE_NAME
+    try:
+        raw = read_private_file(path, max_bytes=1024 * 1024, error=ValueError,
+                                forbidden_mode=0o022, what="nearby list")
+        data = json.loads(raw)
+        entries = [{"id": PeerId.parse(e["id"]), "address": (str(e["address"][0]),
+                                                            int(e["address"][1])),
+                    "via": str(e["via"]), "last_seen": float(e["last_seen"])}
+                   for e in data["entries"]]
+        return float(data["at"]), entries
+    except FileNotFoundError:
+        raise CliError("no nearby list yet: run `peernet nearby` first", EXIT_USAGE) from None
+    except (ValueError, KeyError, TypeError, IndexError, PeerNetError) as exc:
+        raise CliError(f"unreadable nearby list {path} ({exc}): run `peernet nearby` again",
+                       EXIT_USAGE) from None
+
+
+def _pick_nearby(text: str, data_dir: Path) -> dict[str, Any] | None:
+    """The ``nearby`` entry ``text`` names (its number, or a prefix of its id), None
+    when ``text`` does not look like either; CliError if it names none or several."""
+    text = text.strip()
+    if text.isdigit():
+        at, entries = _load_nearby(data_dir)
+        index = int(text)
+        if not 1 <= index <= len(entries):
+            raise CliError(f"no entry {index} in the nearby list ({len(entries)} entries): "
+                           "run `peernet nearby`", EXIT_USAGE)
+        entry = entries[index - 1]
+    elif text.lower().startswith("pn1") and 7 <= len(text) < len(str(PeerId(bytes(32)))):
+        at, entries = _load_nearby(data_dir)
+        matches = [e for e in entries if str(e["id"]).startswith(text.lower())]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            raise CliError(f"{len(matches)} nearby entries start with {text!r}: type more "
+                           "of the id, or its number", EXIT_USAGE)
+        entry = matches[0]
+    else:
+        return None
+    age = time.time() - at
+    if age > _NEARBY_MAX_AGE_S:
+        raise CliError(f"the nearby list is {age / 60:.0f} min old: run `peernet nearby` "
+                       "again", EXIT_USAGE)
+    return entry
 
 
 def _serve(node: Node, out: _Out) -> Callable[[], None]:
@@ -489,12 +757,33 @@ def cmd_id(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_OK
 
 
+def _confirm_nearby(entry: dict[str, Any], yes: bool) -> None:
+    """Show the full id of the picked nearby entry; go on only once the user says so."""
+    host, port = entry["address"]
+    print(f"nearby: {entry['id']}\n  at {host}:{port} via {entry['via']}, heard "
+          f"{_ago(entry['last_seen'])}", flush=True)
+    print("check that this is the id `peernet id` shows on that machine", flush=True)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError("pairing a nearby entry needs a confirmation: compare the full id "
+                       "above, then run the command again with --yes", EXIT_USAGE)
+    answer = input("pair with it? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("not paired", EXIT_USAGE)
+
+
 def cmd_pair(opts: argparse.Namespace, data_dir: Path) -> int:
-    """Trust a peer, with an optional label."""
+    """Trust a peer, with an optional label: by id, or a ``nearby`` entry (its number
+    or an id prefix), after showing its full id."""
     try:
         pid = PeerId.parse(opts.peer)
     except InvalidPeerId as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        picked = _pick_nearby(opts.peer, ensure_private_dir(data_dir))
+        if picked is None:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        pid = picked["id"]
+        _confirm_nearby(picked, opts.yes)
     with _trust_store_locked(data_dir) as trust:
         own = load_or_create(data_dir).peer_id
         if pid == own:
@@ -544,8 +833,36 @@ def _table(peers: list[Peer]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
+    """Ask the LAN for the paired peers and show where they are (and reach them)."""
+    sources = make_discovery(lan, one_shot=True)
+    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                    redial_remembered=False, heartbeat_interval=0.1, heartbeat_timeout=60.0,
+                    discovery=sources) as node:
+        pids = [t.peer_id for t in node.trust.list()]
+        if not pids:
+            print("no paired peers yet; pair one with: peernet pair ID --label NAME "
+                  "(see `peernet nearby`)")
+            return EXIT_OK
+        _solicit(sources)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.online and p.rtt is not None for p in node.list_peers()):
+                break
+            time.sleep(0.02)
+        peers = node.list_peers()
+    print(_table(peers))
+    print(f"(addresses found by {lan.named()} discovery within {timeout_s:g} s)",
+          file=sys.stderr)
+    return EXIT_OK if all(p.online for p in peers) else EXIT_UNREACHABLE
+
+
 def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
-    """The status table of paired peers; ``--check`` dials some of them first."""
+    """The status table of paired peers; ``--check`` dials some of them first; with
+    discovery on, the addresses it finds (and the live status)."""
+    lan = choose_lan(opts, data_dir) if not opts.check else None
+    if lan:
+        return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
     if not opts.check:
         trust = TrustStore.load(data_dir)
         book = AddressBook.load(ensure_private_dir(data_dir))
@@ -576,7 +893,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
             _require_paired(pid, node.trust)
             pids.append(pid)
             node.connect(pid, *address)
-        deadline = time.monotonic() + opts.timeout
+        deadline = time.monotonic() + (opts.timeout or 5.0)
         while time.monotonic() < deadline:
             by_id = {p.id: p for p in node.list_peers()}
             if all(by_id[pid].status == "offline" or (by_id[pid].online and by_id[pid].rtt is not None)
@@ -589,18 +906,64 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_UNREACHABLE if offline else EXIT_OK
 
 
+def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
+    """Unpaired nodes announcing on the LAN, numbered for ``peernet pair N``."""
+    lan = choose_lan(opts, data_dir)
+    if not lan:
+        raise CliError("nearby needs discovery: --discovery udp or mdns (or set "
+                       "PEERNET_DISCOVERY=udp)", EXIT_USAGE)
+    sources = make_discovery(lan, one_shot=True)
+    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                    redial_remembered=False, discovery=sources) as node:
+        _solicit(sources)
+        deadline = time.monotonic() + opts.wait
+        while time.monotonic() < deadline:  # answers come at once; announces as they will
+            time.sleep(0.05)
+        heard = node.list_nearby()
+        directory = node.data_dir
+    by_id: dict[PeerId, dict[str, Any]] = {}
+    for n in heard:  # newest first; one row per node, all the ways it was heard
+        row = by_id.get(n.id)
+        if row is None:
+            by_id[n.id] = {"id": str(n.id), "address": list(n.address), "via": n.source,
+                           "last_seen": n.last_seen}
+        elif n.source not in row["via"].split(","):
+            row["via"] += f",{n.source}"
+    rows = list(by_id.values())
+    _save_nearby(directory, rows)
+    if not rows:
+        print(f"peernet: nothing nearby: no unpaired node answered on {lan.named()} within "
+              f"{opts.wait:g} s (is the other machine running `peernet listen --discovery "
+              f"{lan.modes[0]}` on this network?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    table = [("#", "ID", "ADDRESS", "VIA", "AGE")]
+    for i, row in enumerate(rows, 1):
+        table.append((str(i), row["id"][:15] + "…", f"{row['address'][0]}:{row['address'][1]}",
+                      row["via"], _ago(row["last_seen"])))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
+    print("pair one with: peernet pair N (or an id prefix); it shows the full id to check",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     """Serve ``echo`` and ``chat`` until Ctrl-C or SIGTERM."""
     out = _Out()
+    lan = choose_lan(opts, data_dir)
+    sources = make_discovery(lan, one_shot=False)
     with _stop_on_signals() as stop:
-        with _open_node(data_dir, host=opts.host, port=opts.port) as node:
+        with _open_node(data_dir, host=opts.host, port=opts.port, discovery=sources) as node:
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
+            for line in _describe_lan(lan) if lan else ():
+                out.note(line)
             if len(node.trust) == 0:
                 out.note("no peers paired yet: nobody can connect. Pair one with "
                          "`peernet pair ID` (stop this first).")
+            where = "" if lan else f" --to THIS_HOST:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
-                     f"peernet call {node.id} echo '\"hi\"' --to THIS_HOST:{node.port}")
+                     f"peernet call {node.id} echo '\"hi\"'{where}")
             out.note("Ctrl-C stops.")
             while not stop:
                 time.sleep(0.1)
@@ -611,16 +974,25 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
 def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
     """Interactive chat: stdin lines go to the peer's ``chat``; its lines are printed."""
     address = parse_address(opts.to) if opts.to else None
+    lan = choose_lan(opts, data_dir) if address is None else None
+    sources = make_discovery(lan, one_shot=False) if lan else []
     out = _Out()
     with _stop_on_signals() as stop:
         with _open_node(data_dir, host=opts.host, port=opts.port,
-                        redial_remembered=False) as node:
+                        redial_remembered=False, discovery=sources) as node:
             pid = resolve_peer(opts.peer, node.trust)
             _require_paired(pid, node.trust)
             name = _name(pid, node.trust)
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
-            if address is None:
+            remembered = _remembered(node, pid)
+            if address is None and (lan or remembered):
+                if not _reach(node, pid, None, opts.wait, lambda: bool(stop)) and not stop:
+                    host, port = remembered or ("?", 0)
+                    out.note((_not_found(node, pid, lan, opts.wait) if lan else
+                              f"could not reach {name} at its remembered address "
+                              f"{host}:{port}") + "; will keep trying.")
+            elif address is None:
                 out.note(f"waiting for {name} to connect to port {node.port} "
                          f"(it runs: peernet chat {node.id} --to THIS_HOST:{node.port})")
             elif not _reach(node, pid, address, opts.wait, lambda: bool(stop)) and not stop:
@@ -647,28 +1019,52 @@ def _check_handler(name: str) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
+def _remembered(node: Node, pid: PeerId) -> tuple[str, int] | None:
+    """The address a node of this data dir last reached ``pid`` at, if any."""
+    seen = AddressBook.load(node.data_dir).get(pid)
+    return seen.address if seen is not None else None
+
+
 @contextmanager
-def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[Node, PeerId, Any,
-                                                                          tuple[str, int]]]:
+def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
+        Node, PeerId, Any, tuple[str, int] | None, Lan | None]]:
     """For call/send: check the handler, JSON and address, then a short-lived node and
-    the paired peer named on the command line."""
+    the paired peer named on the command line. Without ``--to``: discovery (asking,
+    never announcing) or the remembered address, else a usage error."""
     _check_handler(opts.handler)
     args = parse_json_arg(opts.json)
-    address = parse_address(opts.to)
+    address = parse_address(opts.to) if opts.to else None
+    lan = choose_lan(opts, data_dir) if address is None else None
+    sources = make_discovery(lan, one_shot=True) if lan else []
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
-                    redial_remembered=False) as node:
+                    redial_remembered=False, discovery=sources) as node:
         pid = resolve_peer(opts.peer, node.trust)
         _require_paired(pid, node.trust)
-        yield node, pid, args, address
+        if address is None and not lan and _remembered(node, pid) is None:
+            raise _no_address(pid, node.trust)
+        yield node, pid, args, address, lan
+
+
+def _unreachable_without_to(node: Node, pid: PeerId, lan: Lan | None, wait_s: float) -> str:
+    if lan:
+        return _not_found(node, pid, lan, wait_s)
+    remembered = _remembered(node, pid) or ("?", 0)
+    return (f"could not reach {_name(pid, node.trust)} at its remembered address "
+            f"{remembered[0]}:{remembered[1]}: give --to HOST:PORT, or turn on discovery "
+            "(--discovery udp, or PEERNET_DISCOVERY=udp)")
 
 
 def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
     """Run HANDLER on the peer and print its result as JSON."""
-    with _to_peer(opts, data_dir) as (node, pid, args, address):
-        node.connect(pid, *address)
+    with _to_peer(opts, data_dir) as (node, pid, args, address, lan):
+        if address is not None:
+            node.connect(pid, *address)
         try:
             result = node.call(pid, opts.handler, args, timeout=opts.timeout)
         except PeerUnavailable as exc:
+            if address is None and (lan or "no known address" in str(exc)):
+                raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
+                               EXIT_UNREACHABLE) from None
             raise CliError(f"{exc} {_unreachable_hint(node)}",
                            EXIT_UNREACHABLE) from None
     print(dump_json(result), flush=True)
@@ -677,8 +1073,11 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
 
 def cmd_send(opts: argparse.Namespace, data_dir: Path) -> int:
     """Hand ``HANDLER(JSON)`` to the peer without waiting for a reply."""
-    with _to_peer(opts, data_dir) as (node, pid, args, address):
+    with _to_peer(opts, data_dir) as (node, pid, args, address, lan):
         if not _reach(node, pid, address, opts.timeout):
+            if address is None:
+                raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
+                               EXIT_UNREACHABLE)
             raise CliError(_unreachable(node, pid, address), EXIT_UNREACHABLE)
         if not node.send(pid, opts.handler, args):
             raise CliError(f"not delivered: {_name(pid, node.trust)} went offline",
@@ -708,15 +1107,36 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     peer_help = "peer id (pn1...) or the label of a paired peer"
+
+    def discovery_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group(
+            "discovery", "default: $PEERNET_DISCOVERY, else DATA_DIR/settings.toml, else none")
+        g.add_argument("--discovery", action="append", metavar="udp|mdns|none",
+                       help="find peers on the LAN: udp (signed broadcast announces), mdns "
+                            "(needs peernet-py[mdns]); repeatable or comma-separated")
+        g.add_argument("--interface", action="append", metavar="NAME",
+                       help="interface (or address) discovery uses (repeatable; default: "
+                            "every usable IPv4 interface)")
+        g.add_argument("--udp-port", type=_port, default=None,
+                       help="UDP discovery port (default 4040; all nodes must agree)")
+        g.add_argument("--udp-target", action="append", metavar="HOST:PORT",
+                       help="announce and ask by unicast to this address instead of "
+                            "broadcasting (repeatable; for networks that block broadcast)")
     p = command("id", cmd_id, "show this machine's peer id (created on first use)")
     p.add_argument("--qr", action="store_true",
                    help="also draw a QR code (needs the optional 'qrcode' package; "
                         "automatic on a terminal when it is installed)")
 
     p = command("pair", cmd_pair, "trust a peer; both machines must pair each other",
-                "example: peernet pair pn1aaa... --label alice")
-    p.add_argument("peer", metavar="ID", help="the other machine's id, from its `peernet id`")
+                "example: peernet pair pn1aaa... --label alice\n"
+                "         peernet nearby; peernet pair 1 --label alice   # a nearby entry")
+    p.add_argument("peer", metavar="ID|N|PREFIX",
+                   help="the other machine's id, from its `peernet id`; or the number or an "
+                        "id prefix of an entry of the last `peernet nearby` (its full id is "
+                        "shown to check first)")
     p.add_argument("--label", help="a name for it, usable instead of the id later")
+    p.add_argument("--yes", action="store_true",
+                   help="pair a nearby entry without asking (its full id is still shown)")
 
     p = command("unpair", cmd_unpair, "stop trusting a peer (closes its links)")
     p.add_argument("peer", metavar="ID", help=peer_help)
@@ -727,26 +1147,38 @@ def _parser() -> argparse.ArgumentParser:
                 "exit code 3 when a checked peer is not online")
     p.add_argument("--check", action="append", metavar="ID@HOST:PORT", default=[],
                    help="dial this peer first, to show its live status and rtt (repeatable)")
-    p.add_argument("--timeout", type=_positive_float, default=5.0,
-                   help="how long --check waits, seconds (default 5)")
+    p.add_argument("--timeout", type=_positive_float, default=None,
+                   help="how long --check (default 5) or discovery (default 2) waits, seconds")
+    discovery_options(p)
+
+    p = command("nearby", cmd_nearby, "list unpaired nodes announcing on the LAN: number, "
+                "id, address, via, age",
+                "example: peernet nearby --discovery udp; then: peernet pair 1\n"
+                "exit code 3 when nothing answered within the wait")
+    p.add_argument("--wait", type=_positive_float, default=1.5,
+                   help="how long to listen, seconds (default 1.5)")
+    discovery_options(p)
 
     p = command("listen", cmd_listen, "serve echo and chat until Ctrl-C or SIGTERM",
                 "prints 'READY id=ID port=PORT host=HOST' on stdout once listening, and\n"
                 "each incoming chat line as 'LABEL: text'")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    discovery_options(p)
 
     p = command("chat", cmd_chat, "chat with a peer: each line you type is sent to its chat "
                 "handler; its lines are printed",
                 "example: peernet chat alice --to 192.168.1.10:7777\n"
-                "without --to it waits for the peer to connect. Lines typed while the peer\n"
-                "is offline are not delivered (you are told). EOF or Ctrl-C ends.")
+                "without --to it finds the peer by discovery or its remembered address, or\n"
+                "else waits for it to connect. Lines typed while the peer is offline are\n"
+                "not delivered (you are told). EOF or Ctrl-C ends.")
     p.add_argument("peer", metavar="ID", help=peer_help)
     p.add_argument("--to", metavar="HOST:PORT", help="where the peer listens")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     p.add_argument("--wait", type=_positive_float, default=5.0,
                    help="how long to wait for the first connection, seconds (default 5)")
+    discovery_options(p)
 
     for name, func, help_text in (
         ("call", cmd_call, "run a handler on a peer and print its result as JSON"),
@@ -758,10 +1190,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("handler", metavar="HANDLER", help="handler name, e.g. echo or chat")
         p.add_argument("json", metavar="JSON", nargs="?", default=None,
                        help="the argument as JSON (default null; '-' reads stdin)")
-        p.add_argument("--to", metavar="HOST:PORT", required=True, help="where the peer listens")
+        p.add_argument("--to", metavar="HOST:PORT",
+                       help="where the peer listens (default: find it by discovery, or its "
+                            "remembered address)")
         p.add_argument("--timeout", type=_positive_float, default=5.0,
                        help="seconds to connect" + (" and get the answer" if name == "call" else "")
                             + " (default 5)")
+        discovery_options(p)
     return ap
 
 

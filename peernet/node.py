@@ -677,6 +677,7 @@ class Node:
         self._check_open()
         self._require_paired(pid)
         if self._registry.active_link(pid) is None:
+            self._solicit()
             self._mesh.dial(pid)
         return pid
 
@@ -768,12 +769,21 @@ class Node:
         if link is not None:
             return link
         self._require_paired(pid)
+        self._solicit()
         try:
             # No address yet, but discovery is on: it may find one before the deadline.
             return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1)
         except PeerUnavailable:
             self._check_open()
             raise
+
+    def _solicit(self) -> None:
+        """A caller waits for a peer with no live link: discovery sources that can ask
+        the network at once (``solicit()``: UDP solicitations, an mDNS query) do."""
+        for source in self._discoveries:
+            solicit = getattr(source, "solicit", None)
+            if solicit is not None:
+                solicit()
 
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
         if event == "unpaired":

@@ -22,6 +22,20 @@ Layout (132 bytes, integers big-endian)::
 The receiver drops a packet unless it parses exactly, its rate limits allow it, the
 signature verifies, it is not its own, the signed address equals the UDP source
 address, and its counter is higher than the last one accepted from that key.
+
+The solicitation (also 132 bytes, so a query is never smaller than the announce it asks
+for) says "anyone with discovery on, announce now, to me"; it names nobody::
+
+    off len
+      0   4  magic b"PNET"
+      4   1  version 0x02
+      5   1  kind 0x01 (an announce has 0 here: its flags)
+      6   2  reserved, 0
+      8  16  nonce: random, so a node can tell its own solicitation when it hears it
+     24 108  zero padding
+
+:class:`SolicitationLimiter` decides which ones get an answer (per source address and
+overall token buckets, bounded tables).
 """
 
 from __future__ import annotations
@@ -40,9 +54,14 @@ __all__ = [
     "ANNOUNCE_LEN",
     "Announce",
     "AnnounceFilter",
+    "SOLICITATION_LEN",
+    "SolicitationLimiter",
     "TokenBucket",
     "decode_announce",
+    "decode_solicitation",
     "encode_announce",
+    "encode_solicitation",
+    "is_solicitation",
 ]
 
 MAGIC = b"PNET"
@@ -210,6 +229,101 @@ class AnnounceFilter:
             self._senders.popitem(last=False)
         self._senders[announce.peer_id] = (announce.counter, now_s + 3 * announce.interval_s)
         return announce
+
+
+SOLICIT_KIND = 0x01
+NONCE_LEN = 16
+_SOLICIT_HEAD = struct.Struct(">4sBBH16s")
+SOLICITATION_LEN = ANNOUNCE_LEN  # 132: padded, so answering amplifies no bytes
+_SOLICIT_PAD = bytes(SOLICITATION_LEN - _SOLICIT_HEAD.size)
+
+
+def encode_solicitation(nonce: bytes) -> bytes:
+    """A solicitation carrying ``nonce`` (16 random bytes)."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
+    return _SOLICIT_HEAD.pack(MAGIC, VERSION, SOLICIT_KIND, 0, bytes(nonce)) + _SOLICIT_PAD
+
+
+def is_solicitation(packet: bytes) -> bool:
+    """Cheap test: does ``packet`` claim to be a solicitation (byte 5 is 0x01)?"""
+    return len(packet) >= 6 and packet[5] == SOLICIT_KIND and packet[:4] == MAGIC
+
+
+def decode_solicitation(packet: bytes) -> bytes:
+    """The nonce of an exact solicitation; anything else raises ProtocolError."""
+    if len(packet) != SOLICITATION_LEN:
+        raise ProtocolError(f"solicitation must be {SOLICITATION_LEN} bytes, got {len(packet)}")
+    magic, version, kind, reserved, nonce = _SOLICIT_HEAD.unpack_from(packet)
+    if magic != MAGIC:
+        raise ProtocolError("not a peernet solicitation (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported solicitation version {version}")
+    if kind != SOLICIT_KIND:
+        raise ProtocolError(f"not a solicitation (kind {kind})")
+    if reserved != 0 or packet[_SOLICIT_HEAD.size:] != _SOLICIT_PAD:
+        raise ProtocolError("solicitation reserved bytes and padding must be 0")
+    return bytes(nonce)
+
+
+class SolicitationLimiter:
+    """Which solicitations get an answer. Pure: the caller passes the clock.
+
+    An answer is one announce per selected interface, by unicast to the solicitation's
+    source, so the limits bound what any one address (or a spoofer using many) can make
+    this node send: a token bucket per source address (default 5 a second, burst 10) and
+    one for all sources together (50 a second, burst 50). At most ``max_sources``
+    addresses are remembered (the least recently heard goes first), and the node's own
+    last ``max_own`` nonces, so it ignores its own solicitations.
+    """
+
+    def __init__(self, *, per_source_rate_per_s: float = 5.0, per_source_burst: int = 10,
+                 total_rate_per_s: float = 50.0, total_burst: int = 50,
+                 max_sources: int = 256, max_own: int = 16) -> None:
+        self._per_source = (per_source_rate_per_s, per_source_burst)
+        self._total_args = (total_rate_per_s, total_burst)
+        self._total: TokenBucket | None = None
+        self._max_sources = max_sources
+        self._max_own = max_own
+        self._sources: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._own: OrderedDict[bytes, None] = OrderedDict()
+        #: Solicitations not answered, by reason; and how many were answered.
+        self.dropped: dict[str, int] = {}
+        self.answered = 0
+
+    def _drop(self, reason: str) -> bool:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        return False
+
+    def sent(self, nonce: bytes) -> None:
+        """We sent a solicitation with ``nonce``: do not answer it when it comes back."""
+        self._own[bytes(nonce)] = None
+        while len(self._own) > self._max_own:
+            self._own.popitem(last=False)
+
+    def allow(self, packet: bytes, source_ip: str, now_s: float) -> bool:
+        """True if the solicitation in ``packet`` from ``source_ip`` should be answered."""
+        try:
+            nonce = decode_solicitation(packet)
+        except ProtocolError:
+            return self._drop("malformed")
+        if nonce in self._own:
+            return self._drop("own")
+        bucket = self._sources.get(source_ip)
+        if bucket is None:
+            if len(self._sources) >= self._max_sources:
+                self._sources.popitem(last=False)
+            bucket = self._sources[source_ip] = TokenBucket(*self._per_source, now_s)
+        else:
+            self._sources.move_to_end(source_ip)
+        if not bucket.take(now_s):
+            return self._drop("rate_source")
+        if self._total is None:
+            self._total = TokenBucket(*self._total_args, now_s)
+        if not self._total.take(now_s):
+            return self._drop("rate_total")
+        self.answered += 1
+        return True
 
 
 def next_counter(previous: int, wall_ms: int) -> int:

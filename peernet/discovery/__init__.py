@@ -77,6 +77,10 @@ class Discovery(Protocol):
         """Stop announcing and listening; join any thread; bounded by ``timeout_s``."""
         ...
 
+    # Optional: ``solicit() -> None``, "ask the network now" (it must not block).
+    # ``Node.call`` and ``Node.wait_for_peer`` call it when a peer has no live link;
+    # UdpDiscovery and MdnsDiscovery have it.
+
 
 class ManualDiscovery:
     """Addresses given by hand (``Node.connect``). Announces nothing."""

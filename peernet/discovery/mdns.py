@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _INSTALL_HINT = 'mDNS discovery needs python-zeroconf: pip install "peernet-py[mdns]"'
 #: How often the records of reported peers are checked against zeroconf's cache.
 _CHECK_INTERVAL_S = 1.0
+#: solicit() asks the network at most this often (RFC 6762 5.2: no faster than 1 s).
+_SOLICIT_MIN_INTERVAL_S = 1.0
+_TYPE_PTR, _CLASS_IN = 12, 1
 
 
 class MdnsUnavailable(PeerNetError, ImportError):
@@ -79,6 +82,8 @@ class MdnsDiscovery:
         at most ``max_peers``). Keys are
         free, so strangers get a small budget of their own, least recently heard out
         first, and can never crowd out a paired peer's record.
+    :param register: False: publish nothing about this node, only browse (and query
+        when :meth:`solicit` is called): what a one-shot command wants.
     :raises MdnsUnavailable: python-zeroconf is not installed.
     """
 
@@ -86,7 +91,7 @@ class MdnsDiscovery:
 
     def __init__(self, *, interfaces: Iterable[str] | None = None, ttl_s: float = 120.0,
                  resolve_timeout_s: float = 1.0, max_peers: int = 256,
-                 max_strangers: int | None = None) -> None:
+                 max_strangers: int | None = None, register: bool = True) -> None:
         self._zc_mod = _import_zeroconf()
         if not 1 <= float(ttl_s) <= 4500:
             raise ValueError(f"ttl_s must be 1 .. 4500 seconds, got {ttl_s!r}")
@@ -113,6 +118,9 @@ class MdnsDiscovery:
         self._cond = threading.Condition()
         self._stop = False
         self._announce_now = False
+        self._solicit_now = False
+        self._solicited_at = -_SOLICIT_MIN_INTERVAL_S
+        self.registering = bool(register)
         #: name -> "resolve" | "removed": work queued by the browser (bounded).
         self._pending: OrderedDict[str, str] = OrderedDict()
         #: name -> peer it resolved to (for Removed and the expiry check).
@@ -159,6 +167,14 @@ class MdnsDiscovery:
     def announce(self) -> None:
         with self._cond:
             self._announce_now = True
+            self._cond.notify()
+
+    def solicit(self) -> None:
+        """Ask the network now for every ``_peernet._tcp`` service (a native PTR query,
+        asking for unicast answers), so a fresh node hears its peers at once. Names no
+        peer: the same question the browser asks at start. At most once a second."""
+        with self._cond:
+            self._solicit_now = True
             self._cond.notify()
 
     def stop(self, timeout_s: float) -> None:
@@ -220,7 +236,8 @@ class MdnsDiscovery:
             next_check = time.monotonic() + _CHECK_INTERVAL_S
             while True:
                 with self._cond:
-                    while not (self._stop or self._announce_now or self._pending):
+                    while not (self._stop or self._announce_now or self._pending
+                               or self._solicit_now):
                         remaining = next_check - time.monotonic()
                         if remaining <= 0:
                             break
@@ -228,9 +245,12 @@ class MdnsDiscovery:
                     if self._stop:
                         return
                     announce, self._announce_now = self._announce_now, False
+                    solicit, self._solicit_now = self._solicit_now, False
                     work = self._pending.popitem(last=False) if self._pending else None
                 if announce:
                     self._reannounce()
+                if solicit:
+                    self._query()
                 if work is not None:
                     name, kind = work
                     if kind == "removed":
@@ -279,8 +299,22 @@ class MdnsDiscovery:
             server=server_name(host.id), parsed_addresses=ips,
             host_ttl=self.ttl_s, other_ttl=self.ttl_s)
 
+    def _query(self) -> None:
+        now = time.monotonic()
+        if self._zc is None or now - self._solicited_at < _SOLICIT_MIN_INTERVAL_S:
+            return
+        self._solicited_at = now
+        out = self._zc_mod.DNSOutgoing(0)  # a query
+        question = self._zc_mod.DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN)
+        question.unicast = True  # QU: answer me directly, now
+        out.add_question(question)
+        try:
+            self._zc.send(out)
+        except Exception:  # noqa: BLE001 -- zeroconf closing
+            log.debug("mDNS query failed", exc_info=True)
+
     def _register(self) -> None:
-        if self._zc is None:
+        if self._zc is None or not self.registering:
             return
         info = self._make_info()
         # No probing: the name is derived from our key, so only our own key can claim
@@ -303,6 +337,8 @@ class MdnsDiscovery:
             except Exception:  # noqa: BLE001 -- fall back to a fresh instance
                 log.debug("zeroconf update_interfaces failed; recreating", exc_info=True)
                 self._reopen()
+                return
+            if not self.registering:
                 return
             info = self._make_info()
             if self._info is None:

@@ -10,11 +10,20 @@ Announces go as *directed* broadcast (e.g. 192.168.1.255) from a socket bound to
 selected IPv4 address, so each packet is signed with the address it really leaves from.
 ``targets`` replaces broadcast with unicast to the given ``(host, port)`` pairs: for
 networks that block broadcast, and for tests that must stay on loopback.
+
+**Solicitations** make a fresh node fast: :meth:`UdpDiscovery.solicit` (which
+``Node.call`` and ``Node.wait_for_peer`` use when no link is up) sends a 132-byte
+packet that names nobody, the same way announces go, from a socket of its own on a
+free port; every node with UDP discovery on answers at once with its signed announce,
+by unicast to that socket, within the limits of :class:`SolicitationLimiter`, and only
+to an address on one of its selected subnets (or, with ``targets``, on loopback or a
+target host). The answers pass the usual announce filter.
 """
 
 from __future__ import annotations
 
 import logging
+import ipaddress
 import os
 import select
 import socket
@@ -22,7 +31,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from .._proto.announce import ANNOUNCE_LEN, AnnounceFilter, encode_announce, next_counter
+from .._proto.announce import (
+    ANNOUNCE_LEN,
+    AnnounceFilter,
+    SolicitationLimiter,
+    encode_announce,
+    encode_solicitation,
+    is_solicitation,
+    next_counter,
+)
 from .._io.netmon import host_interfaces
 
 if TYPE_CHECKING:
@@ -35,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 4040
 #: Packets handled per wake-up before the thread checks its clock again.
 _BATCH = 64
+#: When the solicitations of one solicit() go out, seconds after it (datagrams get lost).
+_SOLICIT_AT_S = (0.0, 0.25, 1.0)
 
 
 class UdpDiscovery:
@@ -50,6 +69,9 @@ class UdpDiscovery:
     :param targets: ``(host, port)`` pairs to announce to by unicast instead of
         broadcasting.
     :param bind_host: address to receive on ("0.0.0.0": every interface).
+    :param announce: False: never announce this node, not even when solicited; only
+        listen, and solicit when asked (what a one-shot command wants: it finds its
+        peers without telling the LAN where it listens).
     """
 
     source = "udp"
@@ -57,7 +79,7 @@ class UdpDiscovery:
     def __init__(self, *, port: int = DEFAULT_PORT, interval_s: float = 5.0,
                  interfaces: Iterable[str] | None = None,
                  targets: Iterable[tuple[str, int]] | None = None,
-                 bind_host: str = "0.0.0.0") -> None:
+                 bind_host: str = "0.0.0.0", announce: bool = True) -> None:
         if type(port) is not int or not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port!r}")
         if not 0.1 <= float(interval_s) <= 3600:
@@ -67,22 +89,35 @@ class UdpDiscovery:
         self.interfaces = None if interfaces is None else tuple(interfaces)
         self.targets = None if targets is None else [(str(h), int(p)) for h, p in targets]
         self.bind_host = bind_host
+        self.announcing = bool(announce)
+        self._limiter = SolicitationLimiter()
+        self._query: socket.socket | None = None
+        self._solicit_due: list[float] = []
         self._host: DiscoveryHost | None = None
         self._filter: AnnounceFilter | None = None
         self._sock: socket.socket | None = None
         self._wake_r = self._wake_w = -1
         self._stop = threading.Event()
         self._announce_now = threading.Event()
+        self._solicit_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._counter = 0
         #: Announces sent and datagrams received (tests and debugging).
         self.sent = 0
         self.received = 0
+        #: Solicitations sent, and answers (announces) sent to others' solicitations.
+        self.solicited = 0
+        self.answered = 0
 
     @property
     def dropped(self) -> dict[str, int]:
         """Received packets that did not count, by reason."""
         return dict(self._filter.dropped) if self._filter is not None else {}
+
+    @property
+    def unanswered(self) -> dict[str, int]:
+        """Solicitations heard and not answered, by reason (rate limits, own, ...)."""
+        return dict(self._limiter.dropped)
 
     def start(self, host: DiscoveryHost) -> None:
         self._host = host
@@ -97,7 +132,16 @@ class UdpDiscovery:
         except OSError:
             sock.close()
             raise
-        self._sock = sock
+        query = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            query.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            query.bind((self.bind_host, 0))  # a port of its own: answers come here alone
+            query.setblocking(False)
+        except OSError:
+            query.close()
+            sock.close()
+            raise
+        self._sock, self._query = sock, query
         self.port = sock.getsockname()[1]
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="peernet-udp", daemon=True)
@@ -105,6 +149,17 @@ class UdpDiscovery:
 
     def announce(self) -> None:
         self._announce_now.set()
+        self._wake()
+
+    def solicit(self) -> None:
+        """Ask the LAN now: "anyone with discovery on, announce to me". Sends a
+        solicitation at once and twice more within a second (a lost datagram), unless a
+        round is still going; answers arrive as ordinary hints."""
+        with self._solicit_lock:
+            if self._solicit_due:
+                return
+            now = time.monotonic()
+            self._solicit_due = [now + t for t in _SOLICIT_AT_S]
         self._wake()
 
     def stop(self, timeout_s: float) -> None:
@@ -115,6 +170,8 @@ class UdpDiscovery:
             thread.join(timeout_s)
         if self._sock is not None:
             self._sock.close()
+        if self._query is not None:
+            self._query.close()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -131,36 +188,53 @@ class UdpDiscovery:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None  # start() opened it before starting this thread
+        query = self._query
+        assert sock is not None and query is not None  # start() opened them
         next_due = time.monotonic()  # the first announce goes out at once
         while not self._stop.is_set():
             now = time.monotonic()
             if self._announce_now.is_set() or now >= next_due:
                 self._announce_now.clear()
-                self._send_announces()
+                if self.announcing:
+                    self._send_announces()
                 next_due = time.monotonic() + self.interval_s
+            with self._solicit_lock:
+                due = [t for t in self._solicit_due if t <= now]
+                self._solicit_due = [t for t in self._solicit_due if t > now]
+                wake_at = min([next_due, *self._solicit_due])
+            if due:
+                self._send_solicitations()
             try:  # poll(), not select(): descriptors may be numbered 1024 and up
                 poller = select.poll()
                 poller.register(sock, select.POLLIN)
+                poller.register(query, select.POLLIN)
                 poller.register(self._wake_r, select.POLLIN)
-                ready = {fd for fd, _ in poller.poll(max(0.0, next_due - time.monotonic()) * 1000)}
+                ready = {fd for fd, _ in poller.poll(max(0.0, wake_at - time.monotonic()) * 1000)}
             except (OSError, ValueError):
                 return  # closed under us: stopping
             if self._wake_r in ready:
                 os.read(self._wake_r, 512)
             if self._sock is not None and self._sock.fileno() in ready:
-                self._receive_batch()
+                self._receive_batch(self._sock, answer=True)
+            if self._query is not None and self._query.fileno() in ready:
+                self._receive_batch(self._query, answer=False)
 
-    def _receive_batch(self) -> None:
-        assert self._sock is not None and self._filter is not None and self._host is not None
+    def _receive_batch(self, sock: socket.socket, *, answer: bool) -> None:
+        assert self._filter is not None and self._host is not None
         for _ in range(_BATCH):
             try:
-                packet, (source_ip, _port) = self._sock.recvfrom(ANNOUNCE_LEN + 1)
+                packet, (source_ip, source_port) = sock.recvfrom(ANNOUNCE_LEN + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. an ICMP error queued by an earlier send
                 log.debug("udp discovery receive: %s", exc)
                 return
             self.received += 1
+            if is_solicitation(packet):
+                if answer and self.announcing and self._limiter.allow(
+                        packet, source_ip, time.monotonic()):
+                    self._answer(source_ip, source_port)
+                continue
             announce = self._filter.accept(packet, source_ip, time.monotonic())
             if announce is None:
                 continue
@@ -169,6 +243,64 @@ class UdpDiscovery:
                                      source=self.source, ttl_s=3 * announce.interval_s)
             except Exception:  # noqa: BLE001 -- a bad hint must not end discovery
                 log.exception("handling an announce from %s failed", announce.peer_id.short)
+
+    def _answer(self, source_ip: str, source_port: int) -> None:
+        """Our announce, by unicast to a solicitation's source, if it is on our network."""
+        host = self._host
+        assert host is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((source_ip, source_port))  # no traffic: the route's source
+                local_ip = probe.getsockname()[0]
+            except OSError as exc:
+                log.debug("no route to answer %s: %s", source_ip, exc)
+                return
+        if not self._may_answer(source_ip, local_ip):
+            self._limiter.dropped["off_subnet"] = self._limiter.dropped.get("off_subnet", 0) + 1
+            return
+        self._counter = next_counter(self._counter, time.time_ns() // 1_000_000)
+        packet = encode_announce(host.sign, host.id, port=host.port, counter=self._counter,
+                                 interval_s=self.interval_s, address=local_ip)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                out.bind((local_ip, 0))
+                out.sendto(packet, (source_ip, source_port))
+            self.answered += 1
+        except OSError as exc:
+            log.debug("answering %s failed: %s", source_ip, exc)
+
+    def _may_answer(self, source_ip: str, local_ip: str) -> bool:
+        """Only the LAN we announce on: a solicitor on a selected subnet (with
+        ``targets``: on loopback or a target host), never a reflector far away."""
+        try:
+            source = ipaddress.ip_address(source_ip)
+        except ValueError:
+            return False
+        if self.targets is not None:
+            return source.is_loopback or any(h == source_ip for h, _ in self.targets)
+        for a in host_interfaces(self.interfaces):
+            if a.ip == local_ip and a.broadcast is not None and source in ipaddress.ip_network(
+                    f"{a.ip}/{a.prefix_len}", strict=False):
+                return True
+        return False
+
+    def _send_solicitations(self) -> None:
+        query = self._query
+        assert query is not None
+        nonce = os.urandom(16)
+        self._limiter.sent(nonce)
+        packet = encode_solicitation(nonce)
+        try:
+            destinations = [d for _, d in self._destinations()]
+        except Exception:  # noqa: BLE001 -- unreadable interfaces: nothing to ask
+            log.exception("listing interfaces for solicitations failed")
+            return
+        for destination in destinations:
+            try:
+                query.sendto(packet, destination)
+                self.solicited += 1
+            except OSError as exc:
+                log.debug("solicitation to %s failed: %s", destination, exc)
 
     def _destinations(self) -> list[tuple[str, tuple[str, int]]]:
         """(source address, destination) for each announce to send now."""

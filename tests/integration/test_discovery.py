@@ -4,6 +4,7 @@ outside a namespace), from 127.0.0.x source addresses. The namespace lab
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -35,7 +36,8 @@ def free_udp_ports(n: int) -> list[int]:
 
 
 def udp(port: int, *targets: int, **options) -> peernet.UdpDiscovery:
-    return peernet.UdpDiscovery(port=port, interval_s=INTERVAL_S, bind_host="127.0.0.1",
+    options.setdefault("interval_s", INTERVAL_S)
+    return peernet.UdpDiscovery(port=port, bind_host="127.0.0.1",
                                 targets=[("127.0.0.1", t) for t in targets], **options)
 
 
@@ -81,6 +83,13 @@ def watched(make_node, tmp_path):
     b = make_node("b", discovery=udp(pb, pa))
     a.expose("echo", lambda peer, args: args)
     assert b.wait_for_peer(ids["a"], timeout=3)
+
+    def one_link() -> bool:  # both dialled at once (b solicits): wait for the survivor
+        la, lb = a._registry.active_link(b.id), b._registry.active_link(a.id)
+        return (la is not None and lb is not None and la.local_port == lb.address[1]
+                and lb.local_port == la.address[1])
+
+    assert wait_until(one_link, timeout_s=3)
     disc = next(d for d in b._discoveries if d.source == "udp")
     return a, b, disc
 
@@ -287,3 +296,82 @@ def test_a_custom_discovery_source_gets_its_paired_peer_dialled(make_node):
     assert a.wait_for_peer(b.id, timeout=5)
     assert a.call(b.id, "echo", "found by bluetooth") == "found by bluetooth"
     assert a.list_peers()[0].address == ("127.0.0.1", b.port)
+
+
+# -- solicitations: a fresh node asks, nodes with discovery on answer at once ----------------
+
+def test_a_fresh_node_finds_its_peer_by_solicitation_not_an_interval_later(make_node, tmp_path):
+    ids = prepaired(tmp_path, ["a", "b"])
+    pa, pb = free_udp_ports(2)
+    a_udp = udp(pa, pb, interval_s=60.0)
+    a = make_node("a", discovery=a_udp)
+    a.expose("echo", lambda peer, args: args)
+    assert wait_until(lambda: a_udp.sent >= 1)  # its one announce went before b existed
+    b_udp = udp(pb, pa, interval_s=60.0, announce=False)  # a one-shot: asks, never announces
+    b = make_node("b", discovery=b_udp, redial_remembered=False)
+    started = time.monotonic()
+    assert b.call(ids["a"], "echo", "quick", timeout=3.0) == "quick"
+    elapsed = time.monotonic() - started
+    print(f"first call of a fresh node, by solicitation: {elapsed * 1000:.1f} ms")
+    assert elapsed < 1.0
+    assert b_udp.solicited >= 1 and a_udp.answered >= 1
+    assert b_udp.sent == 0 and b_udp.answered == 0  # the quiet node told nobody anything
+
+
+def test_wait_for_peer_solicits_and_nearby_strangers_answer_too(make_node, tmp_path):
+    pa, pb, pc = free_udp_ports(3)
+    a_udp = udp(pa, pc, interval_s=60.0)
+    make_node("a", discovery=a_udp)
+    ids = prepaired(tmp_path, ["b", "c"])
+    b_udp = udp(pb, pc, interval_s=60.0)
+    make_node("b", discovery=b_udp)
+    assert wait_until(lambda: a_udp.sent >= 1 and b_udp.sent >= 1)
+    c_udp = udp(pc, pa, pb, interval_s=60.0, announce=False)
+    c = make_node("c", discovery=c_udp)
+    assert c.wait_for_peer(ids["b"], timeout=3.0)
+    # a is a stranger to c: its answer lists it as nearby, never dialled.
+    assert wait_until(lambda: len(c.list_nearby()) == 1)
+    assert c.list_nearby()[0].address[1] != 0 and c.list_nearby()[0].source == "udp"
+
+
+def test_a_solicitation_flood_is_answered_within_the_rate_limits(make_node, tmp_path):
+    ids = prepaired(tmp_path, ["a", "b"])
+    pa, pb = free_udp_ports(2)
+    a_udp = udp(pa, pb)
+    a = make_node("a", discovery=a_udp)
+    a.expose("echo", lambda peer, args: args)
+    b = make_node("b", discovery=udp(pb, pa))
+    assert b.call(ids["a"], "echo", 0, timeout=3.0) == 0
+    from peernet._proto.announce import encode_solicitation
+    sources = [f"127.0.0.{i}" for i in range(10, 30)]
+    socks = []
+    try:
+        for ip in sources:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((ip, 0))
+            socks.append(s)
+        started = time.monotonic()
+        heard = lambda: sum(a_udp.unanswered.values()) + a_udp.answered  # noqa: E731
+        for i in range(2000):
+            socks[i % len(socks)].sendto(encode_solicitation(os.urandom(16)), ("127.0.0.1", pa))
+            if i % 100 == 99:  # a live call goes on throughout; and no socket overflows
+                assert b.call(ids["a"], "echo", i, timeout=0.5) == i
+                assert wait_until(lambda: heard() >= i + 1 - 20, timeout_s=3)
+        elapsed = time.monotonic() - started
+        answered = [0] * len(socks)
+        for k, s in enumerate(socks):
+            s.setblocking(False)
+            while True:
+                try:
+                    s.recvfrom(200)
+                except BlockingIOError:
+                    break
+                answered[k] += 1
+    finally:
+        for s in socks:
+            s.close()
+    print(f"flood: 2000 solicitations in {elapsed:.2f} s, {sum(answered)} answers; "
+          f"unanswered {a_udp.unanswered}")
+    assert sum(answered) <= 50 + 50 * elapsed  # overall: burst 50, 50/s
+    assert max(answered) <= 10 + 5 * elapsed  # per source: burst 10, 5/s
+    assert a_udp.unanswered.get("rate_total", 0) + a_udp.unanswered.get("rate_source", 0) > 1000

@@ -153,3 +153,74 @@ def test_tables_stay_bounded_under_a_flood_of_sources_and_keys():
         src = f"10.{i // 250}.{i % 250}.1"
         assert accept(f, packet(who, address=src), source=src) is not None
     assert len(f._sources) == 16 and len(f._senders) == 8
+
+
+# -- the solicitation ---------------------------------------------------------------------
+
+from peernet._proto.announce import (  # noqa: E402
+    SOLICITATION_LEN,
+    SolicitationLimiter,
+    decode_solicitation,
+    encode_solicitation,
+    is_solicitation,
+)
+
+NONCE = bytes(range(16))
+
+
+def test_solicitation_layout_byte_by_byte():
+    raw = encode_solicitation(NONCE)
+    assert len(raw) == SOLICITATION_LEN == ANNOUNCE_LEN == 132  # no amplification in bytes
+    assert raw[:4] == b"PNET" and raw[4] == 2 and raw[5] == 1 and raw[6:8] == b"\0\0"
+    assert raw[8:24] == NONCE and raw[24:] == bytes(108)
+    assert decode_solicitation(raw) == NONCE
+    assert is_solicitation(raw) and not is_solicitation(packet())
+    # It names nobody: no key, no address, no port; only the random nonce.
+    assert raw.replace(NONCE, b"") == b"PNET\x02\x01\x00\x00" + bytes(108)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda p: p[:-1], lambda p: p + b"\0", lambda p: b"XNET" + p[4:],
+    lambda p: p[:4] + b"\x03" + p[5:], lambda p: p[:5] + b"\x02" + p[6:],
+    lambda p: p[:6] + b"\0\x01" + p[8:], lambda p: p[:-1] + b"\x01",
+])
+def test_bad_solicitations_are_refused(mutate):
+    with pytest.raises(ProtocolError):
+        decode_solicitation(mutate(encode_solicitation(NONCE)))
+    assert SolicitationLimiter().allow(mutate(encode_solicitation(NONCE)), "10.0.0.1", 0.0) is False
+
+
+def test_an_old_receiver_drops_a_solicitation_as_malformed():
+    with pytest.raises(ProtocolError):
+        decode_announce(encode_solicitation(NONCE))
+    with pytest.raises(ValueError):
+        encode_solicitation(b"short")
+
+
+def test_solicitations_are_rate_limited_per_source_and_overall():
+    lim = SolicitationLimiter()  # 5/s burst 10 per source; 50/s burst 50 overall
+    raw = encode_solicitation(NONCE)
+    assert sum(lim.allow(raw, "10.0.0.9", 0.0) for _ in range(100)) == 10
+    assert lim.dropped["rate_source"] == 90
+    assert sum(lim.allow(raw, "10.0.0.9", 1.0) for _ in range(100)) == 5  # refilled 5/s
+    # Many sources (a spoofer): the overall bucket caps the total.
+    lim = SolicitationLimiter()
+    answered = sum(lim.allow(raw, f"10.1.{i // 250}.{i % 250}", 0.0) for i in range(1000))
+    assert answered == 50 and lim.dropped["rate_total"] == 950
+    answered = sum(lim.allow(raw, f"10.2.{i // 250}.{i % 250}", 2.0) for i in range(1000))
+    assert answered == 50  # 2 s at 50/s, capped by the burst
+    assert lim.answered == 100
+
+
+def test_solicitation_tables_are_bounded_and_own_nonces_ignored():
+    lim = SolicitationLimiter(max_sources=8, max_own=2)
+    raw = encode_solicitation(NONCE)
+    for i in range(100):
+        lim.allow(raw, f"10.0.0.{i}", i * 1.0)
+    assert len(lim._sources) == 8
+    lim.sent(NONCE)
+    assert lim.allow(raw, "10.0.0.200", 500.0) is False and lim.dropped["own"] == 1
+    lim.sent(b"a" * 16)
+    lim.sent(b"b" * 16)  # NONCE is forgotten: only the last 2 are kept
+    assert len(lim._own) == 2
+    assert lim.allow(raw, "10.0.0.201", 500.0) is True

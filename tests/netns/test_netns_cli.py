@@ -1,0 +1,140 @@
+"""The command line's LAN flow between hosts (issue 22): network namespaces this test
+creates and deletes, joined by a bridge of their own; broadcast and multicast stay in
+the lab.
+
+Two hosts run ``peernet listen --discovery udp`` (and again with mdns). From a third
+process on host 0, ``peernet nearby`` lists the other, ``peernet pair N`` picks it, and
+``peernet call OTHER echo '"hi"'`` returns with no address anywhere. Then 20 fresh
+``peernet call`` processes: the time from starting one to its result, p50 under 1 s.
+A solicitation flood from a fourth host is rate-limited and leaves live calls alone.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peernet.identity import load_or_create
+from peernet.trust import TrustStore
+from tests.integration.test_cli import Proc, ready
+from tests.netns_lab import ROOT, Lab, require_netns
+
+pytestmark = pytest.mark.netns
+
+RUNS = 20
+
+
+@pytest.fixture
+def lab():
+    require_netns()
+    with Lab(4) as lab:
+        yield lab
+
+
+def peernet_argv(lab: Lab, host: int, data_dir: Path, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", lab.hosts[host], sys.executable, "-m", "peernet",
+            "--data-dir", str(data_dir), *args]
+
+
+def peernet_run(lab: Lab, host: int, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(peernet_argv(lab, host, data_dir, *args), capture_output=True,
+                          text=True, timeout=30, cwd=ROOT)
+
+
+def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
+    """The flow of the module docstring, with ``mode`` discovery."""
+    a_dir, b_dir, c_dir, d_dir = (tmp_path / n for n in ("a", "b", "c", "d"))
+    ids = {n: load_or_create(d).peer_id for n, d in zip("abcd", (a_dir, b_dir, c_dir, d_dir))}
+    # b's owner paired c's and d's ids (told out of band); c will pick b from `nearby`.
+    TrustStore.load(b_dir).pair(ids["c"], label="c")
+    TrustStore.load(b_dir).pair(ids["d"], label="d")
+    TrustStore.load(d_dir).pair(ids["b"], label="b")
+    disc = ["--discovery", mode, "--interface", "eth0"]
+    listeners = [Proc(peernet_argv(lab, host, d, "listen", *disc), cwd=ROOT)
+                 for host, d in ((0, a_dir), (1, b_dir))]
+    try:
+        for proc, who in zip(listeners, "ab"):
+            assert ready(proc)[0] == str(ids[who])
+            proc.expect(rf"^discovery {mode} on eth0 10\.77\.0\.\d", stream="err")
+        out = peernet_run(lab, 0, c_dir, "nearby", *disc, "--wait", "1.5")
+        assert out.returncode == 0, out.stderr
+        rows = [line.split() for line in out.stdout.splitlines()[1:]]
+        mine = [r for r in rows if str(ids["b"]).startswith(r[1].rstrip("…"))]
+        assert len(mine) == 1, out.stdout
+        assert mine[0][2].startswith(f"{lab.address(1)}:") and mode in mine[0][3]
+        out = peernet_run(lab, 0, c_dir, "pair", mine[0][0], "--label", "other", "--yes")
+        assert out.returncode == 0 and str(ids["b"]) in out.stdout, out.stderr
+        out = peernet_run(lab, 0, c_dir, "call", "other", "echo", '"hi"', *disc)
+        assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+
+        times = []
+        for _ in range(RUNS):  # each a fresh process, as a cron job or a shell user runs it
+            started = time.monotonic()
+            out = peernet_run(lab, 0, c_dir, "call", "other", "echo", '"hi"', *disc,
+                              "--timeout", "3")
+            times.append(time.monotonic() - started)
+            assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+        p50 = statistics.median(times)
+        print(f"\n{mode}: fresh `peernet call` to its result, {RUNS} runs: p50 "
+              f"{p50 * 1000:.0f} ms, p90 {sorted(times)[int(RUNS * 0.9) - 1] * 1000:.0f} ms, "
+              f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+        assert p50 < 1.0
+
+        if mode == "udp":
+            flood(lab, ids, d_dir)
+    finally:
+        for proc in listeners:
+            proc.stop()
+
+
+def flood(lab: Lab, ids: dict, d_dir: Path) -> None:
+    """Host 3 floods b (host 1) with solicitations from 20 addresses while d (host 2)
+    keeps calling b over its live link."""
+    d = lab.agent(2, d_dir, "--discovery", "udp", "--heartbeat", "30", "60")
+    b = str(ids["b"])
+    assert d.request(op="call", peer=b, name="echo", args=0, timeout=3.0) == 0
+    link_before = d.request(op="link", peer=b)
+    sources = [f"10.77.0.{100 + i}" for i in range(20)]
+    for ip in sources:
+        lab.ip(3, "addr", "add", f"{ip}/24", "dev", "eth0")
+    attacker = lab.popen(3, "tests.procs.solicit_flood", lab.address(1), ",".join(sources),
+                         "--seconds", "2")
+    try:
+        worst_s, calls = 0.0, 0
+        while attacker.poll() is None:
+            t0 = time.monotonic()
+            assert d.request(op="call", peer=b, name="echo", args=calls, timeout=2.0) == calls
+            worst_s = max(worst_s, time.monotonic() - t0)
+            calls += 1
+        report = json.loads(attacker.stdout.read())
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+        attacker.wait(10)
+        attacker.stdout.close()
+        attacker.stdin.close()
+    total, seconds = sum(report["answers"]), report["seconds"]
+    print(f"solicitation flood: {report['sent']} sent from {len(sources)} addresses in "
+          f"{seconds:.1f} s; {total} answered (at most {max(report['answers'])} per "
+          f"address); {calls} live calls meanwhile, worst {worst_s * 1000:.1f} ms")
+    assert report["sent"] > 2000
+    assert report["peers"] == [b]  # answers are b's own signed announce, nothing else
+    assert total <= 50 + 50 * (seconds + 0.5)  # overall: burst 50, then 50/s
+    assert max(report["answers"]) <= 10 + 5 * (seconds + 0.5)  # per address: 10, then 5/s
+    assert worst_s < 0.5 and calls >= 5
+    assert d.request(op="link", peer=b) == link_before  # the live link is untouched
+
+
+def test_cli_lan_flow_udp(lab, tmp_path):
+    run_lan_flow(lab, tmp_path, "udp")
+
+
+def test_cli_lan_flow_mdns(lab, tmp_path):
+    pytest.importorskip("zeroconf")
+    run_lan_flow(lab, tmp_path, "mdns")
