@@ -85,6 +85,21 @@ class Agent:
         stop_process(self.proc)
 
 
+def wait_for_one_link(x: Agent, y: Agent, timeout_s: float = 3.0) -> bool:
+    """Wait until ``x`` and ``y`` use the same link (when both dial at once, say after a
+    solicitation, one of the two links is retired a moment later)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lx, ly = x.request(op="link", peer=y.id), y.request(op="link", peer=x.id)
+        if (lx and ly and lx["local_port"] == ly["remote"][1]
+                and ly["local_port"] == lx["remote"][1]):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class Lab:
     def __init__(self, hosts: int) -> None:
         self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}"

@@ -59,8 +59,11 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
     listeners = [Proc(peernet_argv(lab, host, d, "listen", *disc), cwd=ROOT)
                  for host, d in ((0, a_dir), (1, b_dir))]
     try:
+        ports = []
         for proc, who in zip(listeners, "ab"):
-            assert ready(proc)[0] == str(ids[who])
+            pid, port = ready(proc)
+            assert pid == str(ids[who])
+            ports.append(port)
             proc.expect(rf"^discovery {mode} on eth0 10\.77\.0\.\d", stream="err")
         out = peernet_run(lab, 0, c_dir, "nearby", *disc, "--wait", "1.5")
         assert out.returncode == 0, out.stderr
@@ -87,17 +90,18 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
         assert p50 < 1.0
 
         if mode == "udp":
-            flood(lab, ids, d_dir)
+            flood(lab, ids, d_dir, ports[1])
     finally:
         for proc in listeners:
             proc.stop()
 
 
-def flood(lab: Lab, ids: dict, d_dir: Path) -> None:
+def flood(lab: Lab, ids: dict, d_dir: Path, b_port: int) -> None:
     """Host 3 floods b (host 1) with solicitations from 20 addresses while d (host 2)
-    keeps calling b over its live link."""
-    d = lab.agent(2, d_dir, "--discovery", "udp", "--heartbeat", "30", "60")
+    keeps calling b over its live link (dialled by hand: one link, never a second)."""
+    d = lab.agent(2, d_dir, "--heartbeat", "30", "60")
     b = str(ids["b"])
+    d.request(op="connect", peer=b, host=lab.address(1), port=b_port)
     assert d.request(op="call", peer=b, name="echo", args=0, timeout=3.0) == 0
     link_before = d.request(op="link", peer=b)
     sources = [f"10.77.0.{100 + i}" for i in range(20)]

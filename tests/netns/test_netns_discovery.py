@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.helpers import prepaired
-from tests.netns_lab import Lab, require_netns
+from tests.netns_lab import Lab, require_netns, wait_for_one_link
 
 pytestmark = pytest.mark.netns
 
@@ -63,6 +63,7 @@ def test_spoofed_replayed_and_flooded_announces_change_nothing(lab, tmp_path):
     agents = start(lab, tmp_path, ["a", "b"], ids)
     a, b = agents["a"], agents["b"]
     assert b.request(op="call", peer=a.id, name="echo", args=0, timeout=2.0) == 0
+    assert wait_for_one_link(a, b)
     link_before = b.request(op="link", peer=a.id)
     rss_before = rss_kib(b.proc.pid)
     attacker = lab.popen(3, "tests.procs.udp_attacker", lab.address(3), lab.address(1),

@@ -59,7 +59,8 @@ def main() -> None:
             elif op == "link":
                 link = node._registry.active_link(peernet.PeerId.parse(cmd["peer"]))
                 result = None if link is None else {
-                    "local": link.local_ip, "local_port": link.local_port, "key": id(link)}
+                    "local": link.local_ip, "local_port": link.local_port, "key": id(link),
+                    "remote": list(link.address)}
             elif op == "polls":
                 result = node._netmon.polls
             elif op == "peers":
