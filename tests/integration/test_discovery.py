@@ -89,8 +89,16 @@ def watched(make_node, tmp_path):
         return (la is not None and lb is not None and la.local_port == lb.address[1]
                 and lb.local_port == la.address[1])
 
-    assert wait_until(one_link, timeout_s=3)
     disc = next(d for d in b._discoveries if d.source == "udp")
+    # b's solicitation repeats (0.25 s, 1 s) bring more answers, and so more dials that
+    # the one-link rule then settles: watch only once they are all out and settled.
+    assert wait_until(lambda: not disc._solicit_due, timeout_s=3)
+
+    def settled() -> bool:  # no second link, handshaking or retiring, on either side
+        return (one_link() and len(a._registry.links_of(b.id)) == 1
+                and len(b._registry.links_of(a.id)) == 1)
+
+    assert wait_until(settled, timeout_s=5)
     return a, b, disc
 
 
