@@ -38,10 +38,16 @@ def ensure_private_dir(path: StrPath) -> Path:
 
     Directories we create get exactly 0700 whatever the umask. An existing directory
     (or the one a symlink points to) must be ours and not writable by group or others,
-    as ssh's StrictModes asks of ``~/.ssh``: else :class:`~peernet.InsecureDataDir`,
-    with how to fix it. Its mode is otherwise left as it is. ``~`` is expanded.
+    as ssh's StrictModes asks of ``~/.ssh``, and so must every directory above it, from
+    ``/`` down, and every symlink on the way: each owned by root or the effective user
+    and not writable by group or others, except a sticky directory such as ``/tmp``
+    (whose entries only their owners may rename). Else :class:`~peernet.InsecureDataDir`,
+    naming the offending directory and how to fix it, and nothing is created. The same
+    checks cover a directory that another process creates between our existence check
+    and ``mkdir``. A mode is otherwise left as it is. ``~`` is expanded.
     """
     target = Path(path).expanduser()
+    check_path_to(target, target)  # before anything is made under an unsafe parent
     missing: list[Path] = []
     probe = target
     while not probe.exists():
@@ -53,15 +59,94 @@ def ensure_private_dir(path: StrPath) -> Path:
         probe = probe.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir(mode=0o700)
+            os.mkdir(directory, 0o700)
         except FileExistsError:
-            continue  # someone else made it meanwhile: not ours to chmod (checked below)
+            # Someone else made it meanwhile (a directory or a symlink): not ours to
+            # chmod, and nothing may be made in it unless it passes the same checks.
+            check_path_to(directory, target, itself=directory != target)
+            continue
         # mkdir's mode is filtered by the umask; we want 0700 exactly on what we made.
         os.chmod(directory, 0o700)
     if not target.is_dir():
         raise NotADirectoryError(f"{target} exists but is not a directory")
+    check_path_to(target, target)
     check_private_dir(target)
     return target
+
+
+_ELSEWHERE = ("give the node a directory of your own (data_dir=..., --data-dir, "
+              "PEERNET_DATA_DIR or XDG_DATA_HOME)")
+_MAX_SYMLINKS = 40  # as the kernel's path walk
+
+
+def check_path_to(path: Path, data_dir: Path, *, itself: bool = False) -> None:
+    """Refuse ``path`` (the data dir, or one of its parents) if a directory or symlink
+    on the way to it could be changed by another user: walked like the kernel does,
+    from ``/`` with ``lstat``, following symlinks. Every directory passed through must
+    be owned by root or the effective user and not writable by group or others, unless
+    it is sticky (like ``/tmp``: then what comes next must be ours or root's, which is
+    checked as the next step); every symlink must be owned by root or the effective
+    user. The last directory is checked the same way with ``itself`` (a parent of the
+    data dir), else left to :func:`check_private_dir`. Missing components end the walk
+    (we create them 0700). ``data_dir`` names the data dir in the error."""
+    uid = os.geteuid()
+    pending = list(Path(os.path.join(os.getcwd(), path)).parts[1:])
+    current = os.sep
+    _check_passage(current, os.lstat(current), uid, data_dir)
+    followed = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)  # a real path: its parent was checked
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in (uid, 0):
+                raise InsecureDataDir(
+                    f"data dir {data_dir}: {candidate} on its path is a symbolic link "
+                    f"owned by uid {info.st_uid}, neither you (uid {uid}) nor root: its "
+                    f"owner could point it anywhere. Refusing to use it; remove the link, "
+                    f"or {_ELSEWHERE}.")
+            followed += 1
+            if followed > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+            link = Path(os.readlink(candidate))
+            if link.is_absolute():
+                current = os.sep
+                pending[:0] = list(link.parts[1:])
+            else:
+                pending[:0] = list(link.parts)
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            return  # not a directory: the caller reports that
+        if not pending and not itself:
+            return  # the data dir itself: check_private_dir
+        _check_passage(candidate, info, uid, data_dir)
+        current = candidate
+
+
+def _check_passage(directory: str, info: os.stat_result, uid: int, data_dir: Path) -> None:
+    """One directory above the data dir (see :func:`check_path_to`)."""
+    shown = shlex.quote(directory)
+    if info.st_uid not in (uid, 0):
+        raise InsecureDataDir(
+            f"data dir {data_dir}: the directory {directory} above it is owned by uid "
+            f"{info.st_uid}, neither you (uid {uid}) nor root, so its owner could move "
+            f"your data dir aside and put back an old trust list or key. Refusing to use "
+            f"it; {_ELSEWHERE}, in directories that only you or root can change.")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        raise InsecureDataDir(
+            f"data dir {data_dir}: the directory {directory} above it has mode "
+            f"{mode:04o}, so other users can move your data dir aside and put back an old "
+            f"trust list or key. Refusing to use it; fix it with `chmod go-w {shown}`, "
+            f"or {_ELSEWHERE}.")
 
 
 def check_private_dir(directory: Path) -> None:
@@ -69,25 +154,23 @@ def check_private_dir(directory: Path) -> None:
     A symlink is judged by both ends: the link must be ours, and so must its target."""
     uid = os.geteuid()
     shown = shlex.quote(str(directory))
-    elsewhere = ("or give the node a directory of your own (data_dir=..., --data-dir, "
-                 "or PEERNET_DATA_DIR)")
     link = os.lstat(directory)
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
         raise InsecureDataDir(
             f"data dir {directory} is a symbolic link owned by uid {link.st_uid}, not by "
             f"you (uid {uid}): its owner could point it anywhere. Refusing to use it; "
-            f"{elsewhere}.")
+            f"remove the link, or {_ELSEWHERE}.")
     info = os.stat(directory)
     if info.st_uid != uid:
         raise InsecureDataDir(
             f"data dir {directory} is owned by uid {info.st_uid}, not by you (uid {uid}): "
             f"its owner could swap your trust list or key. Refusing to use it; if it is "
-            f"yours, run `chown {uid} {shown}`, {elsewhere}.")
+            f"yours, run `chown {uid} {shown}`, or {_ELSEWHERE}.")
     if stat.S_IMODE(info.st_mode) & 0o022:
         raise InsecureDataDir(
             f"data dir {directory} has mode {stat.S_IMODE(info.st_mode):04o}, so other "
             f"users can write to it and swap your trust list or key. Refusing to use it; "
-            f"fix it with `chmod 700 {shown}`, {elsewhere}.")
+            f"fix it with `chmod 700 {shown}`, or {_ELSEWHERE}.")
 
 
 def fsync_dir(directory: StrPath) -> None:

@@ -380,8 +380,10 @@ def resolve_peer(text: str, trust: TrustStore) -> PeerId:
 
 
 def _name(pid: PeerId, trust: TrustStore) -> str:
+    """The peer's label, escaped for a terminal (a label stored by an older version was
+    held only to its rules, and may hold format characters), else its short id."""
     entry = trust.get(pid)
-    return entry.label if entry is not None and entry.label else pid.short
+    return _printable(entry.label) if entry is not None and entry.label else pid.short
 
 
 def _require_paired(pid: PeerId, trust: TrustStore) -> None:
@@ -794,7 +796,7 @@ def cmd_pair(opts: argparse.Namespace, data_dir: Path) -> int:
             entry = trust.pair(pid, opts.label)
         except (TypeError, ValueError) as exc:
             raise CliError(f"bad label: {exc}", EXIT_USAGE) from None
-    label = f" ({entry.label})" if entry.label else ""
+    label = f" ({_printable(entry.label)})" if entry.label else ""
     print(f"{'already paired' if was else 'paired'} with {pid.short}{label}")
     print(f"the other side must pair this machine too: peernet pair {own}")
     return EXIT_OK
@@ -1065,8 +1067,10 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
             if address is None and (lan or "no known address" in str(exc)):
                 raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
                                EXIT_UNREACHABLE) from None
-            raise CliError(f"{exc} {_unreachable_hint(node)}",
-                           EXIT_UNREACHABLE) from None
+            # A peer that broke the protocol was reached: asking whether it runs
+            # `peernet listen` would send the user looking in the wrong place.
+            hint = "" if getattr(exc, "protocol_error", False) else f" {_unreachable_hint(node)}"
+            raise CliError(f"{exc}{hint}", EXIT_UNREACHABLE) from None
     print(dump_json(result), flush=True)
     return EXIT_OK
 

@@ -156,7 +156,12 @@ class PeerUnavailable(CallError, ConnectionError):
 
 class ConnectionLost(PeerUnavailable):
     """The link dropped while the call was pending. Pending calls fail at once with
-    this; they never wait out their timeout."""
+    this; they never wait out their timeout. :attr:`protocol_error` tells a link that
+    ended because the peer broke the protocol (a broken or hostile peer, which was
+    reachable) from one that was lost."""
+
+    #: True when the link ended because the peer broke the protocol.
+    protocol_error: bool = False
 
 
 class CallTimeout(CallError, TimeoutError):

@@ -108,12 +108,84 @@ def _in_emoji(label: str, i: int) -> bool:
     return before and after
 
 
+# Look-alikes of Latin letters, after the spirit of Unicode's UTS #39 confusables: the
+# common Cyrillic and Greek homoglyphs (and a few Latin ones) of each case, applied to
+# the decomposed text (so accents stay, on a Latin base), before and after case folding.
+_UPPER_LOOK_ALIKES = str.maketrans({
+    # Cyrillic capitals
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P",
+    "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Ԛ": "Q",
+    "Ԝ": "W", "Ӏ": "I", "Ү": "Y", "Һ": "H", "Ԁ": "D", "З": "3",
+    # Greek capitals
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M",
+    "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J",
+})
+_LOWER_LOOK_ALIKES = str.maketrans({
+    # Cyrillic
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "ѕ": "s",
+    "і": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ү": "y",
+    "к": "k", "п": "n", "г": "r", "ь": "b", "м": "m", "з": "3",
+    # Greek
+    "α": "a", "ο": "o", "ρ": "p", "ι": "i", "κ": "k", "ν": "v", "υ": "u", "τ": "t",
+    "χ": "x", "γ": "y", "ε": "e", "η": "n", "ω": "w", "ϲ": "c", "ϳ": "j", "μ": "u",
+    # Latin look-alikes of other Latin letters
+    "ı": "i", "ɑ": "a", "ɡ": "g", "ǀ": "l", "ɩ": "i", "ɪ": "i", "ʀ": "r",
+})
+# Then the letters and digits that many fonts draw alike collapse together: capital I
+# (folded to i), l, 1 and | as "l"; 0 and o as "o"; and "rn" reads as "m".
+_COLLAPSE = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o"})
+
+
 def label_skeleton(label: str) -> str:
-    """What a label looks like, for telling look-alikes apart: NFKC, case folded,
-    invisible characters dropped, runs of white space as one space."""
-    folded = unicodedata.normalize("NFKC", label).casefold()
-    visible = "".join(ch for ch in folded if not _invisible(ch))
-    return " ".join(visible.split())
+    """What a label looks like, for telling look-alikes apart (in the spirit of
+    Unicode's UTS #39 skeleton): compatibility-decomposed (NFKD, so full-width and
+    styled letters are plain ones), Cyrillic and Greek look-alikes of Latin letters
+    mapped to them, case folded, i/l/1/I/| and 0/o collapsed, "rn" as "m", invisible
+    characters dropped and runs of white space as one space. Two labels with the same
+    skeleton could be mistaken for each other on a screen."""
+    visible = "".join(ch for ch in unicodedata.normalize("NFKD", label)
+                      if not _invisible(ch))
+    text = visible.translate(_UPPER_LOOK_ALIKES)
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(_LOWER_LOOK_ALIKES)
+    text = " ".join(text.translate(_COLLAPSE).split()).replace("rn", "m")
+    return unicodedata.normalize("NFC", text)
+
+
+# Scripts that one word may mix: Japanese (Han, kana) and Korean (Han, Hangul) writing
+# do, each also with Latin (UTS #39's "highly restrictive" sets). Any other mix of
+# letters in one word (Latin with Cyrillic or Greek, say) is how look-alikes are made.
+_MIXABLE = (frozenset({"Latin", "Han", "Hiragana", "Katakana"}),
+            frozenset({"Latin", "Han", "Bopomofo"}),
+            frozenset({"Latin", "Han", "Hangul"}))
+_SCRIPT_OF_PREFIX = {"CJK": "Han", "IDEOGRAPHIC": "Han", "KATAKANA-HIRAGANA": "Katakana"}
+
+
+def _script(char: str) -> str | None:
+    """The script of a letter, from its Unicode name's first word (LATIN, CYRILLIC,
+    GREEK, CJK ...), or None for what every script uses: digits, punctuation, spaces,
+    symbols and emoji, combining marks and modifier letters."""
+    if unicodedata.category(char) not in ("Lu", "Ll", "Lt", "Lo"):
+        return None
+    name = unicodedata.name(char, "")
+    if not name:
+        return None
+    prefix = name.split(" ", 1)[0]
+    return _SCRIPT_OF_PREFIX.get(prefix, prefix.capitalize())
+
+
+def mixed_scripts(label: str) -> tuple[str, builtins.list[str]] | None:
+    """The first word of ``label`` that mixes letters of scripts that are not written
+    together (Latin with Cyrillic, say), with those scripts in order of appearance;
+    None if there is none. Words are separated by white space."""
+    for word in unicodedata.normalize("NFKC", label).split():
+        scripts: dict[str, None] = {}
+        for char in word:
+            script = _script(char)
+            if script is not None:
+                scripts[script] = None
+        if len(scripts) > 1 and not any(set(scripts) <= allowed for allowed in _MIXABLE):
+            return word, builtins.list(scripts)
+    return None
 
 
 class TrustStore:
@@ -223,14 +295,18 @@ class TrustStore:
         Idempotent. Pairing an already paired peer keeps its ``added_at``; a new
         non-None ``label`` replaces the old one, ``label=None`` keeps it, and a blank
         label (``""``) clears it. Labels are stripped, at most 100 characters, without
-        control characters (``ValueError``). Subscribers hear "paired" only when the
-        peer was not paired before.
+        control or invisible characters, and may neither look like another peer's label
+        (the same :func:`label_skeleton`: ``аlice`` with a Cyrillic ``а``, ``aIice``,
+        ``ALICE`` next to ``alice``) nor mix scripts within a word (:func:`mixed_scripts`),
+        else ``ValueError``. Subscribers hear "paired" only when the peer was not paired
+        before.
         """
         peer_id = PeerId.parse(peer)
         new_label = normalize_label(label)
         with self._lock:
             if new_label is not None:
                 self._refuse_look_alike(peer_id, new_label)
+                _refuse_mixed_scripts(new_label)
             old = self._peers.get(peer_id)
             if old is None:
                 entry = TrustedPeer(peer_id, new_label, float(self._clock()))
@@ -309,6 +385,15 @@ class TrustStore:
                     event,
                     peer_id.short,
                 )
+
+
+def _refuse_mixed_scripts(label: str) -> None:
+    found = mixed_scripts(label)
+    if found is not None:
+        word, scripts = found
+        raise ValueError(
+            f"label {label!r} mixes {' and '.join(scripts)} letters in the word {word!r}, "
+            "as look-alike names do; write each word in one script")
 
 
 class _Subscription:

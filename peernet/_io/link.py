@@ -150,6 +150,8 @@ class Link:
         self._state_lock = threading.Lock()
         self._closing = False
         self.close_reason: str | None = None
+        #: Did the link end because the peer broke the protocol?
+        self.protocol_error = False
         #: The reason the peer gave when it said bye (other than "superseded"), if it did.
         self.bye_reason: str | None = None
         self.established = False
@@ -217,7 +219,7 @@ class Link:
         goes) down, MessageTooLarge if the message is over the limit (link unharmed)."""
         with self._wlock:
             if self._closing:
-                raise ConnectionLost(self._lost_text())
+                raise self._lost()
             try:
                 if type(payload) is Bulk:
                     frames = self.session.seal_frames(payload.head, payload.body)
@@ -229,7 +231,7 @@ class Link:
             except (OSError, ProtocolError) as exc:
                 # A partial write would desynchronise the nonces: the link is done.
                 self._begin_close(f"write failed: {exc.__class__.__name__}")
-                raise ConnectionLost(self._lost_text()) from None
+                raise self._lost() from None
 
     def try_write_nowait(self, payload: bytes) -> bool:
         """Write only if that cannot block (lock free, socket writable). For the timer
@@ -278,7 +280,7 @@ class Link:
                     raise LinkEnded
                 return fut if channel.add_call(request_id, name, fut) else None
             except LinkEnded:
-                raise ConnectionLost(self._lost_text()) from None
+                raise self._lost() from None
 
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""
@@ -292,7 +294,7 @@ class Link:
     def _locked_channel_op(self, op: Callable[[Channel], bytes]) -> bytes:
         with self._state_lock:
             if self.channel is None or self.channel.ended is not None:
-                raise ConnectionLost(self._lost_text())
+                raise self._lost()
             return op(self.channel)
 
     def _channel_op(self, op: Callable[[Channel], object]) -> None:
@@ -353,18 +355,26 @@ class Link:
         finally:
             self._channel_op(Channel.answered)
 
-    def _begin_close(self, reason: str) -> None:
+    def _begin_close(self, reason: str, *, protocol_error: bool = False) -> None:
         with self._state_lock:
             if self._closing:
                 return
             self._closing = True
             self.close_reason = reason
+            self.protocol_error = protocol_error
         sock = self._sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the reader; it closes the socket
             except OSError:
                 pass
+
+    def _lost(self) -> ConnectionLost:
+        """The error for a call on this ended link (saying if the peer broke the
+        protocol, so that is not mistaken for an unreachable peer)."""
+        error = ConnectionLost(self._lost_text())
+        error.protocol_error = self.protocol_error
+        return error
 
     def _lost_text(self) -> str:
         peer = self.peer_id.short if self.peer_id else f"{self.address[0]}:{self.address[1]}"
@@ -606,9 +616,12 @@ class Link:
             if isinstance(event, MessageReceived):
                 self._batch_next = i + 1  # before the handler: a takeover reads it
                 self._route(event.payload, inline=inline)
+                if self.protocol_error:
+                    return False  # nothing after bytes that broke the protocol counts
             elif isinstance(event, SessionClosed):
+                # The session ends itself only on bytes that broke the protocol.
                 log.warning("link to %s closed: %s", self._peer_text(), event.reason)
-                self._begin_close(event.reason)
+                self._begin_close(event.reason, protocol_error=True)
                 return False
         return True
 
@@ -622,7 +635,7 @@ class Link:
             msg = channel.decode(payload)  # stateless: outside the lock
         except ProtocolError as exc:
             log.warning("closing link to %s: %s", self._peer_text(), exc)
-            self._begin_close(f"protocol error: {exc}")
+            self._begin_close(f"protocol error: {exc}", protocol_error=True)
             return
         with self._state_lock:
             event = channel.handle(msg, time.monotonic())
@@ -661,5 +674,5 @@ class Link:
             channel = self.channel
             waiting = channel.close() if channel is not None else []
         for fut in waiting:  # pending calls and pings fail at once, never time out
-            settle(fut, error=ConnectionLost(self._lost_text()))
+            settle(fut, error=self._lost())
         self._owner.link_closed(self)

@@ -81,7 +81,8 @@ class MdnsDiscovery:
     :param max_strangers: how many of those may be *unpaired* announcers (default 32,
         at most ``max_peers``). Keys are
         free, so strangers get a small budget of their own, least recently heard out
-        first, and can never crowd out a paired peer's record.
+        first, and can never crowd out a paired peer's record; nor delay it, as paired
+        peers' names wait in a queue of their own that is always resolved first.
     :param register: False: publish nothing about this node, only browse (and query
         when :meth:`solicit` is called): what a one-shot command wants.
     :raises MdnsUnavailable: python-zeroconf is not installed.
@@ -121,8 +122,10 @@ class MdnsDiscovery:
         self._solicit_now = False
         self._solicited_at = -_SOLICIT_MIN_INTERVAL_S
         self.registering = bool(register)
-        #: name -> "resolve" | "removed": work queued by the browser (bounded).
-        self._pending: OrderedDict[str, str] = OrderedDict()
+        #: name -> "resolve" | "removed": work queued by the browser (bounded), paired
+        #: peers' names in a queue of their own that is always worked first.
+        self._pending_paired: OrderedDict[str, str] = OrderedDict()
+        self._pending_strangers: OrderedDict[str, str] = OrderedDict()
         #: name -> peer it resolved to (for Removed and the expiry check).
         self._tracked: dict[str, PeerId] = {}
         # Owned by the peernet-mdns thread:
@@ -193,18 +196,38 @@ class MdnsDiscovery:
         with self._cond:
             if self._stop:
                 return
-            if name in self._pending:
-                self._pending.move_to_end(name)
-            elif not paired:
-                strangers = [n for n in self._pending if not self._is_paired_name(n)]
-                if len(strangers) >= self.max_strangers:
-                    del self._pending[strangers[0]]  # the least recently heard stranger
-                    self._ignore("stranger_evicted")
-            elif len(self._pending) >= self.max_peers + self.max_strangers:
-                self._ignore("queue_full")  # only paired names can get here: bounded
-                return
-            self._pending[name] = kind
+            if paired:
+                queue, other = self._pending_paired, self._pending_strangers
+            else:
+                queue, other = self._pending_strangers, self._pending_paired
+            other.pop(name, None)  # paired or unpaired since it was queued
+            if paired:
+                if name not in queue and len(queue) >= self.max_peers:
+                    self._ignore("queue_full")
+                    return
+                # A paired name keeps its place: announcing again never delays it, and
+                # strangers' names wait behind every paired one (see _next_work).
+            elif name in queue:
+                queue.move_to_end(name)  # most recently heard last
+            elif len(queue) >= self.max_strangers:
+                queue.popitem(last=False)  # the least recently heard stranger
+                self._ignore("stranger_evicted")
+            queue[name] = kind
             self._cond.notify()
+
+    @property
+    def _pending(self) -> list[str]:
+        """The queued names in the order they will be worked (tests and debugging)."""
+        return [*self._pending_paired, *self._pending_strangers]
+
+    def _next_work(self) -> tuple[str, str] | None:
+        """The next queued name and its kind: paired peers' names first, so a paired
+        peer is never stuck behind strangers that may each cost ``resolve_timeout_s``.
+        Called with ``_cond`` held."""
+        for queue in (self._pending_paired, self._pending_strangers):
+            if queue:
+                return queue.popitem(last=False)
+        return None
 
     def _is_paired_name(self, name: str) -> bool:
         """Is ``name`` the service name of a peer we are paired with? (Names are derived
@@ -236,8 +259,8 @@ class MdnsDiscovery:
             next_check = time.monotonic() + _CHECK_INTERVAL_S
             while True:
                 with self._cond:
-                    while not (self._stop or self._announce_now or self._pending
-                               or self._solicit_now):
+                    while not (self._stop or self._announce_now or self._pending_paired
+                               or self._pending_strangers or self._solicit_now):
                         remaining = next_check - time.monotonic()
                         if remaining <= 0:
                             break
@@ -246,7 +269,7 @@ class MdnsDiscovery:
                         return
                     announce, self._announce_now = self._announce_now, False
                     solicit, self._solicit_now = self._solicit_now, False
-                    work = self._pending.popitem(last=False) if self._pending else None
+                    work = self._next_work()
                 if announce:
                     self._reannounce()
                 if solicit:

@@ -207,3 +207,97 @@ def test_trust_and_key_files_another_user_owns_are_refused(tmp_path):
         with pytest.raises(error, match=f"owned by uid {NOBODY}"):
             peernet.Node(data, host="127.0.0.1")
         os.chown(data / name, 0, 0)
+
+
+# --- the directories above the data dir (StrictModes walks the whole path) --------------
+
+
+@needs_root
+def test_T14c_a_data_dir_below_another_users_open_directory_is_refused(shared_tmp, monkeypatch):
+    """The issue's own scenario: another user pre-creates ``/tmp/x/xdg`` with mode 0777
+    (not sticky) and the victim sets XDG_DATA_HOME to it. Our ``xdg/peernet`` would be
+    0700 and ours, but its owner could rename it aside, let us unpair X, and rename it
+    back: X trusted again. Every directory above the data dir must be root's or ours
+    and not writable by others (a sticky one like /tmp is fine): refused, naming it."""
+    import peernet
+
+    top = shared_tmp / "x"
+    xdg = top / "xdg"
+    _as_other_user(lambda: (os.mkdir(top), os.chmod(top, 0o777),
+                            os.mkdir(xdg), os.chmod(xdg, 0o777)))
+    monkeypatch.delenv("PEERNET_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    refused = rf"the directory {top} above it is owned by uid {NOBODY}"
+    with pytest.raises(peernet.InsecureDataDir, match=refused) as caught:
+        peernet.Node(host="127.0.0.1")
+    assert "XDG_DATA_HOME" in str(caught.value)  # says what to change
+    with pytest.raises(peernet.InsecureDataDir, match=refused):
+        TrustStore.load(xdg / "peernet")
+    with pytest.raises(peernet.InsecureDataDir, match=refused):
+        load_or_create(xdg / "peernet")
+    assert os.listdir(xdg) == []  # nothing was created under it
+
+
+def test_a_data_dir_below_an_open_directory_of_our_own_is_refused(tmp_path):
+    """The same rule for a parent that is ours but writable by others: the fix is named."""
+    import peernet
+
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    data = parent / "data"
+    with pytest.raises(peernet.InsecureDataDir,
+                       match=rf"{parent} above it has mode 0777.*`chmod go-w {parent}`"):
+        peernet.Node(data, host="127.0.0.1")
+    assert not data.exists()
+    os.chmod(parent, 0o1777)  # sticky, like /tmp: nobody else may rename our entries
+    with peernet.Node(data, host="127.0.0.1", network_monitor=False):
+        pass
+
+
+@needs_root
+def test_a_symlink_another_user_owns_above_the_data_dir_is_refused(shared_tmp, tmp_path):
+    import peernet
+
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    link = shared_tmp / "parent"
+    _as_other_user(lambda: os.symlink(ours, link))
+    with pytest.raises(peernet.InsecureDataDir,
+                       match=rf"{link} on its path is a symbolic link owned by uid {NOBODY}"):
+        TrustStore.load(link / "data")
+    assert os.listdir(ours) == []
+
+
+@needs_root
+@pytest.mark.parametrize("planted", ["directory", "symlink"])
+def test_a_parent_another_user_plants_between_the_check_and_mkdir_is_refused(
+        shared_tmp, monkeypatch, planted):
+    """The race path: ``shared/a`` is missing when looked for, and another user creates
+    it (an open directory, or a symlink to one of theirs) just before our ``mkdir``. We
+    must not adopt it and make the data dir inside."""
+    real_mkdir = os.mkdir
+    parent = shared_tmp / "a"
+    data = parent / "data"
+    evil = shared_tmp / "evil"
+    _as_other_user(lambda: (real_mkdir(evil), os.chmod(evil, 0o777)))
+
+    def plant() -> None:
+        if planted == "directory":
+            real_mkdir(parent)
+            os.chmod(parent, 0o777)
+        else:
+            os.symlink(evil, parent)
+
+    def racing_mkdir(path, mode=0o777, *args, **kwargs):
+        if os.fspath(path) == str(parent) and not os.path.lexists(parent):
+            _as_other_user(plant)
+        return real_mkdir(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    import peernet
+
+    with pytest.raises(peernet.InsecureDataDir, match=rf"{parent} .*uid {NOBODY}"):
+        TrustStore.load(data)
+    assert os.lstat(parent).st_uid == NOBODY  # the plant did happen
+    assert os.listdir(evil) == [] and not os.path.lexists(data)

@@ -385,11 +385,15 @@ def test_T20_queued_calls_are_charged_what_they_hold_not_their_wire_bytes(env, r
 ])
 def test_peer_text_cannot_forge_log_lines_or_reach_a_terminal_raw(env, record, name, payload):
     """A paired peer's bye reason or error detail with a line break or terminal escapes
-    ends its link as a protocol error, and the node's log gains no line of its making."""
+    ends its link as a protocol error, and the node's log gains no line of its making.
+    The log is read once the target has written its own line about the link's end,
+    which is where a bye reason used to be copied raw (a whole forged WARNING line)."""
     c = env.raw()
     c.handshake()
     c.send_payload(cbor.encode(payload))
     assert not raw_session_alive(c, timeout_s=2)
+    closed = f"link with {c.identity.peer_id.short} closed"
+    assert wait_until(lambda: closed in env.target.log(), timeout_s=5), env.target.log()[-500:]
     log = env.target.log()
     assert "forged" not in log and "pwned" not in log and "\x1b" not in log
     assert all(line[:4].isdigit() for line in log.splitlines() if line.strip()), log[-500:]

@@ -17,6 +17,7 @@ import pytest
 
 import peernet
 import peernet.cli
+from tests.conftest import wait_until
 
 PROCS = Path(__file__).resolve().parent.parent / "procs"
 LOOPBACK = "127.0.0.1"
@@ -437,3 +438,80 @@ def test_a_result_cannot_drive_the_terminal(tmp_path):
     assert "\u009b" not in out.stdout and "\u202e" not in out.stdout
     assert "\\u009b2J\\u202eevil\\udb40\\udc41 ok" in out.stdout
     assert json.loads(out.stdout) == [evil, {"k": evil}]
+
+
+# --- a hostile peer, and labels stored by older versions ------------------------------
+
+
+def test_a_peer_that_breaks_the_protocol_is_not_called_unreachable(tmp_path):
+    """A reached peer that answers with bytes that break the protocol loses the link;
+    the CLI must not ask whether it runs `peernet listen` (it was reached: the hint would
+    send the user looking in the wrong place)."""
+    from peernet.identity import load_or_create
+
+    me = load_or_create(tmp_path / "me").peer_id
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False) as device:
+        device.pair(me)
+
+        def garbage(peer, args):
+            device._registry.active_link(peer).write(b"\xff\xfe not CBOR")
+            return "never seen"
+
+        device.expose("garbage", garbage)
+        assert run("--data-dir", tmp_path / "me", "pair", str(device.id)).returncode == 0
+        out = run("--data-dir", tmp_path / "me", "call", str(device.id), "garbage",
+                  "--to", f"{LOOPBACK}:{device.port}")
+    line = one_line_error(out, peernet.cli.EXIT_UNREACHABLE)
+    assert "protocol error" in line, line
+    assert "peernet listen" not in line and "paired this machine" not in line, line
+
+
+# Accepted from trust.json by the loader (older rules), refused for a new label.
+ODD_LABEL = "bob\u200f\U000e0041\u00ad"
+ODD_LABEL_SHOWN = "bob\\u200f\\U000e0041\\xad"
+
+
+def _store_old_label(data_dir, peer, label):
+    from peernet.trust import TRUST_FILE_NAME
+
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    path = data_dir / TRUST_FILE_NAME
+    path.write_text(json.dumps({"version": 1, "peers": [
+        {"id": str(peer), "label": label, "added_at": 1.0}]}), encoding="utf-8")
+    os.chmod(path, 0o600)
+
+
+def test_a_stored_label_is_escaped_in_unpair_output(tmp_path):
+    peer = peernet.PeerId.parse(make_id(tmp_path, "bob"))
+    _store_old_label(tmp_path / "d", peer, ODD_LABEL)
+    out = run("--data-dir", tmp_path / "d", "unpair", str(peer))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"unpaired {ODD_LABEL_SHOWN} ({peer.short})"
+
+
+def test_a_stored_label_is_escaped_in_chat_lines_and_online_notes(tmp_path, capsys):
+    from peernet.identity import load_or_create
+
+    bob_id = load_or_create(tmp_path / "bob").peer_id
+    _store_old_label(tmp_path / "me", bob_id, ODD_LABEL)
+    seen = {"out": "", "err": ""}
+
+    def captured(text, where):
+        got = capsys.readouterr()
+        seen["out"] += got.out
+        seen["err"] += got.err
+        return text in seen[where]
+
+    with peernet.Node(tmp_path / "me", host=LOOPBACK, network_monitor=False) as me, \
+            peernet.Node(tmp_path / "bob", host=LOOPBACK, network_monitor=False) as bob:
+        quiet = peernet.cli._serve(me, peernet.cli._Out())
+        try:
+            bob.pair(me.id)
+            bob.connect(me.id, LOOPBACK, me.port)
+            bob.call(me.id, "chat", "hi")  # waits for the link, returns once printed
+            assert wait_until(lambda: captured(f"{ODD_LABEL_SHOWN}: hi", "out")), seen
+            assert wait_until(lambda: captured(f"* {ODD_LABEL_SHOWN} is online", "err")), seen
+        finally:
+            quiet()
+    assert "\u200f" not in seen["out"] + seen["err"]
+    assert "\U000e0041" not in seen["out"] + seen["err"]

@@ -3,7 +3,8 @@
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
         [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
 
-Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp. Replies are {"ok": ...} or
+Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp, mdns.
+Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
 node directly.
 """
@@ -14,6 +15,22 @@ import sys
 import time
 
 import peernet
+
+
+def _count_mdns_names() -> None:
+    """Let the mdns command tell how many distinct service names the browser reported,
+    so a test can wait until a flood was heard in full before it goes on."""
+    try:
+        from peernet.discovery.mdns import MdnsDiscovery
+    except ImportError:
+        return
+    original = MdnsDiscovery._on_change
+
+    def on_change(self, zeroconf, service_type, name, state_change):
+        original(self, zeroconf, service_type, name, state_change)
+        self.__dict__.setdefault("heard_names", set()).add(name)
+
+    MdnsDiscovery._on_change = on_change
 
 
 def main() -> None:
@@ -28,6 +45,7 @@ def main() -> None:
     ap.add_argument("--udp-target", type=int, default=None,
                     help="announce by unicast to 127.0.0.1:PORT instead of broadcasting")
     opts = ap.parse_args()
+    _count_mdns_names()
     discovery = []
     for kind in opts.discovery:
         if kind == "udp":
@@ -75,6 +93,12 @@ def main() -> None:
             elif op == "udp":  # counters of the UDP discovery, if any
                 udp = next(d for d in node._discoveries if d.source == "udp")
                 result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped}
+            elif op == "mdns":  # what the mDNS discovery heard and holds
+                mdns = next(d for d in node._discoveries if d.source == "mdns")
+                with mdns._cond:
+                    pending = len(mdns._pending)
+                result = {"heard": len(getattr(mdns, "heard_names", ())), "pending": pending,
+                          "tracked": len(mdns._tracked), "resolved": mdns.resolved}
             else:
                 raise ValueError(f"unknown op {op!r}")
             reply = {"ok": result}

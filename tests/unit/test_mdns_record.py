@@ -427,6 +427,43 @@ def test_a_flood_of_strangers_never_crowds_out_a_paired_peer(running, fake):
     assert len(disc._tracked) <= disc.max_strangers + 1
 
 
+@pytest.mark.parametrize("paired_heard", ["after the strangers", "again after them"])
+def test_a_paired_peers_name_is_resolved_before_any_strangers(running, fake, monkeypatch,
+                                                               paired_heard):
+    """Each queued stranger may cost resolve_timeout_s, so a paired name must not wait
+    behind them: not when it is heard after them, and not when it announces again (a
+    move to the back of one shared queue put it behind up to 32 strangers)."""
+    disc, host, zc = running
+    zeroconf = sys.modules["zeroconf"]
+    state = zeroconf.ServiceStateChange
+    host.paired = frozenset({OTHER.peer_id})
+    gate, order = threading.Event(), []
+    plain_request = zeroconf.ServiceInfo.request
+
+    def request(self, zc, timeout):
+        order.append(self.name)
+        if self.name.startswith("blocker."):
+            gate.wait(5)  # hold the mDNS thread while the queue fills
+        return plain_request(self, zc, timeout)
+
+    monkeypatch.setattr(zeroconf.ServiceInfo, "request", request)
+    zc.browser.fire(publish(fake, Identity.generate(), name="blocker._peernet._tcp.local."),
+                    state.Added)
+    assert wait_until(lambda: order == ["blocker._peernet._tcp.local."])
+    paired = publish(fake, OTHER)
+    if paired_heard == "again after them":
+        zc.browser.fire(paired, state.Added)
+    strangers = [publish(fake, Identity.generate(), name=f"s{i}._peernet._tcp.local.")
+                 for i in range(disc.max_strangers)]
+    for name in strangers:
+        zc.browser.fire(name, state.Added)
+    zc.browser.fire(paired, state.Updated)
+    gate.set()
+    assert wait_until(lambda: len(order) == 2 + len(strangers))
+    assert order[1] == paired, order
+    assert host.seen[1][0] == OTHER.peer_id
+
+
 def test_announce_follows_the_interfaces(running, fake):
     from peernet._io.netmon import LocalAddress
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import re
 import stat
 import threading
 from pathlib import Path
@@ -489,6 +490,53 @@ def test_a_label_that_looks_like_another_peers_label_is_refused(clock, look_alik
         store.pair(pid(2), label=look_alike)
     assert not store.is_trusted(pid(2))
     store.pair(pid(1), label="Alice")  # relabelling the same peer is fine
+
+
+@pytest.mark.parametrize("existing, look_alike", [
+    ("alice", "\u0430lice"),                          # Cyrillic a
+    ("bob", "b\u03bfb"),                              # Greek omicron
+    ("alice", "aIice"),                               # capital I for l
+    ("alice", "al1ce"), ("alice", "a|ice"), ("oscar", "0scar"), ("modem", "modern"),
+    ("alice", "\u0430\u04cf\u0456\u0441\u0435"),  # every letter Cyrillic
+    ("BOB", "\u0392\u039f\u0392"),                   # every letter Greek
+])
+def test_a_homoglyph_of_another_peers_label_is_refused(clock, existing, look_alike):
+    """NFKC + casefold alone let Cyrillic, Greek and digit look-alikes through, so
+    `peernet peers` could show `alice` for two keys: the skeleton maps them."""
+    store = TrustStore.in_memory(clock=clock)
+    store.pair(pid(1), label=existing)
+    message = (f"label {look_alike!r} looks like {existing!r}, the label of "
+               f"{pid(1).short}; choose one that cannot be mistaken for it")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        store.pair(pid(2), label=look_alike)
+    assert not store.is_trusted(pid(2))
+
+
+@pytest.mark.parametrize("label, word, scripts", [
+    ("p\u0430ypal", "p\u0430ypal", "Latin and Cyrillic"),
+    ("my \u03a9mega box", "\u03a9mega", "Greek and Latin"),
+    ("\u043f\u0440\u0438\u0432\u0435\u0442a", "\u043f\u0440\u0438\u0432\u0435\u0442a",
+     "Cyrillic and Latin"),
+])
+def test_a_word_that_mixes_scripts_is_refused(clock, label, word, scripts):
+    """With no label to look like yet, a Latin word with one Cyrillic letter is still
+    how a look-alike is made: refused, naming the scripts."""
+    store = TrustStore.in_memory(clock=clock)
+    message = (f"label {label!r} mixes {scripts} letters in the word {word!r}, as "
+               "look-alike names do; write each word in one script")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        store.pair(pid(1), label=label)
+    assert not store.is_trusted(pid(1))
+
+
+def test_labels_that_look_different_or_mix_scripts_by_word_are_welcome(clock):
+    store = TrustStore.in_memory(clock=clock)
+    labels = ["kitchen pi", "Müller's laptop", "Muller's laptop", "Пётр", "東京 pi",
+              "東京pi box", "台所のパイ", "서울 집", "Ελένη", "Hawaiʻi",
+              "\U0001f468\u200d\U0001f469\u200d\U0001f467 family", "alice", "alicia", "bob 2"]
+    for n, label in enumerate(labels, 1):
+        store.pair(pid(n), label=label)
+    assert {p.label for p in store.list()} == set(labels)
 
 
 def test_labels_in_other_scripts_are_still_welcome(clock):

@@ -1,0 +1,70 @@
+"""peernet/_text.py: peer text made safe for terminals and logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peernet._text import escape, escape_json, is_risky
+
+# (raw, escape(raw), escape_json(raw)) for every kind of character that must not reach a
+# terminal or log raw.
+RISKY = [
+    ("\x00", "\\x00", "\\u0000"),              # C0: NUL
+    ("\x07", "\\x07", "\\u0007"),              # C0: BEL
+    ("\x1b", "\\x1b", "\\u001b"),              # C0: ESC
+    ("\n", "\\n", "\\u000a"),                  # line feed
+    ("\r", "\\r", "\\u000d"),                  # carriage return
+    ("\x7f", "\\x7f", "\\u007f"),              # DEL
+    ("\x80", "\\x80", "\\u0080"),              # C1: first
+    ("\x9b", "\\x9b", "\\u009b"),              # C1: CSI
+    ("\x9f", "\\x9f", "\\u009f"),              # C1: last
+    ("\u202e", "\\u202e", "\\u202e"),          # Cf: right-to-left override
+    ("\u200b", "\\u200b", "\\u200b"),          # Cf: zero-width space
+    ("\u00ad", "\\xad", "\\u00ad"),            # Cf: soft hyphen
+    ("\U000e0041", "\\U000e0041", "\\udb40\\udc41"),  # Cf: tag character (astral)
+    ("\u2028", "\\u2028", "\\u2028"),          # Zl: line separator
+    ("\u2029", "\\u2029", "\\u2029"),          # Zp: paragraph separator
+    ("\ud800", "\\ud800", "\\ud800"),          # Cs: lone surrogate
+]
+
+
+@pytest.mark.parametrize("raw, shown, shown_json", RISKY)
+def test_every_risky_character_is_escaped(raw, shown, shown_json):
+    assert is_risky(raw)
+    assert escape(f"a{raw}b") == f"a{shown}b"
+    assert escape_json(f"a{raw}b") == f"a{shown_json}b"
+
+
+def test_terminal_escape_sequences_and_forged_log_lines_are_defused():
+    title = "\x1b]0;pwned\x07"
+    clear = "\x1b[2J"
+    forged = "bye\n2099-01-01 00:00:00,000 WARNING MainThread peernet: forged"
+    c1_csi = "\x9b2J"
+    for text in (title, clear, forged, c1_csi, "\u202eevil"):
+        for out in (escape(text), escape_json(text)):
+            assert not any(is_risky(ch) for ch in out), out
+            assert out.isascii() and out.isprintable(), out
+    assert escape(title) == "\\x1b]0;pwned\\x07"
+    assert escape(clear) == "\\x1b[2J"
+    assert "\n" not in escape(forged)
+    assert escape(forged).startswith("bye\\n2099")
+
+
+def test_plain_text_in_any_script_is_kept():
+    for text in ("hello, world", "Müller's laptop", "Пётр", "東京 pi", "tab\tkept?",
+                 "\U0001f468\u200d\U0001f469\u200d\U0001f467"):
+        expected = text.replace("\t", "\\t").replace("\u200d", "\\u200d")
+        assert escape(text) == expected
+        assert not any(is_risky(ch) for ch in escape(text))
+
+
+def test_escape_json_keeps_the_json_value():
+    """Escaping a JSON document's text leaves a document that parses to the same value
+    (the risky characters become \\u escapes inside its strings)."""
+    value = ["\x1b[2J\x9b\u202eevil\U000e0041", {"k\n": "\x07\u2028"}]
+    raw = json.dumps(value, ensure_ascii=False)
+    shown = escape_json(raw)
+    assert shown.isprintable()
+    assert json.loads(shown) == value
