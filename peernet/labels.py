@@ -71,7 +71,7 @@ def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
             f"the label {shown} names {len(matches)} paired peers: {names}; "
             f"use the id instead (node.list_peers() shows them)",
             tuple(matches[:_MAX_NAMED]))
-    if wanted.startswith("pn1") or not wanted:
+    if text.strip().casefold().startswith("pn1") or not wanted:
         raise id_error from None  # a mistyped id: the parser says which character is wrong
     by_skeleton = {label_skeleton(label): (pid, label) for pid, label in labelled}
     close = difflib.get_close_matches(wanted, list(by_skeleton), n=3, cutoff=0.6)
