@@ -37,6 +37,13 @@ __all__ = [
     "Forbidden",
     "RemoteError",
     "Busy",
+    "InviteError",
+    "InvalidInviteCode",
+    "InviteRejected",
+    "InviteExpired",
+    "InviteNotFound",
+    "InviteAmbiguous",
+    "InviteTimeout",
 ]
 
 
@@ -194,3 +201,49 @@ class RemoteError(CallError):
         self.message = message
         text = f"remote handler raised {type_name}"
         super().__init__(f"{text}: {message}" if message else text)
+
+
+# --- invite codes (Node.invite / Node.join) ------------------------------------------
+
+
+class InviteError(PeerNetError):
+    """Base class of the ways an invite or a join can fail."""
+
+
+class InvalidInviteCode(InviteError, ValueError):
+    """The text is not an invite code; the message says what is wrong with it (an
+    unknown word, a mistyped character of a long code, a missing number)."""
+
+
+class InviteRejected(InviteError):
+    """The invite did not pair anyone: a wrong code was tried (which burns the invite),
+    or the invite was already used, burned or cancelled. ``reason`` says which:
+    ``"wrong_code"``, ``"used"``, ``"burned"``, ``"cancelled"``, ``"busy"`` or
+    ``"refused"`` (the inviter closed the connection without saying why)."""
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InviteExpired(InviteError):
+    """The invite's time to live ran out before anyone joined."""
+
+
+class InviteNotFound(InviteError, LookupError):
+    """No open invite with that code could be found nearby, or its inviter could not be
+    reached at the addresses in a long code."""
+
+
+class InviteAmbiguous(InviteError, LookupError):
+    """Two nodes nearby announce an open invite with that number: joining would be a
+    guess, and a wrong guess burns someone's invite. Ask for a new code (or use the
+    long one). ``peers`` holds the announcing PeerIds."""
+
+    def __init__(self, message: str, peers: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.peers = peers
+
+
+class InviteTimeout(InviteError, TimeoutError):
+    """``Invite.wait(timeout)`` returned before anyone joined: the invite is still open."""

@@ -123,20 +123,22 @@ def bech32m_encode(hrp: str, values: Sequence[int]) -> str:
     return hrp + "1" + "".join(CHARSET[v] for v in [*values, *_create_checksum(hrp, values)])
 
 
-def bech32m_decode(text: str) -> tuple[str, list[int]]:
+def bech32m_decode(text: str, max_length: int = _MAX_LENGTH) -> tuple[str, list[int]]:
     """Decode a bech32m string into ``(hrp, 5-bit values)`` (checksum removed).
 
     Applies every BIP-173/BIP-350 rule: printable US-ASCII only, no mixed case, a
-    non-empty HRP, a checksum of six valid characters, at most 90 characters. Raises
-    ``ValueError`` naming the rule that failed.
+    non-empty HRP, a checksum of six valid characters, at most 90 characters (or
+    ``max_length``: longer texts keep a 30-bit checksum, like BOLT 11 invoices, but
+    lose the guarantee for four typos). Raises ``ValueError`` naming the rule that
+    failed.
     """
     for position, char in enumerate(text, 1):
         if not 33 <= ord(char) <= 126:
             raise ValueError(f"invalid character {char!r} at position {position}")
     if text.lower() != text and text.upper() != text:
         raise ValueError("mixed upper and lower case")
-    if len(text) > _MAX_LENGTH:
-        raise ValueError(f"too long: {len(text)} characters, at most {_MAX_LENGTH}")
+    if len(text) > max_length:
+        raise ValueError(f"too long: {len(text)} characters, at most {max_length}")
     text = text.lower()
     sep = text.rfind("1")
     if sep < 0:
