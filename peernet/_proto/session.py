@@ -47,6 +47,7 @@ from ..errors import HandshakeError, MessageTooLarge, ProtocolError
 from .keys import Identity, verify
 from ..ids import PeerId
 from .framing import MAX_FRAME_LEN, Deframer, frame
+from .invite import HELLO_LEN as INVITE_HELLO_LEN
 from .noise import TAG_LEN, CipherState, HandshakeState
 
 __all__ = [
@@ -159,6 +160,12 @@ class Session:
     :param expected_peer: initiator only: the PeerId it meant to dial. Required there.
     :param listen_port: our listening port, told to the peer (0 if we do not listen).
     :param max_message_size: bound on one reassembled application message, both ways.
+    :param invite: initiator only (issue 21): an invite hello to append to the identity
+        binding of message 3. The link is then an invite exchange: the responder's PeerId
+        is still checked against ``expected_peer``, but not against the trust list.
+    :param invite_gate: responder only: called with the proven PeerId and the hello when
+        message 3 carries one; only ``True`` accepts the link, as an invite exchange
+        (the trust list is not consulted). Without a gate a hello is refused.
     """
 
     def __init__(
@@ -171,6 +178,8 @@ class Session:
         listen_port: int = 0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ephemeral_private: bytes | None = None,
+        invite: bytes | None = None,
+        invite_gate: Callable[[PeerId, bytes], bool] | None = None,
     ) -> None:
         if initiator and expected_peer is None:
             raise ValueError("an initiator must say which peer it dials")
@@ -202,6 +211,10 @@ class Session:
         #: A proven PeerId the trust check refused (the handshake then closed): lets
         #: the edge tell "an unpaired peer knocked" from other handshake failures.
         self.refused_peer: PeerId | None = None
+        #: The invite hello of an invite exchange (issue 21), on both sides; None on a
+        #: normal link. Such a link must never carry calls: the edge hands it over.
+        self.invite = invite if initiator else None
+        self._invite_gate = invite_gate
         if initiator:
             self._outgoing += frame(self._hs.write_message(b""))
 
@@ -307,8 +320,10 @@ class Session:
                 raise HandshakeError(
                     f"dialled {self.expected_peer.short} but {peer.short} answered"
                 )
-            self._check_trusted(peer)
-            self._outgoing += frame(hs.write_message(self._credentials.binding(self._listen_port)))
+            if self.invite is None:  # an invite exchange: the PAKE authenticates it
+                self._check_trusted(peer)
+            payload = self._credentials.binding(self._listen_port) + (self.invite or b"")
+            self._outgoing += frame(hs.write_message(payload))
             self._finish_handshake(peer, port)
             self.state = SessionState.AWAITING_READY
         elif not self._answered_msg1:
@@ -318,9 +333,15 @@ class Session:
             self._outgoing += frame(hs.write_message(self._credentials.binding(self._listen_port)))
             self._answered_msg1 = True
         else:
-            # Message 3: the initiator's identity, checked against the live trust list.
-            peer, port = self._verify_binding(payload, hs.remote_static)
-            self._check_trusted(peer)
+            # Message 3: the initiator's identity, checked against the live trust list
+            # (or, with an invite hello after it, against the open invites).
+            hello = payload[_BINDING.size:]
+            peer, port = self._verify_binding(payload[:_BINDING.size] if hello else payload,
+                                              hs.remote_static, hello_len=len(hello))
+            if hello:
+                self._check_invite(peer, hello)
+            else:
+                self._check_trusted(peer)
             self._finish_handshake(peer, port)
             self.state = SessionState.OPEN
             assert self._send is not None
@@ -338,8 +359,10 @@ class Session:
         self._deframer.min_frame_len = TAG_LEN + 1
         self._deframer.max_frame_len = MAX_FRAME_LEN
 
-    def _verify_binding(self, payload: bytes, remote_static: bytes | None) -> tuple[PeerId, int]:
-        if remote_static is None or len(payload) != _BINDING.size:
+    def _verify_binding(self, payload: bytes, remote_static: bytes | None,
+                        hello_len: int = 0) -> tuple[PeerId, int]:
+        if remote_static is None or len(payload) != _BINDING.size or hello_len not in (
+                0, INVITE_HELLO_LEN):
             raise HandshakeError("malformed identity payload")
         version, port, ed_public, signature = _BINDING.unpack(payload)
         if version != PROTOCOL_VERSION:
@@ -363,6 +386,16 @@ class Session:
         if peer == self._credentials.peer_id:
             raise HandshakeError("connected to ourselves")
         return peer, port
+
+    def _check_invite(self, peer: PeerId, hello: bytes) -> None:
+        gate = self._invite_gate
+        try:
+            accepted = gate is not None and gate(peer, hello) is True
+        except Exception:  # noqa: BLE001 -- a broken gate must deny, never crash
+            accepted = False
+        if not accepted:
+            raise HandshakeError(f"{peer.short} asked for an invite that is not open")
+        self.invite = hello
 
     def _check_trusted(self, peer: PeerId) -> None:
         try:
