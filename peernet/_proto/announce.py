@@ -19,6 +19,18 @@ Layout (132 bytes, integers big-endian)::
      52  16  the address the packet is sent from: IPv6, or IPv4-mapped ::ffff:a.b.c.d
      68  64  Ed25519 signature over b"peernet/1 announce" || bytes 0..67
 
+**Open invites** (``Node.invite``, issue 21): while a node has open invites with a short
+code, it sets flag ``0x02`` (``0x01`` in that byte is a solicitation) and inserts
+their nameplate numbers before the signature (nothing else about an invite is ever
+announced)::
+
+     68   1  n, the number of nameplates (1..4)
+     69  2n  each nameplate, uint16 (1..65535), distinct
+  69+2n  64  Ed25519 signature over b"peernet/1 announce" || bytes 0..68+2n
+
+so such an announce is 135..141 bytes. Receivers older than this flag drop it (flags
+must be 0 there): a node is invisible to them while it has an invite open.
+
 The receiver drops a packet unless it parses exactly, its rate limits allow it, the
 signature verifies, it is not its own, the signed address equals the UDP source
 address, and its counter is higher than the last one accepted from that key.
@@ -52,6 +64,7 @@ from ..ids import PeerId
 
 __all__ = [
     "ANNOUNCE_LEN",
+    "MAX_ANNOUNCE_LEN",
     "Announce",
     "AnnounceFilter",
     "SOLICITATION_LEN",
@@ -72,6 +85,11 @@ ANNOUNCE_LEN = _SIGNED.size + SIGNATURE_LEN  # 132
 _CONTEXT = b"peernet/1 announce"
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 3_600_000
+#: Byte 5 of an announce: 0, or this flag (0x01 there means a solicitation).
+FLAG_INVITES = 0x02
+MAX_NAMEPLATES = 4
+#: The longest announce: one with the most nameplates.
+MAX_ANNOUNCE_LEN = ANNOUNCE_LEN + 1 + 2 * MAX_NAMEPLATES  # 141
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,8 @@ class Announce:
     address: str
     signed: bytes
     signature: bytes
+    #: Nameplates of the sender's open invites (issue 21); usually none.
+    nameplates: tuple[int, ...] = ()
 
     def verify(self) -> bool:
         return verify(self.peer_id, _CONTEXT + self.signed, self.signature)
@@ -102,30 +122,50 @@ def _unpack_address(raw: bytes) -> str:
 
 
 def encode_announce(sign: Callable[[bytes], bytes], peer_id: PeerId, *, port: int,
-                    counter: int, interval_s: float, address: str) -> bytes:
-    """A signed announce. ``sign`` is the sender's Ed25519 signing function."""
+                    counter: int, interval_s: float, address: str,
+                    nameplates: tuple[int, ...] = ()) -> bytes:
+    """A signed announce. ``sign`` is the sender's Ed25519 signing function;
+    ``nameplates`` are the numbers of its open invites (at most 4, distinct)."""
     if not 0 < port <= 0xFFFF:
         raise ValueError(f"port must be 1..65535, got {port!r}")
     interval_ms = round(interval_s * 1000)
     if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
         raise ValueError(f"interval must be 0.1 s .. 1 h, got {interval_s!r}")
-    signed = _SIGNED.pack(MAGIC, VERSION, 0, port, peer_id.bytes, counter, interval_ms,
-                          _pack_address(address))
+    if len(nameplates) > MAX_NAMEPLATES or len(set(nameplates)) != len(nameplates) or not all(
+            type(n) is int and 0 < n <= 0xFFFF for n in nameplates):
+        raise ValueError(f"at most {MAX_NAMEPLATES} distinct nameplates 1..65535")
+    signed = _SIGNED.pack(MAGIC, VERSION, FLAG_INVITES if nameplates else 0, port,
+                          peer_id.bytes, counter, interval_ms, _pack_address(address))
+    if nameplates:
+        signed += bytes([len(nameplates)]) + b"".join(n.to_bytes(2, "big") for n in nameplates)
     return signed + sign(_CONTEXT + signed)
 
 
 def decode_announce(packet: bytes) -> Announce:
     """Parse (not verify) an announce; anything but an exact packet raises ProtocolError."""
-    if len(packet) != ANNOUNCE_LEN:
+    if not ANNOUNCE_LEN <= len(packet) <= MAX_ANNOUNCE_LEN:
         raise ProtocolError(f"announce must be {ANNOUNCE_LEN} bytes, got {len(packet)}")
-    signed = bytes(packet[:_SIGNED.size])
-    magic, version, flags, port, key, counter, interval_ms, raw_address = _SIGNED.unpack(signed)
+    magic, version, flags, port, key, counter, interval_ms, raw_address = _SIGNED.unpack_from(
+        packet)
     if magic != MAGIC:
         raise ProtocolError("not a peernet announce (bad magic)")
     if version != VERSION:
         raise ProtocolError(f"unsupported announce version {version}")
-    if flags != 0:
-        raise ProtocolError("announce flags must be 0")
+    nameplates: tuple[int, ...] = ()
+    if flags == FLAG_INVITES:
+        count = packet[_SIGNED.size]
+        if not 1 <= count <= MAX_NAMEPLATES or len(packet) != ANNOUNCE_LEN + 1 + 2 * count:
+            raise ProtocolError("announce nameplate list is malformed")
+        at = _SIGNED.size + 1
+        nameplates = tuple(int.from_bytes(packet[at + 2 * i:at + 2 * i + 2], "big")
+                           for i in range(count))
+        if 0 in nameplates or len(set(nameplates)) != count:
+            raise ProtocolError("announce nameplates must be distinct and 1..65535")
+    elif flags != 0:
+        raise ProtocolError("unknown announce flags")
+    elif len(packet) != ANNOUNCE_LEN:
+        raise ProtocolError(f"announce must be {ANNOUNCE_LEN} bytes, got {len(packet)}")
+    signed = bytes(packet[:len(packet) - SIGNATURE_LEN])
     if port == 0:
         raise ProtocolError("announce port must not be 0")
     if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
@@ -135,7 +175,7 @@ def decode_announce(packet: bytes) -> Announce:
     if ip.is_unspecified or ip.is_multicast:
         raise ProtocolError(f"announce address {address} is not a host address")
     return Announce(PeerId(key), port, counter, interval_ms / 1000, address, signed,
-                    bytes(packet[_SIGNED.size:]))
+                    bytes(packet[len(signed):]), nameplates)
 
 
 class TokenBucket:

@@ -9,9 +9,11 @@ A node registers ``pn-<short id>._peernet._tcp.local.`` on host name
     seq=1718000000123      freshness: strictly increasing per sender (wall clock ms, bumped)
     addr=10.0.0.5,...      the addresses the node publishes (at most 8)
     sig=<base64>           Ed25519 by pk over the message below
+    inv=7,12               only while the node has open invites: their nameplates
 
 The signature covers ``b"peernet/1 mdns" || pk (32) || port (2) || seq (8) ||
-count (1) || the sorted addresses, each 16 bytes (IPv6, or IPv4-mapped)``. The port is
+count (1) || the sorted addresses, each 16 bytes (IPv6, or IPv4-mapped)``, followed, when
+``inv`` is present, by ``n (1) || each nameplate (uint16)`` in the order of ``inv``. The port is
 the SRV record's, so a record whose SRV port or address list was changed does not
 verify, and only signed addresses are ever reported: a spoofed or replayed record can
 at worst point at the genuine node. Unknown keys are ignored (RFC 6763 §6.4) and are
@@ -68,6 +70,8 @@ class MdnsRecord:
     seq: int
     #: The signed addresses, normalized (IPv4 as a.b.c.d), in the sender's order.
     addresses: tuple[str, ...]
+    #: Nameplates of the sender's open invites (issue 21); usually none.
+    nameplates: tuple[int, ...] = ()
 
 
 def _label(peer_id: PeerId) -> str:
@@ -103,15 +107,23 @@ def _normalize(address: str) -> str:
     return str(ip)
 
 
-def _message(peer_id: PeerId, port: int, seq: int, addresses: Iterable[str]) -> bytes:
+MAX_NAMEPLATES = 4
+
+
+def _message(peer_id: PeerId, port: int, seq: int, addresses: Iterable[str],
+             nameplates: tuple[int, ...] = ()) -> bytes:
     packed = sorted(_pack(a) for a in addresses)
-    return _CONTEXT + _HEAD.pack(peer_id.bytes, port, seq, len(packed)) + b"".join(packed)
+    message = _CONTEXT + _HEAD.pack(peer_id.bytes, port, seq, len(packed)) + b"".join(packed)
+    if nameplates:
+        message += bytes([len(nameplates)]) + b"".join(n.to_bytes(2, "big") for n in nameplates)
+    return message
 
 
 def build_txt(sign: Callable[[bytes], bytes], peer_id: PeerId, *, port: int, seq: int,
-              addresses: Iterable[str]) -> dict[str, str]:
+              addresses: Iterable[str], nameplates: tuple[int, ...] = ()) -> dict[str, str]:
     """The TXT properties (``txtvers`` first) announcing ``peer_id`` on ``port`` at
-    ``addresses``; ``sign`` is the node's Ed25519 signing function."""
+    ``addresses`` (and the ``nameplates`` of its open invites, if any); ``sign`` is the
+    node's Ed25519 signing function."""
     if type(port) is not int or not 0 < port <= 0xFFFF:
         raise ValueError(f"port must be 1..65535, got {port!r}")
     if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
@@ -119,8 +131,11 @@ def build_txt(sign: Callable[[bytes], bytes], peer_id: PeerId, *, port: int, seq
     normalized = list(dict.fromkeys(_normalize(a) for a in addresses))
     if not 1 <= len(normalized) <= MAX_ADDRESSES:
         raise ValueError(f"publish 1..{MAX_ADDRESSES} addresses, got {len(normalized)}")
-    signature = sign(_message(peer_id, port, seq, normalized))
-    return {
+    if len(nameplates) > MAX_NAMEPLATES or len(set(nameplates)) != len(nameplates) or not all(
+            type(n) is int and 0 < n <= 0xFFFF for n in nameplates):
+        raise ValueError(f"at most {MAX_NAMEPLATES} distinct nameplates 1..65535")
+    signature = sign(_message(peer_id, port, seq, normalized, nameplates))
+    txt = {
         "txtvers": TXT_VERSION,
         "pk": str(peer_id),
         "proto": PROTO_VERSION,
@@ -128,6 +143,24 @@ def build_txt(sign: Callable[[bytes], bytes], peer_id: PeerId, *, port: int, seq
         "addr": ",".join(normalized),
         "sig": base64.b64encode(signature).decode("ascii"),
     }
+    if nameplates:
+        txt["inv"] = ",".join(map(str, nameplates))
+    return txt
+
+
+def _nameplates(props: Mapping[bytes, bytes | None]) -> tuple[int, ...]:
+    if b"inv" not in props:
+        return ()
+    text = _text(props, "inv")
+    parts = text.split(",")
+    if not 1 <= len(parts) <= MAX_NAMEPLATES or not all(
+            p.isdigit() and len(p) <= 5 and 0 < int(p) <= 0xFFFF and p == str(int(p))
+            for p in parts):
+        raise ProtocolError("mDNS record inv= is not 1..4 nameplates")
+    numbers = tuple(int(p) for p in parts)
+    if len(set(numbers)) != len(numbers):
+        raise ProtocolError("mDNS record inv= lists a nameplate twice")
+    return numbers
 
 
 def _text(properties: Mapping[bytes, bytes | None], key: str) -> str:
@@ -186,9 +219,10 @@ def decode_txt(properties: Mapping[bytes | str, bytes | str | None], port: int) 
         signature = base64.b64decode(sig_text, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("mDNS record sig is not base64") from None
-    if not verify(peer_id, _message(peer_id, port, seq, addresses), signature):
+    nameplates = _nameplates(props)
+    if not verify(peer_id, _message(peer_id, port, seq, addresses, nameplates), signature):
         raise ProtocolError("mDNS record signature does not verify")
-    return MdnsRecord(peer_id, port, seq, addresses)
+    return MdnsRecord(peer_id, port, seq, addresses, nameplates)
 
 
 class RecordFilter:

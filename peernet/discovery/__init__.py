@@ -48,9 +48,11 @@ class DiscoveryHost(Protocol):
         """Sign with the node's Ed25519 key."""
         ...
     def peer_seen(self, peer: PeerId, address: tuple[str, int], *, source: str,
-                  ttl_s: float | None) -> None:
+                  ttl_s: float | None, nameplates: tuple[int, ...] = ()) -> None:
         """``peer`` can be reached at ``address``; the hint expires after ``ttl_s``
-        seconds without being repeated (None: until ``peer_lost``)."""
+        seconds without being repeated (None: until ``peer_lost``). A source that
+        carries invite nameplates (issue 21) passes ``nameplates=(...)`` too, only when
+        the announce had some (a host of one's own may not take the keyword)."""
         ...
     def peer_lost(self, peer: PeerId, *, source: str) -> None:
         """The hint this source gave for ``peer`` no longer holds."""
@@ -80,6 +82,9 @@ class Discovery(Protocol):
     # Optional: ``solicit() -> None``, "ask the network now" (it must not block).
     # ``Node.call`` and ``Node.wait_for_peer`` call it when a peer has no live link;
     # UdpDiscovery and MdnsDiscovery have it.
+    # Optional (issue 21): ``hears_invites`` (True: reports the nameplates of open
+    # invites it hears) and ``carries_invites`` (True: announces this node's open
+    # nameplates, read from ``host.open_nameplates()``). UDP and mDNS have both.
 
 
 class ManualDiscovery:

@@ -47,6 +47,11 @@ class _Sighting:
     ttl_s: float | None
     probed_at: float | None = None
     armed: bool = False
+    #: Nameplates of the sender's open invites, as this hint announced them (issue 21).
+    nameplates: tuple[int, ...] = ()
+
+    def live(self, now: float) -> bool:
+        return self.ttl_s is None or now < self.expires_at
 
     @property
     def probe_at(self) -> float:
@@ -75,11 +80,11 @@ class Hints:
         self._nearby: OrderedDict[tuple[PeerId, str], _Sighting] = OrderedDict()
 
     def seen(self, peer: PeerId, address: tuple[str, int], source: str,
-             ttl_s: float | None) -> None:
+             ttl_s: float | None, nameplates: tuple[int, ...] = ()) -> None:
         if peer == self._own_id:
             return
         now = time.monotonic()
-        sighting = _Sighting(address, time.time(), now, ttl_s)
+        sighting = _Sighting(address, time.time(), now, ttl_s, nameplates=nameplates)
         key = (peer, source)
         if not self._is_trusted(peer):
             with self._lock:
@@ -122,7 +127,7 @@ class Hints:
         for (_, source), s in heard:
             remaining = None if s.ttl_s is None else s.expires_at - time.monotonic()
             if remaining is None or remaining > 0:
-                self.seen(peer, s.address, source, remaining)
+                self.seen(peer, s.address, source, remaining, s.nameplates)
 
     def forget(self, peer: PeerId) -> None:
         """``peer`` was unpaired (its registry entry is gone already)."""
@@ -137,6 +142,19 @@ class Hints:
             items = list(self._nearby.items())
         return [Nearby(peer, s.address, source, s.last_seen)
                 for (peer, source), s in reversed(items)]
+
+    def invites(self) -> dict[int, dict[PeerId, tuple[str, int]]]:
+        """Open invites heard nearby (issue 21): nameplate -> {announcer: its address},
+        from hints that have not expired, paired announcers included."""
+        now = time.monotonic()
+        found: dict[int, dict[PeerId, tuple[str, int]]] = {}
+        with self._lock:
+            for table in (self._paired, self._nearby):
+                for (peer, _), s in table.items():
+                    if s.nameplates and s.live(now):
+                        for nameplate in s.nameplates:
+                            found.setdefault(nameplate, {})[peer] = s.address
+        return found
 
     def _probe(self, link, reason: str) -> None:
         """Ping ``link``; close it if nothing at all arrives within the probe time."""

@@ -18,13 +18,16 @@ class Host:
     def __init__(self, *, peer_id: PeerId, port: Callable[[], int],
                  sign: Callable[[bytes], bytes], hints: Hints,
                  closed: Callable[[], bool],
-                 paired_peers: Callable[[], frozenset[PeerId]]) -> None:
+                 paired_peers: Callable[[], frozenset[PeerId]],
+                 open_nameplates: Callable[[], tuple[int, ...]] = tuple) -> None:
         self._id = peer_id
         self._port = port
         self._sign = sign
         self._hints = hints
         self._closed = closed
         self.paired_peers = paired_peers
+        #: The nameplates of this node's open invites, for announces (issue 21).
+        self.open_nameplates = open_nameplates
 
     @property
     def id(self) -> PeerId:
@@ -38,14 +41,14 @@ class Host:
         return self._sign(message)
 
     def peer_seen(self, peer: PeerId, address: tuple[str, int], *, source: str,
-                  ttl_s: float | None) -> None:
+                  ttl_s: float | None, nameplates: tuple[int, ...] = ()) -> None:
         host, port = address
         if not isinstance(peer, PeerId) or type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"bad hint from {source}: {peer!r} at {address!r}")
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"bad hint from {source}: ttl_s={ttl_s!r}")
         if not self._closed():
-            self._hints.seen(peer, (str(host), port), source, ttl_s)
+            self._hints.seen(peer, (str(host), port), source, ttl_s, tuple(nameplates))
 
     def peer_lost(self, peer: PeerId, *, source: str) -> None:
         self._hints.lost(peer, source)

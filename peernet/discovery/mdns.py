@@ -89,6 +89,8 @@ class MdnsDiscovery:
     """
 
     source = "mdns"
+    #: Reports the nameplates of open invites it hears (issue 21).
+    hears_invites = True
 
     def __init__(self, *, interfaces: Iterable[str] | None = None, ttl_s: float = 120.0,
                  resolve_timeout_s: float = 1.0, max_peers: int = 256,
@@ -138,6 +140,11 @@ class MdnsDiscovery:
         self.registered = 0
         self.resolved = 0
         self.ignored: dict[str, int] = {}
+
+    @property
+    def carries_invites(self) -> bool:
+        """Does it publish this node's open invites (issue 21)? Only if it registers."""
+        return self.registering
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -316,7 +323,9 @@ class MdnsDiscovery:
         assert host is not None
         self._seq = next_counter(self._seq, time.time_ns() // 1_000_000)
         ips = [a.ip for a in self._published]
-        txt = build_txt(host.sign, host.id, port=host.port, seq=self._seq, addresses=ips)
+        nameplates = tuple(getattr(host, "open_nameplates", tuple)())  # a host of one's own
+        txt = build_txt(host.sign, host.id, port=host.port, seq=self._seq, addresses=ips,
+                        nameplates=nameplates)
         return self._zc_mod.ServiceInfo(
             SERVICE_TYPE, instance_name(host.id), port=host.port, properties=txt,
             server=server_name(host.id), parsed_addresses=ips,
@@ -350,8 +359,10 @@ class MdnsDiscovery:
         """After a network change: follow the interfaces and publish the addresses."""
         addresses = self._addresses()
         if addresses == self._published and self._zc is not None:
-            if self._info is not None:
-                self._zc.update_service(self._info)  # just say it again
+            if self._info is not None:  # say it again (open invites may have changed)
+                info = self._make_info()
+                self._zc.update_service(info)
+                self._info = info
             return
         if self._zc is not None and addresses and hasattr(self._zc, "update_interfaces"):
             self._published = addresses
@@ -411,7 +422,9 @@ class MdnsDiscovery:
         self._tracked.pop(name, None)
         self._tracked[name] = record.peer_id  # most recently heard last
         self.resolved += 1
-        host.peer_seen(record.peer_id, (address, record.port), source=self.source, ttl_s=None)
+        extra = {"nameplates": record.nameplates} if record.nameplates else {}
+        host.peer_seen(record.peer_id, (address, record.port), source=self.source, ttl_s=None,
+                       **extra)
 
     def _forget(self, name: str) -> None:
         peer = self._tracked.pop(name, None)

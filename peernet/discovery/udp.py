@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Iterable
 
 from .._proto.announce import (
-    ANNOUNCE_LEN,
+    MAX_ANNOUNCE_LEN,
     AnnounceFilter,
     SolicitationLimiter,
     encode_announce,
@@ -75,6 +75,8 @@ class UdpDiscovery:
     """
 
     source = "udp"
+    #: Reports the nameplates of open invites it hears (issue 21).
+    hears_invites = True
 
     def __init__(self, *, port: int = DEFAULT_PORT, interval_s: float = 5.0,
                  interfaces: Iterable[str] | None = None,
@@ -108,6 +110,11 @@ class UdpDiscovery:
         #: Solicitations sent, and answers (announces) sent to others' solicitations.
         self.solicited = 0
         self.answered = 0
+
+    @property
+    def carries_invites(self) -> bool:
+        """Does it announce this node's open invites (issue 21)? Only if it announces."""
+        return self.announcing
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -223,7 +230,7 @@ class UdpDiscovery:
         assert self._filter is not None and self._host is not None
         for _ in range(_BATCH):
             try:
-                packet, (source_ip, source_port) = sock.recvfrom(ANNOUNCE_LEN + 1)
+                packet, (source_ip, source_port) = sock.recvfrom(MAX_ANNOUNCE_LEN + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. an ICMP error queued by an earlier send
@@ -238,16 +245,16 @@ class UdpDiscovery:
             announce = self._filter.accept(packet, source_ip, time.monotonic())
             if announce is None:
                 continue
+            extra = {"nameplates": announce.nameplates} if announce.nameplates else {}
             try:
                 self._host.peer_seen(announce.peer_id, (announce.address, announce.port),
-                                     source=self.source, ttl_s=3 * announce.interval_s)
+                                     source=self.source, ttl_s=3 * announce.interval_s,
+                                     **extra)
             except Exception:  # noqa: BLE001 -- a bad hint must not end discovery
                 log.exception("handling an announce from %s failed", announce.peer_id.short)
 
     def _answer(self, source_ip: str, source_port: int) -> None:
         """Our announce, by unicast to a solicitation's source, if it is on our network."""
-        host = self._host
-        assert host is not None
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
                 probe.connect((source_ip, source_port))  # no traffic: the route's source
@@ -258,9 +265,7 @@ class UdpDiscovery:
         if not self._may_answer(source_ip, local_ip):
             self._limiter.dropped["off_subnet"] = self._limiter.dropped.get("off_subnet", 0) + 1
             return
-        self._counter = next_counter(self._counter, time.time_ns() // 1_000_000)
-        packet = encode_announce(host.sign, host.id, port=host.port, counter=self._counter,
-                                 interval_s=self.interval_s, address=local_ip)
+        packet = self._announce_from(local_ip)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
                 out.bind((local_ip, 0))
@@ -283,6 +288,17 @@ class UdpDiscovery:
                     f"{a.ip}/{a.prefix_len}", strict=False):
                 return True
         return False
+
+    def _announce_from(self, address: str) -> bytes:
+        """Our signed announce from ``address``, with a fresh counter and the nameplates
+        of the node's open invites, if any."""
+        host = self._host
+        assert host is not None
+        self._counter = next_counter(self._counter, time.time_ns() // 1_000_000)
+        nameplates: tuple[int, ...] = getattr(host, "open_nameplates", tuple)()  # own hosts
+        return encode_announce(host.sign, host.id, port=host.port, counter=self._counter,
+                               interval_s=self.interval_s, address=address,
+                               nameplates=tuple(nameplates))
 
     def _send_solicitations(self) -> None:
         query = self._query
@@ -319,17 +335,13 @@ class UdpDiscovery:
                 if a.broadcast is not None]
 
     def _send_announces(self) -> None:
-        host = self._host
-        assert host is not None
         try:
             destinations = self._destinations()
         except Exception:  # noqa: BLE001 -- unreadable interfaces: try again next interval
             log.exception("listing interfaces for announces failed")
             return
         for source_ip, destination in destinations:
-            self._counter = next_counter(self._counter, time.time_ns() // 1_000_000)
-            packet = encode_announce(host.sign, host.id, port=host.port, counter=self._counter,
-                                     interval_s=self.interval_s, address=source_ip)
+            packet = self._announce_from(source_ip)
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
                     out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
