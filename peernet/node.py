@@ -62,13 +62,14 @@ from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent, PeerList, peers_table
 from .settings import Settings, check_seconds
 from .trust import TrustStore
+from .invites import Invite, InviteBook
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
 from .discovery.hints import Hints
 from .discovery.host import Host
 from ._io.link import Link
 from ._io.mesh import Mesh, MeshSettings
-from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor
+from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, host_interfaces
 from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
@@ -259,8 +260,12 @@ class Node:
             self._directories = DirectoryCache()
             self._timers = Timers()
             self._registry = Registry(self._identity.peer_id, self._timers)
+            credentials = LocalCredentials.from_identity(self._identity)
+            self._discoveries: list[Discovery] = []
+            self._invites = self._invite_book(credentials)  # issue 21
             self._mesh = Mesh(
-                credentials=LocalCredentials.from_identity(self._identity),
+                invites=self._invites,
+                credentials=credentials,
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
                 dispatch=self._handlers.dispatch, timers=self._timers,
                 registry=self._registry, addresses=addresses,
@@ -286,11 +291,11 @@ class Node:
                                       max_preauth_per_ip=settings.max_preauth_per_ip)
             self._mesh.listening(self._acceptor)
             self._manual = ManualDiscovery()
-            self._discoveries: list[Discovery] = []
             host_view = Host(peer_id=self.id, port=lambda: self.port,
                              sign=self._identity.sign, hints=self._hints,
                              closed=lambda: self._closed,
-                             paired_peers=self.trust.paired_ids)
+                             paired_peers=self.trust.paired_ids,
+                             open_nameplates=self._invites.open_nameplates)
             for source in (self._manual, *discoveries):
                 source.start(host_view)
                 self._discoveries.append(source)
@@ -426,6 +431,72 @@ class Node:
         self._check_open()
         return self._mesh.subscribe(
             lambda e: callback(PeerEvent(id=e[0], status=e[1], previous=e[2], at=e[3])))
+
+    # -- invites (issue 21) ------------------------------------------------------------------
+
+    def invite(self, label: str | None = None, ttl_s: float = 600.0, *,
+               addresses: Iterable[str] | None = None) -> Invite:
+        """Open a one-time invite and return it: show ``inv.short`` (``"7-amber-orbit"``,
+        same LAN) or ``inv.long`` (``"pninv1..."``, any network) to the other person,
+        who runs :meth:`join` (or ``peernet join CODE``) with it; ``inv.wait()`` returns
+        the joiner's PeerId once both sides trust each other.
+
+        ``label`` is the name this node proposes for itself (the joiner stores it under
+        that label). The invite is used at most once, a failed attempt burns it, and it
+        expires after ``ttl_s`` seconds. The short code exists only when a discovery
+        source of this node announces (``discovery="udp"`` or ``"mdns"``): its number is
+        in the announces while the invite is open, nothing else is; otherwise
+        ``inv.short`` is None and the long code is the way. The long code holds this
+        node's id, port and ``addresses`` (default: the addresses it listens on) and a
+        128-bit secret; it is never logged. At most 4 invites are open at once. Raises
+        ValueError for a bad label, ``ttl_s`` or address.
+        """
+        self._check_open()
+        return self._invites.open(label, ttl_s, None if addresses is None else list(addresses))
+
+    def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
+        """Join the invite ``code`` names; return the inviter's PeerId once both sides
+        trust each other (each under the label the other proposed; ``label`` is the one
+        this node proposes for itself). The inviter is then dialled as a normal paired
+        peer, so a call right after works at once.
+
+        A short code is looked up on the LAN by discovery (this node needs
+        ``discovery="udp"`` or ``"mdns"``); a long code holds the addresses to dial.
+        Raises InvalidInviteCode (says what is wrong with the text), InviteNotFound (no
+        such invite nearby, or the inviter unreachable), InviteAmbiguous (two invites
+        nearby with that number), InviteRejected (wrong code: the inviter burned the
+        invite; or it was used, burned or cancelled), InviteExpired, or InviteError.
+        """
+        self._check_open()
+        timeout_s = check_seconds("timeout", timeout)
+        return self._invites.join(code, label, timeout_s).peer
+
+    @property
+    def invites(self) -> list[Invite]:
+        """This node's open invites (a snapshot)."""
+        return self._invites.open_invites()
+
+    def _invite_book(self, credentials: LocalCredentials) -> InviteBook:
+        def addresses() -> list[str]:
+            if self._host not in ("0.0.0.0", "::", ""):
+                return [self._host]
+            return [a.ip for a in host_interfaces() if ":" not in a.ip][:4] or ["127.0.0.1"]
+
+        def can(attribute: str) -> Callable[[], bool]:
+            return lambda: any(getattr(s, attribute, False) for s in self._discoveries)
+
+        def announce() -> None:
+            for source in self._discoveries:
+                source.announce()
+
+        return InviteBook(
+            credentials=credentials, trust=self.trust, timers=self._timers,
+            port=lambda: self.port, addresses=addresses,
+            carries_short=can("carries_invites"), hears_short=can("hears_invites"),
+            announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
+            connect=self.connect,
+            wait_for_peer=lambda pid, timeout_s: self.wait_for_peer(pid, timeout=timeout_s),
+            max_message_size=self._settings.max_message_size)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -804,6 +875,9 @@ class Node:
         unsubscribe = getattr(self, "_unsubscribe_trust", None)
         if unsubscribe is not None:
             unsubscribe()
+        invites = getattr(self, "_invites", None)
+        if invites is not None:
+            invites.close()
         for source in getattr(self, "_discoveries", ()):
             try:
                 source.stop(left())

@@ -72,6 +72,8 @@ class LinkOwner(Protocol):
     """What a link needs from its node."""
 
     def link_handshake_over(self, link: Link) -> None: ...
+    def link_invite(self, link: Link, sock: socket.socket, ready: bytes, deadline: float,
+                    early: list[bytes]) -> bool: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
     def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None: ...
@@ -536,6 +538,8 @@ class Link:
             self._local_ip = sock.getsockname()[0]
         except OSError:
             pass
+        if session.invite is not None:  # issue 21: an invite exchange, never a peer link
+            return self._owner.link_invite(self, sock, pending, deadline, self._early)
         return self._establish(sock, pending, deadline)
 
     def _establish(self, sock: socket.socket, ready: bytes, deadline: float) -> bool:

@@ -44,6 +44,7 @@ from .._proto.session import LocalCredentials, Session
 from .._addresses import AddressBook
 from ..errors import EncodeError, MessageTooLarge, PeerUnavailable
 from ..ids import PeerId
+from .invite_link import InviteHost, Pipe
 from .link import Link
 from .netmon import NetworkChange, normalize_ip
 from .registry import Registry
@@ -93,7 +94,8 @@ class Mesh:
 
     def __init__(self, *, credentials: LocalCredentials, is_trusted: Callable[[PeerId], bool],
                  settings: MeshSettings, dispatch: Dispatch, scheduler: Scheduler,
-                 timers: Timers, registry: Registry, addresses: AddressBook) -> None:
+                 timers: Timers, registry: Registry, addresses: AddressBook,
+                 invites: InviteHost | None = None) -> None:
         self._credentials = credentials
         self._is_trusted = is_trusted
         self._settings = settings
@@ -102,6 +104,7 @@ class Mesh:
         self._timers = timers
         self._registry = registry
         self._addresses = addresses
+        self._invites = invites  # issue 21: open invites decide invite-only links
         self._acceptor: Any = None  # set by listening(); has .port and .release(ip)
         self._closed = False
         self._status_lock = threading.Lock()
@@ -256,6 +259,21 @@ class Mesh:
             refused = link.session.refused_peer
             if refused is not None:
                 self._warn_refused(refused, link.address)
+
+    def link_invite(self, link: Link, sock: socket.socket, ready: bytes, deadline: float,
+                    early: list[bytes]) -> bool:
+        """An invite exchange passed its handshake (issue 21): run it here, on the link's
+        thread, within the handshake deadline, then let the link close. It is never
+        registered, so no handler is reachable from it; returns False (no peer link)."""
+        if self._invites is None or self._closed or link.closed or link.peer_id is None:
+            return False
+        pipe = Pipe(sock, link.session, deadline, early)  # the link closes the socket
+        try:
+            pipe.send_raw(ready)
+            self._invites.serve(pipe, link.session.invite or b"", link.peer_id, link.address)
+        except Exception as exc:  # noqa: BLE001 -- the exchange reports its own outcome
+            log.debug("invite exchange with %s ended: %s", link.peer_id.short, exc)
+        return False
 
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
         """Register an authenticated link. Runs under the link's write lock (before the
@@ -413,6 +431,7 @@ class Mesh:
             expected_peer=expected,
             listen_port=self.port,
             max_message_size=self._settings.max_message_size,
+            invite_gate=self._invites.gate if self._invites is not None else None,
         )
 
     def _new_link(self, session: Session, address: tuple[str, int],
