@@ -17,6 +17,7 @@ from .node import Node, default_data_dir
 from .peer import Nearby, Peer, PeerEvent, PeerList
 from .directory import HandlerInfo, HandlerList
 from .proxy import PeerProxy, RemoteHandler
+from .invites import Invite
 from .discovery import MdnsDiscovery, UdpDiscovery
 from . import rpc
 
@@ -24,5 +25,5 @@ logging.getLogger("peernet").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "PeerList", "Nearby",
            "UdpDiscovery", "MdnsDiscovery", "HandlerFailure", "report_handler_error", "rpc",
-           "PeerProxy", "RemoteHandler", "HandlerInfo", "HandlerList",
+           "PeerProxy", "RemoteHandler", "HandlerInfo", "HandlerList", "Invite",
            "default_data_dir", *_errors_all]

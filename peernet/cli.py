@@ -16,6 +16,9 @@ Subcommands::
                                                     run a handler, print its JSON result
     peernet send ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     fire and forget, no reply
+    peernet invite [--label L] [--ttl S]            open a one-time invite, show its
+                                                    codes, wait for the join
+    peernet join CODE [--label L] [--timeout S]     pair with the inviter in one step
 
 Discovery (``listen``, ``nearby``, ``peers``, ``chat``, ``call``, ``send``):
 ``--discovery udp|mdns|none`` (repeatable, or ``udp,mdns``), ``--interface NAME``
@@ -52,6 +55,11 @@ Errors are one line on stderr, starting ``peernet: ``. Exit codes:
     4  the peer refused or failed: no such handler, forbidden, busy, handler raised
     5  timeout: the peer did not answer in time
     6  not paired: pair the peer on this side first (``peernet pair ID``)
+
+  ``invite`` and ``join``: 0 paired; 2 a malformed code; 3 no such invite nearby, or
+  the inviter unreachable; 4 a wrong code (the invite is burned) or an invite already
+  used, burned or cancelled; 5 the invite expired (``invite``: nobody joined in time);
+  1 two invites nearby with that number, and other errors.
   130  interrupted (Ctrl-C) during call/send; ``listen`` and ``chat`` exit 0 on Ctrl-C,
        SIGTERM or SIGHUP, after closing the node cleanly
 """
@@ -68,6 +76,7 @@ import os
 import queue
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -75,7 +84,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from ._fs import atomic_write, ensure_private_dir, read_private_file
 from ._text import escape, escape_json
@@ -87,7 +96,14 @@ from .errors import (
     EncodeError,
     Forbidden,
     InvalidHandlerName,
+    InvalidInviteCode,
     InvalidPeerId,
+    InviteAmbiguous,
+    InviteError,
+    InviteExpired,
+    InviteNotFound,
+    InviteRejected,
+    InviteTimeout,
     MessageTooLarge,
     PortInUse,
     NoSuchHandler,
@@ -106,7 +122,8 @@ from ._addresses import AddressBook
 from ._io.netmon import LocalAddress, host_interfaces
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
-from .trust import TrustStore
+from .trust import TrustStore, normalize_label
+from ._proto.invite import LongCode, parse_code
 
 __all__ = [
     "main",
@@ -152,6 +169,11 @@ on a LAN, no addresses (both machines: export PEERNET_DISCOVERY=udp, or mdns):
   bob$   peernet pair 1 --label alice   # shows the full id to check, asks
   bob$   peernet call alice echo '"hi"' # found by asking the LAN, no --to
 
+pairing in one step (both sides trust each other; same LAN, or any network):
+  alice$ peernet invite --label alice   # shows 7-amber-orbit and pninv1..., waits
+  bob$   peernet join 7-amber-orbit --label bob    # or: peernet join pninv1...
+  (then `peernet listen` on alice and `peernet call alice echo '"hi"'` on bob)
+
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
 Only one node may use a data dir at a time (stop `listen` before `pair`).
@@ -161,6 +183,7 @@ exit codes:
   2 usage (bad id, JSON)   3 peer unreachable, or not delivered (offline)
   4 peer refused/failed    5 timeout
   6 not paired here        130 interrupted
+  (invite/join: 4 wrong code or invite used/burned, 5 expired, 3 not found)
   (nearby: 3 when nothing answered; call/send without --to: 2 when there is no
   discovery and no remembered address, 3 when the peer is not nearby in time)"""
 
@@ -1089,6 +1112,146 @@ def cmd_send(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_OK
 
 
+# --- invites ----------------------------------------------------------------------
+
+
+class InviteLike(Protocol):
+    """What ``peernet invite`` shows and waits on: a :class:`peernet.Invite` of a node
+    this command runs, or (issue 21 item 4) one a running node opened for it through
+    its control endpoint."""
+
+    @property
+    def short(self) -> str | None: ...
+    @property
+    def long(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def peer_label(self) -> str | None: ...
+    @property
+    def note(self) -> str | None: ...
+    def wait(self, timeout: float | None = None) -> PeerId: ...
+    def cancel(self) -> bool: ...
+
+
+def _default_label() -> str | None:
+    """What a machine proposes for itself when ``--label`` is not given: its host name."""
+    try:
+        return normalize_label(socket.gethostname()[:100])
+    except (TypeError, ValueError):
+        return None
+
+
+def _discovery_configured(opts: argparse.Namespace, data_dir: Path) -> bool:
+    return bool(getattr(opts, "discovery", None)
+                or os.environ.get("PEERNET_DISCOVERY", "").strip()
+                or "discovery" in _read_settings(data_dir))
+
+
+def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
+                      one_shot: bool) -> list[Discovery]:
+    """The discovery ``invite`` and ``join`` run with: as configured (flags, then
+    $PEERNET_DISCOVERY, then settings.toml), else UDP, for the command's lifetime, so
+    the short code works (``--discovery none``: the long code only)."""
+    lan = choose_lan(opts, data_dir)
+    if not lan and not _discovery_configured(opts, data_dir):
+        targets = getattr(opts, "udp_target", None)
+        lan = Lan(("udp",), tuple(getattr(opts, "interface", None) or ()) or None,
+                  getattr(opts, "udp_port", None) or 4040,
+                  tuple(parse_address(t) for t in targets) if targets else None,
+                  "the default of invite and join")
+    return make_discovery(lan, one_shot=one_shot)
+
+
+def _running_node_invite(data_dir: Path, label: str | None, ttl_s: float
+                         ) -> InviteLike | None:
+    """Issue 21 item 4 plugs in here: another process (an app, ``peernet listen``) holds
+    the data dir, so ask it to open the invite through its control endpoint (issue 19:
+    ``peernet.admin(data_dir).invite(label=..., ttl_s=...)``, returning an object with
+    the :class:`InviteLike` shape). None: no such endpoint here (yet)."""
+    return None
+
+
+@contextmanager
+def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
+                   ) -> Iterator[InviteLike]:
+    """An open invite: of a node this command runs (with discovery, see above), or of
+    the node already running on this data dir."""
+    try:
+        sources = _invite_discovery(opts, data_dir, one_shot=False)
+        node = Node(data_dir, host=opts.host, port=opts.port, discovery=sources,
+                    on_handler_error=_note_handler_error)
+    except DataDirLocked as exc:
+        running = _running_node_invite(data_dir, label, opts.ttl)
+        if running is None:
+            raise CliError(f"{exc}: stop it and run `peernet invite` again, or open the "
+                           "invite inside it (node.invite())") from None
+        yield running
+        return
+    except PortInUse as exc:
+        raise CliError(f"{exc} (--port)") from None
+    with node:
+        yield node.invite(label, opts.ttl)
+
+
+def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
+    """Open a one-time invite, show its codes, wait until someone joins."""
+    label = opts.label if opts.label is not None else _default_label()
+    out = _Out()
+    with _stop_on_signals() as stop, _invite_source(opts, data_dir, label) as invite:
+        until = time.strftime("%H:%M:%S", time.localtime(invite.expires_at))
+        minutes = max(0.0, invite.expires_at - time.time()) / 60
+        if invite.short:
+            out.line(f"short code: {invite.short}")
+        out.line(f"long code: {invite.long}")
+        out.note(f"invite open for {minutes:.0f} min (until {until}), for one use; on the "
+                 "other machine run:")
+        if invite.short:
+            out.note(f"  peernet join {invite.short}        (same network)")
+        else:
+            out.note("  (no short code: discovery is off, so nothing nearby can find it)")
+        out.note(f"  peernet join {invite.long}   (any network)")
+        if opts.qr or (opts.qr is None and sys.stdout.isatty()):
+            _print_qr(invite.long.upper(), out, explicit=bool(opts.qr))
+        out.note("waiting for someone to join (Ctrl-C cancels)...")
+        while True:
+            try:
+                peer = invite.wait(0.2)
+                break
+            except InviteTimeout:
+                if stop:
+                    invite.cancel()
+                    out.note("peernet: invite cancelled")
+                    return EXIT_INTERRUPTED
+        who = _printable(invite.peer_label) if invite.peer_label else peer.short
+        out.line(f"paired with {who} ({peer})")
+        if invite.note:
+            out.note(f"peernet: {escape(invite.note)}")
+    return EXIT_OK
+
+
+def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
+    """Join an invite: both sides end up paired."""
+    try:
+        code = parse_code(opts.code)
+    except InvalidInviteCode as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    label = opts.label if opts.label is not None else _default_label()
+    sources = [] if isinstance(code, LongCode) else _invite_discovery(opts, data_dir,
+                                                                       one_shot=True)
+    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                    redial_remembered=False, discovery=sources) as node:
+        # The label stored here and the note about it are part of what a person must see.
+        result = node._invites.join(opts.code, label, opts.timeout)
+    who = _printable(result.label) if result.label else result.peer.short
+    print(f"paired with {who} ({result.peer})", flush=True)
+    if result.note:
+        print(f"peernet: {escape(result.note)}", file=sys.stderr)
+    print(f"call it with: peernet call {who if result.label else result.peer} echo '\"hi\"'",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 # --- wiring ------------------------------------------------------------------------
 
 
@@ -1201,12 +1364,56 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds to connect" + (" and get the answer" if name == "call" else "")
                             + " (default 5)")
         discovery_options(p)
+    p = command("invite", cmd_invite, "open a one-time invite: shows a short code (same LAN) "
+                "and a long one (any network), waits until someone joins, then both "
+                "machines are paired",
+                "example: peernet invite --label alice\n"
+                "         (the other machine runs: peernet join 7-amber-orbit)\n"
+                "discovery (udp unless configured; --discovery none: long code only) "
+                "announces\nthe invite's number, and nothing else about it, while it is "
+                "open.\nexit codes: 0 paired, 4 burned by a wrong code, 5 expired, 130 "
+                "cancelled")
+    p.add_argument("--label", help="the name this machine proposes for itself (default: "
+                   "its host name)")
+    p.add_argument("--ttl", type=_positive_float, default=600.0,
+                   help="seconds the invite stays open (default 600)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--qr", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the long code as a QR code (needs the optional 'qrcode' "
+                        "package; default: on a terminal)")
+    discovery_options(p)
+
+    p = command("join", cmd_join, "join an invite: pairs this machine and the inviter "
+                "in one step",
+                "example: peernet join 7-amber-orbit --label bob\n"
+                "         peernet join pninv1...            # the long code, any network\n"
+                "a short code is found on the LAN (udp discovery unless configured)\n"
+                "exit codes: 0 paired, 2 malformed code, 3 not found, 4 wrong code or "
+                "used,\n5 expired, 1 two invites nearby with that number")
+    p.add_argument("code", metavar="CODE", help="the code the inviter shows: 7-amber-orbit "
+                   "or pninv1...")
+    p.add_argument("--label", help="the name this machine proposes for itself (default: "
+                   "its host name)")
+    p.add_argument("--timeout", type=_positive_float, default=10.0,
+                   help="seconds to find the inviter and pair (default 10)")
+    discovery_options(p)
     return ap
 
 
 def _classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, CliError):
         return exc.code, str(exc)
+    if isinstance(exc, InvalidInviteCode):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, InviteNotFound):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, InviteRejected):
+        return EXIT_REMOTE, str(exc)
+    if isinstance(exc, InviteExpired):
+        return EXIT_TIMEOUT, str(exc)
+    if isinstance(exc, (InviteAmbiguous, InviteError)):
+        return EXIT_ERROR, str(exc)
     if isinstance(exc, NotPaired):
         return EXIT_NOT_PAIRED, str(exc)
     if isinstance(exc, (InvalidPeerId, InvalidHandlerName, EncodeError, MessageTooLarge)):

@@ -348,12 +348,14 @@ class InviteBook:
             stored, note = store_peer(self._trust, joiner, exchange.peer_label)
             with self._cond:
                 invite.peer, invite.peer_label, invite.note = joiner, stored, note
+            # Before wait() returns: a command that exits then must not cut this short.
+            _best_effort(pipe, done)
+            with self._cond:
                 self._finish(invite, "paired")
             log.info("invite %d: paired with %s from %s%s", invite.nameplate, joiner.short,
                      address[0], f" as {stored!r}" if stored else "")
             if note:
                 log.warning("invite %d: %s: %s", invite.nameplate, joiner.short, note)
-            _best_effort(pipe, done)
         except BaseException as exc:
             with self._cond:
                 if invite._status == "joining":
@@ -405,8 +407,13 @@ class InviteBook:
                 if reply is not None:
                     pipe.send(reply)
         except ConnectionLost as exc:
+            if exchange.sent_label:
+                raise InviteError(
+                    f"{inviter.short} did not confirm the last step ({exc}): it may have "
+                    "paired this node, but nothing was paired here; ask for a new invite "
+                    "(or pair by id)") from None
             raise InviteError(f"the invite exchange with {inviter.short} broke off ({exc}); "
-                              "nothing was paired here, and the invite is burned") from None
+                              "nothing was paired, and the invite is burned") from None
         except ProtocolError as exc:
             raise InviteError(f"{inviter.short} broke the invite protocol ({exc}); nothing "
                               "was paired") from None

@@ -495,7 +495,9 @@ class Node:
             carries_short=can("carries_invites"), hears_short=can("hears_invites"),
             announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
             connect=self.connect,
-            wait_for_peer=lambda pid, timeout_s: self.wait_for_peer(pid, timeout=timeout_s),
+            # After a join: wait for the dial just started, not for the whole timeout.
+            wait_for_peer=lambda pid, timeout_s: self._registry.wait_for_link(
+                pid, time.monotonic() + timeout_s, give_up_when_idle=True) is not None,
             max_message_size=self._settings.max_message_size)
 
     # -- calls -----------------------------------------------------------------------------

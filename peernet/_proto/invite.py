@@ -431,6 +431,8 @@ class JoinerExchange(_Exchange):
     """
 
     _state = "new"
+    #: The joiner's last message is out: from here the inviter may have paired it.
+    sent_label = False
 
     def start(self) -> bytes:
         if self._state != "new":
@@ -461,6 +463,7 @@ class JoinerExchange(_Exchange):
                                      "nothing was paired", "wrong_code")
             self.peer_label = _decode_label(body[_MAC_LEN:])
             self._state = "label"
+            self.sent_label = True
             return bytes([MSG_JOINER_LABEL]) + self._label
         if state == "label":
             _expect(message, MSG_DONE, size=0)
