@@ -1,0 +1,94 @@
+"""``peernet invite`` and ``peernet join`` on loopback (issue 21): both code forms, and
+the exit codes of a wrong code, an expired invite and a malformed code. UDP discovery
+goes by unicast to loopback targets, never broadcast."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from peernet.trust import TrustStore
+from tests.integration.test_cli import Proc, one_line_error, run
+from tests.integration.test_discovery import free_udp_ports
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def invite(data_dir, *args):
+    return Proc([sys.executable, "-m", "peernet", "--data-dir", str(data_dir), "invite",
+                 "--host", "127.0.0.1", "--no-qr", *args])
+
+
+def udp_pair():
+    """Discovery options for the inviter and the joiner: each announces to the other."""
+    pi, pj = free_udp_ports(2)
+    return (["--udp-port", str(pi), "--udp-target", f"127.0.0.1:{pj}"],
+            ["--udp-port", str(pj), "--udp-target", f"127.0.0.1:{pi}"])
+
+
+def test_invite_and_join_with_the_short_code(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    disc_a, disc_b = udp_pair()
+    proc = invite(a, "--label", "kitchen", *disc_a)
+    try:
+        short = proc.expect(r"^short code: (\d+-[a-z]+-[a-z]+)$").group(1)
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        proc.expect(rf"peernet join {short} ", stream="err")
+        out = run("--data-dir", str(b), "join", short, "--label", "laptop", *disc_b)
+        assert out.returncode == 0, out.stderr
+        inviter = TrustStore.load(b).list()[0]
+        assert out.stdout == f"paired with kitchen ({inviter.peer_id})\n"
+        assert "peernet call kitchen echo" in out.stderr
+        match = proc.expect(r"^paired with laptop \((pn1\S+)\)$")
+        assert proc.wait() == 0
+        assert TrustStore.load(a).get(match.group(1)).label == "laptop"
+        assert inviter.label == "kitchen" and long not in out.stderr + out.stdout
+    finally:
+        proc.stop()
+
+
+def test_invite_without_discovery_offers_the_long_code_only(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = invite(a, "--discovery", "none", "--label", "far away")
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        proc.expect("no short code", stream="err")
+        out = run("--data-dir", str(b), "join", long, "--label", "here")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("paired with far away (pn1")
+        proc.expect(r"^paired with here ")
+        assert proc.wait() == 0
+        assert not any(line.startswith("short code") for line in proc.seen["out"])
+    finally:
+        proc.stop()
+
+
+def test_a_wrong_code_fails_both_commands_with_exit_4(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    disc_a, disc_b = udp_pair()
+    proc = invite(a, *disc_a)
+    try:
+        number, first, second = proc.expect(r"^short code: (\d+)-([a-z]+)-([a-z]+)$").groups()
+        wrong = f"{number}-{first}-{'amber' if second != 'amber' else 'orbit'}"
+        line = one_line_error(run("--data-dir", str(b), "join", wrong, *disc_b), 4)
+        assert "wrong code" in line
+        proc.expect("burned", stream="err")
+        assert proc.wait() == 4
+        assert len(TrustStore.load(a)) == len(TrustStore.load(b)) == 0
+    finally:
+        proc.stop()
+
+
+def test_an_expired_invite_exits_5_and_a_malformed_code_2(tmp_path):
+    proc = invite(tmp_path / "a", "--discovery", "none", "--ttl", "0.5")
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        proc.expect("expired", stream="err")
+        assert proc.wait() == 5
+    finally:
+        proc.stop()
+    line = one_line_error(run("--data-dir", str(tmp_path / "b"), "join", long), 3)
+    assert "could not reach" in line
+    line = one_line_error(run("--data-dir", str(tmp_path / "b"), "join", "7-amber-orbt"), 2)
+    assert "did you mean 'orbit'" in line
