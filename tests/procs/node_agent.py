@@ -3,7 +3,8 @@
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
         [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
 
-Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp, mdns.
+Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp, mdns,
+invite, invite_wait, join.
 Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
 node directly.
@@ -90,6 +91,17 @@ def main() -> None:
             elif op == "nearby":
                 result = [{"id": str(n.id), "address": n.address, "source": n.source}
                           for n in node.list_nearby()]
+            elif op == "invite":  # opens one; invite_wait waits for the last one opened
+                invite = node.invite(cmd.get("label"), cmd.get("ttl_s", 600.0))
+                result = {"short": invite.short, "long": invite.long,
+                          "nameplate": invite.nameplate}
+            elif op == "invite_wait":
+                try:
+                    result = str(invite.wait(cmd.get("timeout", 10.0)))
+                except peernet.PeerNetError as exc:
+                    result = {"failed": type(exc).__name__, "status": invite.status}
+            elif op == "join":
+                result = str(node.join(cmd["code"], cmd.get("label"), cmd.get("timeout", 10.0)))
             elif op == "udp":  # counters of the UDP discovery, if any
                 udp = next(d for d in node._discoveries if d.source == "udp")
                 result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped}
