@@ -317,3 +317,70 @@ def test_defaults_table_matches_the_node(row, parameter, value):
 def test_retired_link_bound_is_call_timeout_plus_one_second():
     call_timeout = inspect.signature(peernet.Node).parameters["call_timeout"].default
     assert f"**{call_timeout + 1.0:.1f} s** with the defaults" in section("5.6")
+
+
+# -- 7.1 and 11: invites ----------------------------------------------------------------
+
+
+def test_the_announce_with_a_nameplate_is_the_one_the_code_writes():
+    from peernet._proto.announce import encode_announce as encode
+
+    blocks = [b for b in code_blocks(section("7.1")) if len(hex_block_or_empty(b)) == 135]
+    assert len(blocks) == 1
+    packet = encode(EXAMPLE_IDENTITY.sign, EXAMPLE_IDENTITY.peer_id, port=4321,
+                    counter=1718000000123, interval_s=5.0, address="192.168.1.9",
+                    nameplates=(7,))
+    assert hex_block(blocks[0]) == packet
+    assert decode_announce(packet).nameplates == (7,)
+
+
+def hex_block_or_empty(block: str) -> bytes:
+    try:
+        return hex_block(block)
+    except ValueError:
+        return b""
+
+
+def test_the_mdns_inv_example_adds_the_bytes_the_guide_says():
+    text = section("7.2")
+    assert "`02 0007 000c`" in text
+    plain = _message(EXAMPLE_IDENTITY.peer_id, 4321, 7, ["192.168.1.9", "10.0.0.5"])
+    with_inv = _message(EXAMPLE_IDENTITY.peer_id, 4321, 7, ["192.168.1.9", "10.0.0.5"],
+                        (7, 12))
+    assert with_inv == plain + bytes.fromhex("020007000c")
+    txt = build_txt(EXAMPLE_IDENTITY.sign, EXAMPLE_IDENTITY.peer_id, port=4321, seq=7,
+                    addresses=["192.168.1.9", "10.0.0.5"], nameplates=(7, 12))
+    assert txt["inv"] == "7,12" and decode_txt(txt, 4321).nameplates == (7, 12)
+
+
+def test_the_invite_code_examples_are_what_the_code_writes():
+    from peernet._proto.invite import HELLO_LEN, KIND_SHORT, InviteHello, LongCode, parse_code
+    from peernet._proto.wordlist import WORDS
+
+    example = _labelled(code_blocks(section("11.1"))[0])
+    code = LongCode(EXAMPLE_IDENTITY.peer_id, 7, bytes(range(16)), 4321, ("192.168.1.9",))
+    assert code.text == example["code"] and len(code.text) == 107
+    assert parse_code(example["code"]) == code
+    payload = bytes.fromhex(example["payload"])
+    assert bytes(convertbits(payload, 8, 5, pad=True)) == bytes(
+        "qpzry9x8gf2tvdw0s3jn54khce6mua7l".index(c) for c in code.text[6:-6])
+    short = parse_code(example["short"].split()[0])
+    assert short.words == (4, 168) and WORDS[4] == "amber" and WORDS[168] == "orbit"
+    assert short.password == b"peernet/1 invite short 7-amber-orbit"
+    assert code.password == b"peernet/1 invite long " + bytes(range(16))
+    assert "`0101010007`" in section("11.3")
+    assert InviteHello(KIND_SHORT, 7).encode() == bytes.fromhex("0101010007")
+    assert HELLO_LEN == 5
+
+
+def test_the_invite_message_table_matches_the_code():
+    from peernet._proto import invite as core
+
+    rows = table_rows(section("11.4"))
+    kinds = {int(row[0].strip("`"), 16): row for row in rows}
+    assert kinds.keys() == {core.MSG_JOINER_PAKE, core.MSG_INVITER_PAKE,
+                            core.MSG_JOINER_CONFIRM, core.MSG_INVITER_CONFIRM,
+                            core.MSG_JOINER_LABEL, core.MSG_DONE, core.MSG_REFUSED}
+    reasons = re.findall(r"`(\d)` ([a-z ]+?)(?: \(|,|\.)", section("11.4"))
+    assert {int(n): name.strip().replace(" ", "_") for n, name in reasons} == core.REASONS
+    assert core.MAX_LABEL_BYTES == 400
