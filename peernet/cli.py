@@ -98,7 +98,6 @@ from .errors import (
     InvalidHandlerName,
     InvalidInviteCode,
     InvalidPeerId,
-    InviteAmbiguous,
     InviteError,
     InviteExpired,
     InviteNotFound,
@@ -1412,7 +1411,7 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_REMOTE, str(exc)
     if isinstance(exc, InviteExpired):
         return EXIT_TIMEOUT, str(exc)
-    if isinstance(exc, (InviteAmbiguous, InviteError)):
+    if isinstance(exc, InviteError):  # InviteAmbiguous included
         return EXIT_ERROR, str(exc)
     if isinstance(exc, NotPaired):
         return EXIT_NOT_PAIRED, str(exc)
