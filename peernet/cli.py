@@ -75,6 +75,7 @@ import json
 import os
 import queue
 import selectors
+import shlex
 import signal
 import socket
 import sys
@@ -1246,8 +1247,8 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     print(f"paired with {who} ({result.peer})", flush=True)
     if result.note:
         print(f"peernet: {escape(result.note)}", file=sys.stderr)
-    print(f"call it with: peernet call {who if result.label else result.peer} echo '\"hi\"'",
-          file=sys.stderr)
+    name = shlex.quote(result.label) if result.label else str(result.peer)
+    print(f"""call it with: peernet call {_printable(name)} echo '"hi"'""", file=sys.stderr)
     return EXIT_OK
 
 

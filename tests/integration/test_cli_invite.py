@@ -57,6 +57,7 @@ def test_invite_without_discovery_offers_the_long_code_only(tmp_path):
         out = run("--data-dir", str(b), "join", long, "--label", "here")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("paired with far away (pn1")
+        assert "peernet call 'far away' echo" in out.stderr  # quoted for a shell
         proc.expect(r"^paired with here ")
         assert proc.wait() == 0
         assert not any(line.startswith("short code") for line in proc.seen["out"])
