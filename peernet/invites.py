@@ -169,8 +169,7 @@ class InviteBook:
                  announce: Callable[[], None], solicit: Callable[[], None],
                  heard: Callable[[], dict[int, dict[PeerId, tuple[str, int]]]],
                  connect: Callable[[PeerId, str, int], None],
-                 wait_for_peer: Callable[[PeerId, float], bool],
-                 max_message_size: int) -> None:
+                 wait_for_peer: Callable[[PeerId, float], bool]) -> None:
         self._credentials = credentials
         self._own_id = credentials.peer_id
         self._trust = trust
@@ -184,7 +183,6 @@ class InviteBook:
         self._heard = heard
         self._connect = connect
         self._wait_for_peer = wait_for_peer
-        self._max_message_size = max_message_size
         self._cond = threading.Condition()
         self._open: dict[int, Invite] = {}
         self._dead: dict[int, str] = {}  # nameplate -> final status (bounded)
@@ -379,8 +377,7 @@ class InviteBook:
         for inviter, address in targets:
             try:
                 pipe = dial_invite(self._credentials, address, expected=inviter, hello=hello,
-                                   listen_port=self._port(), deadline=deadline,
-                                   max_message_size=self._max_message_size)
+                                   listen_port=self._port(), deadline=deadline)
             except PeerUnavailable as exc:  # ConnectionLost included
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue

@@ -16,6 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from .._proto.invite import MAX_INVITE_MESSAGE
 from .._proto.session import (
     LocalCredentials,
     MessageReceived,
@@ -121,7 +122,7 @@ class Pipe:
 
 def dial_invite(credentials: LocalCredentials, address: tuple[str, int], *,
                 expected: PeerId, hello: bytes, listen_port: int, deadline: float,
-                max_message_size: int) -> Pipe:
+                max_message_size: int = MAX_INVITE_MESSAGE) -> Pipe:
     """Connect to ``address`` and run the joiner's handshake with ``hello`` in message 3,
     until the inviter's READY. Raises PeerUnavailable (cannot connect, or someone other
     than ``expected`` answers: HandshakeError), InviteRejected (the inviter closed after

@@ -40,6 +40,7 @@ from .._proto.messages import (
     encode_message,
     exception_detail,
 )
+from .._proto.invite import MAX_INVITE_MESSAGE
 from .._proto.session import LocalCredentials, Session
 from .._addresses import AddressBook
 from ..errors import EncodeError, MessageTooLarge, PeerUnavailable
@@ -267,6 +268,7 @@ class Mesh:
         registered, so no handler is reachable from it; returns False (no peer link)."""
         if self._invites is None or self._closed or link.closed or link.peer_id is None:
             return False
+        link.session.max_message_size = MAX_INVITE_MESSAGE  # still pre-auth: stay small
         pipe = Pipe(sock, link.session, deadline, early)  # the link closes the socket
         try:
             pipe.send_raw(ready)

@@ -60,6 +60,7 @@ __all__ = [
     "WrongCode",
     "MAX_NAMEPLATE",
     "MAX_LABEL_BYTES",
+    "MAX_INVITE_MESSAGE",
     "REASONS",
     "encode_refusal",
     "parse_code",
@@ -311,6 +312,9 @@ _PAKE_LEN = 33  # SPAKE2 on Ed25519: the side byte ("A" or "B") and a 32-byte el
 _MAC_LEN = 32
 #: A label is at most 100 characters (trust.MAX_LABEL_LENGTH): at most 400 UTF-8 bytes.
 MAX_LABEL_BYTES = 400
+#: The largest invite message is 433 bytes: an invite link's sessions refuse to
+#: reassemble more than this (a pre-auth link must not hold a megabyte).
+MAX_INVITE_MESSAGE = 1024
 
 #: Why the inviter refuses, as the byte of a REFUSED message.
 REASONS = {1: "wrong_code", 2: "used", 3: "burned", 4: "expired", 5: "cancelled", 6: "busy"}

@@ -244,6 +244,25 @@ def test_an_unpaired_key_reaches_no_handler_in_invite_mode(make_node, tmp_path):
     assert a.list_peers() == []
 
 
+def test_an_invite_link_holds_no_large_message(make_node, caplog):
+    """Still pre-auth: an invite link reassembles at most 1 KiB, not max_message_size."""
+    import time
+
+    caplog.set_level(logging.DEBUG, logger="peernet")
+    a = make_node("a")
+    inv = a.invite()
+    stranger = LocalCredentials.from_identity(Identity.generate())
+    hello = InviteHello(KIND_LONG, inv.nameplate).encode()
+    pipe = dial_invite(stranger, ("127.0.0.1", a.port), expected=a.id, hello=hello,
+                       listen_port=0, deadline=time.monotonic() + 5, max_message_size=1 << 20)
+    with pipe:
+        pipe.send(b"\x01" + bytes(70_000))  # two fragments: closed at the first
+        with pytest.raises(peernet.ConnectionLost):
+            pipe.recv()
+    assert wait_until(lambda: inv.status == "burned")
+    assert "exceeds max_message_size" in caplog.text  # at the first fragment
+
+
 def test_a_hello_for_no_open_invite_is_refused_at_message3(make_node):
     a = make_node("a")
     stranger = LocalCredentials.from_identity(Identity.generate())
