@@ -5,7 +5,8 @@ Host 0 runs ``peernet invite``, host 1 ``peernet join SHORTCODE`` (found by UDP
 discovery: a solicitation, answered at once), then a call each way. Also timed: from
 starting ``peernet join`` to the result of the first ``peernet call`` against an inviter
 that keeps running (an app that opened the invite with ``node.invite()``). And a third
-host that races the joiner with a guess burns the invite and pairs nobody.
+host that races the joiner with a guess burns the invite and pairs nobody; and a
+short code is found through mDNS as well.
 """
 
 from __future__ import annotations
@@ -113,3 +114,15 @@ def test_a_third_host_racing_with_a_guess_pairs_nobody(lab, tmp_path):
                                                         "status": "burned"}
     assert a.request(op="peers") == {}
     assert len(TrustStore.load(b_dir)) == len(TrustStore.load(c_dir)) == 0
+
+
+def test_a_short_code_is_found_by_mdns_too(lab, tmp_path):
+    pytest.importorskip("zeroconf")
+    a = lab.agent(0, tmp_path / "a", "--discovery", "mdns")
+    invite = a.request(op="invite", label="kitchen")
+    out = peernet_run(lab, 1, tmp_path / "b", "join", invite["short"], "--discovery", "mdns",
+                      "--interface", "eth0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("paired with kitchen (pn1")
+    assert a.request(op="invite_wait", timeout=2.0) == str(load_or_create(tmp_path / "b")
+                                                           .peer_id)
