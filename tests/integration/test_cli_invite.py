@@ -93,3 +93,18 @@ def test_an_expired_invite_exits_5_and_a_malformed_code_2(tmp_path):
     assert "could not reach" in line
     line = one_line_error(run("--data-dir", str(tmp_path / "b"), "join", "7-amber-orbt"), 2)
     assert "did you mean 'orbit'" in line
+
+
+def test_invite_on_a_data_dir_a_running_node_holds_says_what_to_do(tmp_path):
+    """Until the control endpoint (issue 21 item 4) routes it to the running node."""
+    from tests.integration.test_cli import ready
+
+    listener = Proc([sys.executable, "-m", "peernet", "--data-dir", str(tmp_path / "a"),
+                     "listen", "--host", "127.0.0.1"])
+    try:
+        ready(listener)
+        out = run("--data-dir", str(tmp_path / "a"), "invite", "--discovery", "none")
+        line = one_line_error(out, 1)
+        assert "in use" in line and "node.invite()" in line
+    finally:
+        listener.stop()
