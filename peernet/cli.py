@@ -1184,8 +1184,8 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
     except DataDirLocked as exc:
         running = _running_node_invite(data_dir, label, opts.ttl)
         if running is None:
-            raise CliError(f"{exc}: stop it and run `peernet invite` again, or open the "
-                           "invite inside it (node.invite())") from None
+            raise CliError(f"{exc} (`peernet invite` cannot reach a running node yet: stop "
+                           "it first, or open the invite in it with node.invite())") from None
         yield running
         return
     except PortInUse as exc:
