@@ -49,7 +49,8 @@ from peernet._proto.session import (
     SessionClosed,
     SessionState,
 )
-from peernet.errors import HandshakeError, ProtocolError
+from peernet.errors import HandshakeError, InvalidInviteCode, InviteRejected, ProtocolError
+from peernet._proto.invite import InviterExchange, JoinerExchange, parse_code
 from tests.helpers import check_event_invariants, make_pair, pump, seeded_identity
 
 # -- 1. the frame reader -----------------------------------------------------------------
@@ -506,6 +507,69 @@ def bytes_announce(data: bytes) -> None:
     assert f.accept(packet, "10.0.0.9", 1.0) is None or packet == _GENUINE
 
 
+# -- 7. invites: codes and the exchange ------------------------------------------------------
+
+_INV_H = bytes(range(32))
+_INV_JOINER = seeded_identity("fz-joiner").peer_id
+_INV_INVITER = seeded_identity("fz-inviter").peer_id
+
+
+def _inviter() -> InviterExchange:
+    return InviterExchange(b"pw", handshake_hash=_INV_H, joiner=_INV_JOINER,
+                           inviter=_INV_INVITER, label="inviter")
+
+
+invite_mutations = st.tuples(st.integers(0, 2), st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 60), st.integers(0, 255)), min_size=1,
+    max_size=3))
+
+
+def prop_invite_exchange(args) -> None:
+    """A live exchange with one joiner message mutated in flight: the inviter fails with
+    ProtocolError (WrongCode included), unless the mutation left the PAKE message and
+    the confirmation as they were (only the label, sent after both, may differ)."""
+    which, ops = args
+    joiner = JoinerExchange(b"pw", handshake_hash=_INV_H, joiner=_INV_JOINER,
+                            inviter=_INV_INVITER, label="joiner")
+    inviter = _inviter()
+    out: bytes | None = joiner.start()
+    intact = True
+    try:
+        for i in range(3):
+            assert out is not None
+            sent = _mutate(out, ops) if i == which else out
+            intact = intact and (sent == out or i == 2)
+            reply = inviter.receive(sent)
+            out = joiner.receive(reply)
+    except (ProtocolError, InviteRejected):
+        assert not inviter.done or which == 2
+        return
+    assert inviter.done and intact
+
+
+def bytes_invite_code(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        code = parse_code(text)
+    except InvalidInviteCode:
+        return
+    assert parse_code(code.text) == code
+
+
+def bytes_invite_inviter(data: bytes) -> None:
+    """Random bytes as up to three joiner messages (each prefixed by a length byte)."""
+    inviter = _inviter()
+    at = 0
+    try:
+        while at < len(data):
+            n = data[at]
+            inviter.receive(data[at + 1:at + 1 + n])
+            at += 1 + n
+    except ProtocolError:
+        pass
+    assert not inviter.done
+
+
 # -- registries ---------------------------------------------------------------------------
 
 PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[[object], None]]] = {
@@ -515,6 +579,7 @@ PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[[object], None]]] = {
     "noise": (noise_programs, prop_noise_program),
     "session": (session_programs, prop_session_program),
     "announce": (announce_mutations, prop_announce),
+    "invite": (invite_mutations, prop_invite_exchange),
 }
 
 BYTE_TARGETS: dict[str, Callable[[bytes], None]] = {
@@ -525,6 +590,8 @@ BYTE_TARGETS: dict[str, Callable[[bytes], None]] = {
     "session": bytes_session,
     "session-handshake": bytes_session_handshake,
     "announce": bytes_announce,
+    "invite-code": bytes_invite_code,
+    "invite-inviter": bytes_invite_inviter,
 }
 
 __all__ = ["BYTE_TARGETS", "PROPERTIES"]

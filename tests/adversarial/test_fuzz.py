@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from .fuzz_targets import BYTE_TARGETS, PROPERTIES
 
 BUDGET = {"deframer": 300, "cbor": 300, "messages": 300, "noise": 300, "session": 150,
-          "announce": 200}
+          "announce": 200, "invite": 60}
 
 
 def _bounded(examples: int):
