@@ -64,6 +64,7 @@ import binascii
 import codecs
 import errno
 import json
+import logging
 import os
 import queue
 import selectors
@@ -284,6 +285,34 @@ class _Out:
         """A status line for people, on stderr."""
         with self._lock:
             print(text, file=sys.stderr, flush=True)
+
+
+class _NoteHandler(logging.Handler):
+    """peernet's WARNINGs as notes on stderr (see :func:`_warnings_shown`)."""
+
+    def __init__(self, out: _Out) -> None:
+        super().__init__(logging.WARNING)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.note(f"peernet: {escape(record.getMessage())}")
+        except Exception:  # noqa: BLE001 -- logging's own policy for a failed emit
+            self.handleError(record)
+
+
+@contextmanager
+def _warnings_shown(out: _Out) -> Iterator[None]:
+    """While a long-running command serves, show the person watching it what peernet
+    warns about: above all a key it refused (a peer that paired this machine, which
+    this machine has not paired), with the command that lets it in."""
+    handler = _NoteHandler(out)
+    logger = logging.getLogger("peernet")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 # --- signals -----------------------------------------------------------------------
@@ -954,7 +983,7 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     out = _Out()
     lan = choose_lan(opts, data_dir)
     sources = make_discovery(lan, one_shot=False)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, _warnings_shown(out):
         with _open_node(data_dir, host=opts.host, port=opts.port, discovery=sources) as node:
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
@@ -979,7 +1008,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
     lan = choose_lan(opts, data_dir) if address is None else None
     sources = make_discovery(lan, one_shot=False) if lan else []
     out = _Out()
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, _warnings_shown(out):
         with _open_node(data_dir, host=opts.host, port=opts.port,
                         redial_remembered=False, discovery=sources) as node:
             pid = resolve_peer(opts.peer, node.trust)
@@ -1068,8 +1097,10 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
                 raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
                                EXIT_UNREACHABLE) from None
             # A peer that broke the protocol was reached: asking whether it runs
-            # `peernet listen` would send the user looking in the wrong place.
-            hint = "" if getattr(exc, "protocol_error", False) else f" {_unreachable_hint(node)}"
+            # `peernet listen` would send the user looking in the wrong place. A peer
+            # that refused our key: the error already names the id it must pair.
+            told = getattr(exc, "protocol_error", False) or str(node.id) in str(exc)
+            hint = "" if told else f" {_unreachable_hint(node)}"
             raise CliError(f"{exc}{hint}", EXIT_UNREACHABLE) from None
     print(dump_json(result), flush=True)
     return EXIT_OK

@@ -336,19 +336,28 @@ def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
 
 
 def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
+    """One-sided pairing in two terminals: the caller is told which id the peer must
+    pair (once, not also asked whether the peer runs `peernet listen`), and the
+    listening terminal shows the refused key with the command that lets it in, once."""
     a, c = str(tmp_path / "a"), str(tmp_path / "c")
     a_id = make_id(tmp_path, "a")
-    make_id(tmp_path, "c")
+    c_id = make_id(tmp_path, "c")
     assert run("--data-dir", c, "pair", a_id, "--label", "alice").returncode == 0
     listener = peernet_proc("--data-dir", a, "listen", "--host", LOOPBACK)
     try:
         _, port = ready(listener)
-        for command in ("call", "send"):
-            line = one_line_error(run("--data-dir", c, command, "alice", "echo", "1",
-                                      "--to", f"{LOOPBACK}:{port}"), 3)
-            assert "paired this machine" in line
+        line = one_line_error(run("--data-dir", c, "call", "alice", "echo", "1",
+                                  "--to", f"{LOOPBACK}:{port}"), 3)
+        assert "it has not paired this node" in line and f"run `peernet pair {c_id}`" in line
+        assert "is the peer running" not in line
+        refusal = listener.expect(r"^peernet: refused a connection from 127\.0\.0\.1", "err")
+        assert f"`peernet pair {c_id}`" in refusal.string
+        line = one_line_error(run("--data-dir", c, "send", "alice", "echo", "1",
+                                  "--to", f"{LOOPBACK}:{port}"), 3)
+        assert f"paired this machine, {c_id}" in line
         listener.p.send_signal(signal.SIGINT)
         assert listener.wait() == 0
+        assert not [x for x in listener.rest("err") if "refused a connection" in x]
     finally:
         listener.stop()
 
