@@ -107,3 +107,17 @@ def test_pip_lines_with_extras_are_quoted():
         for line in path.read_text(errors="replace").splitlines():
             for spec in re.findall(r"pip install\s+(\S+\[)", line):
                 assert spec[0] in "\"'", f"{path.relative_to(ROOT)}: {line.strip()}"
+
+
+def test_the_quick_start_waits_for_the_peer_before_it_sends():
+    """`send()` never waits: straight after `connect()` it returns False. The quick
+    start (what people copy) waits first, and the docs say why where send and connect
+    are described."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start"):readme.index("## Install")]
+    assert quick_start.index(".wait_for_peer(") < quick_start.index(".send(")
+    assert "`send()` never waits" in quick_start and "`wait_for_peer()` first" in quick_start
+    import peernet
+
+    assert "wait_for_peer" in peernet.Node.send.__doc__
+    assert "wait_for_peer" in peernet.Node.connect.__doc__
