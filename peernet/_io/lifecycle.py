@@ -20,6 +20,7 @@ import weakref
 from pathlib import Path
 from typing import Protocol
 
+from .._text import escape
 from ..errors import DataDirLocked
 
 __all__ = ["DataDirLock", "track", "untrack"]
@@ -118,9 +119,7 @@ def _command_line(pid: int) -> str | None:
     args = [a.decode("utf-8", "backslashreplace") for a in raw.split(b"\0") if a]
     if not args:
         return None  # a zombie or a kernel thread
-    text = " ".join(args)
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    text = escape(" ".join(args))
     if len(text) > _MAX_CMDLINE_CHARS:
         text = text[:_MAX_CMDLINE_CHARS - 3] + "..."
     return text
