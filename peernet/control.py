@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ._io import lifecycle
-from ._io.control import SOCKET_NAME, peer_credentials, socket_path
+from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path
 from ._proto.control import (
     MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES,
@@ -253,6 +253,9 @@ class Admin:
         raise error_from_wire(answer.error, lambda kind, message: ControlError(message, kind))
 
     def _connect(self) -> socket.socket:
+        if not SUPPORTED:
+            raise NodeNotRunning("controlling a running node needs Unix sockets with "
+                                 "SO_PEERCRED (Linux); no node serves one here")
         deadline = time.monotonic() + _STARTING_WAIT_S
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

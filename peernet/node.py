@@ -68,6 +68,7 @@ from .settings import Settings, check_seconds
 from .trust import TrustStore
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
+from ._io.control import SUPPORTED as control_supported
 from ._io.control import ControlServer
 from .discovery.hints import Hints
 from .discovery.host import Host
@@ -193,6 +194,7 @@ class Node:
         and the ``peernet`` command (``pair``, ``unpair``, ``peers``, ``call``, ...) in
         another terminal. It gives them this node's full power, as its files already
         do. False serves nothing (such commands then say the data dir is in use).
+        Linux only (it relies on ``SO_PEERCRED``); elsewhere no endpoint is served.
 
     Wherever a method takes a peer it accepts a :class:`PeerId`, its ``pn1...`` text,
     32 raw bytes, or the label of a paired peer (see :meth:`resolve`).
@@ -309,7 +311,9 @@ class Node:
             if redial_remembered:
                 self._mesh.redial_remembered()
             self._started_at = time.monotonic()
-            if control:  # last: a client that reaches it finds a node that is all up
+            if control and not control_supported:
+                log.info("no control endpoint: it needs Unix sockets with SO_PEERCRED (Linux)")
+            elif control:  # last: a client that reaches it finds a node that is all up
                 self._control_ops = ControlOps(self)
                 self._control = ControlServer(self._data_dir, self._control_ops.handle)
                 self._control_ops.serve(self._control)

@@ -58,6 +58,7 @@ from .._proto.control import (
 from ..errors import ControlError
 
 __all__ = [
+    "SUPPORTED",
     "SOCKET_NAME",
     "MAX_CONNECTIONS",
     "MAX_WATCHERS",
@@ -70,6 +71,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The endpoint needs Unix sockets and peer credentials (``SO_PEERCRED``: Linux).
+#: Elsewhere a node serves none, and ``peernet.admin`` says so.
+SUPPORTED = hasattr(socket, "AF_UNIX") and hasattr(socket, "SO_PEERCRED")
 SOCKET_NAME = "control.sock"
 #: Connections served at once; more wait in the backlog until one ends.
 MAX_CONNECTIONS = 16
@@ -86,6 +90,7 @@ _WATCH_POLL_S = 0.25
 _MAX_SUN_PATH = 107
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _REFUSAL_LOG_EVERY_S = 60.0
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @contextmanager
@@ -96,7 +101,7 @@ def socket_path(data_dir: Path) -> Iterator[str]:
     if len(os.fsencode(direct)) <= _MAX_SUN_PATH:
         yield direct
         return
-    fd = os.open(data_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(data_dir, _DIR_FLAGS)
     try:
         via = f"/proc/self/fd/{fd}"
         if not os.path.isdir(via):
@@ -187,7 +192,7 @@ class ControlServer:
     def __init__(self, data_dir: Path, handle: Handler, *, name: str = "peernet-control") -> None:
         self.path = data_dir / SOCKET_NAME
         self._handle = handle
-        self._dir_fd = os.open(data_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dir_fd = os.open(data_dir, _DIR_FLAGS)
         self._listener: socket.socket | None = None
         try:
             self._remove_stale()
