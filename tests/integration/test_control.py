@@ -360,6 +360,43 @@ def test_another_uid_is_refused_even_with_the_socket_opened_up(app):
         shutil.rmtree(exposed, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="playing another local user needs root "
+                    "(a child process with setuid)")
+@pytest.mark.timeout(60)
+def test_admin_talks_only_to_a_node_of_its_own_user():
+    """A socket another user serves (a fake node) gets none of our requests."""
+    import shutil
+    import tempfile
+
+    server = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_UNIX)\n"
+              "s.bind(sys.argv[1] + '/control.sock')\n"
+              "s.listen()\n"
+              "print('READY', flush=True)\n"
+              "c, _ = s.accept()\n"
+              "c.settimeout(5)\n"
+              "got = c.recv(65536)\n"
+              "print('GOT', got.decode(), flush=True)\n")
+    shared = Path(tempfile.mkdtemp(prefix="feature-19-fake-", dir="/tmp"))
+    fake = None
+    try:
+        os.chmod(shared, 0o755)
+        os.chown(shared, NOBODY, NOBODY)
+        fake = subprocess.Popen([_python_for(NOBODY), "-c", server, str(shared)], user=NOBODY,
+                                group=NOBODY, cwd="/", stdout=subprocess.PIPE, text=True)
+        assert fake.stdout.readline().strip() == "READY"
+        with pytest.raises(peernet.ControlError, match=f"served by uid {NOBODY}") as info:
+            peernet.admin(shared)
+        assert info.value.kind == "AccessDenied"
+        assert fake.wait(10) == 0 and fake.stdout.read().strip() == "GOT"  # it got nothing
+    finally:
+        if fake is not None:
+            fake.kill()
+            fake.wait()
+            fake.stdout.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 @pytest.mark.timeout(60)
 def test_a_stale_socket_after_kill_9_is_replaced(tmp_path):
     data = tmp_path / "app"
