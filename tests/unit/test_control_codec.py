@@ -228,3 +228,23 @@ def test_other_exceptions_cross_as_their_type_name_only():
     # A type name that is no peernet error is never looked up anywhere else.
     assert type(error_from_wire({"type": "SystemExit", "message": "m"},
                                 lambda k, m: peernet.ControlError(m, k))) is peernet.ControlError
+
+
+def test_the_protocol_guide_lists_every_op_and_the_limits():
+    """guides/protocol.md section 11 is the control protocol's spec: it cannot drift."""
+    import re
+    from pathlib import Path
+
+    from peernet._io import control as endpoint
+
+    guide = (Path(__file__).resolve().parents[2] / "guides" / "protocol.md").read_text()
+    text = guide[guide.index("## 11. The control protocol"):]
+    assert re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE) == list(OPS)
+    assert f"{MAX_REQUEST_BYTES:,} bytes" in text
+    assert f"{proto.MAX_RESPONSE_BYTES // 2**20} MiB" in text
+    assert f"deeper\nthan {proto.MAX_DEPTH}" in text
+    assert f"within {endpoint.IDLE_TIMEOUT_S:g} s" in text
+    assert f"Up to {endpoint.MAX_CONNECTIONS} connections" in text
+    assert f"{endpoint.MAX_WATCHERS} may watch" in text
+    assert f"{endpoint.WATCH_QUEUE_BYTES // 2**20} MiB" in text
+    assert f"{int(proto._MAX_SECONDS):,}" in text
