@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .. import errors
+from . import strict_json
 
 __all__ = [
     "VERSION",
@@ -251,23 +252,9 @@ def _tagged(tag: str, inner: Any, depth: int) -> Any:
 # --- JSON ---------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r:.40}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _parse(line: bytes, what: str) -> Any:
     try:
-        return json.loads(line.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                          parse_constant=_no_constants)
+        return strict_json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise Refusal("BadRequest", f"{what} is not UTF-8") from None
     except RecursionError:

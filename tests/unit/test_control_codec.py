@@ -103,7 +103,7 @@ def test_a_request_round_trips_with_its_arguments_checked():
     (b'{"v":1,"op":"wait_for_peer","args":{"peer":"x","timeout":1e400}}', "BadRequest",
      "seconds"),
     (b'{"v":1,"op":"call","args":{"peer":"x","name":"n","timeout":NaN}}', "BadRequest",
-     "not JSON"),
+     "is not a number"),
     (b'{"v":1,"op":"call","args":{"peer":"x","name":"n","args":{"$eval":"x"}}}', "BadRequest",
      "tagged value"),
     (b'{"v":1,"op":"call","args":{"peer":"x","name":"n","args":{"$base64":"!!"}}}',
