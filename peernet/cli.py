@@ -430,13 +430,15 @@ class _Remote:
         """Deliver the node's peer events (and chat lines) on a thread of ours until
         the returned function is called."""
         watch = self.admin.watch(["chat", "peers"] if chat else ["peers"])
+        _ = self.trust  # the labels, fetched here rather than by the pump on its first event
 
         def pump() -> None:
             try:
                 for event in watch:
                     deliver(event)
-            except PeerNetError as exc:  # the node dropped the watch
-                print(f"peernet: {escape(str(exc))}", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 -- the node dropped the watch, or went
+                if not watch.ended:  # away while we asked it a label: one line, no traceback
+                    print(f"peernet: {escape(str(exc))}", file=sys.stderr, flush=True)
 
         thread = threading.Thread(target=pump, name="peernet-cli-watch", daemon=True)
         thread.start()
@@ -1287,17 +1289,19 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
             elif not _reach(node, pid, address, opts.wait, lambda: bool(stop)) and not stop:
                 out.note(f"{_unreachable(node, pid, address)}; will keep trying.")
             out.note(f"chat with {name}: type a line and press Enter; Ctrl-D or Ctrl-C ends.")
-            for line in _stdin_lines(stop):
-                if not line.strip():
-                    continue
-                try:
-                    delivered = node.send(pid, "chat", line)
-                except MessageTooLarge as exc:
-                    out.note(f"peernet: line not sent: {exc}")
-                    continue
-                if not delivered:
-                    out.note(f"(not delivered: {name} is offline) {line}")
-            quiet()  # our own shutdown is not news
+            try:
+                for line in _stdin_lines(stop):
+                    if not line.strip():
+                        continue
+                    try:
+                        delivered = node.send(pid, "chat", line)
+                    except MessageTooLarge as exc:
+                        out.note(f"peernet: line not sent: {exc}")
+                        continue
+                    if not delivered:
+                        out.note(f"(not delivered: {name} is offline) {line}")
+            finally:  # the running node may have gone away (ControlError): still stop
+                quiet()  # our own shutdown is not news
     return EXIT_OK
 
 
