@@ -20,10 +20,12 @@ from .proxy import PeerProxy, RemoteHandler
 from .invites import Invite
 from .discovery import MdnsDiscovery, UdpDiscovery
 from . import rpc
+from .control import Admin, ChatLine, NodeStatus, Watch, admin
 
 logging.getLogger("peernet").addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "Node", "PeerId", "Peer", "PeerEvent", "PeerList", "Nearby",
            "UdpDiscovery", "MdnsDiscovery", "HandlerFailure", "report_handler_error", "rpc",
            "PeerProxy", "RemoteHandler", "HandlerInfo", "HandlerList", "Invite",
-           "default_data_dir", *_errors_all]
+           "default_data_dir", "admin", "Admin", "NodeStatus", "ChatLine", "Watch",
+           *_errors_all]

@@ -6,8 +6,10 @@ Subcommands::
     peernet pair ID|N|PREFIX [--label L] [--yes]    trust a peer (both sides must pair);
                                                     N or PREFIX picks a `nearby` entry
     peernet unpair ID                               stop trusting a peer
+    peernet label ID LABEL                          relabel a paired peer ('' clears)
     peernet peers [--check ID@HOST:PORT]... [--timeout S]
                                                     the paired peers, as a status table
+    peernet status                                  the node running on the data dir
     peernet nearby [--wait S]                       unpaired nodes announcing on the LAN
     peernet listen [--host H] [--port N]            serve ``echo`` and ``chat`` until Ctrl-C
     peernet chat ID [--to HOST:PORT] [--host H] [--port N] [--wait S]
@@ -35,10 +37,15 @@ remembered address (the last one a node of this data dir reached) is tried. One-
 commands never announce themselves; ``listen`` and ``chat`` do.
 
 Every command takes ``--data-dir`` (default ``$PEERNET_DATA_DIR``, else
-``~/.local/share/peernet``): the identity and trust list. Commands that run a node
-(``listen``, ``chat``, ``call``, ``send``, ``peers --check``) and those that change the
-trust list (``pair``, ``unpair``) need the data dir to themselves: only one of them may
-run per data dir at a time.
+``~/.local/share/peernet``): the identity and trust list. When a node runs on that data
+dir (``peernet listen``, an app, a notebook), the commands work through it, over its
+control socket (``DATA_DIR/control.sock``, see ``peernet.admin``): ``pair``/``unpair``/
+``label`` take effect in it at once (an unpaired peer's links close), ``peers`` shows
+its live status, ``nearby`` what its discovery hears, and ``call``/``send``/``chat`` use
+its identity and links. Otherwise they use the files (and ``call``/``send``/``chat``/
+``peers --check``/``nearby`` run a node of their own). The output is the same either
+way. Only ``listen`` needs the data dir to itself. A node started with
+``control=False`` serves no socket: then commands that need the data dir are refused.
 
 ``ID`` is a peer id (``pn1…``) or the label of a paired peer. ``JSON`` arguments are
 parsed with ``json.loads`` (``-`` reads them from stdin); bytes travel as
@@ -51,7 +58,7 @@ Errors are one line on stderr, starting ``peernet: ``. Exit codes:
     1  runtime error (bad key or trust file, data dir in use, port in use, ...)
     2  usage error: bad arguments, bad peer id, bad JSON, bad HOST:PORT, own id
     3  peer unreachable: no link could be had, the link dropped, or a send was not
-       delivered because the peer is offline
+       delivered because the peer is offline; ``status``: no node runs on the data dir
     4  the peer refused or failed: no such handler, forbidden, busy, handler raised
     5  timeout: the peer did not answer in time
     6  not paired: pair the peer on this side first (``peernet pair ID``)
@@ -72,6 +79,7 @@ import binascii
 import codecs
 import errno
 import json
+import logging
 import os
 import queue
 import selectors
@@ -82,13 +90,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from ._fs import atomic_write, ensure_private_dir, read_private_file
 from ._text import escape, escape_json
+from ._io import lifecycle
+from ._io.control import SOCKET_NAME
 from ._io.lifecycle import DataDirLock
 from .errors import (
     Busy,
@@ -105,6 +115,7 @@ from .errors import (
     InviteRejected,
     InviteTimeout,
     MessageTooLarge,
+    NodeNotRunning,
     PortInUse,
     NoSuchHandler,
     NotPaired,
@@ -117,12 +128,13 @@ from .handlers import HandlerFailure, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
 from .node import Node, default_data_dir
+from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
 from ._io.netmon import LocalAddress, host_interfaces
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
-from .trust import TrustStore, normalize_label
+from .trust import TrustedPeer, TrustStore, normalize_label
 from ._proto.invite import LongCode, parse_code
 
 __all__ = [
@@ -176,7 +188,8 @@ pairing in one step (both sides trust each other; same LAN, or any network):
 
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
-Only one node may use a data dir at a time (stop `listen` before `pair`).
+While a node runs on the data dir (`listen`, an app), the other commands work
+through it: `pair` in a second terminal takes effect in it at once.
 
 exit codes:
   0 ok                     1 runtime error (data dir in use, bad key file...)
@@ -185,7 +198,8 @@ exit codes:
   6 not paired here        130 interrupted
   (invite/join: 4 wrong code or invite used/burned, 5 expired, 3 not found)
   (nearby: 3 when nothing answered; call/send without --to: 2 when there is no
-  discovery and no remembered address, 3 when the peer is not nearby in time)"""
+  discovery and no remembered address, 3 when the peer is not nearby in time;
+  status: 3 when no node runs on the data dir)"""
 
 
 class CliError(Exception):
@@ -309,6 +323,34 @@ class _Out:
             print(text, file=sys.stderr, flush=True)
 
 
+class _NoteHandler(logging.Handler):
+    """peernet's WARNINGs as notes on stderr (see :func:`_warnings_shown`)."""
+
+    def __init__(self, out: _Out) -> None:
+        super().__init__(logging.WARNING)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.note(f"peernet: {escape(record.getMessage())}")
+        except Exception:  # noqa: BLE001 -- logging's own policy for a failed emit
+            self.handleError(record)
+
+
+@contextmanager
+def _warnings_shown(out: _Out) -> Iterator[None]:
+    """While a long-running command serves, show the person watching it what peernet
+    warns about: above all a key it refused (a peer that paired this machine, which
+    this machine has not paired), with the command that lets it in."""
+    handler = _NoteHandler(out)
+    logger = logging.getLogger("peernet")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 # --- signals -----------------------------------------------------------------------
 
 
@@ -372,17 +414,185 @@ def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node
         raise
 
 
+# --- where a command runs: the node running on the data dir, or the data dir itself ---
+
+
+class _Remote:
+    """The node running on the data dir, reached through its control endpoint
+    (``peernet.admin``), with what the commands use of a :class:`Node`: the same
+    methods, plus ``trust``, a snapshot of its trust list (for labels and names)."""
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+        self.id = admin.id
+        self.data_dir = admin.data_dir
+        self._trust: TrustStore | None = None
+        self._status: NodeStatus | None = None
+
+    @property
+    def trust(self) -> TrustStore:
+        if self._trust is None:
+            self._trust = TrustStore(None, [TrustedPeer(p.id, p.label, 0.0)
+                                           for p in self.admin.list_peers()])
+        return self._trust
+
+    @property
+    def status(self) -> NodeStatus:
+        if self._status is None:
+            self._status = self.admin.status()
+        return self._status
+
+    @property
+    def port(self) -> int:
+        return self.status.port
+
+    def pair(self, pid: PeerId, label: str | None) -> PeerId:
+        self._trust = None
+        return self.admin.pair(pid, label)
+
+    def unpair(self, pid: PeerId) -> bool:
+        self._trust = None
+        return self.admin.unpair(pid)
+
+    def label(self, pid: PeerId, label: str | None) -> None:
+        self._trust = None
+        self.admin.label(pid, label)
+
+    def list_peers(self) -> list[Peer]:
+        return self.admin.list_peers()
+
+    def connect(self, pid: PeerId, host: str, port: int) -> None:
+        self.admin.connect(pid, host, port)
+
+    def wait_for_peer(self, pid: PeerId, timeout: float) -> bool:
+        return self.admin.wait_for_peer(pid, timeout)
+
+    def call(self, pid: PeerId, name: str, args: Any, *, timeout: float | None = None) -> Any:
+        return self.admin.call(pid, name, args, timeout=timeout)
+
+    def send(self, pid: PeerId, name: str, args: Any) -> bool:
+        return self.admin.send(pid, name, args)
+
+    def on_peer_change(self, callback: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        return self.follow(lambda event: callback(event) if isinstance(event, PeerEvent)
+                           else None, chat=False)
+
+    def follow(self, deliver: Callable[[PeerEvent | ChatLine], None], *,
+               chat: bool) -> Callable[[], None]:
+        """Deliver the node's peer events (and chat lines) on a thread of ours until
+        the returned function is called."""
+        watch = self.admin.watch(["chat", "peers"] if chat else ["peers"])
+        _ = self.trust  # the labels, fetched here rather than by the pump on its first event
+
+        def pump() -> None:
+            try:
+                for event in watch:
+                    deliver(event)
+            except Exception as exc:  # noqa: BLE001 -- the node dropped the watch, or went
+                if not watch.ended:  # away while we asked it a label: one line, no traceback
+                    print(f"peernet: {escape(str(exc))}", file=sys.stderr, flush=True)
+
+        thread = threading.Thread(target=pump, name="peernet-cli-watch", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            watch.close()
+            thread.join(5.0)
+
+        return stop
+
+
+class _Files:
+    """The data dir's files, when no node runs there: ``trust`` is its trust list
+    (held under the data-dir lock by a command that changes it)."""
+
+    def __init__(self, data_dir: Path, trust: TrustStore) -> None:
+        self.data_dir = data_dir
+        self.trust = trust
+
+    @property
+    def id(self) -> PeerId:
+        return load_or_create(self.data_dir).peer_id
+
+    def pair(self, pid: PeerId, label: str | None) -> PeerId:
+        return self.trust.pair(pid, label).peer_id
+
+    def unpair(self, pid: PeerId) -> bool:
+        return self.trust.unpair(pid)
+
+    def label(self, pid: PeerId, label: str | None) -> None:
+        self.trust.pair(pid, label if label is not None else "")  # "" clears it
+
+    def list_peers(self) -> list[Peer]:
+        """Paired peers as the files know them: no live status, the remembered address."""
+        book = AddressBook.load(ensure_private_dir(self.data_dir))
+        peers = []
+        for t in self.trust.list():
+            seen = book.get(t.peer_id)
+            peers.append(Peer(t.peer_id, t.label, "unknown", seen.address if seen else None,
+                              seen.last_seen if seen else None, None))
+        return peers
+
+
+#: What a command that runs a node gets: its own short-lived node, or the running one.
+_Live = Node | _Remote
+
+
+def _running(data_dir: Path) -> _Remote | None:
+    """The node running on ``data_dir`` if it serves a control endpoint; None when no
+    node runs there. CliError when one runs without an endpoint (``control=False``)."""
+    try:
+        return _Remote(Admin(data_dir))
+    except NodeNotRunning as exc:
+        if lifecycle.holder(data_dir) is not None:
+            raise CliError(f"{exc} (--data-dir)") from None
+        return None
+
+
 @contextmanager
-def _trust_store_locked(data_dir: Path) -> Iterator[TrustStore]:
+def _node_or_files(data_dir: Path, *, lock: bool) -> Iterator[_Remote | _Files]:
+    """The running node, else the files (under the data-dir lock when ``lock``: the
+    command changes them, and no node may start meanwhile)."""
+    remote = _running(data_dir)
+    if remote is not None:
+        yield remote
+        return
     directory = ensure_private_dir(data_dir)
+    if not lock:
+        yield _Files(directory, TrustStore.load(directory))
+        return
     try:
-        lock = DataDirLock(directory)
+        held = DataDirLock(directory)
     except DataDirLocked as exc:
-        raise CliError(_locked_message(data_dir, exc)) from None
+        remote = _running(data_dir)  # a node started meanwhile (it serves last)?
+        if remote is None:
+            raise CliError(_locked_message(data_dir, exc)) from None
+        yield remote
+        return
     try:
-        yield TrustStore.load(directory)
+        yield _Files(directory, TrustStore.load(directory))
     finally:
-        lock.release()
+        held.release()
+
+
+@contextmanager
+def _node_or_running(data_dir: Path, **settings: Any) -> Iterator[_Live]:
+    """The running node, else a short-lived one of our own (``_open_node`` settings)."""
+    remote = _running(data_dir)
+    if remote is None:
+        try:
+            node = _open_node(data_dir, **settings)
+        except CliError:
+            if lifecycle.holder(data_dir) is None:
+                raise
+            remote = _running(data_dir)  # a node started meanwhile?
+            if remote is None:
+                raise
+        else:
+            with node:
+                yield node
+            return
+    yield remote
 
 
 def resolve_peer(text: str, trust: TrustStore) -> PeerId:
@@ -415,11 +625,11 @@ def _require_paired(pid: PeerId, trust: TrustStore) -> None:
                        EXIT_NOT_PAIRED)
 
 
-def _status(node: Node, pid: PeerId) -> str | None:
+def _status(node: _Live, pid: PeerId) -> str | None:
     return next((p.status for p in node.list_peers() if p.id == pid), None)
 
 
-def _reach(node: Node, pid: PeerId, address: tuple[str, int] | None, timeout: float,
+def _reach(node: _Live, pid: PeerId, address: tuple[str, int] | None, timeout: float,
            stop: Callable[[], bool] = lambda: False) -> bool:
     """Connect to ``pid`` at ``address``; True once online, False when the first dial
     fails or ``timeout`` passes. ``address`` None: wherever discovery or a remembered
@@ -457,12 +667,12 @@ def _reach(node: Node, pid: PeerId, address: tuple[str, int] | None, timeout: fl
         unsubscribe()
 
 
-def _unreachable_hint(node: Node) -> str:
+def _unreachable_hint(node: _Live) -> str:
     return (f"(is the peer running `peernet listen`, and has it paired this machine, "
             f"{node.id}?)")
 
 
-def _unreachable(node: Node, pid: PeerId, address: tuple[str, int]) -> str:
+def _unreachable(node: _Live, pid: PeerId, address: tuple[str, int]) -> str:
     return (f"could not reach {_name(pid, node.trust)} at {address[0]}:{address[1]} "
             + _unreachable_hint(node))
 
@@ -636,7 +846,7 @@ def _no_address(pid: PeerId, trust: TrustStore) -> CliError:
                     "discovery (--discovery udp, or PEERNET_DISCOVERY=udp)", EXIT_USAGE)
 
 
-def _not_found(node: Node, pid: PeerId, lan: Lan, wait_s: float) -> str:
+def _not_found(node: _Live, pid: PeerId, lan: Lan, wait_s: float) -> str:
     return (f"{_name(pid, node.trust)} is not nearby: no {lan.named()} answer from it within "
             f"{wait_s:g} s (is it running `peernet listen --discovery {lan.modes[0]}` on "
             f"this network, and has it paired this machine, {node.id}?)")
@@ -697,29 +907,49 @@ def _pick_nearby(text: str, data_dir: Path) -> dict[str, Any] | None:
     return entry
 
 
-def _serve(node: Node, out: _Out) -> Callable[[], None]:
-    """Expose ``echo`` and ``chat`` and report peers going on/offline on stderr until the
-    returned function is called."""
+def _show_chat(out: _Out, who: str, text: str) -> None:
+    """An incoming chat message, one line per line, after the sender's (escaped) name."""
+    for line in text.splitlines() or [""]:
+        out.line(f"{who}: {_printable(line)}")
 
-    def chat(peer: PeerId, text: Any) -> None:
+
+def _show_change(out: _Out, who: str, event: PeerEvent) -> None:
+    if event.status == event.previous:
+        return
+    if event.status == "online":
+        out.note(f"* {who} is online")
+    elif event.previous == "online":
+        out.note(f"* {who} went offline")
+
+
+def _serve(node: _Live, out: _Out, *, chat: bool = True) -> Callable[[], None]:
+    """Show incoming chat lines on stdout and peers going on/offline on stderr until
+    the returned function is called. Our own node exposes ``echo`` and ``chat`` (and
+    relays each chat line to control clients watching it, such as a second ``peernet
+    chat``); the running node is followed through its control endpoint (its chat lines
+    only when ``chat``: it relays them)."""
+    if isinstance(node, _Remote):
+        def deliver(event: PeerEvent | ChatLine) -> None:
+            if isinstance(event, ChatLine):
+                _show_chat(out, _name(event.peer, node.trust), event.text)
+            else:
+                _show_change(out, _name(event.id, node.trust), event)
+
+        return node.follow(deliver, chat=chat)
+    relay = node._feed("chat")
+
+    def on_chat(peer: PeerId, text: Any) -> None:
         if not isinstance(text, str):
             raise TypeError("chat takes a string")
-        who = _name(peer, node.trust)
-        for line in text.splitlines() or [""]:
-            out.line(f"{who}: {_printable(line)}")
-
-    def on_change(event: PeerEvent) -> None:
-        if event.status == event.previous:
-            return
-        who = _name(event.id, node.trust)
-        if event.status == "online":
-            out.note(f"* {who} is online")
-        elif event.previous == "online":
-            out.note(f"* {who} went offline")
+        _show_chat(out, _name(peer, node.trust), text)
+        if relay is not None:
+            entry = node.trust.get(peer)
+            relay({"peer": str(peer), "label": entry.label if entry else None, "text": text})
 
     node.expose("echo", lambda peer, args: args)
-    node.expose("chat", chat)
-    return node.on_peer_change(on_change)
+    node.expose("chat", on_chat)
+    return node.on_peer_change(lambda event: _show_change(out, _name(event.id, node.trust),
+                                                          event))
 
 
 def _stdin_lines(stop: _StopFlag) -> Iterator[str]:
@@ -809,30 +1039,48 @@ def cmd_pair(opts: argparse.Namespace, data_dir: Path) -> int:
             raise CliError(str(exc), EXIT_USAGE) from None
         pid = picked["id"]
         _confirm_nearby(picked, opts.yes)
-    with _trust_store_locked(data_dir) as trust:
-        own = load_or_create(data_dir).peer_id
+    with _node_or_files(data_dir, lock=True) as target:
+        own = target.id
         if pid == own:
             raise CliError("that is this machine's own id; pair the other machine's id",
                            EXIT_USAGE)
-        was = trust.is_trusted(pid)
+        was = target.trust.is_trusted(pid)
         try:
-            entry = trust.pair(pid, opts.label)
+            target.pair(pid, opts.label)
         except (TypeError, ValueError) as exc:
             raise CliError(f"bad label: {exc}", EXIT_USAGE) from None
-    label = f" ({_printable(entry.label)})" if entry.label else ""
+        entry = target.trust.get(pid)
+    label = f" ({_printable(entry.label)})" if entry is not None and entry.label else ""
     print(f"{'already paired' if was else 'paired'} with {pid.short}{label}")
     print(f"the other side must pair this machine too: peernet pair {own}")
     return EXIT_OK
 
 
 def cmd_unpair(opts: argparse.Namespace, data_dir: Path) -> int:
-    """Stop trusting a peer (by id or label)."""
-    with _trust_store_locked(data_dir) as trust:
-        pid = resolve_peer(opts.peer, trust)
-        name = _name(pid, trust)
-        if not trust.unpair(pid):
+    """Stop trusting a peer (by id or label); a running node closes its links at once."""
+    with _node_or_files(data_dir, lock=True) as target:
+        pid = resolve_peer(opts.peer, target.trust)
+        name = _name(pid, target.trust)
+        if not target.unpair(pid):
             raise CliError(f"{pid.short} is not paired; nothing to do", EXIT_NOT_PAIRED)
     print(f"unpaired {name}" + (f" ({pid.short})" if name != pid.short else ""))
+    return EXIT_OK
+
+
+def cmd_label(opts: argparse.Namespace, data_dir: Path) -> int:
+    """Give a paired peer a new label, or clear it (an empty label)."""
+    with _node_or_files(data_dir, lock=True) as target:
+        pid = resolve_peer(opts.peer, target.trust)
+        _require_paired(pid, target.trust)
+        try:
+            target.label(pid, opts.label)
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"bad label: {exc}", EXIT_USAGE) from None
+        entry = target.trust.get(pid)
+    if entry is not None and entry.label:
+        print(f"{pid.short} is now labelled {_printable(entry.label)}")
+    else:
+        print(f"{pid.short} has no label now")
     return EXIT_OK
 
 
@@ -883,35 +1131,35 @@ def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
 
 
 def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
-    """The status table of paired peers; ``--check`` dials some of them first; with
-    discovery on, the addresses it finds (and the live status)."""
-    lan = choose_lan(opts, data_dir) if not opts.check else None
-    if lan:
-        return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
-    if not opts.check:
-        trust = TrustStore.load(data_dir)
-        book = AddressBook.load(ensure_private_dir(data_dir))
-        peers = []
-        for t in trust.list():
-            seen = book.get(t.peer_id)
-            peers.append(Peer(t.peer_id, t.label, "unknown", seen.address if seen else None,
-                              seen.last_seen if seen else None, None))
-        if not peers:
-            print("no paired peers yet; pair one with: peernet pair ID --label NAME")
-            return EXIT_OK
-        print(_table(peers))
-        print("(live status is known only to a running node; dial peers with "
-              "--check ID@HOST:PORT)", file=sys.stderr)
-        return EXIT_OK
+    """The status table of paired peers: live from the running node, else from the
+    files; ``--check`` dials some of them first; with discovery on (and no node
+    running), the addresses it finds and the live status."""
     targets: list[tuple[str, tuple[str, int]]] = []
     for item in opts.check:
         who, sep, where = item.rpartition("@")
         if not sep or not who:
             raise CliError(f"bad --check {item!r}: expected ID@HOST:PORT", EXIT_USAGE)
         targets.append((who, parse_address(where)))
-    # A short heartbeat so an rtt is measured while we wait.
-    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
-                    redial_remembered=False, heartbeat_interval=0.1, heartbeat_timeout=60.0) as node:
+    if not targets:
+        with _node_or_files(data_dir, lock=False) as target:
+            if isinstance(target, _Files):
+                lan = choose_lan(opts, data_dir)
+                if lan:
+                    return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
+            peers = target.list_peers()
+        if not peers:
+            print("no paired peers yet; pair one with: peernet pair ID --label NAME")
+            return EXIT_OK
+        print(_table(peers))
+        if isinstance(target, _Files):
+            print("(no node is running on this data dir, so the status is not live; dial "
+                  "peers with --check ID@HOST:PORT)", file=sys.stderr)
+        return EXIT_OK
+    # A short heartbeat so an rtt is measured while we wait (the running node pings a
+    # link that has none yet whenever its peers are listed).
+    with _node_or_running(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                          redial_remembered=False, heartbeat_interval=0.1,
+                          heartbeat_timeout=60.0) as node:
         pids = []
         for who, address in targets:
             pid = resolve_peer(who, node.trust)
@@ -933,19 +1181,30 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
 
 def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
     """Unpaired nodes announcing on the LAN, numbered for ``peernet pair N``."""
-    lan = choose_lan(opts, data_dir)
-    if not lan:
-        raise CliError("nearby needs discovery: --discovery udp or mdns (or set "
-                       "PEERNET_DISCOVERY=udp)", EXIT_USAGE)
-    sources = make_discovery(lan, one_shot=True)
-    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
-                    redial_remembered=False, discovery=sources) as node:
-        _solicit(sources)
-        deadline = time.monotonic() + opts.wait
-        while time.monotonic() < deadline:  # answers come at once; announces as they will
-            time.sleep(0.05)
-        heard = node.list_nearby()
-        directory = node.data_dir
+    remote = _running(data_dir)
+    if remote is not None:
+        modes = remote.status.discovery
+        if not modes:
+            raise CliError(f"the node running on {data_dir} (pid {remote.status.pid}) runs no "
+                           "discovery, so it hears nobody nearby: start it with discovery "
+                           "(e.g. peernet listen --discovery udp)", EXIT_USAGE)
+        heard = remote.admin.list_nearby(wait=min(opts.wait, 30.0))
+        directory = data_dir
+    else:
+        lan = choose_lan(opts, data_dir)
+        if not lan:
+            raise CliError("nearby needs discovery: --discovery udp or mdns (or set "
+                           "PEERNET_DISCOVERY=udp)", EXIT_USAGE)
+        modes = lan.modes
+        sources = make_discovery(lan, one_shot=True)
+        with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                        redial_remembered=False, discovery=sources) as node:
+            _solicit(sources)
+            deadline = time.monotonic() + opts.wait
+            while time.monotonic() < deadline:  # answers come at once; announces as they will
+                time.sleep(0.05)
+            heard = node.list_nearby()
+            directory = node.data_dir
     by_id: dict[PeerId, dict[str, Any]] = {}
     for n in heard:  # newest first; one row per node, all the ways it was heard
         row = by_id.get(n.id)
@@ -957,9 +1216,9 @@ def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
     rows = list(by_id.values())
     _save_nearby(directory, rows)
     if not rows:
-        print(f"peernet: nothing nearby: no unpaired node answered on {lan.named()} within "
-              f"{opts.wait:g} s (is the other machine running `peernet listen --discovery "
-              f"{lan.modes[0]}` on this network?)", file=sys.stderr)
+        print(f"peernet: nothing nearby: no unpaired node answered on {' and '.join(modes)} "
+              f"within {opts.wait:g} s (is the other machine running `peernet listen "
+              f"--discovery {modes[0]}` on this network?)", file=sys.stderr)
         return EXIT_UNREACHABLE
     table = [("#", "ID", "ADDRESS", "VIA", "AGE")]
     for i, row in enumerate(rows, 1):
@@ -972,12 +1231,47 @@ def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_OK
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+    return f"{seconds // 86400:.0f} d {seconds % 86400 / 3600:.0f} h"
+
+
+def cmd_status(opts: argparse.Namespace, data_dir: Path) -> int:
+    """The node running on the data dir: id, process, uptime, port, peers, links,
+    handlers, discovery. Exit code 3 when none runs there."""
+    remote = _running(data_dir)
+    if remote is None:
+        print(f"node:      not running (no peernet node holds {data_dir})")
+        return EXIT_UNREACHABLE
+    s = remote.status
+    process = lifecycle.holder(data_dir) or f"pid {s.pid}"
+    rows = [
+        ("id", str(s.id)),
+        ("node", f"running for {_duration(s.uptime_s)} in {process}"),
+        ("listening", f"{s.host}:{s.port}"),
+        ("peers", f"{s.peers} paired, {s.online} online"),
+        ("links", str(s.links)),
+        ("handlers", ", ".join(s.handlers) or "none"),
+        ("discovery", ", ".join(s.discovery) or "none (manual addresses only)"),
+        ("control", str(remote.data_dir / SOCKET_NAME)),
+        ("version", f"peernet {s.version}"),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<10} {value}")
+    return EXIT_OK
+
+
 def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     """Serve ``echo`` and ``chat`` until Ctrl-C or SIGTERM."""
     out = _Out()
     lan = choose_lan(opts, data_dir)
     sources = make_discovery(lan, one_shot=False)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, _warnings_shown(out):
         with _open_node(data_dir, host=opts.host, port=opts.port, discovery=sources) as node:
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
@@ -985,7 +1279,7 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
                 out.note(line)
             if len(node.trust) == 0:
                 out.note("no peers paired yet: nobody can connect. Pair one with "
-                         "`peernet pair ID` (stop this first).")
+                         "`peernet pair ID` (in another terminal: this node takes it at once).")
             where = "" if lan else f" --to THIS_HOST:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
                      f"peernet call {node.id} echo '\"hi\"'{where}")
@@ -996,25 +1290,49 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_OK
 
 
+def _attached(remote: _Remote, name: str, relays: bool) -> str:
+    """What ``chat`` through the running node says about where the peer's lines go."""
+    status = remote.status
+    node = f"the node running on {remote.data_dir} (pid {status.pid}, port {status.port})"
+    if relays:
+        return f"chatting through {node}: its incoming chat lines are shown here too"
+    if "chat" in status.handlers:
+        return (f"chatting through {node}: your lines are sent from it, but {name}'s lines "
+                "go to its own chat handler, which does not relay them here")
+    return (f"chatting through {node}: your lines are sent from it, but it has no chat "
+            f"handler, so {name}'s lines to it are dropped (run `peernet listen` as the "
+            "node to have them shown)")
+
+
 def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
-    """Interactive chat: stdin lines go to the peer's ``chat``; its lines are printed."""
+    """Interactive chat: stdin lines go to the peer's ``chat``; its lines are printed.
+    When a node runs on the data dir, through that node (``_attached``)."""
     address = parse_address(opts.to) if opts.to else None
-    lan = choose_lan(opts, data_dir) if address is None else None
-    sources = make_discovery(lan, one_shot=False) if lan else []
     out = _Out()
-    with _stop_on_signals() as stop:
-        with _open_node(data_dir, host=opts.host, port=opts.port,
-                        redial_remembered=False, discovery=sources) as node:
+    with _stop_on_signals() as stop, _warnings_shown(out):
+        remote = _running(data_dir)
+        lan = choose_lan(opts, data_dir) if address is None and remote is None else None
+        sources = make_discovery(lan, one_shot=False) if lan else []
+        with (nullcontext(remote) if remote is not None else
+              _open_node(data_dir, host=opts.host, port=opts.port,
+                         redial_remembered=False, discovery=sources)) as node:
             pid = resolve_peer(opts.peer, node.trust)
             _require_paired(pid, node.trust)
             name = _name(pid, node.trust)
-            quiet = _serve(node, out)
-            out.line(f"READY id={node.id} port={node.port} host={opts.host}")
-            remembered = _remembered(node, pid)
-            if address is None and (lan or remembered):
+            relays = remote is None or "chat" in remote.status.feeds
+            quiet = _serve(node, out, chat=relays)
+            host = remote.status.host if remote is not None else opts.host
+            out.line(f"READY id={node.id} port={node.port} host={host}")
+            if remote is not None:
+                out.note(_attached(remote, name, relays))
+                if _status(node, pid) == "online":  # no event will say so: it was before
+                    out.note(f"* {name} is online")
+            remembered = _remembered(node, pid) if remote is None else None
+            if address is None and (lan or remembered or remote is not None):
                 if not _reach(node, pid, None, opts.wait, lambda: bool(stop)) and not stop:
                     host, port = remembered or ("?", 0)
                     out.note((_not_found(node, pid, lan, opts.wait) if lan else
+                              f"{name} is not online yet" if remote is not None else
                               f"could not reach {name} at its remembered address "
                               f"{host}:{port}") + "; will keep trying.")
             elif address is None:
@@ -1023,17 +1341,19 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
             elif not _reach(node, pid, address, opts.wait, lambda: bool(stop)) and not stop:
                 out.note(f"{_unreachable(node, pid, address)}; will keep trying.")
             out.note(f"chat with {name}: type a line and press Enter; Ctrl-D or Ctrl-C ends.")
-            for line in _stdin_lines(stop):
-                if not line.strip():
-                    continue
-                try:
-                    delivered = node.send(pid, "chat", line)
-                except MessageTooLarge as exc:
-                    out.note(f"peernet: line not sent: {exc}")
-                    continue
-                if not delivered:
-                    out.note(f"(not delivered: {name} is offline) {line}")
-            quiet()  # our own shutdown is not news
+            try:
+                for line in _stdin_lines(stop):
+                    if not line.strip():
+                        continue
+                    try:
+                        delivered = node.send(pid, "chat", line)
+                    except MessageTooLarge as exc:
+                        out.note(f"peernet: line not sent: {exc}")
+                        continue
+                    if not delivered:
+                        out.note(f"(not delivered: {name} is offline) {line}")
+            finally:  # the running node may have gone away (ControlError): still stop
+                quiet()  # our own shutdown is not news
     return EXIT_OK
 
 
@@ -1044,7 +1364,7 @@ def _check_handler(name: str) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def _remembered(node: Node, pid: PeerId) -> tuple[str, int] | None:
+def _remembered(node: _Live, pid: PeerId) -> tuple[str, int] | None:
     """The address a node of this data dir last reached ``pid`` at, if any."""
     seen = AddressBook.load(node.data_dir).get(pid)
     return seen.address if seen is not None else None
@@ -1052,13 +1372,21 @@ def _remembered(node: Node, pid: PeerId) -> tuple[str, int] | None:
 
 @contextmanager
 def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
-        Node, PeerId, Any, tuple[str, int] | None, Lan | None]]:
-    """For call/send: check the handler, JSON and address, then a short-lived node and
-    the paired peer named on the command line. Without ``--to``: discovery (asking,
-    never announcing) or the remembered address, else a usage error."""
+        _Live, PeerId, Any, tuple[str, int] | None, Lan | None]]:
+    """For call/send: check the handler, JSON and address, then the node running on
+    the data dir (its identity, links and discovery), else a short-lived node of our
+    own, and the paired peer named on the command line. Our own node, without
+    ``--to``: discovery (asking, never announcing) or the remembered address, else a
+    usage error."""
     _check_handler(opts.handler)
     args = parse_json_arg(opts.json)
     address = parse_address(opts.to) if opts.to else None
+    remote = _running(data_dir)
+    if remote is not None:
+        pid = resolve_peer(opts.peer, remote.trust)
+        _require_paired(pid, remote.trust)
+        yield remote, pid, args, address, None
+        return
     lan = choose_lan(opts, data_dir) if address is None else None
     sources = make_discovery(lan, one_shot=True) if lan else []
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
@@ -1070,13 +1398,16 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
         yield node, pid, args, address, lan
 
 
-def _unreachable_without_to(node: Node, pid: PeerId, lan: Lan | None, wait_s: float) -> str:
+def _unreachable_without_to(node: _Live, pid: PeerId, lan: Lan | None,
+                            wait_s: float) -> CliError:
     if lan:
-        return _not_found(node, pid, lan, wait_s)
-    remembered = _remembered(node, pid) or ("?", 0)
-    return (f"could not reach {_name(pid, node.trust)} at its remembered address "
-            f"{remembered[0]}:{remembered[1]}: give --to HOST:PORT, or turn on discovery "
-            "(--discovery udp, or PEERNET_DISCOVERY=udp)")
+        return CliError(_not_found(node, pid, lan, wait_s), EXIT_UNREACHABLE)
+    remembered = _remembered(node, pid)
+    if remembered is None:  # the running node knows no address either
+        return _no_address(pid, node.trust)
+    return CliError(f"could not reach {_name(pid, node.trust)} at its remembered address "
+                    f"{remembered[0]}:{remembered[1]}: give --to HOST:PORT, or turn on "
+                    "discovery (--discovery udp, or PEERNET_DISCOVERY=udp)", EXIT_UNREACHABLE)
 
 
 def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
@@ -1088,11 +1419,12 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
             result = node.call(pid, opts.handler, args, timeout=opts.timeout)
         except PeerUnavailable as exc:
             if address is None and (lan or "no known address" in str(exc)):
-                raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
-                               EXIT_UNREACHABLE) from None
+                raise _unreachable_without_to(node, pid, lan, opts.timeout) from None
             # A peer that broke the protocol was reached: asking whether it runs
-            # `peernet listen` would send the user looking in the wrong place.
-            hint = "" if getattr(exc, "protocol_error", False) else f" {_unreachable_hint(node)}"
+            # `peernet listen` would send the user looking in the wrong place. A peer
+            # that refused our key: the error already names the id it must pair.
+            told = getattr(exc, "protocol_error", False) or str(node.id) in str(exc)
+            hint = "" if told else f" {_unreachable_hint(node)}"
             raise CliError(f"{exc}{hint}", EXIT_UNREACHABLE) from None
     print(dump_json(result), flush=True)
     return EXIT_OK
@@ -1103,8 +1435,7 @@ def cmd_send(opts: argparse.Namespace, data_dir: Path) -> int:
     with _to_peer(opts, data_dir) as (node, pid, args, address, lan):
         if not _reach(node, pid, address, opts.timeout):
             if address is None:
-                raise CliError(_unreachable_without_to(node, pid, lan, opts.timeout),
-                               EXIT_UNREACHABLE)
+                raise _unreachable_without_to(node, pid, lan, opts.timeout)
             raise CliError(_unreachable(node, pid, address), EXIT_UNREACHABLE)
         if not node.send(pid, opts.handler, args):
             raise CliError(f"not delivered: {_name(pid, node.trust)} went offline",
@@ -1307,6 +1638,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("unpair", cmd_unpair, "stop trusting a peer (closes its links)")
     p.add_argument("peer", metavar="ID", help=peer_help)
+
+    p = command("label", cmd_label, "give a paired peer a new label ('' clears it)",
+                "example: peernet label pn1aaa... kitchen-pi")
+    p.add_argument("peer", metavar="ID", help=peer_help)
+    p.add_argument("label", metavar="LABEL", help="the new label; '' clears it")
+
+    command("status", cmd_status, "the node running on the data dir: id, process, uptime, "
+            "port, peers, links, handlers, discovery",
+            "exit code 3 when no node runs there")
 
     p = command("peers", cmd_peers, "list paired peers: label, id, status, address, "
                 "last seen, rtt",

@@ -37,6 +37,8 @@ __all__ = [
     "Forbidden",
     "RemoteError",
     "Busy",
+    "ControlError",
+    "NodeNotRunning",
     "InviteError",
     "InvalidInviteCode",
     "InviteRejected",
@@ -201,6 +203,25 @@ class RemoteError(CallError):
         self.message = message
         text = f"remote handler raised {type_name}"
         super().__init__(f"{text}: {message}" if message else text)
+
+
+# --- controlling a running node (peernet.admin) ----------------------------------------
+
+
+class ControlError(PeerNetError):
+    """The control endpoint of a running node refused a request (``kind`` says why:
+    ``BadRequest``, ``RequestTooLarge``, ``AccessDenied``, ``TooManyWatchers``, ...),
+    answered something unreadable, or the connection to it broke. Also raised by
+    ``Node(...)`` when it cannot serve its endpoint (``control=False`` turns it off)."""
+
+    def __init__(self, message: str, kind: str = "ControlError") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class NodeNotRunning(ControlError):
+    """No node serves a control endpoint on that data dir: none runs there, or the one
+    that does was started with ``control=False`` (the message says which)."""
 
 
 # --- invite codes (Node.invite / Node.join) ------------------------------------------

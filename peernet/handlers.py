@@ -32,6 +32,7 @@ from ._proto.messages import (
     exception_detail,
     is_valid_handler_name,
 )
+from ._text import escape
 from .errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from .ids import PeerId
 
@@ -101,7 +102,8 @@ def report_handler_error(failure: HandlerFailure) -> None:
     Flask's logging, a handler on the ``"peernet"`` logger), the failure is logged
     once at ERROR on ``peernet.handlers`` with its traceback. Otherwise it is printed
     to ``sys.stderr`` with the handler's name, the peer's short id and the
-    traceback, as ``threading.excepthook`` prints an uncaught exception.
+    traceback, as ``threading.excepthook`` prints an uncaught exception (control and
+    bidi characters escaped: the message may quote what the peer sent).
     """
     exc = failure.exception
     where = "authorize of handler" if failure.in_authorize else "handler"
@@ -112,9 +114,11 @@ def report_handler_error(failure: HandlerFailure) -> None:
     stream = sys.stderr
     if stream is None:  # pythonw, or a daemon that closed it
         return
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # The message may quote what the peer sent: no control sequence reaches the terminal.
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    shown = "\n".join(escape(line) for line in text.split("\n"))
     stream.write(f"peernet: exception in {where} {failure.handler!r} "
-                 f"(call from {failure.peer.short}):\n" + "".join(lines))
+                 f"(call from {failure.peer.short}):\n" + shown)
     stream.flush()
 
 

@@ -9,7 +9,10 @@ Threads a node starts (all daemons, all joined by ``close()``):
 - ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links,
   heartbeats, reconnects, discovery expiry);
 - ``peernet-netmon``: polls the host's addresses (``network_monitor=True``);
-- ``peernet-udp`` / ``peernet-mdns``: discovery, when asked for.
+- ``peernet-udp`` / ``peernet-mdns``: discovery, when asked for;
+- ``peernet-control`` (+ one ``peernet-control-conn`` per client, at most 16): the
+  control endpoint ``data_dir/control.sock`` that ``peernet.admin`` and the CLI use
+  (``control=True``, the default).
 
 See guides/architecture.md for the path of one ``call()``.
 """
@@ -30,6 +33,7 @@ from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
 from ._addresses import AddressBook
+from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (
     CallTimeout,
@@ -65,6 +69,8 @@ from .trust import TrustStore
 from .invites import Invite, InviteBook
 from ._io import lifecycle
 from ._io.acceptor import Acceptor, open_listener
+from ._io.control import SUPPORTED as control_supported
+from ._io.control import ControlServer
 from .discovery.hints import Hints
 from .discovery.host import Host
 from ._io.link import Link
@@ -183,6 +189,13 @@ class Node:
         ask (``handlers_of``) which of this node's handlers it may call, and gets each
         one's name and the first line of its docstring, only for handlers whose
         ``authorize`` allows it. False refuses such requests (``no_such_handler``).
+    :param control: True (default) serves the control endpoint, a Unix socket
+        ``data_dir/control.sock`` (0600 in the 0700 data dir) through which processes of
+        the same user, or root, manage this running node: ``peernet.admin(data_dir)``,
+        and the ``peernet`` command (``pair``, ``unpair``, ``peers``, ``call``, ...) in
+        another terminal. It gives them this node's full power, as its files already
+        do. False serves nothing (such commands then say the data dir is in use).
+        Linux only (it relies on ``SO_PEERCRED``); elsewhere no endpoint is served.
 
     Wherever a method takes a peer it accepts a :class:`PeerId`, its ``pn1...`` text,
     32 raw bytes, or the label of a paired peer (see :meth:`resolve`).
@@ -214,6 +227,7 @@ class Node:
         redial_remembered: bool = True,
         on_handler_error: Callable[[HandlerFailure], None] = report_handler_error,
         directory: bool = True,
+        control: bool = True,
     ) -> None:
         self._closed = True  # until it is built: repr() and close() of a half-built node work
         self._close_lock = threading.Lock()
@@ -301,6 +315,13 @@ class Node:
                 self._discoveries.append(source)
             if redial_remembered:
                 self._mesh.redial_remembered()
+            self._started_at = time.monotonic()
+            if control and not control_supported:
+                log.info("no control endpoint: it needs Unix sockets with SO_PEERCRED (Linux)")
+            elif control:  # last: a client that reaches it finds a node that is all up
+                self._control_ops = ControlOps(self)
+                self._control = ControlServer(self._data_dir, self._control_ops.handle)
+                self._control_ops.serve(self._control)
         except BaseException:
             self._closed = True
             self._shutdown_partial()
@@ -858,6 +879,12 @@ class Node:
             if solicit is not None:
                 solicit()
 
+    def _feed(self, topic: str) -> Callable[[dict[str, Any]], None] | None:
+        """For a handler that relays what it receives to control clients watching
+        ``topic`` (the CLI's chat handler); None when this node serves no endpoint."""
+        ops = getattr(self, "_control_ops", None)
+        return ops.feed(topic) if ops is not None else None
+
     def _on_trust_change(self, event: str, peer: PeerId) -> None:
         if event == "unpaired":
             self._mesh.drop_peer(peer)
@@ -874,6 +901,9 @@ class Node:
         """Stop whatever was started, in order; works on a half-built node too."""
         deadline = time.monotonic() + self._settings.close_timeout
         left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+        control: ControlServer | None = getattr(self, "_control", None)
+        if control is not None:
+            control.stop()  # first: clients learn at once that this node is going
         unsubscribe = getattr(self, "_unsubscribe_trust", None)
         if unsubscribe is not None:
             unsubscribe()
@@ -899,4 +929,6 @@ class Node:
             netmon.stop(left())
         if mesh is not None:
             mesh.finish(left)
+        if control is not None:
+            control.join(left())
         self._dir_lock.release()

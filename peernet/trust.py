@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from . import _fs
+from ._proto import strict_json
 from .errors import InvalidPeerId, TrustStoreError
 from .ids import PeerId
 
@@ -437,9 +438,7 @@ def _parse_file(data: bytes, path: Path) -> builtins.list[TrustedPeer]:
     except UnicodeDecodeError as exc:
         bad(f"not UTF-8 text (byte {exc.start})")
     try:
-        document = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
-        )
+        document = strict_json.loads(text)
     except (ValueError, RecursionError) as exc:
         bad(f"not valid JSON ({exc})")
     if not isinstance(document, dict):
@@ -481,19 +480,6 @@ def _parse_file(data: bytes, path: Path) -> builtins.list[TrustedPeer]:
             bad(f"{where}.added_at must be a non-negative number, found {added_at!r}")
         entries.append(TrustedPeer(peer_id, label, float(added_at)))
     return entries
-
-
-def _no_duplicate_keys(pairs: builtins.list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a number")
 
 
 def _json_type(value: object) -> str:

@@ -13,7 +13,7 @@ want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) [$extras]"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   spec="$root"
   [ -n "$extras" ] && spec="$root[$extras]"
-  echo "installing peernet${extras:+[$extras]} into .venv (once; later runs start at once)..." >&2
+  echo "installing peernet-py${extras:+[$extras]} into .venv (once; later runs start at once)..." >&2
   # pip's and setuptools' chatter (the editable-install banner) goes to a log, shown
   # only if the install fails.
   log="$venv/install.log"

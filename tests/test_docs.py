@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,8 +81,43 @@ def test_install_lines_name_our_own_distribution():
         assert spec == ours, f"install line names {spec!r}, not {ours!r}: {line}"
 
 
-def test_extras_hints_in_the_code_name_our_own_distribution():
+def _user_facing_texts() -> list[Path]:
+    """Everything a user reads or runs that may name the distribution: the docs, the
+    changelog, the library (its hints and errors) and the scripts (their messages)."""
+    return [*_docs(), ROOT / "CHANGELOG.md", *(ROOT / "peernet").rglob("*.py"),
+            *(p for p in (ROOT / "scripts").rglob("*") if p.is_file()
+              and p.suffix in ("", ".py", ".sh"))]
+
+
+def test_extras_hints_name_our_own_distribution():
+    """`peernet[mdns]` would install the unrelated project's package: every mention of
+    an extra (an install hint, an error message, a changelog line, the line scripts/test
+    prints while it installs) names ours."""
     ours = _distribution_name()
-    for path in (ROOT / "peernet").rglob("*.py"):
-        for hint in re.findall(r"peernet(?:-py)?\[\w+\]", path.read_text()):
-            assert hint.startswith(ours + "["), f"{path.name}: {hint}"
+    for path in _user_facing_texts():
+        text = path.read_text(errors="replace")
+        for hint in re.findall(r"peernet(?:-py)?(?:\[\w+\]|\$\{extras)", text):
+            assert hint.startswith(ours), f"{path.relative_to(ROOT)}: {hint}"
+
+
+def test_pip_lines_with_extras_are_quoted():
+    """Unquoted, `pip install peernet-py[mdns]` fails in zsh (macOS's default shell)
+    with "no matches found"."""
+    for path in _user_facing_texts():
+        for line in path.read_text(errors="replace").splitlines():
+            for spec in re.findall(r"pip install\s+(\S+\[)", line):
+                assert spec[0] in "\"'", f"{path.relative_to(ROOT)}: {line.strip()}"
+
+
+def test_the_quick_start_waits_for_the_peer_before_it_sends():
+    """`send()` never waits: straight after `connect()` it returns False. The quick
+    start (what people copy) waits first, and the docs say why where send and connect
+    are described."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start"):readme.index("## Install")]
+    assert quick_start.index(".wait_for_peer(") < quick_start.index(".send(")
+    assert "`send()` never waits" in quick_start and "`wait_for_peer()` first" in quick_start
+    import peernet
+
+    assert "wait_for_peer" in peernet.Node.send.__doc__
+    assert "wait_for_peer" in peernet.Node.connect.__doc__

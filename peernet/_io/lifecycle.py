@@ -20,9 +20,10 @@ import weakref
 from pathlib import Path
 from typing import Protocol
 
+from .._text import escape
 from ..errors import DataDirLocked
 
-__all__ = ["DataDirLock", "track", "untrack"]
+__all__ = ["DataDirLock", "holder", "track", "untrack"]
 
 LOCK_FILE = "node.lock"
 
@@ -68,6 +69,37 @@ class DataDirLock:
                 pass
         # else: a forked child letting go of its copy; the parent still holds the lock
         os.close(fd)  # closing the descriptor drops the flock
+
+
+def holder(data_dir: Path) -> str | None:
+    """Who seems to hold ``data_dir``'s lock, for a message ("another process (pid
+    N: its command line)", "this process"), or None when no live process wrote its pid
+    there. Reads the pid the holder wrote; never takes the lock, so it cannot get in
+    the way of a node starting at that moment. A pid left by a killed node names a
+    process only while one with that pid lives."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        pid = _holder_pid(fd)
+        if pid is not None and _held_here(_file_key(fd)):
+            return "this process"
+    finally:
+        os.close(fd)
+    if pid is None or pid == os.getpid() or not _alive(pid):
+        return None
+    return _describe_process(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether it exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: it exists
+    return True
 
 
 # Lock files held by nodes of this process, by (device, inode), with the pid that took
@@ -118,9 +150,7 @@ def _command_line(pid: int) -> str | None:
     args = [a.decode("utf-8", "backslashreplace") for a in raw.split(b"\0") if a]
     if not args:
         return None  # a zombie or a kernel thread
-    text = " ".join(args)
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    text = escape(" ".join(args))
     if len(text) > _MAX_CMDLINE_CHARS:
         text = text[:_MAX_CMDLINE_CHARS - 3] + "..."
     return text

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 An **invite** lets two nodes pair each other in one step. The inviter shows a code; the
 joiner types it; both end up trusting each other, each under the label the other
-proposed. guides/protocol.md section 11 specifies every byte; in short:
+proposed. guides/protocol.md section 12 specifies every byte; in short:
 
 1. **Codes.** A *short code* ``7-amber-orbit`` is a nameplate number (public: it is in
    the inviter's announces, so the joiner can find the inviter on the LAN) and two

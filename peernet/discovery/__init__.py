@@ -11,7 +11,7 @@ Sources:
 - :class:`ManualDiscovery` -- ``Node.connect(peer, host, port)``; always on.
 - :class:`UdpDiscovery` -- signed broadcast announces (``discovery="udp"``).
 - :class:`MdnsDiscovery` -- DNS-SD ``_peernet._tcp`` (``discovery="mdns"``; needs
-  ``pip install peernet-py[mdns]``).
+  ``pip install "peernet-py[mdns]"``).
 
 Pass a string, an object, or a list of them::
 

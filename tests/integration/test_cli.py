@@ -298,12 +298,13 @@ def test_listen_serves_call_and_send_and_stops_on_sigterm(alice_bob, tmp_path):
         assert "TypeError" in one_line_error(
             run("--data-dir", b, "call", "alice", "chat", "5", "--to", to), 4)
 
-        # A live node holds its data dir: a clear one-line error, exit 1.
-        for argv in (("call", "bob", "echo", "--to", to), ("pair", b_id),
-                     ("listen", "--host", LOOPBACK)):
-            line = one_line_error(run("--data-dir", a, *argv), 1)
-            # The holder is named: its pid and command line (`peernet listen`).
-            assert "in another process (pid " in line and "listen" in line, line
+        # A live node holds its data dir: a second node there is a clear one-line
+        # error, exit 1, naming the holder: its pid and command line (`peernet listen`).
+        line = one_line_error(run("--data-dir", a, "listen", "--host", LOOPBACK), 1)
+        assert "in another process (pid " in line and "listen" in line, line
+        # Other commands work through it (tests/integration/test_control.py has more).
+        again = run("--data-dir", a, "pair", b_id)
+        assert again.returncode == 0 and "already paired" in again.stdout, again.stderr
 
         checked = run("--data-dir", b, "peers", "--check", f"alice@{to}")
         assert checked.returncode == 0, checked.stderr
@@ -336,19 +337,28 @@ def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
 
 
 def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
+    """One-sided pairing in two terminals: the caller is told which id the peer must
+    pair (once, not also asked whether the peer runs `peernet listen`), and the
+    listening terminal shows the refused key with the command that lets it in, once."""
     a, c = str(tmp_path / "a"), str(tmp_path / "c")
     a_id = make_id(tmp_path, "a")
-    make_id(tmp_path, "c")
+    c_id = make_id(tmp_path, "c")
     assert run("--data-dir", c, "pair", a_id, "--label", "alice").returncode == 0
     listener = peernet_proc("--data-dir", a, "listen", "--host", LOOPBACK)
     try:
         _, port = ready(listener)
-        for command in ("call", "send"):
-            line = one_line_error(run("--data-dir", c, command, "alice", "echo", "1",
-                                      "--to", f"{LOOPBACK}:{port}"), 3)
-            assert "paired this machine" in line
+        line = one_line_error(run("--data-dir", c, "call", "alice", "echo", "1",
+                                  "--to", f"{LOOPBACK}:{port}"), 3)
+        assert "it has not paired this node" in line and f"run `peernet pair {c_id}`" in line
+        assert "is the peer running" not in line
+        refusal = listener.expect(r"^peernet: refused a connection from 127\.0\.0\.1", "err")
+        assert f"`peernet pair {c_id}`" in refusal.string
+        line = one_line_error(run("--data-dir", c, "send", "alice", "echo", "1",
+                                  "--to", f"{LOOPBACK}:{port}"), 3)
+        assert f"paired this machine, {c_id}" in line
         listener.p.send_signal(signal.SIGINT)
         assert listener.wait() == 0
+        assert not [x for x in listener.rest("err") if "refused a connection" in x]
     finally:
         listener.stop()
 
@@ -406,15 +416,22 @@ def test_chat_between_two_terminals(alice_bob):
             bob.stop()
 
 
-def test_chat_with_an_unpaired_peer_or_a_locked_data_dir(alice_bob, tmp_path):
+def test_chat_with_an_unpaired_peer_or_a_busy_data_dir(alice_bob, tmp_path):
     a, a_id, b, b_id = alice_bob
     stranger = make_id(tmp_path, "stranger")
     one_line_error(run("--data-dir", a, "chat", stranger, "--host", LOOPBACK), 6)
     alice = peernet_proc("--data-dir", a, "chat", "bob", "--host", LOOPBACK)
     try:
-        ready(alice)
+        alice_id, alice_port = ready(alice)
+        # A second chat on the same data dir goes through the running one.
+        second = run("--data-dir", a, "chat", "bob", "--host", LOOPBACK, "--wait", "0.2",
+                     input="")
+        assert second.returncode == 0, second.stderr
+        assert f"READY id={alice_id} port={alice_port}" in second.stdout
+        assert "chatting through the node running on" in second.stderr
+        one_line_error(run("--data-dir", a, "chat", stranger), 6)
         assert "in another process (pid " in one_line_error(
-            run("--data-dir", a, "chat", "bob", "--host", LOOPBACK), 1)
+            run("--data-dir", a, "listen", "--host", LOOPBACK), 1)
         alice.p.send_signal(signal.SIGINT)
         assert alice.wait() == 0
     finally:

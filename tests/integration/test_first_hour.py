@@ -181,3 +181,41 @@ def test_a_call_waits_for_an_inbound_handshake_instead_of_failing(make_node):
     b.connect(a.id, "127.0.0.1", a.port)
     assert in_handshake.wait(5)
     assert a.call(b.id, "echo", "through", timeout=5) == "through"
+
+
+def test_the_refusal_warning_comes_back_after_its_interval(make_node, caplog, monkeypatch):
+    """Once per key per minute: with the interval at 0, every knock is logged again."""
+    from peernet._io import mesh
+
+    monkeypatch.setattr(mesh, "_REFUSAL_WARNING_EVERY_S", 0.0)
+    a, b = make_node("a"), make_node("b")
+    a.pair(b.id)
+    caplog.set_level(logging.WARNING, logger="peernet")
+
+    def warnings():
+        return [r for r in caplog.records if "refused a connection" in r.getMessage()]
+
+    for knock in (1, 2):
+        a.connect(b.id, "127.0.0.1", b.port)
+        with pytest.raises(peernet.PeerUnavailable):
+            a.call(b.id, "echo", 1, timeout=3)
+        assert wait_until(lambda: len(warnings()) == knock, timeout_s=3)
+
+
+@pytest.mark.parametrize("shape", ["writable by others", "symlink"])
+def test_the_address_book_follows_the_trust_files_rules(tmp_path, shape):
+    """Another user who could write the address book could steer this node's dials:
+    refused, like a trust file of that shape, and left untouched."""
+    data_dir = tmp_path / "n"
+    data_dir.mkdir(mode=0o700)
+    book = data_dir / "addresses.json"
+    if shape == "symlink":
+        (tmp_path / "elsewhere.json").write_text('{"version": 1, "peers": {}}')
+        book.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        book.write_text('{"version": 1, "peers": {}}')
+        book.chmod(0o666)
+    with pytest.raises(peernet.TrustStoreError, match="address book"):
+        _node(data_dir)
+    assert book.is_symlink() if shape == "symlink" else (book.stat().st_mode & 0o777) == 0o666
+    assert not (data_dir / "node.lock").read_text()  # the failed node let go of the dir

@@ -65,6 +65,24 @@ def test_a_handler_that_raises_prints_its_traceback_on_the_callee_by_default(tmp
     assert "KeyError" not in done.stdout.replace("raised KeyError", "")  # no traceback sent
 
 
+def test_the_printed_traceback_cannot_drive_the_callee_terminal(tmp_path):
+    """A handler's message often quotes the args: a peer's escape sequences (retitle the
+    window, clear the screen, reorder text) are shown escaped, not run by the terminal."""
+    setup = textwrap.dedent("""
+        def temperature(peer, args):
+            raise ValueError(f"unknown room {args['room']}")
+        dev.expose("temperature", temperature)
+    """).strip().replace("\n", "\n        ")
+    body = TWO_NODES.format(setup=setup).replace(
+        '{"room": "kitchen"}', '{"room": "\\x1b]0;owned\\x07\\x1b[2J\\u202ekitchen"}')
+    done = run_script(tmp_path, body)
+    assert done.returncode == 0, done.stderr
+    assert "caller got: remote handler raised ValueError" in done.stdout
+    assert "peernet: exception in handler 'temperature'" in done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "\u202e" not in done.stderr
+    assert r"ValueError: unknown room \x1b]0;owned\x07\x1b[2J\u202ekitchen" in done.stderr
+
+
 def test_with_logging_configured_the_failure_is_logged_once_instead(tmp_path):
     setup = textwrap.dedent("""
         import logging

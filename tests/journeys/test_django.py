@@ -1,8 +1,9 @@
-"""Journey: the cookbook's Django commands (recipe 3), as written, in a project made by
-``django-admin startproject``: ``readtemp`` calls a device in another process, stores the
-answer with the ORM and exits promptly; ``peernode`` serves a device's calls into the ORM
-until SIGTERM. Before the fix the recipe had no command that calls a device, and its
-model was not shown."""
+"""Journey: the cookbook's Django commands (recipes 3 and 14), as written, in a project
+made by ``django-admin startproject``: ``readtemp`` calls a device in another process,
+stores the answer with the ORM and exits promptly; ``peernode`` serves a device's calls
+into the ORM until SIGTERM; ``adddevice`` pairs a new device with the running
+``peernode``, which lets it in at once. Before the fix the recipe had no command that
+calls a device, and its model was not shown."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import peernet
 
 from tests.docblocks import files_of, section
 from tests.journeys.harness import VENV_BIN, peernet_cli, run
@@ -34,6 +37,9 @@ def _build_project(tmp_path: Path, env: dict[str, str]) -> Path:
     assert set(files) == {"mysite/settings.py", "myapp/models.py",
                           "myapp/management/commands/readtemp.py",
                           "myapp/management/commands/peernode.py"}, sorted(files)
+    added = files_of(section("guides/cookbook.md", 14))
+    assert set(added) == {"myapp/management/commands/adddevice.py"}, sorted(added)
+    files.update(added)
     settings = site / "mysite/settings.py"
     settings.write_text(settings.read_text() + "\n" + files.pop("mysite/settings.py")
                         + '\nPEERNET_HOST = "127.0.0.1"  # the journey stays on loopback\n')
@@ -71,12 +77,31 @@ def test_the_django_commands_call_a_device_and_exit_promptly(tmp_path, user_env,
     bad.expect(r"^CommandError: pn1notanid: invalid peer id", timeout_s=5)
     assert "Traceback" not in bad.text()
 
+    # Recipe 14 with no node running: one line saying so, not a traceback.
+    kitchen = processes.device(tmp_path / "kitchen", cwd=tmp_path, env=user_env)
+    kitchen.do("pair", peer=site_id, label="site")
+    early = processes.start([sys.executable, "manage.py", "adddevice", kitchen.id],
+                            cwd=site, env=user_env)
+    assert early.wait(20) == 1
+    early.expect(r"^CommandError: no peernet node is running on .*manage.py peernode",
+                 timeout_s=5)
+
     # The long-running command serves the device's calls into the ORM.
     peernode = processes.start([sys.executable, "manage.py", "peernode", "--port", "0"],
                                cwd=site, env=user_env)
     port = int(peernode.expect(rf"^{site_id} listening on port (\d+);", timeout_s=20)[1].group(1))
     device.do("connect", peer=site_id, host="127.0.0.1", port=port)
     assert device.do("call", peer=site_id, name="reading", args={"celsius": 18.0}) == "stored"
+
+    # Recipe 14: a device added while it runs is let in at once, no restart.
+    add = processes.start([sys.executable, "manage.py", "adddevice", kitchen.id, "--label",
+                           "kitchen-pi", "--address", f"127.0.0.1:{kitchen.port}"],
+                          cwd=site, env=user_env)
+    short = peernet.PeerId.parse(kitchen.id).short
+    add.expect(rf"^{short} \(kitchen-pi\): online$", timeout_s=20)
+    assert add.wait(10) == 0, add.text()
+    assert kitchen.do("call", peer=site_id, name="reading", args={"celsius": 19.0},
+                      timeout=1.0) == "stored"
 
     # While it runs, the site's identity is taken, and the error says by whom.
     locked = processes.start([sys.executable, "manage.py", "readtemp", device.id,
@@ -96,7 +121,7 @@ def test_the_django_commands_call_a_device_and_exit_promptly(tmp_path, user_env,
     with sqlite3.connect(site / "db.sqlite3") as db:
         rows = db.execute("SELECT peer, celsius FROM myapp_reading ORDER BY id").fetchall()
     db.close()
-    assert rows == [(device.id, 21.5), (device.id, 18.0)]
+    assert rows == [(device.id, 21.5), (device.id, 18.0), (kitchen.id, 19.0)]
     print(f"django journey: {time.monotonic() - started:.1f} s (project built in "
           f"{built - started:.1f} s); readtemp exited {exit_after_s:.2f} s after its work, "
           f"peernode {stop_s:.2f} s after SIGTERM")

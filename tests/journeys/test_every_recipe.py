@@ -15,6 +15,7 @@ JOURNEYS = {  # cookbook section -> the journey that runs it
     3: "test_django.py",
     4: "test_jupyter.py",
     9: "test_lan_recipe.py",
+    14: "test_django.py",
 }
 
 

@@ -357,7 +357,7 @@ def test_the_invite_code_examples_are_what_the_code_writes():
     from peernet._proto.invite import HELLO_LEN, KIND_SHORT, InviteHello, LongCode, parse_code
     from peernet._proto.wordlist import WORDS
 
-    example = _labelled(code_blocks(section("11.1"))[0])
+    example = _labelled(code_blocks(section("12.1"))[0])
     code = LongCode(EXAMPLE_IDENTITY.peer_id, 7, bytes(range(16)), 4321, ("192.168.1.9",))
     assert code.text == example["code"] and len(code.text) == 107
     assert parse_code(example["code"]) == code
@@ -368,7 +368,7 @@ def test_the_invite_code_examples_are_what_the_code_writes():
     assert short.words == (4, 168) and WORDS[4] == "amber" and WORDS[168] == "orbit"
     assert short.password == b"peernet/1 invite short 7-amber-orbit"
     assert code.password == b"peernet/1 invite long " + bytes(range(16))
-    assert "`0101010007`" in section("11.3")
+    assert "`0101010007`" in section("12.3")
     assert InviteHello(KIND_SHORT, 7).encode() == bytes.fromhex("0101010007")
     assert HELLO_LEN == 5
 
@@ -376,11 +376,11 @@ def test_the_invite_code_examples_are_what_the_code_writes():
 def test_the_invite_message_table_matches_the_code():
     from peernet._proto import invite as core
 
-    rows = table_rows(section("11.4"))
+    rows = table_rows(section("12.4"))
     kinds = {int(row[0].strip("`"), 16): row for row in rows}
     assert kinds.keys() == {core.MSG_JOINER_PAKE, core.MSG_INVITER_PAKE,
                             core.MSG_JOINER_CONFIRM, core.MSG_INVITER_CONFIRM,
                             core.MSG_JOINER_LABEL, core.MSG_DONE, core.MSG_REFUSED}
-    reasons = re.findall(r"`(\d)` ([a-z ]+?)(?: \(|,|\.)", section("11.4"))
+    reasons = re.findall(r"`(\d)` ([a-z ]+?)(?: \(|,|\.)", section("12.4"))
     assert {int(n): name.strip().replace(" ", "_") for n, name in reasons} == core.REASONS
     assert core.MAX_LABEL_BYTES == 400

@@ -49,7 +49,7 @@ def test_an_install_prints_one_line_and_no_setuptools_banner(tmp_path):
     assert done.returncode == 0, done.stderr
     out = done.stdout + done.stderr
     assert BANNER not in out and "BuildBackendWarning" not in out
-    assert out.strip() == "installing peernet[test] into .venv (once; later runs start at once)..."
+    assert out.strip() == "installing peernet-py[test] into .venv (once; later runs start at once)..."
     assert BANNER in (root / ".venv" / "install.log").read_text()
     again = run_venv_sh(root)  # installed: nothing at all the second time
     assert again.returncode == 0 and again.stdout + again.stderr == ""
