@@ -238,7 +238,7 @@ def test_the_protocol_guide_lists_every_op_and_the_limits():
     from peernet._io import control as endpoint
 
     guide = (Path(__file__).resolve().parents[2] / "guides" / "protocol.md").read_text()
-    text = guide[guide.index("## 11. The control protocol"):]
+    text = guide[guide.index("## 11. The control protocol"):].split("\n## ")[0]
     assert re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE) == list(OPS)
     assert f"{MAX_REQUEST_BYTES:,} bytes" in text
     assert f"{proto.MAX_RESPONSE_BYTES // 2**20} MiB" in text
