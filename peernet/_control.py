@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._proto.control import TOPICS, VERSION, Refusal, Request, to_wire
 from ._version import __version__
-from .errors import NodeClosed, NotPaired, PeerUnavailable
+from .errors import InviteRejected, InviteTimeout, NodeClosed, NotPaired, PeerUnavailable
 from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent
 
@@ -59,7 +59,8 @@ class ControlOps:
             "nearby": self._nearby, "pair": self._pair, "unpair": self._unpair,
             "label": self._label, "connect": self._connect,
             "wait_for_peer": self._wait_for_peer, "call": self._call, "send": self._send,
-            "watch": self._watch,
+            "watch": self._watch, "invite": self._invite, "invite_wait": self._invite_wait,
+            "invite_cancel": self._invite_cancel, "join": self._join,
         }
 
     def serve(self, server: ControlServer) -> None:
@@ -174,6 +175,45 @@ class ControlOps:
 
     def _send(self, session: Session, peer: str, name: str, args: Any = None) -> bool:
         return self._node.send(peer, name, args)
+
+    # Invites (issue 21): the running node opens, announces and answers them; a client
+    # (``peernet invite`` in another terminal) shows the codes and waits.
+
+    def _invite(self, session: Session, label: str | None = None,
+                ttl_s: float = 600.0) -> dict[str, Any]:
+        invite = self._node.invite(label, ttl_s)
+        return {"nameplate": invite.nameplate, "short": invite.short, "long": invite.long,
+                "expires_at": invite.expires_at, "status": invite.status}
+
+    def _invite_wait(self, session: Session, nameplate: int, timeout: float) -> dict[str, Any]:
+        """Invite.wait in steps, so a closing node or endpoint ends it. Raises what
+        wait raises: InviteTimeout (still open), InviteExpired, InviteRejected."""
+        node = self._node
+        invite = self._node._invites.invite(nameplate)
+        if invite is None:
+            raise InviteRejected(f"this node knows no invite {nameplate}", "refused")
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                peer = invite.wait(max(0.0, min(left, _STOP_POLL_S)))
+                break
+            except InviteTimeout:
+                if left <= _STOP_POLL_S:
+                    raise
+                if session.stopping or node.closed:
+                    raise NodeClosed("the node is closing") from None
+        return {"peer": str(peer), "peer_label": invite.peer_label, "note": invite.note,
+                "status": invite.status}
+
+    def _invite_cancel(self, session: Session, nameplate: int) -> bool:
+        invite = self._node._invites.invite(nameplate)
+        return invite.cancel() if invite is not None else False
+
+    def _join(self, session: Session, code: str, label: str | None = None,
+              timeout: float = 10.0) -> dict[str, Any]:
+        result = self._node._invites.join(code, label, timeout)
+        return {"id": str(result.peer), "label": result.label, "note": result.note}
 
     def _watch(self, session: Session, topics: list[str]) -> dict[str, Any]:
         with self._lock:

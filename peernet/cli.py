@@ -19,7 +19,8 @@ Subcommands::
     peernet send ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     fire and forget, no reply
     peernet invite [--label L] [--ttl S]            open a one-time invite, show its
-                                                    codes, wait for the join
+                                                    codes, wait for the join (in the
+                                                    running node, if one holds the dir)
     peernet join CODE [--label L] [--timeout S]     pair with the inviter in one step
 
 Discovery (``listen``, ``nearby``, ``peers``, ``chat``, ``call``, ``send``):
@@ -136,6 +137,7 @@ from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
 from .trust import TrustedPeer, TrustStore, normalize_label
 from ._proto.invite import LongCode, parse_code
+from .invites import JoinResult
 
 __all__ = [
     "main",
@@ -1448,8 +1450,8 @@ def cmd_send(opts: argparse.Namespace, data_dir: Path) -> int:
 
 class InviteLike(Protocol):
     """What ``peernet invite`` shows and waits on: a :class:`peernet.Invite` of a node
-    this command runs, or (issue 21 item 4) one a running node opened for it through
-    its control endpoint."""
+    this command runs, or one the node running on the data dir opened for it through
+    its control endpoint (:class:`peernet.control.RemoteInvite`)."""
 
     @property
     def short(self) -> str | None: ...
@@ -1494,35 +1496,34 @@ def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
     return make_discovery(lan, one_shot=one_shot)
 
 
-def _running_node_invite(data_dir: Path, label: str | None, ttl_s: float
-                         ) -> InviteLike | None:
-    """Issue 21 item 4 plugs in here: another process (an app, ``peernet listen``) holds
-    the data dir, so ask it to open the invite through its control endpoint (issue 19:
-    ``peernet.admin(data_dir).invite(label=..., ttl_s=...)``, returning an object with
-    the :class:`InviteLike` shape). None: no such endpoint here (yet)."""
-    return None
-
-
 @contextmanager
 def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
                    ) -> Iterator[InviteLike]:
-    """An open invite: of a node this command runs (with discovery, see above), or of
-    the node already running on this data dir."""
-    try:
-        sources = _invite_discovery(opts, data_dir, one_shot=False)
-        node = Node(data_dir, host=opts.host, port=opts.port, discovery=sources,
-                    on_handler_error=_note_handler_error)
-    except DataDirLocked as exc:
-        running = _running_node_invite(data_dir, label, opts.ttl)
-        if running is None:
-            raise CliError(f"{exc} (`peernet invite` cannot reach a running node yet: stop "
-                           "it first, or open the invite in it with node.invite())") from None
-        yield running
-        return
-    except PortInUse as exc:
-        raise CliError(f"{exc} (--port)") from None
-    with node:
-        yield node.invite(label, opts.ttl)
+    """An open invite: in the node running on this data dir (through its control
+    endpoint: it announces the invite and answers the join), else in a node this
+    command runs, with discovery (see above), until the join."""
+    remote = _running(data_dir)
+    if remote is None:
+        try:
+            sources = _invite_discovery(opts, data_dir, one_shot=False)
+            node = Node(data_dir, host=opts.host, port=opts.port, discovery=sources,
+                        on_handler_error=_note_handler_error)
+        except DataDirLocked as exc:
+            remote = _running(data_dir)  # a node started meanwhile (it serves last)?
+            if remote is None:
+                raise CliError(_locked_message(data_dir, exc)) from None
+        except PortInUse as exc:
+            raise CliError(f"{exc} (--port)") from None
+        else:
+            with node:
+                yield node.invite(label, opts.ttl)
+            return
+    status = remote.status
+    print(f"the invite is open in the node running on {data_dir} (pid {status.pid}, port "
+          f"{status.port}); it answers the join" + (
+              "" if status.discovery else ", and runs no discovery: long code only"),
+          file=sys.stderr, flush=True)
+    yield remote.admin.invite(label, opts.ttl)
 
 
 def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
@@ -1568,12 +1569,17 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     except InvalidInviteCode as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     label = opts.label if opts.label is not None else _default_label()
-    sources = [] if isinstance(code, LongCode) else _invite_discovery(opts, data_dir,
-                                                                       one_shot=True)
-    with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
-                    redial_remembered=False, discovery=sources) as node:
-        # The label stored here and the note about it are part of what a person must see.
-        result = node._invites.join(opts.code, label, opts.timeout)
+    remote = _running(data_dir)
+    if remote is not None:  # the running node pairs (and keeps its link to the inviter)
+        found = remote.admin._join(opts.code, label, opts.timeout)
+        result = JoinResult(PeerId.parse(found["id"]), found["label"], found["note"])
+    else:
+        sources = [] if isinstance(code, LongCode) else _invite_discovery(
+            opts, data_dir, one_shot=True)
+        with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
+                        redial_remembered=False, discovery=sources) as node:
+            # The label stored here, and the note about it, are for the person to see.
+            result = node._invites.join(opts.code, label, opts.timeout)
     who = _printable(result.label) if result.label else result.peer.short
     print(f"paired with {who} ({result.peer})", flush=True)
     if result.note:

@@ -58,7 +58,7 @@ from .node import default_data_dir
 from .peer import Nearby, Peer, PeerEvent, PeerList
 from .settings import check_seconds
 
-__all__ = ["Admin", "ChatLine", "NodeStatus", "Watch", "admin"]
+__all__ = ["Admin", "ChatLine", "NodeStatus", "RemoteInvite", "Watch", "admin"]
 
 #: How long a client waits for a node whose lock is held but whose socket is not there
 #: yet (a node starting up binds its socket last).
@@ -213,6 +213,27 @@ class Admin:
         return bool(self._request("send", {"peer": _peer(peer_id), "name": name,
                                            "args": args}))
 
+    def invite(self, label: str | None = None, ttl_s: float = 600.0) -> RemoteInvite:
+        """:meth:`Node.invite <peernet.Node.invite>` in the running node: it announces
+        the invite (with its own discovery: no short code if it runs none) and answers
+        the joiner. The returned :class:`RemoteInvite` shows the codes and waits."""
+        ttl = check_seconds("ttl_s", ttl_s)
+        found = self._request("invite", {"label": label, "ttl_s": ttl}, extra_s=1.0)
+        return RemoteInvite(self, found)
+
+    def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
+        """:meth:`Node.join <peernet.Node.join>` from the running node: it pairs with the
+        inviter and dials it. Returns the inviter's PeerId."""
+        return PeerId.parse(self._join(code, label, timeout)["id"])
+
+    def _join(self, code: str, label: str | None, timeout: float) -> dict[str, Any]:
+        """The join, with the label stored for the inviter and the note about it."""
+        timeout_s = check_seconds("timeout", timeout)
+        if type(code) is not str:
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        return dict(self._request("join", {"code": code.strip(), "label": label,
+                                           "timeout": timeout_s}, extra_s=timeout_s + 1.0))
+
     def watch(self, topics: tuple[str, ...] | list[str] = ("peers",)) -> Watch:
         """Follow the node as it runs: ``"peers"`` (each status change, as a
         :class:`~peernet.PeerEvent`) and ``"chat"`` (each chat line it receives, as a
@@ -298,6 +319,41 @@ class Admin:
             f"no peernet node is running on {where}"
             + (" (a stale control socket is left there by a node that did not close; the "
                "next node replaces it)" if stale else ""))
+
+
+class RemoteInvite:
+    """An invite a running node opened for this client (:meth:`Admin.invite`): the same
+    ``short``, ``long``, ``expires_at``, ``nameplate``, ``wait()`` and ``cancel()`` as a
+    :class:`peernet.Invite`, and, once someone joined, ``peer``, ``peer_label`` and
+    ``note``. The node holds the invite: a client that goes away leaves it open until
+    it is used, cancelled or expires."""
+
+    def __init__(self, admin: Admin, found: dict[str, Any]) -> None:
+        self._admin = admin
+        self.nameplate: int = found["nameplate"]
+        self.short: str | None = found["short"]
+        self.long: str = found["long"]
+        self.expires_at: float = found["expires_at"]
+        self.status: str = found["status"]
+        self.peer: PeerId | None = None
+        self.peer_label: str | None = None
+        self.note: str | None = None
+
+    def wait(self, timeout: float | None = None) -> PeerId:
+        """Wait until someone joins; raises as :meth:`peernet.Invite.wait` does."""
+        timeout_s = max(0.001, self.expires_at - time.time() + 1.0) if timeout is None \
+            else check_seconds("timeout", timeout)
+        done = self._admin._request("invite_wait", {"nameplate": self.nameplate,
+                                                    "timeout": timeout_s}, extra_s=timeout_s)
+        self.status, self.peer = done["status"], PeerId.parse(done["peer"])
+        self.peer_label, self.note = done["peer_label"], done["note"]
+        return self.peer
+
+    def cancel(self) -> bool:
+        return bool(self._admin._request("invite_cancel", {"nameplate": self.nameplate}))
+
+    def __repr__(self) -> str:
+        return f"<RemoteInvite {self.nameplate}; .short / .long are the codes>"
 
 
 class Watch:

@@ -185,7 +185,7 @@ class InviteBook:
         self._wait_for_peer = wait_for_peer
         self._cond = threading.Condition()
         self._open: dict[int, Invite] = {}
-        self._dead: dict[int, str] = {}  # nameplate -> final status (bounded)
+        self._dead: dict[int, Invite] = {}  # ended ones, by nameplate (bounded)
         self._closed = False
 
     # -- the inviter ---------------------------------------------------------------------
@@ -199,6 +199,11 @@ class InviteBook:
     def open_invites(self) -> list[Invite]:
         with self._cond:
             return list(self._open.values())
+
+    def invite(self, nameplate: int) -> Invite | None:
+        """The invite with ``nameplate``: open, or ended not long ago."""
+        with self._cond:
+            return self._open.get(nameplate) or self._dead.get(nameplate)
 
     def open(self, label: str | None, ttl_s: float,
              addresses: Sequence[str] | None = None) -> Invite:
@@ -255,7 +260,7 @@ class InviteBook:
         """Move ``invite`` to ``status`` and out of the open table. Holds the condition."""
         invite._status = status
         self._open.pop(invite.nameplate, None)
-        self._dead[invite.nameplate] = status
+        self._dead[invite.nameplate] = invite
         while len(self._dead) > _TOMBSTONES:
             self._dead.pop(next(iter(self._dead)))
         if invite._timer is not None:
@@ -313,7 +318,8 @@ class InviteBook:
         parsed = InviteHello.decode(hello)
         with self._cond:
             invite = self._open.get(parsed.nameplate)
-            refusal = self._dead.get(parsed.nameplate, "used")
+            dead = self._dead.get(parsed.nameplate)
+            refusal = dead.status if dead is not None else "used"
             if invite is not None:
                 if invite._status != "open":
                     refusal = "busy"

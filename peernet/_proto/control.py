@@ -79,6 +79,7 @@ TOPICS = ("chat", "peers")
 # Kinds of argument, checked by decode_request before an op runs.
 _PEER, _TEXT, _LABEL, _PORT, _SECONDS, _SECONDS_OPT, _VALUE, _TOPICS, _WAIT = (
     "peer", "text", "label", "port", "seconds", "seconds?", "value", "topics", "wait")
+_NAMEPLATE = "nameplate"
 
 #: Every op: its arguments, each (kind, required). guides/protocol.md 11.3 lists
 #: what each one returns.
@@ -96,6 +97,11 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
              "timeout": (_SECONDS_OPT, False)},
     "send": {"peer": (_PEER, True), "name": (_TEXT, True), "args": (_VALUE, False)},
     "watch": {"topics": (_TOPICS, True)},
+    # Invites (issue 21): opened in the running node, which announces and answers them.
+    "invite": {"label": (_LABEL, False), "ttl_s": (_SECONDS, False)},
+    "invite_wait": {"nameplate": (_NAMEPLATE, True), "timeout": (_SECONDS, True)},
+    "invite_cancel": {"nameplate": (_NAMEPLATE, True)},
+    "join": {"code": (_TEXT, True), "label": (_LABEL, False), "timeout": (_SECONDS, False)},
 }
 
 
@@ -342,9 +348,9 @@ def _check(op: str, name: str, kind: str, value: Any) -> Any:
         if value is not None and (type(value) is not str or len(value) > _MAX_PEER_TEXT):
             raise bad("a string or null")
         return value
-    if kind == _PORT:
+    if kind in (_PORT, _NAMEPLATE):
         if type(value) is not int or not 0 < value <= 0xFFFF:
-            raise bad("a port number 1..65535")
+            raise bad("a port number 1..65535" if kind == _PORT else "a number 1..65535")
         return value
     if kind in (_SECONDS, _SECONDS_OPT):
         if value is None and kind == _SECONDS_OPT:
@@ -436,6 +442,8 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
         wire["suggestions"] = list(exc.suggestions)
     elif isinstance(exc, errors.ConnectionLost):
         wire["protocol_error"] = bool(exc.protocol_error)
+    elif isinstance(exc, errors.InviteRejected):
+        wire["reason"] = exc.reason
     return wire
 
 
@@ -467,4 +475,6 @@ def error_from_wire(error: dict[str, Any],
             exc.suggestions = tuple(suggestions)
     elif isinstance(exc, errors.ConnectionLost):
         exc.protocol_error = error.get("protocol_error") is True
+    elif isinstance(exc, errors.InviteRejected) and type(error.get("reason")) is str:
+        exc.reason = error["reason"]
     return exc

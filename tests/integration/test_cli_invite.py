@@ -95,16 +95,42 @@ def test_an_expired_invite_exits_5_and_a_malformed_code_2(tmp_path):
     assert "did you mean 'orbit'" in line
 
 
-def test_invite_on_a_data_dir_a_running_node_holds_says_what_to_do(tmp_path):
-    """Until the control endpoint (issue 21 item 4) routes it to the running node."""
+def test_invite_and_join_through_running_nodes_then_calls_both_ways(tmp_path):
+    """Issue 21 item 4: `peernet invite` and `peernet join` on data dirs that running
+    nodes hold go through their control endpoints; the nodes pair, announce, answer
+    and dial, and serve calls at once, with no restart."""
+    import time
+
     from tests.integration.test_cli import ready
 
-    listener = Proc([sys.executable, "-m", "peernet", "--data-dir", str(tmp_path / "a"),
-                     "listen", "--host", "127.0.0.1"])
+    a, b = tmp_path / "a", tmp_path / "b"
+    disc_a, disc_b = udp_pair()
+    nodes = [Proc([sys.executable, "-m", "peernet", "--data-dir", str(d), "listen", "--host",
+                   "127.0.0.1", "--discovery", "udp", *disc]) for d, disc in ((a, disc_a),
+                                                                             (b, disc_b))]
     try:
-        ready(listener)
-        out = run("--data-dir", str(tmp_path / "a"), "invite", "--discovery", "none")
-        line = one_line_error(out, 1)
-        assert "in use" in line and "node.invite()" in line
+        for node in nodes:
+            ready(node)
+        proc = Proc([sys.executable, "-m", "peernet", "--data-dir", str(a), "invite",
+                     "--label", "kitchen", "--no-qr"])
+        try:
+            proc.expect("open in the node running on", stream="err")
+            short = proc.expect(r"^short code: (\S+)$").group(1)
+            started = time.monotonic()
+            out = run("--data-dir", str(b), "join", short, "--label", "laptop")
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.startswith("paired with kitchen (pn1")
+            proc.expect(r"^paired with laptop \(pn1")
+            assert proc.wait() == 0
+        finally:
+            proc.stop()
+        out = run("--data-dir", str(b), "call", "kitchen", "echo", '"hi"')
+        first_call_s = time.monotonic() - started
+        assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+        out = run("--data-dir", str(a), "call", "laptop", "echo", '"back"')
+        assert (out.returncode, out.stdout) == (0, '"back"\n'), out.stderr
+        print(f"\njoin to the first call's result through running nodes: "
+              f"{first_call_s * 1000:.0f} ms (two fresh CLI processes)")
     finally:
-        listener.stop()
+        for node in nodes:
+            node.stop()

@@ -386,3 +386,26 @@ def test_labels_fall_back_on_a_clash_and_say_so(tmp_path):
     assert store_peer(trust, pi, "whatever") == (
         "Kitchen 2", "already paired as 'Kitchen 2'; kept that label")
     assert store_peer(trust, Identity.generate().peer_id, None) == (None, None)
+
+
+def test_invites_through_the_control_endpoint_of_running_nodes(lan):
+    """Issue 21 item 4: peernet.admin(data_dir).invite() / .join() run in the node."""
+    a, b = lan(2)
+    site, laptop = peernet.admin(a.data_dir), peernet.admin(b.data_dir)
+    invite = site.invite(label="site", ttl_s=60)
+    assert invite.short is not None and invite.long.startswith("pninv1")
+    assert [i.nameplate for i in a.invites] == [invite.nameplate]
+    assert laptop.join(invite.short, label="laptop") == a.id
+    assert invite.wait(5) == b.id and invite.peer_label == "laptop"
+    assert b.trust.get(a.id).label == "site" and b.call("site", "echo", 1, timeout=2) == 1
+
+    second = site.invite()
+    with pytest.raises(InviteTimeout):
+        second.wait(0.2)
+    assert second.cancel() and not second.cancel()
+    with pytest.raises(InviteRejected) as caught:
+        second.wait(1)
+    assert caught.value.reason == "cancelled"
+    with pytest.raises(InviteRejected) as caught:
+        laptop.join(second.long)
+    assert caught.value.reason == "cancelled"

@@ -129,7 +129,8 @@ def test_hostile_json_is_refused_quickly():
 
 def test_every_op_has_a_declared_argument_table():
     assert set(OPS) == {"hello", "status", "peers", "nearby", "pair", "unpair", "label",
-                        "connect", "wait_for_peer", "call", "send", "watch"}
+                        "connect", "wait_for_peer", "call", "send", "watch",
+                        "invite", "invite_wait", "invite_cancel", "join"}
     for op, spec in OPS.items():
         required = {name: kind for name, (kind, needed) in spec.items() if needed}
         line = json.dumps({"v": 1, "op": op, "args": {}}).encode()
@@ -140,6 +141,22 @@ def test_every_op_has_a_declared_argument_table():
 
 
 # --- values ----------------------------------------------------------------------------
+
+
+def test_invite_ops_check_their_arguments_and_rejections_keep_their_reason():
+    assert decode_request(json.dumps({"v": 1, "op": "invite_wait", "args": {
+        "nameplate": 7, "timeout": 0.5}}).encode()) == Request(
+            "invite_wait", {"nameplate": 7, "timeout": 0.5})
+    for bad in (0, 65536, "7", 7.0, True):
+        with pytest.raises(Refusal, match="nameplate must be a number 1..65535"):
+            decode_request(json.dumps({"v": 1, "op": "invite_cancel",
+                                       "args": {"nameplate": bad}}).encode())
+    back = error_from_wire(error_to_wire(peernet.InviteRejected("burned", "wrong_code")),
+                           lambda k, m: peernet.ControlError(m, k))
+    assert type(back) is peernet.InviteRejected and back.reason == "wrong_code"
+    expired = error_from_wire(error_to_wire(peernet.InviteExpired("late")),
+                              lambda k, m: peernet.ControlError(m, k))
+    assert type(expired) is peernet.InviteExpired
 
 
 @pytest.mark.parametrize("value", [
