@@ -6,7 +6,8 @@ discovery: a solicitation, answered at once), then a call each way. Also timed: 
 starting ``peernet join`` to the result of the first ``peernet call`` against an inviter
 that keeps running (an app that opened the invite with ``node.invite()``). And a third
 host that races the joiner with a guess burns the invite and pairs nobody; and a
-short code is found through mDNS as well.
+short code is found through mDNS as well. Last, the whole flow with both hosts running
+`peernet listen` and the invite and join going through those nodes (item 4).
 """
 
 from __future__ import annotations
@@ -126,3 +127,36 @@ def test_a_short_code_is_found_by_mdns_too(lab, tmp_path):
     assert out.stdout.startswith("paired with kitchen (pn1")
     assert a.request(op="invite_wait", timeout=2.0) == str(load_or_create(tmp_path / "b")
                                                            .peer_id)
+
+
+def test_invite_and_join_through_running_nodes_on_two_hosts(lab, tmp_path):
+    """Both hosts run `peernet listen`; `peernet invite` and `peernet join` in second
+    terminals go through those nodes (issue 21 item 4): no restart, calls both ways."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    listeners = [Proc(peernet_argv(lab, host, d, "listen", *DISC), cwd=ROOT)
+                 for host, d in ((0, a_dir), (1, b_dir))]
+    try:
+        for listener in listeners:
+            ready(listener)
+        inviter = Proc(peernet_argv(lab, 0, a_dir, "invite", "--label", "kitchen", "--no-qr"),
+                       cwd=ROOT)
+        try:
+            short = inviter.expect(r"^short code: (\S+)$").group(1)
+            started = time.monotonic()
+            out = peernet_run(lab, 1, b_dir, "join", short, "--label", "laptop")
+            joined_s = time.monotonic() - started
+            assert out.returncode == 0, out.stderr
+            inviter.expect(r"^paired with laptop \(pn1")
+            assert inviter.wait() == 0
+        finally:
+            inviter.stop()
+        out = peernet_run(lab, 1, b_dir, "call", "kitchen", "echo", '"hi"')
+        first_call_s = time.monotonic() - started
+        assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+        out = peernet_run(lab, 0, a_dir, "call", "laptop", "echo", '"back"')
+        assert (out.returncode, out.stdout) == (0, '"back"\n'), out.stderr
+        print(f"\nthrough running nodes: `peernet join` paired in {joined_s * 1000:.0f} ms; "
+              f"first call answered {first_call_s * 1000:.0f} ms after join started")
+    finally:
+        for listener in listeners:
+            stop_cleanly(listener)
