@@ -1280,8 +1280,9 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
             for line in _describe_lan(lan) if lan else ():
                 out.note(line)
             if len(node.trust) == 0:
-                out.note("no peers paired yet: nobody can connect. Pair one with "
-                         "`peernet pair ID` (in another terminal: this node takes it at once).")
+                out.note("no peers paired yet: nobody can connect. In another terminal, "
+                         "`peernet invite` (the other machine joins with its code) or "
+                         "`peernet pair ID`: this node takes it at once.")
             where = "" if lan else f" --to THIS_HOST:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
                      f"peernet call {node.id} echo '\"hi\"'{where}")
