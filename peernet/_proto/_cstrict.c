@@ -21,9 +21,9 @@
  * max_depth (no recursion); every declared length is checked against the bytes that
  * remain, with overflow-safe arithmetic (no "i + len" that could wrap); besides the
  * values it returns, it allocates only that stack (and, for encode, the output); no state
- * survives a call. Invalid input raises ProtocolError; a limit the C types cannot hold,
- * or a buffer that is not exactly bytes, raises Unsupported so the caller takes the pure
- * path.
+ * survives a call. Invalid input raises ProtocolError (so does running out of memory,
+ * as in the pure path); a limit the C types cannot hold, or a buffer that is not exactly
+ * bytes, raises Unsupported so the caller takes the pure path.
  *
  * PEERNET_CSTRICT_EXACT_COPY (sanitizer builds only): decode from an exact-size heap copy
  * of the input, so that AddressSanitizer sees a read even one byte past the end (a bytes
@@ -455,6 +455,26 @@ fail:
     return NULL;
 }
 
+/* What cbor._refused makes of an exception that is not ProtocolError (MemoryError):
+ * ProtocolError("CBOR refused by the strict decoder (<type name>)"), no cause. */
+static PyObject *
+refused(void)
+{
+    if (!PyErr_Occurred() || PyErr_ExceptionMatches(ProtocolError))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *name = PyType_GetName((PyTypeObject *)type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    Py_XDECREF(type);
+    if (name == NULL)
+        return NULL;
+    PyErr_Format(ProtocolError, "CBOR refused by the strict decoder (%U)", name);
+    Py_DECREF(name);
+    return NULL;
+}
+
 /* decode_value over an exact bytes object (or, in sanitizer builds, over an exact-size
  * copy of it). */
 static PyObject *
@@ -464,15 +484,17 @@ decode_bytes(PyObject *buf, Py_ssize_t max_depth, Py_ssize_t max_items)
     Py_ssize_t n = PyBytes_GET_SIZE(buf);
 #ifdef PEERNET_CSTRICT_EXACT_COPY
     unsigned char *copy = malloc(n ? (size_t)n : 1);
-    if (copy == NULL)
-        return PyErr_NoMemory();
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return refused();
+    }
     memcpy(copy, p, (size_t)n);
     PyObject *r = decode_value(copy, n, max_depth, max_items);
     free(copy);
-    return r;
 #else
-    return decode_value(p, n, max_depth, max_items);
+    PyObject *r = decode_value(p, n, max_depth, max_items);
 #endif
+    return r != NULL ? r : refused();
 }
 
 static int
@@ -830,11 +852,409 @@ cstrict_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return w.out;
 }
 
+/* ------------------------------------------------------------------------- messages */
+
+/* The record spec messages.py passes on every call (so this module keeps none):
+ * a tuple of 8: for each kind 0..6 a tuple (record class, field descriptor, ...) in
+ * wire order, then the frozenset ERROR_CODES. */
+#define SPEC_LEN 8
+#define SPEC_CODES 7
+#define NONCE_SIZE 8
+#define MAX_TEXT 200
+#define MAX_NAME 64
+
+static const int kind_fields[7] = {3, 2, 3, 2, 1, 1, 1};
+
+static int
+check_spec(PyObject *spec)
+{
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != SPEC_LEN
+        || !PyAnySet_CheckExact(PyTuple_GET_ITEM(spec, SPEC_CODES))) {
+        PyErr_SetString(PyExc_TypeError, "_cstrict: bad record spec");
+        return -1;
+    }
+    for (int k = 0; k < 7; k++) {
+        PyObject *rec = PyTuple_GET_ITEM(spec, k);
+        if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 1 + kind_fields[k]
+            || !PyType_Check(PyTuple_GET_ITEM(rec, 0))) {
+            PyErr_SetString(PyExc_TypeError, "_cstrict: bad record spec");
+            return -1;
+        }
+        for (int f = 1; f <= kind_fields[k]; f++) {
+            PyTypeObject *dt = Py_TYPE(PyTuple_GET_ITEM(rec, f));
+            if (dt->tp_descr_get == NULL || dt->tp_descr_set == NULL) {
+                PyErr_SetString(PyExc_TypeError, "_cstrict: bad record spec");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The field checks of messages.py, for exact types (what decode produces). */
+
+static int
+valid_rid(PyObject *v)  /* type(v) is int and 0 < v < 2**64 */
+{
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow == 0)
+        return x > 0;
+    if (overflow < 0)
+        return 0;
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static inline int
+is_alpha(int c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+
+static inline int
+is_digit(int c) { return c >= '0' && c <= '9'; }
+
+/* ASCII text of an exact str, or NULL if it is not a str or not ASCII (every pattern
+ * below is ASCII only). */
+static const char *
+ascii_text(PyObject *v, Py_ssize_t *len)
+{
+    if (!PyUnicode_CheckExact(v) || PyUnicode_READY(v) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(v))
+        return NULL;
+    *len = PyUnicode_GET_LENGTH(v);
+    return (const char *)PyUnicode_DATA(v);
+}
+
+static int
+valid_name(PyObject *v)  /* HANDLER_NAME_RE: [A-Za-z][A-Za-z0-9_.:-]{0,63} */
+{
+    Py_ssize_t n;
+    const char *s = ascii_text(v, &n);
+    if (s == NULL || n < 1 || n > MAX_NAME || !is_alpha(s[0]))
+        return 0;
+    for (Py_ssize_t k = 1; k < n; k++) {
+        int c = s[k];
+        if (!is_alpha(c) && !is_digit(c) && c != '_' && c != '.' && c != ':' && c != '-')
+            return 0;
+    }
+    return 1;
+}
+
+static int
+valid_detail(PyObject *v)  /* None, or dotted identifiers: [A-Za-z_][A-Za-z0-9_]*(\.…)* */
+{
+    if (v == Py_None)
+        return 1;
+    Py_ssize_t n;
+    const char *s = ascii_text(v, &n);
+    if (s == NULL || n < 1 || n > MAX_TEXT)
+        return 0;
+    int start = 1;  /* at the first character of a segment */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int c = s[k];
+        if (start) {
+            if (!is_alpha(c) && c != '_')
+                return 0;
+            start = 0;
+        } else if (c == '.') {
+            start = 1;
+        } else if (!is_alpha(c) && !is_digit(c) && c != '_') {
+            return 0;
+        }
+    }
+    return !start;
+}
+
+static int
+valid_reason(PyObject *v)  /* printable ASCII, at most MAX_TEXT characters */
+{
+    Py_ssize_t n;
+    const char *s = ascii_text(v, &n);
+    if (s == NULL || n > MAX_TEXT)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (s[k] < 0x20 || s[k] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static int
+valid_nonce(PyObject *v)
+{
+    return PyBytes_CheckExact(v) && PyBytes_GET_SIZE(v) == NONCE_SIZE;
+}
+
+/* A record of kind k from the n field values, built as its dataclass __init__ would
+ * (object.__new__, then each slot set through its descriptor) without running
+ * Python code. */
+static PyObject *
+make_record(PyObject *spec, int k, PyObject *const *values)
+{
+    PyObject *rec = PyTuple_GET_ITEM(spec, k);
+    PyTypeObject *cls = (PyTypeObject *)PyTuple_GET_ITEM(rec, 0);
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL)
+        return NULL;
+    PyObject *obj = PyBaseObject_Type.tp_new(cls, empty, NULL);
+    Py_DECREF(empty);
+    if (obj == NULL)
+        return NULL;
+    for (int f = 0; f < kind_fields[k]; f++) {
+        PyObject *descr = PyTuple_GET_ITEM(rec, 1 + f);
+        if (Py_TYPE(descr)->tp_descr_set(descr, obj, values[f]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+static PyObject *
+bad_message(const char *why)
+{
+    PyErr_Format(ProtocolError, "bad message: %s", why);
+    return NULL;
+}
+
+/* messages.decode_message's checks on a decoded value, in its order. */
+static PyObject *
+message_from(PyObject *msg, PyObject *spec)
+{
+    if (!PyList_CheckExact(msg) || PyList_GET_SIZE(msg) == 0)
+        return bad_message("not a non-empty array");
+    PyObject **item = ((PyListObject *)msg)->ob_item;
+    Py_ssize_t n = PyList_GET_SIZE(msg);
+    if (!PyLong_CheckExact(item[0]))
+        return bad_message("kind is not an int");
+    int overflow;
+    long long kind = PyLong_AsLongLongAndOverflow(item[0], &overflow);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow)
+        return bad_message("unknown kind");
+    switch (kind) {
+    case 0:
+        if (n != 4)
+            return bad_message("call needs 4 elements");
+        if (!valid_rid(item[1]))
+            return bad_message("request id out of range");
+        if (!valid_name(item[2]))
+            return bad_message("invalid handler name");
+        return make_record(spec, 0, item + 1);
+    case 1:
+        if (n != 3)
+            return bad_message("reply needs 3 elements");
+        if (!valid_rid(item[1]))
+            return bad_message("request id out of range");
+        return make_record(spec, 1, item + 1);
+    case 2: {
+        if (n != 4)
+            return bad_message("error needs 4 elements");
+        if (!valid_rid(item[1]))
+            return bad_message("request id out of range");
+        int known = PyUnicode_CheckExact(item[2])
+                    ? PySet_Contains(PyTuple_GET_ITEM(spec, SPEC_CODES), item[2]) : 0;
+        if (known < 0)
+            return NULL;
+        if (!known)
+            return bad_message("unknown error code");
+        if (!valid_detail(item[3]))
+            return bad_message("invalid error detail");
+        return make_record(spec, 2, item + 1);
+    }
+    case 3:
+        if (n != 3)
+            return bad_message("send needs 3 elements");
+        if (!valid_name(item[1]))
+            return bad_message("invalid handler name");
+        return make_record(spec, 3, item + 1);
+    case 4:
+    case 5:
+        if (n != 2)
+            return bad_message("ping/pong needs 2 elements");
+        if (!valid_nonce(item[1]))
+            return bad_message("nonce is not 8 bytes");
+        return make_record(spec, (int)kind, item + 1);
+    case 6:
+        if (n != 2)
+            return bad_message("bye needs 2 elements");
+        if (!valid_reason(item[1]))
+            return bad_message("invalid bye reason");
+        return make_record(spec, 6, item + 1);
+    default:
+        return bad_message("unknown kind");
+    }
+}
+
+PyDoc_STRVAR(decode_message_doc,
+"decode_message(buf, max_depth, max_items, spec) -> record\n\n"
+"messages.decode_message for an exact bytes object: decode() and the shape\n"
+"checks, building the record. Raises what decode() raises, and ProtocolError\n"
+"('bad message: ...') for a bad shape.");
+
+static PyObject *
+cstrict_decode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Py_ssize_t max_depth, max_items;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode_message() takes exactly 4 arguments");
+        return NULL;
+    }
+    if (parse_args("decode_message", args, 3, &max_depth, &max_items) < 0
+        || check_spec(args[3]) < 0)
+        return NULL;
+    if (!PyBytes_CheckExact(args[0]) || max_depth < 0) {
+        PyErr_SetString(Unsupported, "not exactly bytes, or a negative max_depth");
+        return NULL;
+    }
+    PyObject *msg = decode_bytes(args[0], max_depth, max_items);
+    if (msg == NULL)
+        return NULL;
+    PyObject *record = message_from(msg, args[3]);
+    Py_DECREF(msg);
+    return record != NULL ? record : refused();
+}
+
+/* Write the array head and the fields of an envelope: fields[0..nf-1] are scalars
+ * checked by the caller; a body, if any, is the last and gets what the envelope leaves
+ * of the limits. 1 written, 0 decline, -1 error. */
+static int
+write_envelope(Writer *w, long kind, PyObject *const *fields, int nf, int body,
+               Py_ssize_t max_depth, Py_ssize_t max_items)
+{
+    if (max_depth < 1 || max_items < nf + 2)  /* the envelope's own items */
+        return 0;
+    if (write_head(w, 4, (uint64_t)(nf + 1)) < 0 || write_head(w, 0, (uint64_t)kind) < 0)
+        return -1;
+    for (int f = 0; f < nf; f++) {
+        int rc = f == nf - 1 && body
+                 ? encode_value(w, fields[f], max_depth - 1, max_items - 1 - nf)
+                 : write_scalar(w, fields[f]);
+        if (rc <= 0)
+            return rc;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(encode_message_doc,
+"encode_message(msg, max_depth, max_items, spec) -> bytes | None\n\n"
+"messages.encode_for_link for a record of an exact record class whose fields pass\n"
+"its checks and whose body encode() takes; None for anything else (a bad field,\n"
+"a large bytes body, a body the pure path must convert), which the pure path\n"
+"then handles.");
+
+static PyObject *
+cstrict_encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Py_ssize_t max_depth, max_items;
+    PyObject *fields[3] = {NULL, NULL, NULL};
+    int k, nf, body, ok, rc;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_message() takes exactly 4 arguments");
+        return NULL;
+    }
+    if (check_spec(args[3]) < 0)
+        return NULL;
+    if (parse_args("encode_message", args, 3, &max_depth, &max_items) < 0) {
+        if (!PyErr_ExceptionMatches(Unsupported))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *msg = args[0], *spec = args[3];
+    for (k = 0; k < 7; k++)
+        if ((PyObject *)Py_TYPE(msg) == PyTuple_GET_ITEM(PyTuple_GET_ITEM(spec, k), 0))
+            break;
+    if (k == 7)
+        Py_RETURN_NONE;
+    nf = kind_fields[k];
+    for (int f = 0; f < nf; f++) {
+        PyObject *descr = PyTuple_GET_ITEM(PyTuple_GET_ITEM(spec, k), 1 + f);
+        fields[f] = Py_TYPE(descr)->tp_descr_get(descr, msg, (PyObject *)Py_TYPE(msg));
+        if (fields[f] == NULL)
+            goto error;
+    }
+    body = k == 0 || k == 1 || k == 3;
+    switch (k) {
+    case 0:
+        ok = valid_rid(fields[0]) && valid_name(fields[1]);
+        break;
+    case 1:
+        ok = valid_rid(fields[0]);
+        break;
+    case 2:
+        ok = valid_rid(fields[0]) && PyUnicode_CheckExact(fields[1])
+             && valid_detail(fields[2]);
+        if (ok) {
+            int known = PySet_Contains(PyTuple_GET_ITEM(spec, SPEC_CODES), fields[1]);
+            if (known < 0)
+                goto error;
+            ok = known;
+        }
+        break;
+    case 3:
+        ok = valid_name(fields[0]);
+        break;
+    case 4:
+    case 5:
+        ok = valid_nonce(fields[0]);
+        break;
+    default:
+        ok = valid_reason(fields[0]);
+        break;
+    }
+    /* A large bytes body goes the pure way, which seals it without a copy (Bulk). */
+    if (ok && body && PyBytes_CheckExact(fields[nf - 1])
+        && PyBytes_GET_SIZE(fields[nf - 1]) >= 4096)
+        ok = 0;
+    if (!ok) {
+        for (int f = 0; f < nf; f++)
+            Py_XDECREF(fields[f]);
+        Py_RETURN_NONE;
+    }
+    Writer w;
+    w.out = PyBytes_FromStringAndSize(NULL, 64);
+    w.len = 0;
+    if (w.out == NULL)
+        goto error;
+    rc = write_envelope(&w, k, fields, nf, body, max_depth, max_items);
+    for (int f = 0; f < nf; f++)
+        Py_XDECREF(fields[f]);
+    if (rc <= 0) {
+        Py_DECREF(w.out);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (_PyBytes_Resize(&w.out, w.len) < 0)
+        return NULL;
+    return w.out;
+
+error:
+    for (int f = 0; f < nf; f++)
+        Py_XDECREF(fields[f]);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------- module */
 
 static PyMethodDef cstrict_methods[] = {
     {"decode", (PyCFunction)(void (*)(void))cstrict_decode, METH_FASTCALL, decode_doc},
     {"encode", (PyCFunction)(void (*)(void))cstrict_encode, METH_FASTCALL, encode_doc},
+    {"decode_message", (PyCFunction)(void (*)(void))cstrict_decode_message, METH_FASTCALL,
+     decode_message_doc},
+    {"encode_message", (PyCFunction)(void (*)(void))cstrict_encode_message, METH_FASTCALL,
+     encode_message_doc},
     {NULL, NULL, 0, NULL},
 };
 

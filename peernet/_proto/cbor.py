@@ -199,12 +199,8 @@ def decode(buf: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
     if accel is not None:
         try:
             return accel.decode(buf, max_depth, max_items)
-        except ProtocolError:
-            raise
         except accel.Unsupported:
             pass  # not exactly bytes, or a limit beyond a C size: the reference decides
-        except Exception as exc:  # MemoryError
-            raise _refused(exc) from None
     return _decode_python(buf, max_depth, max_items)
 
 
