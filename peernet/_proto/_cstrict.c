@@ -3,11 +3,13 @@
  * An optional speed-up of peernet/_proto/cbor.py, which stays the reference: for every
  * input this module must give exactly what the pure-Python code gives (the same value,
  * or a ProtocolError with the same message), and it is fuzzed against it
- * (tests/adversarial/fuzz_targets.py, also under ASan and UBSan). Three entry points:
+ * (tests/adversarial/fuzz_targets.py, also under ASan and UBSan). Four entry points:
  *
- *   decode(buf, max_depth, max_items)  -> value            the whole of cbor.decode
- *   encode(value, max_depth, max_items) -> bytes | None    the fast path of cbor.encode
- *   decode_message(buf, max_depth, max_items) -> record   messages.decode_message
+ *   decode(buf, max_depth, max_items) -> value                  all of cbor.decode
+ *   encode(value, max_depth, max_items) -> bytes | None         cbor.encode's fast path
+ *   decode_message(buf, max_depth, max_items, spec) -> record   messages.decode_message
+ *   encode_message(msg, max_depth, max_items, spec) -> bytes | None
+ *                                              messages.encode_for_link's common case
  *
  * decode() is cbor._prevalidate and cbor2.loads in one pass: it checks each head as the
  * pre-validator does, in the same order and with the same messages, and builds the value
@@ -15,7 +17,8 @@
  * structure passed; so here a bad text string is remembered and reported only once the
  * structure has been checked to the end. encode() handles only values the pure
  * _fast_check accepts (exact builtin types within the limits) and returns None for
- * anything else, so the pure code keeps every conversion and every error message.
+ * anything else, so the pure code keeps every conversion and every error message. The
+ * message functions add messages.py's shape and field checks and build the record.
  *
  * Safety rules (guides/security.md): iterative with an explicit stack bounded by
  * max_depth (no recursion); every declared length is checked against the bytes that
@@ -225,6 +228,8 @@ decode_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth,
         unsigned ib = p[i++];
         int major = (int)(ib >> 5);
         int is_key = cur->is_map && (cur->rem & 1);
+        int opened = 0;        /* 4 or 5 once an array or a map is made */
+        Py_ssize_t count = 0;  /* its items */
         uint64_t val;
 
         if (major == 7) {
@@ -275,48 +280,18 @@ decode_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth,
         unsigned ai = ib & 31;
         if (ai < 24) {
             val = ai;
-        } else if (ai == 24) {
-            if (i >= n) {
+        } else if (ai <= 27) {  /* 1, 2, 4 or 8 bytes follow, in shortest form */
+            int w = 1 << (ai - 24);
+            if (w > n - i) {
                 PyErr_SetString(ProtocolError, "truncated head");
                 goto fail;
             }
-            val = p[i];
-            i += 1;
-            if (val < 24) {
-                PyErr_Format(ProtocolError, "non-shortest head at offset %zd", i - 2);
-                goto fail;
-            }
-        } else if (ai == 25) {
-            if (2 > n - i) {
-                PyErr_SetString(ProtocolError, "truncated head");
-                goto fail;
-            }
-            val = be16(p + i);
-            i += 2;
-            if (val < 0x100) {
-                PyErr_Format(ProtocolError, "non-shortest head at offset %zd", i - 3);
-                goto fail;
-            }
-        } else if (ai == 26) {
-            if (4 > n - i) {
-                PyErr_SetString(ProtocolError, "truncated head");
-                goto fail;
-            }
-            val = be32(p + i);
-            i += 4;
-            if (val < 0x10000) {
-                PyErr_Format(ProtocolError, "non-shortest head at offset %zd", i - 5);
-                goto fail;
-            }
-        } else if (ai == 27) {
-            if (8 > n - i) {
-                PyErr_SetString(ProtocolError, "truncated head");
-                goto fail;
-            }
-            val = be64(p + i);
-            i += 8;
-            if (val < 0x100000000ULL) {
-                PyErr_Format(ProtocolError, "non-shortest head at offset %zd", i - 9);
+            val = 0;
+            for (int k = 0; k < w; k++)
+                val = (val << 8) | p[i + k];
+            i += w;
+            if (val < (w == 1 ? 24 : (uint64_t)1 << (4 * w))) {
+                PyErr_Format(ProtocolError, "non-shortest head at offset %zd", i - 1 - w);
                 goto fail;
             }
         } else if (ai == 31) {
@@ -378,7 +353,7 @@ decode_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth,
             PyErr_SetString(ProtocolError, "declared container size exceeds the input");
             goto fail;
         }
-        Py_ssize_t count = (Py_ssize_t)val * (major == 5 ? 2 : 1);  /* <= n - i */
+        count = (Py_ssize_t)val * (major == 5 ? 2 : 1);  /* <= n - i */
         if (count > items_cap - items) {
             PyErr_Format(ProtocolError, "more than %zd items", max_items);
             goto fail;
@@ -395,31 +370,14 @@ decode_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth,
             stack = bigger;
             cur = &stack[top];
         }
-        PyObject *child = major == 5 ? PyDict_New() : PyList_New(count);
-        if (child == NULL)
+        value = major == 5 ? PyDict_New() : PyList_New(count);
+        if (value == NULL)
             goto fail;
-        /* Hand the child to its parent now, so that one DECREF of the root frees all. */
-        if (cur->container == NULL) {
-            root = child;
-        } else if (!cur->is_map) {
-            PyList_SET_ITEM(cur->container, cur->index, child);
-            cur->index++;
-        } else {
-            int rc = PyDict_SetItem(cur->container, cur->key, child);
-            Py_DECREF(child);
-            Py_CLEAR(cur->key);
-            if (rc < 0)
-                goto fail;
-        }
-        top++;
-        stack[top].container = child;
-        stack[top].rem = count;
-        stack[top].index = 0;
-        stack[top].key = NULL;
-        stack[top].is_map = major == 5;
-        continue;
+        opened = major;
 
     store:
+        /* Hand the value to its parent at once, so that one DECREF of the root frees
+         * everything built so far. */
         if (cur->container == NULL) {
             root = value;
         } else if (!cur->is_map) {
@@ -431,6 +389,14 @@ decode_value(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth,
             Py_CLEAR(cur->key);
             if (rc < 0)
                 goto fail;
+        }
+        if (opened) {  /* a container: fill it next (its parent keeps it alive) */
+            top++;
+            stack[top].container = value;
+            stack[top].rem = count;
+            stack[top].index = 0;
+            stack[top].key = NULL;
+            stack[top].is_map = opened == 5;
         }
         value = NULL;
     }
@@ -560,6 +526,30 @@ reserve(Writer *w, Py_ssize_t extra)
 
 static inline unsigned char *
 wptr(Writer *w) { return (unsigned char *)PyBytes_AS_STRING(w->out) + w->len; }
+
+static int
+writer_open(Writer *w)
+{
+    w->out = PyBytes_FromStringAndSize(NULL, 64);
+    w->len = 0;
+    return w->out == NULL ? -1 : 0;
+}
+
+/* What an encoder returns for the outcome rc of filling w: the bytes (1), None (0:
+ * declined, the pure path decides) or NULL (-1: error). */
+static PyObject *
+writer_finish(Writer *w, int rc)
+{
+    if (rc <= 0) {
+        Py_DECREF(w->out);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (_PyBytes_Resize(&w->out, w->len) < 0)
+        return NULL;
+    return w->out;
+}
 
 /* The shortest head for (major, val), as cbor2 writes it. */
 static int
@@ -836,20 +826,9 @@ cstrict_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Writer w;
-    w.out = PyBytes_FromStringAndSize(NULL, 64);
-    w.len = 0;
-    if (w.out == NULL)
+    if (writer_open(&w) < 0)
         return NULL;
-    int rc = encode_value(&w, args[0], max_depth, max_items);
-    if (rc <= 0) {
-        Py_DECREF(w.out);
-        if (rc < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (_PyBytes_Resize(&w.out, w.len) < 0)
-        return NULL;
-    return w.out;
+    return writer_finish(&w, encode_value(&w, args[0], max_depth, max_items));
 }
 
 /* ------------------------------------------------------------------------- messages */
@@ -1024,10 +1003,60 @@ bad_message(const char *why)
     return NULL;
 }
 
+/* The field checks of a message of kind k, in wire order, as messages.py makes them:
+ * 1 valid, 0 not (*why says which field, in decode_message's words), -1 error. */
+static int
+check_fields(PyObject *spec, int k, PyObject *const *v, const char **why)
+{
+    switch (k) {
+    case 0:
+    case 1:
+    case 2:
+        if (!valid_rid(v[0])) {
+            *why = "request id out of range";
+            return 0;
+        }
+        if (k == 0 && !valid_name(v[1])) {
+            *why = "invalid handler name";
+            return 0;
+        }
+        if (k == 2) {
+            int known = PyUnicode_CheckExact(v[1])
+                        ? PySet_Contains(PyTuple_GET_ITEM(spec, SPEC_CODES), v[1]) : 0;
+            if (known <= 0) {
+                *why = "unknown error code";
+                return known;
+            }
+            if (!valid_detail(v[2])) {
+                *why = "invalid error detail";
+                return 0;
+            }
+        }
+        return 1;
+    case 3:
+        *why = "invalid handler name";
+        return valid_name(v[0]);
+    case 4:
+    case 5:
+        *why = "nonce is not 8 bytes";
+        return valid_nonce(v[0]);
+    default:
+        *why = "invalid bye reason";
+        return valid_reason(v[0]);
+    }
+}
+
+static const char *const arity_error[7] = {
+    "call needs 4 elements", "reply needs 3 elements", "error needs 4 elements",
+    "send needs 3 elements", "ping/pong needs 2 elements", "ping/pong needs 2 elements",
+    "bye needs 2 elements",
+};
+
 /* messages.decode_message's checks on a decoded value, in its order. */
 static PyObject *
 message_from(PyObject *msg, PyObject *spec)
 {
+    const char *why;
     if (!PyList_CheckExact(msg) || PyList_GET_SIZE(msg) == 0)
         return bad_message("not a non-empty array");
     PyObject **item = ((PyListObject *)msg)->ob_item;
@@ -1038,60 +1067,15 @@ message_from(PyObject *msg, PyObject *spec)
     long long kind = PyLong_AsLongLongAndOverflow(item[0], &overflow);
     if (kind == -1 && PyErr_Occurred())
         return NULL;
-    if (overflow)
+    if (overflow || kind < 0 || kind > 6)
         return bad_message("unknown kind");
-    switch (kind) {
-    case 0:
-        if (n != 4)
-            return bad_message("call needs 4 elements");
-        if (!valid_rid(item[1]))
-            return bad_message("request id out of range");
-        if (!valid_name(item[2]))
-            return bad_message("invalid handler name");
-        return make_record(spec, 0, item + 1);
-    case 1:
-        if (n != 3)
-            return bad_message("reply needs 3 elements");
-        if (!valid_rid(item[1]))
-            return bad_message("request id out of range");
-        return make_record(spec, 1, item + 1);
-    case 2: {
-        if (n != 4)
-            return bad_message("error needs 4 elements");
-        if (!valid_rid(item[1]))
-            return bad_message("request id out of range");
-        int known = PyUnicode_CheckExact(item[2])
-                    ? PySet_Contains(PyTuple_GET_ITEM(spec, SPEC_CODES), item[2]) : 0;
-        if (known < 0)
-            return NULL;
-        if (!known)
-            return bad_message("unknown error code");
-        if (!valid_detail(item[3]))
-            return bad_message("invalid error detail");
-        return make_record(spec, 2, item + 1);
-    }
-    case 3:
-        if (n != 3)
-            return bad_message("send needs 3 elements");
-        if (!valid_name(item[1]))
-            return bad_message("invalid handler name");
-        return make_record(spec, 3, item + 1);
-    case 4:
-    case 5:
-        if (n != 2)
-            return bad_message("ping/pong needs 2 elements");
-        if (!valid_nonce(item[1]))
-            return bad_message("nonce is not 8 bytes");
-        return make_record(spec, (int)kind, item + 1);
-    case 6:
-        if (n != 2)
-            return bad_message("bye needs 2 elements");
-        if (!valid_reason(item[1]))
-            return bad_message("invalid bye reason");
-        return make_record(spec, 6, item + 1);
-    default:
-        return bad_message("unknown kind");
-    }
+    int k = (int)kind;
+    if (n != 1 + kind_fields[k])
+        return bad_message(arity_error[k]);
+    int ok = check_fields(spec, k, item + 1, &why);
+    if (ok <= 0)
+        return ok < 0 ? NULL : bad_message(why);
+    return make_record(spec, k, item + 1);
 }
 
 PyDoc_STRVAR(decode_message_doc,
@@ -1185,34 +1169,10 @@ cstrict_encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs
             goto error;
     }
     body = k == 0 || k == 1 || k == 3;
-    switch (k) {
-    case 0:
-        ok = valid_rid(fields[0]) && valid_name(fields[1]);
-        break;
-    case 1:
-        ok = valid_rid(fields[0]);
-        break;
-    case 2:
-        ok = valid_rid(fields[0]) && PyUnicode_CheckExact(fields[1])
-             && valid_detail(fields[2]);
-        if (ok) {
-            int known = PySet_Contains(PyTuple_GET_ITEM(spec, SPEC_CODES), fields[1]);
-            if (known < 0)
-                goto error;
-            ok = known;
-        }
-        break;
-    case 3:
-        ok = valid_name(fields[0]);
-        break;
-    case 4:
-    case 5:
-        ok = valid_nonce(fields[0]);
-        break;
-    default:
-        ok = valid_reason(fields[0]);
-        break;
-    }
+    const char *why;
+    ok = check_fields(spec, k, fields, &why);
+    if (ok < 0)
+        goto error;
     /* A large bytes body goes the pure way, which seals it without a copy (Bulk). */
     if (ok && body && PyBytes_CheckExact(fields[nf - 1])
         && PyBytes_GET_SIZE(fields[nf - 1]) >= 4096)
@@ -1223,22 +1183,12 @@ cstrict_encode_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     Writer w;
-    w.out = PyBytes_FromStringAndSize(NULL, 64);
-    w.len = 0;
-    if (w.out == NULL)
+    if (writer_open(&w) < 0)
         goto error;
     rc = write_envelope(&w, k, fields, nf, body, max_depth, max_items);
     for (int f = 0; f < nf; f++)
         Py_XDECREF(fields[f]);
-    if (rc <= 0) {
-        Py_DECREF(w.out);
-        if (rc < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (_PyBytes_Resize(&w.out, w.len) < 0)
-        return NULL;
-    return w.out;
+    return writer_finish(&w, rc);
 
 error:
     for (int f = 0; f < nf; f++)

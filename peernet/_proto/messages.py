@@ -41,6 +41,11 @@ checked by :func:`decode_message`, and locally built ones are checked by
 :func:`encode_message` (``ValueError`` for a bad field, ``EncodeError`` for non-CBOR
 ``args``/``result``). :func:`decode_message` raises only
 :class:`~peernet.errors.ProtocolError`.
+
+When the compiled accelerator is in use (:data:`peernet._proto.cbor.BACKEND`),
+:func:`decode_message` and :func:`encode_for_link` run in C for the common case: bytes
+to a checked record in one pass, and back. The code in this module is the reference
+they are tested against, and what runs for everything the C code hands back.
 """
 
 from __future__ import annotations
