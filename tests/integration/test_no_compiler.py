@@ -29,7 +29,8 @@ def _without_compiler(tmp_path: Path, **extra: str) -> dict[str, str]:
     empty = tmp_path / "no-compiler-bin"
     empty.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CC", "CFLAGS", "LDSHARED", "PEERNET_PURE", "PYTHONPATH")
+           if k not in ("CC", "CFLAGS", "LDSHARED", "PEERNET_PURE", "PEERNET_REQUIRE_ACCEL",
+                        "PYTHONPATH")
            and not k.startswith("PYTEST")}
     env["PATH"] = str(empty)  # no gcc, cc or clang to be found
     env.update(extra)
