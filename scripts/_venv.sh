@@ -9,7 +9,12 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 stamp="$venv/.peernet-installed"
-want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1) [$extras]"
+# Re-install when pyproject.toml or the accelerator's C source changes: pip builds the
+# extension in place, and a stale build would be tested instead of the source.
+shopt -s nullglob
+inputs=("$root/pyproject.toml" "$root"/peernet/_proto/*.c)
+shopt -u nullglob
+want="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1) [$extras]"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   spec="$root"
   [ -n "$extras" ] && spec="$root[$extras]"

@@ -88,3 +88,15 @@ def pair_of_nodes(make_node) -> tuple[peernet.Node, peernet.Node]:
     b.pair(a.id, label="a")
     a.connect(b.id, "127.0.0.1", b.port)
     return a, b
+
+
+@pytest.fixture(scope="module", params=["python", "c"])
+def codec_backend(request) -> Iterator[str]:
+    """Runs every test of a module that uses it (``pytestmark =
+    pytest.mark.usefixtures("codec_backend")``) once per codec backend: the pure-Python
+    reference and the compiled accelerator (see tests/accel.py for when "c" fails or
+    skips). Module scope, so hypothesis tests may use it."""
+    from tests.accel import backend
+
+    with backend(request.param):
+        yield request.param

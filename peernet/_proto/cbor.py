@@ -58,18 +58,34 @@ Conventions:
 
 Decoded values are built from exactly ``None``, ``bool``, ``int``, ``float``, ``str``,
 ``bytes``, ``list`` and ``dict`` (with ``str`` keys).
+
+The compiled accelerator
+------------------------
+
+``peernet._proto._cstrict`` (``_cstrict.c``, built when a C compiler is present) does the
+same work faster: :func:`decode` of a ``bytes`` object in one pass (the pre-validator's
+checks, in the same order with the same messages, while it builds the value), and the
+fast path of :func:`encode` (exact builtin types within the limits; it answers "not
+mine" for anything else, so every conversion and error message stays here). The code in
+this module is the reference: both backends give the same values and the same errors,
+which the test suite and the differential fuzz targets check. ``PEERNET_PURE=1`` in the
+environment (read at import) keeps the accelerator off; :data:`BACKEND` says which one
+runs (``"c"`` or ``"python"``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from types import ModuleType
 from typing import Any, NoReturn
 
 import cbor2
 
 from peernet.errors import EncodeError, ProtocolError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_MAX_ITEMS", "decode", "encode", "prepare"]
+__all__ = ["BACKEND", "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_ITEMS", "decode", "encode",
+           "prepare"]
 
 DEFAULT_MAX_DEPTH = 16
 """Deepest container nesting accepted by default (the top-level container is level 1)."""
@@ -140,6 +156,34 @@ _STRICT: dict[str, Any] = {
 }
 
 
+# ------------------------------------------------------------------------ backends
+
+
+def _load_accelerator() -> ModuleType | None:
+    """The compiled ``_cstrict`` module, or None: not built, or ``PEERNET_PURE`` set."""
+    if os.environ.get("PEERNET_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from peernet._proto import _cstrict
+    except ImportError:
+        return None
+    return _cstrict
+
+
+_accel: Any = _load_accelerator()
+"""The accelerator module in use, or None. The one switch: messages.py reads it too."""
+
+
+def __getattr__(name: str) -> str:
+    if name == "BACKEND":  # derived from _accel, so it cannot disagree with it
+        return "c" if _accel is not None else "python"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+BACKEND: str
+"""``"c"`` when the compiled accelerator decodes and encodes, ``"python"`` otherwise."""
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -151,6 +195,23 @@ def decode(buf: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
     are copied to ``bytes`` first). Raises :class:`~peernet.errors.ProtocolError` for
     every failure, whatever its cause; the message never contains decoded data.
     """
+    accel = _accel
+    if accel is not None:
+        try:
+            return accel.decode(buf, max_depth, max_items)
+        except accel.Unsupported:
+            pass  # not exactly bytes, or a limit beyond a C size: the reference decides
+    return _decode_python(buf, max_depth, max_items)
+
+
+def _refused(exc: Exception) -> ProtocolError:
+    what = "invalid UTF-8 or malformed item" if isinstance(exc, cbor2.CBORDecodeError) \
+        else type(exc).__name__
+    return ProtocolError(f"CBOR refused by the strict decoder ({what})")
+
+
+def _decode_python(buf: bytes, max_depth: int, max_items: int) -> object:
+    """:func:`decode` in pure Python: the reference."""
     try:
         if type(buf) is not bytes:
             if not isinstance(buf, (bytes, bytearray, memoryview)):
@@ -163,9 +224,7 @@ def decode(buf: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
     except ProtocolError:
         raise
     except Exception as exc:  # MemoryError, cbor2 errors (e.g. bad UTF-8), anything
-        what = "invalid UTF-8 or malformed item" if isinstance(exc, cbor2.CBORDecodeError) \
-            else type(exc).__name__
-        raise ProtocolError(f"CBOR refused by the strict decoder ({what})") from None
+        raise _refused(exc) from None
 
 
 def _prevalidate(buf: bytes, max_depth: int, max_items: int) -> None:
@@ -300,8 +359,25 @@ def encode(value: object, *, max_depth: int = DEFAULT_MAX_DEPTH,
     not CBOR data as described in the module doc, naming the type and its path (rooted
     at ``name``) but never the value itself.
     """
+    data = fast_encode(value, max_depth, max_items)
+    if data is not None:
+        return data
     value = prepare(value, max_depth=max_depth, max_items=max_items, name=name)
     return dumps_prepared(value, name=name, max_depth=max_depth, max_items=max_items)
+
+
+def fast_encode(value: object, max_depth: int, max_items: int) -> bytes | None:
+    """The accelerator's encoding of a value built from exact builtin types within the
+    limits (what :func:`_fast_check` passes); None if it is off or declines, and then
+    :func:`prepare` and :func:`dumps_prepared` decide (they give the same bytes)."""
+    accel = _accel
+    if accel is None:
+        return None
+    try:
+        data: bytes | None = accel.encode(value, max_depth, max_items)
+    except Exception:  # MemoryError: let the reference path decide what it is
+        return None
+    return data
 
 
 def prepare(value: object, *, max_depth: int = DEFAULT_MAX_DEPTH,

@@ -41,10 +41,16 @@ checked by :func:`decode_message`, and locally built ones are checked by
 :func:`encode_message` (``ValueError`` for a bad field, ``EncodeError`` for non-CBOR
 ``args``/``result``). :func:`decode_message` raises only
 :class:`~peernet.errors.ProtocolError`.
+
+When the compiled accelerator is in use (:data:`peernet._proto.cbor.BACKEND`),
+:func:`decode_message` and :func:`encode_for_link` run in C for the common case: bytes
+to a checked record in one pass, and back. The code in this module is the reference
+they are tested against, and what runs for everything the C code hands back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
@@ -192,6 +198,19 @@ Message: TypeAlias = Call | Reply | Error | Send | Ping | Pong | Bye
 """Any of the seven wire messages."""
 
 
+def _accelerator_spec() -> tuple:
+    """What the compiled codec needs to check and build records, passed on each call (it
+    keeps nothing): per kind, the record class and the descriptors of its slots in wire
+    order; then :data:`ERROR_CODES`."""
+    records = [(cls, *(cls.__dict__[f.name] for f in dataclasses.fields(cls)))
+               for cls in (Call, Reply, Error, Send, Ping, Pong, Bye)]
+    assert [r[0].KIND for r in records] == list(range(7))
+    return (*records, ERROR_CODES)
+
+
+_SPEC = _accelerator_spec()
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -275,6 +294,14 @@ def encode_for_link(msg: Message, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
                     max_items: int = cbor.DEFAULT_MAX_ITEMS) -> bytes | Bulk:
     """:func:`encode_message`, except that a message with a large ``bytes`` body comes
     back as a :class:`Bulk` (same encoding, not joined) for the link to seal."""
+    accel = cbor._accel
+    if accel is not None:  # the common case in one step; None: the checks below decide
+        try:
+            data: bytes | None = accel.encode_message(msg, max_depth, max_items, _SPEC)
+        except Exception:  # MemoryError: let the reference path decide what it is
+            data = None
+        if data is not None:
+            return data
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1 (the envelope is one level)")
     if isinstance(msg, Call):
@@ -325,7 +352,18 @@ def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
     Raises only :class:`~peernet.errors.ProtocolError` (malformed CBOR, or a shape that
     breaks the rules in the module doc); the message never repeats the data.
     """
-    msg = cbor.decode(buf, max_depth=max_depth, max_items=max_items)
+    accel = cbor._accel
+    if accel is not None:  # bytes to a checked record in one pass, the same outcome
+        try:
+            return accel.decode_message(buf, max_depth, max_items, _SPEC)
+        except accel.Unsupported:
+            pass  # not exactly bytes, or a limit beyond a C size: the reference decides
+    return _decode_message_python(buf, max_depth, max_items)
+
+
+def _decode_message_python(buf: bytes, max_depth: int, max_items: int) -> Message:
+    """:func:`decode_message` in pure Python: the reference."""
+    msg = cbor._decode_python(buf, max_depth, max_items)
     if type(msg) is not list or not msg:
         raise _bad("not a non-empty array")
     kind = msg[0]

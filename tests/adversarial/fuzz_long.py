@@ -1,12 +1,15 @@
 """The long fuzz run behind ``scripts/fuzz`` (the bounded one is test_fuzz.py).
 
-    python -m tests.adversarial.fuzz_long [--minutes 5] [--only NAME ...] [--atheris]
+    python -m tests.adversarial.fuzz_long [--minutes 5] [--only NAME ...] [--atheris|--asan]
 
 Hypothesis (default): the targets of fuzz_targets.py in turn, 500 fresh random inputs
 per turn, until the time is up. ``--atheris``: coverage-guided fuzzing of the byte-level
 targets, one libFuzzer process per target sharing the time; crash inputs go to
-``--artifacts`` (default /tmp/peernet-fuzz). Exits 1 on the first failure, printing the
-input that reproduces it.
+``--artifacts`` (default /tmp/peernet-fuzz). ``--asan``: the differential targets (the
+compiled accelerator against the pure-Python codec) against an ASan+UBSan build of the
+accelerator (sanitized.py). Exits 1 on the first failure, printing the input that
+reproduces it. The differential targets need the accelerator; without it they are left
+out, with a note.
 """
 
 from __future__ import annotations
@@ -100,6 +103,35 @@ def _atheris_child(name: str, libfuzzer_args: list[str]) -> None:
     atheris.Fuzz()
 
 
+def _asan(seconds: float, artifacts: Path) -> int:
+    from tests.adversarial import sanitized
+
+    runtime = sanitized.runtime()
+    if runtime is None:
+        print(f"{sanitized.compiler()} has no AddressSanitizer runtime", file=sys.stderr)
+        return 2
+    so = sanitized.build(artifacts / "asan")
+    print(f"ASan+UBSan build {so}: differential targets for {seconds / 60:g} min", flush=True)
+    result = subprocess.run([sys.executable, "-m", "tests.adversarial.sanitized", "--so",
+                             str(so), "--examples", "500", "--minutes", str(seconds / 60)],
+                            cwd=REPO, env=sanitized.environment(runtime))
+    return 1 if result.returncode else 0
+
+
+def _without_missing_accelerator(names: list[str]) -> list[str]:
+    from tests.adversarial.fuzz_targets import DIFFERENTIAL
+
+    try:
+        from peernet._proto import _cstrict  # noqa: F401
+    except ImportError:
+        left_out = sorted(set(names) & DIFFERENTIAL)
+        if left_out:
+            print(f"the C accelerator is not built: leaving out {', '.join(left_out)}",
+                  file=sys.stderr)
+        return [n for n in names if n not in DIFFERENTIAL]
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--atheris-child"]:
@@ -114,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="NAME", help=f"targets to run: {', '.join(everything)}")
     ap.add_argument("--atheris", action="store_true",
                     help="coverage-guided (atheris) instead of hypothesis")
+    ap.add_argument("--asan", action="store_true",
+                    help="the differential targets against an ASan+UBSan build of the "
+                         "C accelerator (needs a C compiler with its sanitizer runtimes)")
     ap.add_argument("--artifacts", type=Path, default=Path("/tmp/peernet-fuzz"),
                     help="atheris crash inputs and corpora (default /tmp/peernet-fuzz)")
     opts = ap.parse_args(argv)
     seconds = opts.minutes * 60
+    if opts.asan:
+        return _asan(seconds, opts.artifacts)
+    opts.only = _without_missing_accelerator(opts.only)
     if opts.atheris:
         try:
             import atheris  # noqa: F401

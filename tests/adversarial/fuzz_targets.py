@@ -19,6 +19,7 @@ decoders, mutated fixed transcripts, single bit flips) is not repeated here.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Callable
 
@@ -37,6 +38,7 @@ from peernet._proto.messages import (
     Reply,
     Send,
     decode_message,
+    encode_for_link,
     encode_message,
 )
 from peernet._proto.noise import HandshakeState
@@ -49,8 +51,9 @@ from peernet._proto.session import (
     SessionClosed,
     SessionState,
 )
-from peernet.errors import HandshakeError, InvalidInviteCode, InviteRejected, ProtocolError
 from peernet._proto.invite import InviterExchange, JoinerExchange, parse_code
+from peernet.errors import HandshakeError, InvalidInviteCode, InviteRejected, ProtocolError
+from tests.accel import under_both
 from tests.helpers import check_event_invariants, make_pair, pump, seeded_identity
 
 # -- 1. the frame reader -----------------------------------------------------------------
@@ -570,6 +573,97 @@ def bytes_invite_inviter(data: bytes) -> None:
     assert not inviter.done
 
 
+# -- 8. the compiled codec against the pure-Python reference -------------------------------
+# Each target runs the public codec call under both backends (tests/accel.py) and asserts
+# the same outcome: the same value (floats compared bit for bit, records field by field),
+# or the same exception class and message. Under ASan/UBSan (sanitized.py) the same
+# targets drive the sanitizer build of the accelerator.
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+class _Label(str):
+    pass
+
+
+_limits = st.tuples(st.sampled_from([16, 16, 0, 1, 2, 3, 5, 20, 64]),
+                    st.sampled_from([50_000, 50_000, 0, 1, 2, 4, 5, 7, 30, 200]))
+_diff_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1)
+    | st.sampled_from([2**64, -(2**64) - 1, 2**63, -(2**63) - 1, 10**30])
+    | st.floats() | st.text(max_size=12) | st.binary(max_size=12)
+    | st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2)  # lone surrogates
+    | st.binary(max_size=6).map(bytearray) | st.just(_Level.LOW)
+    | st.text(max_size=4).map(_Label) | st.sampled_from([{1, 2}, 1j, memoryview(b"mv")]))
+_diff_keys = st.text(max_size=5) | st.text(max_size=3).map(_Label) | st.integers(0, 3)
+diff_values = st.recursive(
+    _diff_scalars,
+    lambda inner: (st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                   | st.dictionaries(_diff_keys, inner, max_size=4)),
+    max_leaves=24)
+
+
+def _valid_then_mutated(draw) -> bytes:
+    value = draw(diff_values)
+    try:
+        data = cbor.encode(value, max_depth=64, max_items=10**6)
+    except (TypeError, ValueError):
+        data = b"\x80"
+    return _mutate(data, draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300),
+                                                 st.integers(0, 255)), max_size=3)))
+
+
+diff_bytes = (cbor_items() | st.composite(_valid_then_mutated)() | st.binary(max_size=60))
+
+
+def prop_cbor_diff(args) -> None:
+    data, (max_depth, max_items) = args
+    pure, compiled = under_both(cbor.decode, data, max_depth=max_depth, max_items=max_items)
+    assert pure == compiled
+
+
+def prop_encode_diff(args) -> None:
+    value, (max_depth, max_items) = args
+    pure, compiled = under_both(cbor.encode, value, max_depth=max_depth, max_items=max_items)
+    assert pure == compiled
+
+
+def _message_inputs(draw):
+    array = draw(message_arrays())
+    data = cbor.encode(array, max_depth=64, max_items=10**6)
+    if draw(st.booleans()):
+        data = _mutate(data, draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 80),
+                                                     st.integers(0, 255)), max_size=3)))
+    return array, data, draw(_limits)
+
+
+def prop_messages_diff(args) -> None:
+    array, data, (max_depth, max_items) = args
+    pure, compiled = under_both(decode_message, data, max_depth=max_depth,
+                                max_items=max_items)
+    assert pure == compiled
+    kind = array[0]
+    if type(kind) is int and 0 <= kind <= 6:
+        cls = (Call, Reply, Error, Send, Ping, Pong, Bye)[kind]
+        fields = array[1:]
+        if len(fields) == len(dataclasses.fields(cls)):  # type: ignore[arg-type]
+            pure, compiled = under_both(encode_for_link, cls(*fields), max_depth=max_depth,
+                                        max_items=max_items)
+            assert pure == compiled
+
+
+def bytes_cbor_diff(data: bytes) -> None:
+    if data:
+        prop_cbor_diff((data[1:], (data[0] % 20, data[0] * 7)))
+
+
+def bytes_messages_diff(data: bytes) -> None:
+    pure, compiled = under_both(decode_message, data)
+    assert pure == compiled
+
+
 # -- registries ---------------------------------------------------------------------------
 
 PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[[object], None]]] = {
@@ -580,6 +674,9 @@ PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[[object], None]]] = {
     "session": (session_programs, prop_session_program),
     "announce": (announce_mutations, prop_announce),
     "invite": (invite_mutations, prop_invite_exchange),
+    "cbor-diff": (st.tuples(diff_bytes, _limits), prop_cbor_diff),
+    "encode-diff": (st.tuples(diff_values, _limits), prop_encode_diff),
+    "messages-diff": (st.composite(_message_inputs)(), prop_messages_diff),
 }
 
 BYTE_TARGETS: dict[str, Callable[[bytes], None]] = {
@@ -592,6 +689,12 @@ BYTE_TARGETS: dict[str, Callable[[bytes], None]] = {
     "announce": bytes_announce,
     "invite-code": bytes_invite_code,
     "invite-inviter": bytes_invite_inviter,
+    "cbor-diff": bytes_cbor_diff,
+    "messages-diff": bytes_messages_diff,
 }
 
-__all__ = ["BYTE_TARGETS", "PROPERTIES"]
+#: Targets that compare the compiled accelerator with the pure-Python reference: they
+#: need the accelerator (tests/accel.py says when its absence fails or skips).
+DIFFERENTIAL = frozenset({"cbor-diff", "encode-diff", "messages-diff"})
+
+__all__ = ["BYTE_TARGETS", "DIFFERENTIAL", "PROPERTIES"]

@@ -21,6 +21,10 @@ from peernet.errors import EncodeError, ProtocolError
 from tests.helpers import mutate
 from tests.hostile_cbor import AMPLIFY, AMPLIFY_ITEMS, BENIGN, HOSTILE, head
 
+# The whole module runs on both codec backends: the pure-Python reference and the
+# compiled accelerator.
+pytestmark = pytest.mark.usefixtures("codec_backend")
+
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
