@@ -33,6 +33,7 @@ from .._proto.messages import (
     HANDLER_ERROR,
     Bulk,
     Call,
+    Deferred,
     Error,
     Reply,
     Send,
@@ -61,8 +62,6 @@ INLINE_BUDGET_S = 0.02
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
 _SEND_ROOM_WAIT_S = 0.5
-#: Inline work of at most this many encoded bytes is not measured nor charged.
-_UNCHARGED_INLINE = 4096
 #: An unpaired key that knocks is logged at WARNING at most this often.
 _REFUSAL_WARNING_EVERY_S = 60.0
 _REFUSAL_WARNINGS_TRACKED = 256
@@ -293,35 +292,42 @@ class Mesh:
                      payload: bytes) -> None:
         """Run a peer's call or send here on the reader (``inline``, when the scheduler
         has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
-        (decoded when it runs), charged what it holds once decoded."""
+        (decoded when it runs) and is charged what it holds once decoded. A large one
+        (its args came Deferred, unbuilt) always goes to a worker, charged the bound
+        the channel measured, and is built there: a reader never builds what the
+        peer's budget did not allow, nor spreads that memory over reader threads."""
         peer = link.peer_id
         assert peer is not None
         message = box.pop()  # now the only reference: see the dels below
-        # A small message cannot hold much decoded (at most ~80 bytes per byte): only
-        # a large one is measured and charged when it runs inline.
-        held = self._cost(payload, message.args) if len(payload) > _UNCHARGED_INLINE else 0
-        if type(message) is Call:
-            if inline and self._sched.claim_call(peer, link, held):
+        args = message.args
+        if type(args) is Deferred:
+            cost = args.held_bound + JOB_OVERHEAD_BYTES
+            inline = False
+        else:  # at most DEFER_ARGS_OVER bytes: small decoded, too (~100 bytes a byte)
+            cost = 0
+        del args
+        if isinstance(message, Call):
+            if inline and self._sched.claim_call(peer, link):
                 try:
                     link.run_inline(lambda: self._serve_call(link, message))
                 finally:
-                    self._sched.release_call(peer, held)
+                    self._sched.release_call(peer)
                 return
             rid = message.request_id
-            cost = held or self._cost(payload, message.args)
+            cost = cost or self._cost(payload, message.args)
             del message  # decoded, it holds far more than the payload: not while queued
             if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
                                            cost=cost):
                 link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer, link, held):
+        elif inline and self._sched.claim_send(peer, link):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
             try:
-                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
+                link.run_inline(lambda: self._serve_send(peer, message))
             finally:
-                self._sched.release_send(peer, held)
+                self._sched.release_send(peer)
         else:
-            cost = held or self._cost(payload, message.args)
+            cost = cost or self._cost(payload, message.args)
             del message  # not held while waiting for room, nor while queued
             if not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
                                            cost=cost, wait_s=_SEND_ROOM_WAIT_S):
@@ -389,13 +395,14 @@ class Mesh:
             log.debug("send %r from %s: %s", send.name, peer.short, outcome.error)
 
     def _serve_queued(self, link: Link, payload: bytes) -> None:
-        """Run a queued call or send: decode it again (it was checked on arrival)."""
+        """Run a queued call or send: decode it again, args and all (it was checked on
+        arrival, and charged what this builds)."""
         assert link.channel is not None and link.peer_id is not None
-        message = link.channel.decode(payload)
-        if type(message) is Call:
+        message = link.channel.decode_all(payload)
+        if isinstance(message, Call):
             self._serve_call(link, message)
-        else:
-            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
+        elif isinstance(message, Send):
+            self._serve_send(link.peer_id, message)
 
     def _check_size(self, payload: bytes | Bulk) -> None:
         if len(payload) > self._settings.max_message_size:

@@ -320,6 +320,13 @@ class Scheduler:
         """Handlers running now, inline or on workers."""
         return self._running
 
+    def queued(self) -> int:
+        """Jobs that have not started: ready for a worker, or waiting behind their
+        peer's share of the slots or its earlier sends."""
+        with self._lock:
+            return (len(self._ready) + sum(map(len, self._calls_waiting.values()))
+                    + sum(map(len, self._sends.values())))
+
     # -- internals (under the lock) ----------------------------------------------------
 
     def _charge_locked(self, peer: PeerId, cost: int) -> bool:

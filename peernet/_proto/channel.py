@@ -14,7 +14,11 @@ gives them meaning. It never touches a socket, a thread, a clock or a Future; th
    another link) is dropped. Ids are scoped to the channel, so no peer can answer a call
    made to another. :meth:`forget` drops an id the caller gave up on.
 2. **Calls and sends in** come out as :class:`CallIn` / :class:`SendIn`. Each CallIn is
-   *served* until the edge reports :meth:`answered` (exactly once per CallIn).
+   *served* until the edge reports :meth:`answered` (exactly once per CallIn). One
+   longer than :data:`DEFER_ARGS_OVER` bytes is checked completely, but its ``args``
+   are left unbuilt (:class:`~peernet._proto.messages.Deferred`, with a bound of what
+   they will hold): the edge charges that bound and builds them where the work runs
+   (:meth:`decode_all`), so decoding never costs what no budget allowed.
 3. **Liveness.** :meth:`ping` returns a Ping to write and remembers its nonce with the
    time it was sent (the edge passes the time in); the matching Pong comes back as
    :class:`PongIn` with the round-trip time. At most :data:`MAX_PENDING_PINGS` are
@@ -72,13 +76,15 @@ from .messages import (
 
 __all__ = [
     "Answered", "CallIn", "Channel", "ChannelEvent", "ChannelState", "ERROR_TYPES",
-    "Ended", "MAX_PENDING_PINGS", "PeerRetired", "PongIn", "Refused", "SUPERSEDED",
+    "DEFER_ARGS_OVER", "Ended", "MAX_PENDING_PINGS", "PeerRetired", "PongIn", "Refused", "SUPERSEDED",
     "SendIn", "error_for",
 ]
 
 #: Bye reason that starts (or answers) the two-sided retirement of a duplicate link.
 SUPERSEDED = BYE_SUPERSEDED
 MAX_PENDING_PINGS = 16
+#: Calls and sends longer than this (encoded bytes) come out with Deferred args.
+DEFER_ARGS_OVER = 4096
 
 #: Wire error code -> the exception a caller gets. ``bad_request`` and any code without
 #: an entry become a plain CallError.
@@ -233,7 +239,12 @@ class Channel:
 
     def decode(self, payload: bytes) -> Message:
         """The strict decode of one message (stateless: an edge may run it outside its
-        lock). Raises :class:`~peernet.errors.ProtocolError`, which must end the link."""
+        lock); a call or send over :data:`DEFER_ARGS_OVER` bytes keeps its args
+        Deferred. Raises :class:`~peernet.errors.ProtocolError`, which must end the link."""
+        return decode_message(payload, max_depth=self._max_depth, defer_over=DEFER_ARGS_OVER)
+
+    def decode_all(self, payload: bytes) -> Message:
+        """:meth:`decode` with every part built (a deferred call's or send's args)."""
         return decode_message(payload, max_depth=self._max_depth)
 
     def handle(self, msg: Message, now: float) -> ChannelEvent | None:
