@@ -492,12 +492,8 @@ class Mesh:
         """Dial ``pid`` again after its backoff delay (``restart``: now, backoff reset)."""
         if self._closed or not self._is_trusted(pid):
             return
-        backoff = self._settings.backoff
-
-        def delay_s(attempt: int) -> float:
-            return 0.0 if restart else backoff.delay(attempt, random.random())
-
-        self._registry.schedule_redial(pid, delay_s, self.dial, restart=restart)
+        self._registry.schedule_redial(pid, self._settings.backoff, random.random(),
+                                       self.dial, restart=restart)
 
     def _schedule_address_save(self) -> None:
         """Save the address book soon, on the timer thread: a burst of link events costs
