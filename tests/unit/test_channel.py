@@ -272,3 +272,48 @@ def test_close_returns_every_waiter_and_refuses_new_calls():
     assert set(channel.close()) == {call, ping}
     with pytest.raises(LinkEnded):
         channel.add_call(2, "echo", object())
+
+
+def test_goodbye_is_a_bye_the_peer_accepts_cut_to_the_limit():
+    channel = Channel(B_ID)
+    assert decode_message(channel.goodbye("node closing")) == Bye("node closing")
+    assert decode_message(channel.goodbye("x" * 500)) == Bye("x" * 200)
+
+
+def test_retire_on_an_ended_channel_says_nothing():
+    for end in ("bye", "protocol error", "closed"):
+        pair = ChannelPair()
+        if end == "bye":
+            pair.deliver(pair.a, Bye("node closing"))
+        elif end == "protocol error":
+            pair.a.receive(b"\xff", 1.0)
+        else:
+            pair.a.close()
+        reason = pair.a.ended
+        pair.a.retire()
+        pair.a.retire(force=True)
+        assert not pair.a.has_output and pair.a.ended == reason
+        assert pair.a.state is ChannelState.ENDED
+
+
+def test_a_large_call_or_send_comes_in_with_its_args_unbuilt():
+    """Over DEFER_ARGS_OVER bytes, args are checked but left Deferred (with a bound of
+    what they hold) for the edge to build where the work runs; decode_all builds them."""
+    from peernet._proto.channel import DEFER_ARGS_OVER
+    from peernet._proto.messages import Deferred
+
+    pair = ChannelPair()
+    big = ["x" * DEFER_ARGS_OVER]
+    token = object()
+    assert pair.a.add_call(7, "echo", token)
+    payload = encode_message(Call(7, "echo", big))
+    event = pair.b.receive(payload, 1.0)
+    assert type(event) is CallIn and event.call.request_id == 7
+    assert type(event.call.args) is Deferred and event.call.args.held_bound > len(payload)
+    assert pair.b.decode_all(payload) == Call(7, "echo", big)
+    send = pair.b.receive(encode_message(Send("note", big)), 1.0)
+    assert type(send) is SendIn and type(send.send.args) is Deferred
+    small = pair.b.receive(encode_message(Call(8, "echo", "x")), 1.0)
+    assert small == CallIn(Call(8, "echo", "x"))
+    # A large *reply* is the caller's own: built as it comes.
+    assert pair.deliver(pair.a, Reply(7, big)) == Answered(token, big)
