@@ -305,9 +305,10 @@ class Link:
             if channel is None:
                 return
             op(channel)
-            output = channel.take_output()
+            output = channel.take_output() if channel.has_output else None
             ended = channel.ended
-        self._after_channel(output, ended)
+        if output or ended is not None:
+            self._after_channel(output or [], ended)
 
     def _after_channel(self, output: list[bytes], ended: Ended | None) -> None:
         for payload in output:
@@ -642,23 +643,23 @@ class Link:
             output = channel.take_output() if channel.has_output else None
             ended = channel.ended
         del msg  # the event holds it; the box below is its only other holder
-        kind = type(event)
-        if kind is Answered:
-            settle(event.token, result=event.result)  # type: ignore[union-attr]
-        elif kind is CallIn or kind is SendIn:
-            # Handed over in a box the owner empties: decoded, a message can hold ~70x its
-            # payload, and this frame must not keep it alive while it waits in a queue.
-            box = [event.call if kind is CallIn else event.send]  # type: ignore[union-attr]
-            del event
-            self._owner.link_message(self, box, inline=inline, payload=payload)
-        elif kind is Refused:
-            settle(event.token, error=event.error)  # type: ignore[union-attr]
-        elif kind is PongIn:
-            self.rtt_s = event.rtt_s  # type: ignore[union-attr]
-            if event.token is not None:  # type: ignore[union-attr]
-                settle(event.token, result=event.rtt_s)  # type: ignore[union-attr]
-        elif kind is PeerRetired:
-            self._owner.link_retired(self)
+        match event:  # the commonest first: a caller's answer, then a peer's call
+            case Answered(token=fut, result=result):
+                settle(fut, result=result)
+            case CallIn(call=work) | SendIn(send=work):
+                # Handed over in a box the owner empties: decoded, a message can hold ~70x its
+                # payload, and this frame must not keep it alive while it waits in a queue.
+                box: list[Call | Send] = [work]
+                del event, work
+                self._owner.link_message(self, box, inline=inline, payload=payload)
+            case Refused(token=fut, error=error):
+                settle(fut, error=error)
+            case PongIn(token=fut, rtt_s=rtt_s):
+                self.rtt_s = rtt_s
+                if fut is not None:
+                    settle(fut, result=rtt_s)
+            case PeerRetired():
+                self._owner.link_retired(self)
         if output or ended is not None:
             self._after_channel(output or [], ended)
 

@@ -204,8 +204,9 @@ def check(buf: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
 def _prevalidate(buf: bytes, max_depth: int, max_items: int,
                  utf8: bool = False) -> tuple[int, int]:
     """Check that ``buf`` is exactly one item of the profile; raise ProtocolError if not.
-    Returns the number of data items and of bytes of text. ``utf8``: also check that
-    every text is UTF-8 (raises UnicodeDecodeError; :func:`decode` leaves that to cbor2).
+    Returns the number of data items and (with ``utf8``) of bytes of text. ``utf8``:
+    also check that every text is UTF-8 (raises UnicodeDecodeError; :func:`decode`
+    leaves that to cbor2).
 
     One iterative pass. Each open container keeps its count of remaining items (maps
     count keys and values separately, so a key is read whenever that count is odd after
@@ -299,7 +300,7 @@ def _prevalidate(buf: bytes, max_depth: int, max_items: int,
             keys.add(key)  # type: ignore[union-attr]
             if utf8:
                 key.decode()
-            text += val
+                text += val
             i += val
             continue
         if major < 2:  # integers: the shortest-form head was all there was to check
@@ -307,10 +308,9 @@ def _prevalidate(buf: bytes, max_depth: int, max_items: int,
         if major < 4:  # byte/text string: skip the body in one step
             if val > n - i:
                 raise ProtocolError("declared string length exceeds the input")
-            if major == 3:
+            if utf8 and major == 3:  # only check() needs these (decode: cbor2 checks)
                 text += val
-                if utf8:
-                    buf[i:i + val].decode()
+                buf[i:i + val].decode()
             i += val
             continue
         if major == 5:

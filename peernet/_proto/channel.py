@@ -130,29 +130,31 @@ class ChannelState(enum.Enum):
     ENDED = "ended"
 
 
-@dataclass(frozen=True, slots=True)
+# Events are made for every message: plain slotted records, not frozen (a frozen
+# dataclass's __init__ pays an object.__setattr__ call per field).
+@dataclass(slots=True)
 class CallIn:
     call: Call
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendIn:
     send: Send
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answered:
     token: Any
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refused:
     token: Any
     error: CallError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PongIn:
     token: Any
     rtt_s: float
@@ -285,7 +287,8 @@ class Channel:
     def answered(self) -> None:
         """The answer to one CallIn was written (or could not be)."""
         self._serving -= 1
-        self._maybe_end_forced()
+        if self._forced:
+            self._maybe_end_forced()
 
     def hold_early(self) -> None:
         """Messages that came with the handshake are not routed yet: a forced retirement

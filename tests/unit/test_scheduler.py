@@ -160,7 +160,7 @@ def test_calls_beyond_the_per_peer_cap_are_refused():
 
 def test_queued_and_running_work_is_bounded_by_its_byte_budget():
     """Work is charged from submission until its handler returns (running, it holds its
-    decoded message), and so is a claim that carries a cost."""
+    decoded message)."""
     sched, link = make(max_workers=2, max_calls_per_peer=100, max_sends_per_peer=100,
                        max_queued_bytes_per_peer=1000), Link()
     call, send = Blocked(), Blocked()
@@ -174,7 +174,7 @@ def test_queued_and_running_work_is_bounded_by_its_byte_budget():
         assert sched.submit_call(PEER, link, lambda: None, cost=100)  # 1000
         assert not sched.submit_call(PEER, link, lambda: None, cost=1)  # calls share it
         assert sched.submit_call(OTHER, link, lambda: None, cost=900)  # a budget per peer
-        assert not sched.claim_call(OTHER, link, 200)  # 1100 > 1000 for OTHER
+        assert not sched.submit_call(OTHER, link, lambda: None, cost=200)  # 1100 for OTHER
         call.gate.set()  # the running call returns: its 300 are free again
         assert wait_until(lambda: sched.submit_call(PEER, link, lambda: None, cost=200))
     finally:
