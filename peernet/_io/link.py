@@ -7,9 +7,10 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
 - calls and sends go to the mesh (its owner), which asks the scheduler where each
-  runs: right here, one after another in arrival order (``run_inline``), saving a
-  thread hand-off each way, or on the scheduler's workers when this reader must not
-  (see below). Once the link is ending, nothing more of the current read is routed.
+  runs: right here, one after another in arrival order (the mesh runs the handler
+  between :meth:`enter_inline` and :meth:`leave_inline`), saving a thread hand-off
+  each way, or on the scheduler's workers when this reader must not (see below).
+  Once the link is ending, nothing more of the current read is routed.
 
 A handler running on the reader must not stall the link: if it has not finished
 within a few tens of milliseconds (or it calls this same peer back), the mesh hands
@@ -75,7 +76,6 @@ class LinkOwner(Protocol):
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
     def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None: ...
-    def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
 
@@ -161,7 +161,7 @@ class Link:
         self.last_ping = self.started_at
         self._local_ip: str | None = None
         self._early: list[bytes] = []  # messages that arrived with the last handshake frame
-        # Inline calls (run_inline): which thread reads now (a generation number), and
+        # Inline handlers (enter_inline): which thread reads now (a generation number), and
         # since when (monotonic) the reader has been running a handler, if it is.
         self._reader = 0
         # What the reader's current read brought, and the index of the first event not
@@ -426,19 +426,21 @@ class Link:
             if not handed_off:
                 self._teardown()
 
-    def run_inline(self, fn) -> None:
-        """Run ``fn`` (one call's or send's handler) on the reading thread."""
+    def enter_inline(self) -> int:
+        """The reading thread is about to run one call's or send's handler itself: from
+        now on a takeover (:meth:`take_over_reading`) may hand the reading to a new
+        thread. Returns the token for :meth:`leave_inline`, which must follow."""
         reader = self._reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
-        self._owner.watch_inline()
-        try:
-            fn()
-        finally:
-            with self._state_lock:  # atomic with take_over_reading
-                if self._reader == reader:  # else a newer reader owns these now
-                    self.inline_since = None
-                    self._inline_thread = None
+        return reader
+
+    def leave_inline(self, reader: int) -> None:
+        """The handler :meth:`enter_inline` announced returned (or raised)."""
+        with self._state_lock:  # atomic with take_over_reading
+            if self._reader == reader:  # else a newer reader owns these now
+                self.inline_since = None
+                self._inline_thread = None
 
     def is_inline_here(self) -> bool:
         """Is the current thread this link's reader, busy in a handler?"""

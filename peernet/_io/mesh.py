@@ -56,7 +56,7 @@ __all__ = ["Mesh", "MeshSettings", "NODE_CLOSING", "PeerEvent"]
 log = logging.getLogger(__name__)
 
 #: How long a handler may run on a link's reading thread before reading moves to a new
-#: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+#: thread (Link.take_over_reading): the most a slow handler can delay replies and pongs.
 INLINE_BUDGET_S = 0.02
 #: Retiring links a peer may hold (see link_established) before older ones are forced.
 _MAX_RETIRING_LINKS = 1
@@ -308,9 +308,12 @@ class Mesh:
         del args
         if isinstance(message, Call):
             if inline and self._sched.claim_call(peer, link):
+                self._watch_inline()
+                reader = link.enter_inline()
                 try:
-                    link.run_inline(lambda: self._serve_call(link, message))
+                    self._serve_call(link, message)
                 finally:
+                    link.leave_inline(reader)
                     self._sched.release_call(peer)
                 return
             rid = message.request_id
@@ -322,9 +325,12 @@ class Mesh:
         elif inline and self._sched.claim_send(peer, link):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
+            self._watch_inline()
+            reader = link.enter_inline()
             try:
-                link.run_inline(lambda: self._serve_send(peer, message))
+                self._serve_send(peer, message)
             finally:
+                link.leave_inline(reader)
                 self._sched.release_send(peer)
         else:
             cost = cost or self._cost(payload, message.args)
@@ -339,8 +345,9 @@ class Mesh:
         held = held_bytes(args, self._settings.max_message_size * 4)
         return max(len(payload), held) + JOB_OVERHEAD_BYTES
 
-    def watch_inline(self) -> None:
-        """A reader started a handler: make sure someone checks it does not stall."""
+    def _watch_inline(self) -> None:
+        """A reader is about to run a handler: make sure someone checks it does not
+        stall (see _check_inline)."""
         if self._inline_watch:  # the usual case; re-checked under the lock below
             return
         with self._inline_lock:
