@@ -32,6 +32,7 @@ from ._proto.messages import (
     exception_detail,
     is_valid_handler_name,
 )
+from ._text import escape, escape_lines
 from .errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from .ids import PeerId
 
@@ -113,8 +114,9 @@ def report_handler_error(failure: HandlerFailure) -> None:
     if stream is None:  # pythonw, or a daemon that closed it
         return
     lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # The message may quote the peer's args: no escape sequence reaches the terminal.
     stream.write(f"peernet: exception in {where} {failure.handler!r} "
-                 f"(call from {failure.peer.short}):\n" + "".join(lines))
+                 f"(call from {failure.peer.short}):\n" + escape_lines("".join(lines)))
     stream.flush()
 
 
@@ -273,11 +275,11 @@ class HandlerTable:
                 return _FORBIDDEN
         try:
             return Outcome(value=handler.fn(peer, args))
-        except Forbidden as exc:
-            log.info("handler %r refused a call from %s: %s", name, peer.short, exc)
+        except Forbidden as exc:  # its text may quote the peer's args: escaped
+            log.info("handler %r refused a call from %s: %s", name, peer.short, escape(str(exc)))
             return _FORBIDDEN
         except NoSuchHandler as exc:
-            log.info("handler %r found nothing for %s: %s", name, peer.short, exc)
+            log.info("handler %r found nothing for %s: %s", name, peer.short, escape(str(exc)))
             return _NO_SUCH_HANDLER
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
             self._report(HandlerFailure(name, peer, exc))
