@@ -74,8 +74,8 @@ class LinkOwner(Protocol):
 
     def link_handshake_over(self, link: Link) -> None: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
-    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
-                     payload: bytes) -> None: ...
+    def link_message(self, link: Link, box: list[Call | Send], inline: bool,
+                     payload: bytes, /) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
 
@@ -305,7 +305,7 @@ class Link:
             if channel is None:
                 return
             op(channel)
-            output = channel.take_output() if channel.has_output else None
+            output = channel.take_output() if channel.output else None
             ended = channel.ended
         if output or ended is not None:
             self._after_channel(output or [], ended)
@@ -641,19 +641,19 @@ class Link:
             self._begin_close(f"protocol error: {exc}", protocol_error=True)
             return
         with self._state_lock:
-            event = channel.handle(msg, time.monotonic())
-            output = channel.take_output() if channel.has_output else None
+            event = channel.handle(msg, self.last_received)  # when its bytes arrived
+            output = channel.take_output() if channel.output else None
             ended = channel.ended
         del msg  # the event holds it; the box below is its only other holder
-        match event:  # the commonest first: a caller's answer, then a peer's call
-            case Answered(token=fut, result=result):
-                settle(fut, result=result)
+        match event:  # the commonest first: a peer's call or send, then an answer
             case CallIn(call=work) | SendIn(send=work):
                 # Handed over in a box the owner empties: decoded, a message can hold ~70x its
                 # payload, and this frame must not keep it alive while it waits in a queue.
                 box: list[Call | Send] = [work]
                 del event, work
-                self._owner.link_message(self, box, inline=inline, payload=payload)
+                self._owner.link_message(self, box, inline, payload)
+            case Answered(token=fut, result=result):
+                settle(fut, result=result)
             case Refused(token=fut, error=error):
                 settle(fut, error=error)
             case PongIn(token=fut, rtt_s=rtt_s):

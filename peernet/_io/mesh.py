@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from .._proto.backoff import Backoff
@@ -288,8 +289,8 @@ class Mesh:
         self._report_status()
         return retire
 
-    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
-                     payload: bytes) -> None:
+    def link_message(self, link: Link, box: list[Call | Send], inline: bool,
+                     payload: bytes, /) -> None:
         """Run a peer's call or send here on the reader (``inline``, when the scheduler
         has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
         (decoded when it runs) and is charged what it holds once decoded. A large one
@@ -299,44 +300,44 @@ class Mesh:
         peer = link.peer_id
         assert peer is not None
         message = box.pop()  # now the only reference: see the dels below
-        args = message.args
-        if type(args) is Deferred:
-            cost = args.held_bound + JOB_OVERHEAD_BYTES
-            inline = False
-        else:  # at most DEFER_ARGS_OVER bytes: small decoded, too (~100 bytes a byte)
-            cost = 0
-        del args
-        if isinstance(message, Call):
-            if inline and self._sched.claim_call(peer, link):
+        if inline and type(message.args) is not Deferred:
+            if isinstance(message, Call):
+                if self._sched.claim_call(peer, link):
+                    self._watch_inline()
+                    reader = link.enter_inline()
+                    try:
+                        self._serve_call(link, message)
+                    finally:
+                        link.leave_inline(reader)
+                        self._sched.release_call(peer)
+                    return
+            elif self._sched.claim_send(peer, link):
+                # None of the peer's sends is queued or running: this one can run here,
+                # in order; any that arrive meanwhile queue behind it.
                 self._watch_inline()
                 reader = link.enter_inline()
                 try:
-                    self._serve_call(link, message)
+                    self._serve_send(peer, message)
                 finally:
                     link.leave_inline(reader)
-                    self._sched.release_call(peer)
+                    self._sched.release_send(peer)
                 return
+        # Queued: charged what it will hold decoded (a small message was decoded on
+        # arrival, at most ~100 bytes a byte: measured; a large one: the channel's bound).
+        args = message.args
+        cost = (args.held_bound + JOB_OVERHEAD_BYTES if type(args) is Deferred
+                else self._cost(payload, args))
+        del args
+        task = partial(self._serve_queued, link, payload)
+        if isinstance(message, Call):
             rid = message.request_id
-            cost = cost or self._cost(payload, message.args)
             del message  # decoded, it holds far more than the payload: not while queued
-            if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
-                                           cost=cost):
+            if not self._sched.submit_call(peer, link, task, cost=cost):
                 link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer, link):
-            # None of the peer's sends is queued or running: this one can run here,
-            # in order; any that arrive meanwhile queue behind it.
-            self._watch_inline()
-            reader = link.enter_inline()
-            try:
-                self._serve_send(peer, message)
-            finally:
-                link.leave_inline(reader)
-                self._sched.release_send(peer)
         else:
-            cost = cost or self._cost(payload, message.args)
             del message  # not held while waiting for room, nor while queued
-            if not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
-                                           cost=cost, wait_s=_SEND_ROOM_WAIT_S):
+            if not self._sched.submit_send(peer, link, task, cost=cost,
+                                           wait_s=_SEND_ROOM_WAIT_S):
                 log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def _cost(self, payload: bytes, args: Any) -> int:

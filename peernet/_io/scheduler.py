@@ -91,20 +91,19 @@ class _Load:
     """One peer's share of the scheduler; every field is guarded by the scheduler's lock.
     (One record per peer, found with one dict lookup: a PeerId hashes in Python.)"""
 
-    __slots__ = ("calls", "started", "waiting", "lane", "bytes", "stalled")
+    __slots__ = ("calls", "started", "waiting", "sending", "lane", "bytes", "stalled")
 
     def __init__(self) -> None:
         self.calls = 0  # queued, ready or running
         self.started = 0  # ready or running
-        self.waiting: collections.deque[_Job] | None = None  # calls over the share
-        # Not None while one of its sends is ready or running; holds those queued
-        # behind it, in arrival order.
-        self.lane: collections.deque[_Job] | None = None
+        self.waiting: collections.deque[_Job] = collections.deque()  # calls over the share
+        self.sending = False  # one of its sends is ready or running
+        self.lane: collections.deque[_Job] = collections.deque()  # sends queued behind it
         self.bytes = 0  # cost of queued and running work
         self.stalled = False  # sends dropped without waiting, until the lane drains
 
     def idle(self) -> bool:
-        return not self.calls and self.lane is None and not self.bytes
+        return not self.calls and not self.sending and not self.bytes
 
 
 @dataclass(slots=True, eq=False)
@@ -180,7 +179,8 @@ class Scheduler:
         with self._lock:
             self._running -= 1
             self._call_done_locked(self._peers[peer])
-            self._dispatch_locked()
+            if self._ready:
+                self._dispatch_locked()
 
     def submit_call(self, peer: PeerId, source: Source, task: Task, *, cost: int) -> bool:
         """Queue a call; False (nothing queued: answer busy) if the peer has its maximum
@@ -198,8 +198,6 @@ class Scheduler:
                 self._ready.append(job)
                 self._dispatch_locked()
             else:
-                if load.waiting is None:
-                    load.waiting = collections.deque()
                 load.waiting.append(job)
         return True
 
@@ -219,9 +217,9 @@ class Scheduler:
                     or (self._revoked and peer in self._revoked)):
                 return False
             load = self._peers.get(peer) or self._load_locked(peer)
-            if load.lane is not None:
+            if load.sending:
                 return False
-            load.lane = collections.deque()
+            load.sending = True
             self._running += 1
             return True
 
@@ -229,7 +227,8 @@ class Scheduler:
         with self._lock:
             self._running -= 1
             self._send_done_locked(self._peers[peer])
-            self._dispatch_locked()
+            if self._ready:
+                self._dispatch_locked()
 
     def submit_send(self, peer: PeerId, source: Source, task: Task, *, cost: int,
                     wait_s: float = 0.0) -> bool:
@@ -241,8 +240,7 @@ class Scheduler:
                 if self._closed or source.closed or peer in self._revoked:
                     return False
                 load = self._load_locked(peer)
-                lane = load.lane
-                if (lane is None or len(lane) < self._max_sends) and \
+                if (not load.sending or len(load.lane) < self._max_sends) and \
                         self._charge_locked(load, cost):
                     break
                 if load.stalled:
@@ -259,10 +257,10 @@ class Scheduler:
                 finally:
                     self._room_waiters -= 1
             job = _Job(peer, load, source, task, cost, False)
-            if lane is not None:
-                lane.append(job)
+            if load.sending:
+                load.lane.append(job)
             else:  # the lane is free: this send is next
-                load.lane = collections.deque()
+                load.sending = True
                 self._ready.append(job)
                 self._dispatch_locked()
         return True
@@ -309,8 +307,6 @@ class Scheduler:
                             load.calls -= 1
                 queue.clear()
                 queue.extend(keep)
-            if load.waiting is not None and not load.waiting:
-                load.waiting = None
         if dropped and self._room_waiters:
             self._room.notify_all()
         return dropped
@@ -351,7 +347,7 @@ class Scheduler:
         """Jobs that have not started: ready for a worker, or waiting behind their
         peer's share of the slots or its earlier sends."""
         with self._lock:
-            return len(self._ready) + sum(len(load.waiting or ()) + len(load.lane or ())
+            return len(self._ready) + sum(len(load.waiting) + len(load.lane)
                                           for load in self._peers.values())
 
     # -- internals (under the lock) ----------------------------------------------------
@@ -366,21 +362,17 @@ class Scheduler:
     def _call_done_locked(self, load: _Load) -> None:
         """One of a peer's started calls finished: start its next waiting one."""
         load.calls -= 1
-        waiting = load.waiting
-        if waiting and not self._closed:
-            self._ready.append(waiting.popleft())
-            if not waiting:
-                load.waiting = None
+        if load.waiting and not self._closed:
+            self._ready.append(load.waiting.popleft())
             return  # its started count carries over to the next call
         load.started -= 1
 
     def _send_done_locked(self, load: _Load) -> None:
         """A peer's current send finished: its next one is ready, or the lane is free."""
-        lane = load.lane
-        if lane and not self._closed:
-            self._ready.append(lane.popleft())
+        if load.lane and not self._closed:
+            self._ready.append(load.lane.popleft())
         else:
-            load.lane = None
+            load.sending = False
             load.stalled = False
         if self._room_waiters:
             self._room.notify_all()

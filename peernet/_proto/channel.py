@@ -130,6 +130,9 @@ class ChannelState(enum.Enum):
     ENDED = "ended"
 
 
+_RETIRING = ChannelState.RETIRING  # looked up on every answer
+
+
 # Events are made for every message: plain slotted records, not frozen (a frozen
 # dataclass's __init__ pays an object.__setattr__ call per field).
 @dataclass(slots=True)
@@ -193,7 +196,9 @@ class Channel:
         self._bye_received = False
         self._forced = False
         self._early_done = True  # see hold_early()
-        self._output: list[bytes] = []
+        #: Payloads the channel produced on its own (pongs, byes), in order, for the edge
+        #: to write: read it (it is empty unless there is something), then take_output().
+        self.output: list[bytes] = []
         self.ended: Ended | None = None
 
     # -- calls out ---------------------------------------------------------------------
@@ -255,20 +260,26 @@ class Channel:
             return None
         match msg:  # the commonest kinds first: class patterns are tried in order
             case Reply(request_id=rid, result=result):
-                waiting = self._settle(rid)
-                return None if waiting is None else Answered(waiting[1], result)
+                waiting = self._pending.pop(rid, None)  # None: unknown, late or forged
+                if waiting is None:
+                    return None
+                if self.state is _RETIRING:
+                    self._maybe_bye()
+                return Answered(waiting[1], result)
             case Call():
                 self._serving += 1
                 return CallIn(msg)
             case Send():
                 return SendIn(msg)
             case Error(request_id=rid, code=code, detail=detail):
-                waiting = self._settle(rid)
+                waiting = self._pending.pop(rid, None)
                 if waiting is None:
                     return None
+                if self.state is _RETIRING:
+                    self._maybe_bye()
                 return Refused(waiting[1], error_for(code, detail, self.peer, waiting[0]))
             case Ping(nonce=nonce):
-                self._output.append(encode_message(Pong(nonce)))
+                self.output.append(encode_message(Pong(nonce)))
                 return None
             case Pong(nonce=nonce):
                 sent = self._pings.pop(nonce, None)
@@ -276,13 +287,6 @@ class Channel:
             case Bye(reason=reason):
                 return self._on_bye(reason)
         raise AssertionError(f"not a message: {type(msg).__name__}")  # decode makes only these
-
-    def _settle(self, request_id: int) -> tuple[str, Any] | None:
-        """The pending call an answer settles (None: unknown, late or forged, dropped)."""
-        waiting = self._pending.pop(request_id, None)
-        if waiting is not None and self.state is ChannelState.RETIRING:
-            self._maybe_bye()
-        return waiting
 
     def answered(self) -> None:
         """The answer to one CallIn was written (or could not be)."""
@@ -317,13 +321,9 @@ class Channel:
         """A Bye to write before closing the link for ``reason`` (cut to fit)."""
         return encode_message(Bye(reason[:200]))
 
-    @property
-    def has_output(self) -> bool:
-        return bool(self._output)
-
     def take_output(self) -> list[bytes]:
-        """Payloads the channel produced on its own (pongs, byes), in order."""
-        out, self._output = self._output, []
+        """:attr:`output`, emptied."""
+        out, self.output = self.output, []
         return out
 
     def close(self) -> list[Any]:
@@ -352,7 +352,7 @@ class Channel:
         if self.state is not ChannelState.RETIRING or self._pending:
             return
         self.state = ChannelState.BYE_SENT
-        self._output.append(encode_message(Bye(SUPERSEDED)))
+        self.output.append(encode_message(Bye(SUPERSEDED)))
         if self._bye_received:
             self._end(SUPERSEDED)
         else:
