@@ -301,26 +301,21 @@ class Mesh:
         assert peer is not None
         message = box.pop()  # now the only reference: see the dels below
         if inline and type(message.args) is not Deferred:
-            if isinstance(message, Call):
-                if self._sched.claim_call(peer, link):
-                    self._watch_inline()
-                    reader = link.enter_inline()
-                    try:
-                        self._serve_call(link, message)
-                    finally:
-                        link.leave_inline(reader)
-                        self._sched.release_call(peer)
-                    return
-            elif self._sched.claim_send(peer, link):
-                # None of the peer's sends is queued or running: this one can run here,
-                # in order; any that arrive meanwhile queue behind it.
+            # A send runs here only if none of the peer's sends is queued or running
+            # (order); any that arrive meanwhile queue behind it.
+            is_call = isinstance(message, Call)
+            if (self._sched.claim_call(peer, link) if is_call
+                    else self._sched.claim_send(peer, link)):
                 self._watch_inline()
                 reader = link.enter_inline()
                 try:
-                    self._serve_send(peer, message)
+                    self._serve(link, message)
                 finally:
                     link.leave_inline(reader)
-                    self._sched.release_send(peer)
+                    if is_call:
+                        self._sched.release_call(peer)
+                    else:
+                        self._sched.release_send(peer)
                 return
         # Queued: charged what it will hold decoded (a small message was decoded on
         # arrival, at most ~100 bytes a byte: measured; a large one: the channel's bound).
@@ -405,11 +400,16 @@ class Mesh:
     def _serve_queued(self, link: Link, payload: bytes) -> None:
         """Run a queued call or send: decode it again, args and all (it was checked on
         arrival, and charged what this builds)."""
-        assert link.channel is not None and link.peer_id is not None
+        assert link.channel is not None
         message = link.channel.decode_all(payload)
+        assert isinstance(message, (Call, Send))
+        self._serve(link, message)
+
+    def _serve(self, link: Link, message: Call | Send) -> None:
         if isinstance(message, Call):
             self._serve_call(link, message)
-        elif isinstance(message, Send):
+        else:
+            assert link.peer_id is not None
             self._serve_send(link.peer_id, message)
 
     def _check_size(self, payload: bytes | Bulk) -> None:
