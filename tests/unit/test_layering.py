@@ -328,3 +328,16 @@ def test_the_callback_checker_can_fail():
            "                with self._cond:\n"
            "                    dial(peer)\n")
     assert callbacks_under_lock(old) == ["delay_s(1)", "dial(peer)"]
+
+
+def test_node_is_a_facade_with_no_link_callbacks():
+    """What links report goes to the mesh (the LinkOwner protocol); none of it is part of
+    the user's Node, whose public names are its API."""
+    from peernet import Node
+    from peernet._io.link import LinkOwner
+    from peernet._io.mesh import Mesh
+
+    callbacks = {name for name in vars(LinkOwner) if not name.startswith("_")}
+    assert callbacks and callbacks <= set(dir(Mesh))
+    assert not callbacks & set(dir(Node))
+    assert not any(name.startswith("link_") for name in dir(Node))
