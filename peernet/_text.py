@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["escape", "escape_json", "is_risky"]
+__all__ = ["escape", "escape_json", "escape_lines", "is_risky"]
 
 _RISKY = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -29,6 +29,12 @@ def escape(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     return "".join(ascii(ch)[1:-1] if is_risky(ch) else ch for ch in text)
+
+
+def escape_lines(text: str) -> str:
+    """:func:`escape` that keeps line breaks (``\\n``): for multi-line text such as a
+    traceback, whose lines may quote peer text (an exception message)."""
+    return "\n".join(escape(line) for line in text.split("\n"))
 
 
 def escape_json(text: str) -> str:

@@ -32,7 +32,7 @@ from ._proto.messages import (
     exception_detail,
     is_valid_handler_name,
 )
-from ._text import escape
+from ._text import escape, escape_lines
 from .errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from .ids import PeerId
 
@@ -114,11 +114,10 @@ def report_handler_error(failure: HandlerFailure) -> None:
     stream = sys.stderr
     if stream is None:  # pythonw, or a daemon that closed it
         return
-    # The message may quote what the peer sent: no control sequence reaches the terminal.
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    shown = "\n".join(escape(line) for line in text.split("\n"))
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # The message may quote the peer's args: no escape sequence reaches the terminal.
     stream.write(f"peernet: exception in {where} {failure.handler!r} "
-                 f"(call from {failure.peer.short}):\n" + shown)
+                 f"(call from {failure.peer.short}):\n" + escape_lines("".join(lines)))
     stream.flush()
 
 
@@ -277,11 +276,11 @@ class HandlerTable:
                 return _FORBIDDEN
         try:
             return Outcome(value=handler.fn(peer, args))
-        except Forbidden as exc:
-            log.info("handler %r refused a call from %s: %s", name, peer.short, exc)
+        except Forbidden as exc:  # its text may quote the peer's args: escaped
+            log.info("handler %r refused a call from %s: %s", name, peer.short, escape(str(exc)))
             return _FORBIDDEN
         except NoSuchHandler as exc:
-            log.info("handler %r found nothing for %s: %s", name, peer.short, exc)
+            log.info("handler %r found nothing for %s: %s", name, peer.short, escape(str(exc)))
             return _NO_SUCH_HANDLER
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
             self._report(HandlerFailure(name, peer, exc))

@@ -615,7 +615,7 @@ class Node:
         :meth:`connect` or at start-up, :meth:`wait_for_peer` first. Bad args raise
         before anything is sent.
         """
-        pid = self.resolve(peer_id)
+        pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         payload = encode_for_link(Send(name, args))
         self._check_size(payload)
@@ -835,7 +835,7 @@ class Node:
 
     def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None
                     ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
-        pid = self.resolve(peer_id)
+        pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
                      else check_seconds("timeout", timeout))

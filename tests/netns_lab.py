@@ -7,6 +7,12 @@ namespace, so nothing touches the machine's real interfaces.
 
 Everything is deleted on exit, also when a test fails; namespaces left behind by a
 killed run (their owning pid is gone) are removed when the next lab starts.
+
+Several labs may run at once on one machine (parallel runs, several checkouts): every
+name is unique per lab. Namespaces are ``<prefix><pid>x<random>h<i>`` (the prefix is
+``pnlab``, or ``$PEERNET_NETNS_PREFIX`` to tell one checkout's labs from another's), and
+each veth pair is created with its ends already inside the two namespaces, so no
+interface name ever exists in the machine's own namespace.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import pytest
 
 SUBNET = "10.77.0"
-_PREFIX = "pnlab"
+_PREFIX = os.environ.get("PEERNET_NETNS_PREFIX", "pnlab")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -118,10 +124,12 @@ class Lab:
             _sh("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
             for i, ns in enumerate(self.hosts):
                 _sh("ip", "netns", "add", ns)
-                host_end, bridge_end = f"pnv{i}h{os.getpid() % 1000}", f"pnv{i}b{os.getpid() % 1000}"
-                _sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
-                _sh("ip", "link", "set", host_end, "netns", ns, "name", "eth0")
-                _sh("ip", "link", "set", bridge_end, "netns", self.bridge_ns)
+                # Both ends are born in their namespaces: names only need to be unique
+                # there (a name made in the machine's namespace could clash with
+                # another lab's, or with a real interface).
+                bridge_end = f"v{i}"
+                _sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth",
+                    "peer", "name", bridge_end, "netns", self.bridge_ns)
                 _sh("ip", "-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0", "up")
                 _sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
                 _sh("ip", "-n", ns, "link", "set", "eth0", "up")

@@ -7,9 +7,10 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
 - calls and sends go to the mesh (its owner), which asks the scheduler where each
-  runs: right here, one after another in arrival order (``run_inline``), saving a
-  thread hand-off each way, or on the scheduler's workers when this reader must not
-  (see below). Once the link is ending, nothing more of the current read is routed.
+  runs: right here, one after another in arrival order (the mesh runs the handler
+  between :meth:`enter_inline` and :meth:`leave_inline`), saving a thread hand-off
+  each way, or on the scheduler's workers when this reader must not (see below).
+  Once the link is ending, nothing more of the current read is routed.
 
 A handler running on the reader must not stall the link: if it has not finished
 within a few tens of milliseconds (or it calls this same peer back), the mesh hands
@@ -75,9 +76,8 @@ class LinkOwner(Protocol):
     def link_invite(self, link: Link, sock: socket.socket, ready: bytes, deadline: float,
                     early: list[bytes]) -> bool: ...
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
-    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
-                     payload: bytes) -> None: ...
-    def watch_inline(self) -> None: ...
+    def link_message(self, link: Link, box: list[Call | Send], inline: bool,
+                     payload: bytes, /) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
 
@@ -163,7 +163,7 @@ class Link:
         self.last_ping = self.started_at
         self._local_ip: str | None = None
         self._early: list[bytes] = []  # messages that arrived with the last handshake frame
-        # Inline calls (run_inline): which thread reads now (a generation number), and
+        # Inline handlers (enter_inline): which thread reads now (a generation number), and
         # since when (monotonic) the reader has been running a handler, if it is.
         self._reader = 0
         # What the reader's current read brought, and the index of the first event not
@@ -307,9 +307,10 @@ class Link:
             if channel is None:
                 return
             op(channel)
-            output = channel.take_output()
+            output = channel.take_output() if channel.output else None
             ended = channel.ended
-        self._after_channel(output, ended)
+        if output or ended is not None:
+            self._after_channel(output or [], ended)
 
     def _after_channel(self, output: list[bytes], ended: Ended | None) -> None:
         for payload in output:
@@ -427,19 +428,21 @@ class Link:
             if not handed_off:
                 self._teardown()
 
-    def run_inline(self, fn) -> None:
-        """Run ``fn`` (one call's or send's handler) on the reading thread."""
+    def enter_inline(self) -> int:
+        """The reading thread is about to run one call's or send's handler itself: from
+        now on a takeover (:meth:`take_over_reading`) may hand the reading to a new
+        thread. Returns the token for :meth:`leave_inline`, which must follow."""
         reader = self._reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
-        self._owner.watch_inline()
-        try:
-            fn()
-        finally:
-            with self._state_lock:  # atomic with take_over_reading
-                if self._reader == reader:  # else a newer reader owns these now
-                    self.inline_since = None
-                    self._inline_thread = None
+        return reader
+
+    def leave_inline(self, reader: int) -> None:
+        """The handler :meth:`enter_inline` announced returned (or raised)."""
+        with self._state_lock:  # atomic with take_over_reading
+            if self._reader == reader:  # else a newer reader owns these now
+                self.inline_since = None
+                self._inline_thread = None
 
     def is_inline_here(self) -> bool:
         """Is the current thread this link's reader, busy in a handler?"""
@@ -642,27 +645,27 @@ class Link:
             self._begin_close(f"protocol error: {exc}", protocol_error=True)
             return
         with self._state_lock:
-            event = channel.handle(msg, time.monotonic())
-            output = channel.take_output() if channel.has_output else None
+            event = channel.handle(msg, self.last_received)  # when its bytes arrived
+            output = channel.take_output() if channel.output else None
             ended = channel.ended
         del msg  # the event holds it; the box below is its only other holder
-        kind = type(event)
-        if kind is Answered:
-            settle(event.token, result=event.result)  # type: ignore[union-attr]
-        elif kind is CallIn or kind is SendIn:
-            # Handed over in a box the owner empties: decoded, a message can hold ~70x its
-            # payload, and this frame must not keep it alive while it waits in a queue.
-            box = [event.call if kind is CallIn else event.send]  # type: ignore[union-attr]
-            del event
-            self._owner.link_message(self, box, inline=inline, payload=payload)
-        elif kind is Refused:
-            settle(event.token, error=event.error)  # type: ignore[union-attr]
-        elif kind is PongIn:
-            self.rtt_s = event.rtt_s  # type: ignore[union-attr]
-            if event.token is not None:  # type: ignore[union-attr]
-                settle(event.token, result=event.rtt_s)  # type: ignore[union-attr]
-        elif kind is PeerRetired:
-            self._owner.link_retired(self)
+        match event:  # the commonest first: a peer's call or send, then an answer
+            case CallIn(call=work) | SendIn(send=work):
+                # Handed over in a box the owner empties: decoded, a message can hold ~70x its
+                # payload, and this frame must not keep it alive while it waits in a queue.
+                box: list[Call | Send] = [work]
+                del event, work
+                self._owner.link_message(self, box, inline, payload)
+            case Answered(token=fut, result=result):
+                settle(fut, result=result)
+            case Refused(token=fut, error=error):
+                settle(fut, error=error)
+            case PongIn(token=fut, rtt_s=rtt_s):
+                self.rtt_s = rtt_s
+                if fut is not None:
+                    settle(fut, result=rtt_s)
+            case PeerRetired():
+                self._owner.link_retired(self)
         if output or ended is not None:
             self._after_channel(output or [], ended)
 

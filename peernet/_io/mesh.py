@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from .._proto.backoff import Backoff
@@ -33,6 +34,7 @@ from .._proto.messages import (
     HANDLER_ERROR,
     Bulk,
     Call,
+    Deferred,
     Error,
     Reply,
     Send,
@@ -57,14 +59,12 @@ __all__ = ["Mesh", "MeshSettings", "NODE_CLOSING", "PeerEvent"]
 log = logging.getLogger(__name__)
 
 #: How long a handler may run on a link's reading thread before reading moves to a new
-#: thread (see Link.run_inline): the most a slow handler can delay replies and pongs.
+#: thread (Link.take_over_reading): the most a slow handler can delay replies and pongs.
 INLINE_BUDGET_S = 0.02
 #: Retiring links a peer may hold (see link_established) before older ones are forced.
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
 _SEND_ROOM_WAIT_S = 0.5
-#: Inline work of at most this many encoded bytes is not measured nor charged.
-_UNCHARGED_INLINE = 4096
 #: An unpaired key that knocks is logged at WARNING at most this often.
 _REFUSAL_WARNING_EVERY_S = 60.0
 _REFUSAL_WARNINGS_TRACKED = 256
@@ -309,42 +309,50 @@ class Mesh:
         self._report_status()
         return retire
 
-    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
-                     payload: bytes) -> None:
+    def link_message(self, link: Link, box: list[Call | Send], inline: bool,
+                     payload: bytes, /) -> None:
         """Run a peer's call or send here on the reader (``inline``, when the scheduler
         has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
-        (decoded when it runs), charged what it holds once decoded."""
+        (decoded when it runs) and is charged what it holds once decoded. A large one
+        (its args came Deferred, unbuilt) always goes to a worker, charged the bound
+        the channel measured, and is built there: a reader never builds what the
+        peer's budget did not allow, nor spreads that memory over reader threads."""
         peer = link.peer_id
         assert peer is not None
         message = box.pop()  # now the only reference: see the dels below
-        # A small message cannot hold much decoded (at most ~80 bytes per byte): only
-        # a large one is measured and charged when it runs inline.
-        held = self._cost(payload, message.args) if len(payload) > _UNCHARGED_INLINE else 0
-        if type(message) is Call:
-            if inline and self._sched.claim_call(peer, link, held):
+        if inline and type(message.args) is not Deferred:
+            # A send runs here only if none of the peer's sends is queued or running
+            # (order); any that arrive meanwhile queue behind it.
+            is_call = isinstance(message, Call)
+            if (self._sched.claim_call(peer, link) if is_call
+                    else self._sched.claim_send(peer, link)):
+                self._watch_inline()
+                reader = link.enter_inline()
                 try:
-                    link.run_inline(lambda: self._serve_call(link, message))
+                    self._serve(link, message)
                 finally:
-                    self._sched.release_call(peer, held)
+                    link.leave_inline(reader)
+                    if is_call:
+                        self._sched.release_call(peer)
+                    else:
+                        self._sched.release_send(peer)
                 return
+        # Queued: charged what it will hold decoded (a small message was decoded on
+        # arrival, at most ~100 bytes a byte: measured; a large one: the channel's bound).
+        args = message.args
+        cost = (args.held_bound + JOB_OVERHEAD_BYTES if type(args) is Deferred
+                else self._cost(payload, args))
+        del args
+        task = partial(self._serve_queued, link, payload)
+        if isinstance(message, Call):
             rid = message.request_id
-            cost = held or self._cost(payload, message.args)
             del message  # decoded, it holds far more than the payload: not while queued
-            if not self._sched.submit_call(peer, link, lambda: self._serve_queued(link, payload),
-                                           cost=cost):
+            if not self._sched.submit_call(peer, link, task, cost=cost):
                 link.answer(encode_message(Error(rid, BUSY, None)))
-        elif inline and self._sched.claim_send(peer, link, held):
-            # None of the peer's sends is queued or running: this one can run here,
-            # in order; any that arrive meanwhile queue behind it.
-            try:
-                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
-            finally:
-                self._sched.release_send(peer, held)
         else:
-            cost = held or self._cost(payload, message.args)
             del message  # not held while waiting for room, nor while queued
-            if not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
-                                           cost=cost, wait_s=_SEND_ROOM_WAIT_S):
+            if not self._sched.submit_send(peer, link, task, cost=cost,
+                                           wait_s=_SEND_ROOM_WAIT_S):
                 log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def _cost(self, payload: bytes, args: Any) -> int:
@@ -353,8 +361,9 @@ class Mesh:
         held = held_bytes(args, self._settings.max_message_size * 4)
         return max(len(payload), held) + JOB_OVERHEAD_BYTES
 
-    def watch_inline(self) -> None:
-        """A reader started a handler: make sure someone checks it does not stall."""
+    def _watch_inline(self) -> None:
+        """A reader is about to run a handler: make sure someone checks it does not
+        stall (see _check_inline)."""
         if self._inline_watch:  # the usual case; re-checked under the lock below
             return
         with self._inline_lock:
@@ -409,13 +418,19 @@ class Mesh:
             log.debug("send %r from %s: %s", send.name, peer.short, outcome.error)
 
     def _serve_queued(self, link: Link, payload: bytes) -> None:
-        """Run a queued call or send: decode it again (it was checked on arrival)."""
-        assert link.channel is not None and link.peer_id is not None
-        message = link.channel.decode(payload)
-        if type(message) is Call:
+        """Run a queued call or send: decode it again, args and all (it was checked on
+        arrival, and charged what this builds)."""
+        assert link.channel is not None
+        message = link.channel.decode_all(payload)
+        assert isinstance(message, (Call, Send))
+        self._serve(link, message)
+
+    def _serve(self, link: Link, message: Call | Send) -> None:
+        if isinstance(message, Call):
             self._serve_call(link, message)
         else:
-            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
+            assert link.peer_id is not None
+            self._serve_send(link.peer_id, message)
 
     def _check_size(self, payload: bytes | Bulk) -> None:
         if len(payload) > self._settings.max_message_size:
@@ -506,12 +521,8 @@ class Mesh:
         """Dial ``pid`` again after its backoff delay (``restart``: now, backoff reset)."""
         if self._closed or not self._is_trusted(pid):
             return
-        backoff = self._settings.backoff
-
-        def delay_s(attempt: int) -> float:
-            return 0.0 if restart else backoff.delay(attempt, random.random())
-
-        self._registry.schedule_redial(pid, delay_s, self.dial, restart=restart)
+        self._registry.schedule_redial(pid, self._settings.backoff, random.random(),
+                                       self.dial, restart=restart)
 
     def _schedule_address_save(self) -> None:
         """Save the address book soon, on the timer thread: a burst of link events costs

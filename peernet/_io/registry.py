@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .._proto.backoff import Backoff
 from ..ids import PeerId
 from .link import Link
 from .timers import TimerHandle, Timers
@@ -282,11 +283,12 @@ class Registry:
                 entry.redial.cancel()
             self._cond.notify_all()
 
-    def schedule_redial(self, peer: PeerId, delay_s: Callable[[int], float],
+    def schedule_redial(self, peer: PeerId, backoff: Backoff, draw: float,
                         dial: Callable[[PeerId], None], *, restart: bool = False) -> None:
-        """Dial ``peer`` again after ``delay_s(attempt)`` seconds, unless it has a live
-        link, no address, or a redial already pending. ``restart`` (the network changed)
-        starts the backoff over and replaces a pending redial."""
+        """Dial ``peer`` again after ``backoff.delay(attempt, draw)`` seconds, unless it
+        has a live link, no address, or a redial already pending. ``restart`` (the
+        network changed) starts the backoff over, dials at once and replaces a pending
+        redial. ``dial`` runs later on the timer thread, never under this lock."""
         with self._cond:
             entry = self._peers.get(peer)
             if entry is None or not entry.candidates:
@@ -299,7 +301,7 @@ class Registry:
                 entry.redial.cancel()
             if restart:
                 entry.attempt = 0
-            delay = delay_s(entry.attempt)
+            delay = 0.0 if restart else backoff.delay(entry.attempt, draw)
             entry.attempt += 1
 
             def fire() -> None:

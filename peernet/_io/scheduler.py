@@ -17,12 +17,14 @@ count the same way, so the limits hold however a peer paces its messages:
 - **Memory.** Work on a worker is charged what it holds against the peer's
   ``max_queued_bytes_per_peer``, from the moment it is queued until its handler
   returns. The caller queues a task that keeps the message *encoded* (decoded only
-  when it runs), and charges it the larger of its encoded size and what it holds once
-  decoded (:func:`held_bytes`, measured on the message the reader just checked), plus
-  a fixed overhead. A running job stays charged: it holds its decoded arguments; so
-  does a large call or send run inline (its claim carries the cost). So a
-  peer's budget bounds what its queued and running work holds, however its data
-  inflates when decoded (50 KB of empty maps decode to ~3.5 MB).
+  when it runs), and charges it what it holds once decoded: for a small message
+  (decoded on arrival) the larger of its encoded size and :func:`held_bytes`, for a
+  large one (over 4 KiB, never decoded on arrival) the bound ``cbor.check`` took of
+  what decoding it will hold; plus a fixed overhead. A running job stays charged: it
+  holds its decoded arguments. Only small messages run inline (uncharged: at most a
+  few hundred KiB decoded each). So a peer's budget bounds what its queued and
+  running work holds, however its data inflates when decoded (50 KB of empty maps
+  decode to ~3.5 MB).
 - **Revocation.** Every claim and every job names the link it came on, and the
   scheduler's lock decides: a claim (inline) or a job (on a worker) whose link has
   ended, or whose peer was revoked (:meth:`revoke`), is refused under that lock, where the
@@ -44,7 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from ..ids import PeerId
 
@@ -85,9 +87,29 @@ class Source(Protocol):
     def closed(self) -> bool: ...
 
 
+class _Load:
+    """One peer's share of the scheduler; every field is guarded by the scheduler's lock.
+    (One record per peer, found with one dict lookup: a PeerId hashes in Python.)"""
+
+    __slots__ = ("calls", "started", "waiting", "sending", "lane", "bytes", "stalled")
+
+    def __init__(self) -> None:
+        self.calls = 0  # queued, ready or running
+        self.started = 0  # ready or running
+        self.waiting: collections.deque[_Job] = collections.deque()  # calls over the share
+        self.sending = False  # one of its sends is ready or running
+        self.lane: collections.deque[_Job] = collections.deque()  # sends queued behind it
+        self.bytes = 0  # cost of queued and running work
+        self.stalled = False  # sends dropped without waiting, until the lane drains
+
+    def idle(self) -> bool:
+        return not self.calls and not self.sending and not self.bytes
+
+
 @dataclass(slots=True, eq=False)
 class _Job:
     peer: PeerId
+    load: _Load
     source: Source
     task: Task
     cost: int
@@ -122,122 +144,123 @@ class Scheduler:
         self._room_waiters = 0
         self._running = 0  # handlers running now, inline or on workers
         self._ready: collections.deque[_Job] = collections.deque()  # next for a slot
-        self._calls: dict[PeerId, int] = {}  # queued, ready or running, per peer
-        self._calls_started: dict[PeerId, int] = {}  # ready or running, per peer
-        self._calls_waiting: dict[PeerId, collections.deque[_Job]] = {}  # over the share
-        # A peer is in _sends while one of its sends is ready or running; the deque holds
-        # those queued behind it, in arrival order.
-        self._sends: dict[PeerId, collections.deque[_Job]] = {}
-        self._bytes: dict[PeerId, int] = {}  # cost of queued and running jobs
-        self._stalled: set[PeerId] = set()  # sends dropped without waiting
+        # Peers that have (or had) work here. A record goes when its peer is revoked
+        # idle; else there is one per paired peer that ever sent work, at most.
+        self._peers: dict[PeerId, _Load] = {}
         self._revoked: set[PeerId] = set()  # unpaired: nothing of theirs starts
         self._threads: list[threading.Thread] = []
         self._closed = False
 
+    def _load_locked(self, peer: PeerId) -> _Load:
+        load = self._peers.get(peer)
+        if load is None:
+            load = self._peers[peer] = _Load()
+        return load
+
     # -- calls -------------------------------------------------------------------------
 
-    def claim_call(self, peer: PeerId, source: Source, cost: int = 0) -> bool:
+    def claim_call(self, peer: PeerId, source: Source) -> bool:
         """Take a running slot for a call the caller runs itself (inline); False if
         none is free (queue it with :meth:`submit_call`), or if ``source`` ended or the
-        peer was revoked (drop it). ``cost``: what it holds decoded, charged until
-        :meth:`release_call` (give it the same cost)."""
+        peer was revoked (drop it). Pair with :meth:`release_call`."""
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
-                    or self._running >= self._max_workers
-                    or self._calls.get(peer, 0) >= self._max_calls
-                    or self._calls_started.get(peer, 0) >= self._share
-                    or (cost and not self._charge_locked(peer, cost))):
+            if (self._closed or self._running >= self._max_workers or source.closed
+                    or (self._revoked and peer in self._revoked)):
+                return False
+            load = self._peers.get(peer) or self._load_locked(peer)
+            if load.calls >= self._max_calls or load.started >= self._share:
                 return False
             self._running += 1
-            self._calls[peer] = self._calls.get(peer, 0) + 1
-            self._calls_started[peer] = self._calls_started.get(peer, 0) + 1
+            load.calls += 1
+            load.started += 1
             return True
 
-    def release_call(self, peer: PeerId, cost: int = 0) -> None:
+    def release_call(self, peer: PeerId) -> None:
         with self._lock:
             self._running -= 1
-            if cost:
-                self._uncharge_bytes_locked(peer, cost)
-            self._call_done_locked(peer)
-            self._dispatch_locked()
+            self._call_done_locked(self._peers[peer])
+            if self._ready:
+                self._dispatch_locked()
 
     def submit_call(self, peer: PeerId, source: Source, task: Task, *, cost: int) -> bool:
         """Queue a call; False (nothing queued: answer busy) if the peer has its maximum
         of calls in progress or of queued bytes."""
-        job = _Job(peer, source, task, cost, True)
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
-                    or self._calls.get(peer, 0) >= self._max_calls
-                    or not self._charge_locked(peer, cost)):
+            if self._closed or source.closed or (self._revoked and peer in self._revoked):
                 return False
-            self._calls[peer] = self._calls.get(peer, 0) + 1
-            started = self._calls_started.get(peer, 0)
-            if started < self._share:
-                self._calls_started[peer] = started + 1
+            load = self._load_locked(peer)
+            if load.calls >= self._max_calls or not self._charge_locked(load, cost):
+                return False
+            job = _Job(peer, load, source, task, cost, True)
+            load.calls += 1
+            if load.started < self._share:
+                load.started += 1
                 self._ready.append(job)
                 self._dispatch_locked()
             else:
-                self._calls_waiting.setdefault(peer, collections.deque()).append(job)
+                load.waiting.append(job)
         return True
 
     def calls_in_progress(self, peer: PeerId) -> int:
-        return self._calls.get(peer, 0)
+        load = self._peers.get(peer)
+        return load.calls if load is not None else 0
 
     # -- sends -------------------------------------------------------------------------
 
-    def claim_send(self, peer: PeerId, source: Source, cost: int = 0) -> bool:
+    def claim_send(self, peer: PeerId, source: Source) -> bool:
         """Take a running slot and the peer's send lane for a send the caller runs itself:
         True only if none of the peer's sends is queued or running (order) and a slot is
         free, and ``source`` is open and the peer not revoked. Sends submitted meanwhile queue
         behind it. Pair with :meth:`release_send`."""
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
-                    or peer in self._sends or self._running >= self._max_workers
-                    or (cost and not self._charge_locked(peer, cost))):
+            if (self._closed or self._running >= self._max_workers or source.closed
+                    or (self._revoked and peer in self._revoked)):
                 return False
-            self._sends[peer] = collections.deque()
+            load = self._peers.get(peer) or self._load_locked(peer)
+            if load.sending:
+                return False
+            load.sending = True
             self._running += 1
             return True
 
-    def release_send(self, peer: PeerId, cost: int = 0) -> None:
+    def release_send(self, peer: PeerId) -> None:
         with self._lock:
             self._running -= 1
-            if cost:
-                self._uncharge_bytes_locked(peer, cost)
-            self._send_done_locked(peer)
-            self._dispatch_locked()
+            self._send_done_locked(self._peers[peer])
+            if self._ready:
+                self._dispatch_locked()
 
     def submit_send(self, peer: PeerId, source: Source, task: Task, *, cost: int,
                     wait_s: float = 0.0) -> bool:
         """Queue a send behind the peer's earlier ones. If its queue is full (count or
         bytes), wait up to ``wait_s`` for room; False if there was none (dropped)."""
-        job = _Job(peer, source, task, cost, False)
         deadline: float | None = None
         with self._lock:
             while True:
                 if self._closed or source.closed or peer in self._revoked:
                     return False
-                lane = self._sends.get(peer)
-                if (lane is None or len(lane) < self._max_sends) and \
-                        self._charge_locked(peer, cost):
+                load = self._load_locked(peer)
+                if (not load.sending or len(load.lane) < self._max_sends) and \
+                        self._charge_locked(load, cost):
                     break
-                if peer in self._stalled:
+                if load.stalled:
                     return False
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + wait_s
                 if now >= deadline:
-                    self._stalled.add(peer)
+                    load.stalled = True
                     return False
                 self._room_waiters += 1
                 try:
                     self._room.wait(deadline - now)
                 finally:
                     self._room_waiters -= 1
-            if lane is not None:
-                lane.append(job)
+            job = _Job(peer, load, source, task, cost, False)
+            if load.sending:
+                load.lane.append(job)
             else:  # the lane is free: this send is next
-                self._sends[peer] = collections.deque()
+                load.sending = True
                 self._ready.append(job)
                 self._dispatch_locked()
         return True
@@ -248,7 +271,7 @@ class Scheduler:
         """Forget the queued work that came on ``source`` (a link that ended). Jobs
         already ready for a worker are skipped when they come up. Returns how many went."""
         with self._lock:
-            return self._drop_locked(lambda job: job.source is source)
+            return self._drop_locked(self._peers.values(), lambda job: job.source is source)
 
     def revoke(self, peer: PeerId) -> int:
         """``peer`` was unpaired: from now on none of its work starts (claims and
@@ -256,34 +279,34 @@ class Scheduler:
         work goes now. Returns how many queued jobs went."""
         with self._lock:
             self._revoked.add(peer)
-            return self._drop_locked(lambda job: job.peer == peer)
+            load = self._peers.get(peer)
+            if load is None:
+                return 0
+            dropped = self._drop_locked([load], lambda job: True)
+            if load.idle():
+                del self._peers[peer]
+            return dropped
 
     def admit(self, peer: PeerId) -> None:
         """``peer`` is trusted again (a new link of it was established)."""
         with self._lock:
             self._revoked.discard(peer)
 
-    def _drop_locked(self, doomed: Callable[[_Job], bool]) -> int:
+    def _drop_locked(self, loads: Iterable[_Load], doomed: Callable[[_Job], bool]) -> int:
         dropped = 0
-        for peer, waiting in list(self._calls_waiting.items()):
-            keep = collections.deque(j for j in waiting if not doomed(j))
-            for job in waiting:
-                if doomed(job):
-                    dropped += 1
-                    self._uncharge_locked(job)
-                    self._calls[peer] -= 1
-            if keep:
-                self._calls_waiting[peer] = keep
-            else:
-                del self._calls_waiting[peer]
-        for peer, lane in self._sends.items():
-            keep = collections.deque(j for j in lane if not doomed(j))
-            for job in lane:
-                if doomed(job):
-                    dropped += 1
-                    self._uncharge_locked(job)
-            lane.clear()
-            lane.extend(keep)
+        for load in loads:
+            for queue in (load.waiting, load.lane):
+                if not queue:
+                    continue
+                keep = [job for job in queue if not doomed(job)]
+                for job in queue:
+                    if doomed(job):
+                        dropped += 1
+                        load.bytes -= job.cost
+                        if job.is_call:
+                            load.calls -= 1
+                queue.clear()
+                queue.extend(keep)
         if dropped and self._room_waiters:
             self._room.notify_all()
         return dropped
@@ -320,52 +343,37 @@ class Scheduler:
         """Handlers running now, inline or on workers."""
         return self._running
 
+    def queued(self) -> int:
+        """Jobs that have not started: ready for a worker, or waiting behind their
+        peer's share of the slots or its earlier sends."""
+        with self._lock:
+            return len(self._ready) + sum(len(load.waiting) + len(load.lane)
+                                          for load in self._peers.values())
+
     # -- internals (under the lock) ----------------------------------------------------
 
-    def _charge_locked(self, peer: PeerId, cost: int) -> bool:
-        queued = self._bytes.get(peer, 0)
+    def _charge_locked(self, load: _Load, cost: int) -> bool:
+        queued = load.bytes
         if queued and queued + cost > self._max_bytes:  # one job always fits
             return False
-        self._bytes[peer] = queued + cost
+        load.bytes = queued + cost
         return True
 
-    def _uncharge_locked(self, job: _Job) -> None:
-        self._uncharge_bytes_locked(job.peer, job.cost)
-
-    def _uncharge_bytes_locked(self, peer: PeerId, cost: int) -> None:
-        left = self._bytes[peer] - cost
-        if left:
-            self._bytes[peer] = left
-        else:
-            del self._bytes[peer]
-
-    def _call_done_locked(self, peer: PeerId) -> None:
-        """One of ``peer``'s started calls finished: start its next waiting one."""
-        left = self._calls[peer] - 1
-        if left:
-            self._calls[peer] = left
-        else:
-            del self._calls[peer]
-        waiting = self._calls_waiting.get(peer)
-        if waiting and not self._closed:
-            self._ready.append(waiting.popleft())
-            if not waiting:
-                del self._calls_waiting[peer]
+    def _call_done_locked(self, load: _Load) -> None:
+        """One of a peer's started calls finished: start its next waiting one."""
+        load.calls -= 1
+        if load.waiting and not self._closed:
+            self._ready.append(load.waiting.popleft())
             return  # its started count carries over to the next call
-        started = self._calls_started[peer] - 1
-        if started:
-            self._calls_started[peer] = started
-        else:
-            del self._calls_started[peer]
+        load.started -= 1
 
-    def _send_done_locked(self, peer: PeerId) -> None:
-        """``peer``'s current send finished: its next one is ready, or the lane is free."""
-        lane = self._sends[peer]
-        if lane and not self._closed:
-            self._ready.append(lane.popleft())
+    def _send_done_locked(self, load: _Load) -> None:
+        """A peer's current send finished: its next one is ready, or the lane is free."""
+        if load.lane and not self._closed:
+            self._ready.append(load.lane.popleft())
         else:
-            del self._sends[peer]
-            self._stalled.discard(peer)
+            load.sending = False
+            load.stalled = False
         if self._room_waiters:
             self._room.notify_all()
 
@@ -393,11 +401,11 @@ class Scheduler:
         while not self._closed:
             if self._ready and self._running < self._max_workers:
                 job = self._ready.popleft()
-                if job.source.closed or job.peer in self._revoked:
+                if job.source.closed or (self._revoked and job.peer in self._revoked):
                     # Decided here, under the lock revoke() takes: it never starts.
                     log.debug("dropped queued work of %s: link ended or peer unpaired",
                               job.peer.short)
-                    self._uncharge_locked(job)
+                    job.load.bytes -= job.cost
                     self._job_done_locked(job)
                     continue
                 self._running += 1
@@ -429,7 +437,7 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._running -= 1
-                    self._uncharge_locked(job)  # it held its decoded message until now
+                    job.load.bytes -= job.cost  # it held its decoded message until now
                     self._job_done_locked(job)
                     # This (warm) thread takes the next ready job itself, under the same
                     # lock, rather than waking another: one peer's sends stay on one
@@ -439,6 +447,6 @@ class Scheduler:
 
     def _job_done_locked(self, job: _Job) -> None:
         if job.is_call:
-            self._call_done_locked(job.peer)
+            self._call_done_locked(job.load)
         else:
-            self._send_done_locked(job.peer)
+            self._send_done_locked(job.load)

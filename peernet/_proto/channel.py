@@ -14,7 +14,11 @@ gives them meaning. It never touches a socket, a thread, a clock or a Future; th
    another link) is dropped. Ids are scoped to the channel, so no peer can answer a call
    made to another. :meth:`forget` drops an id the caller gave up on.
 2. **Calls and sends in** come out as :class:`CallIn` / :class:`SendIn`. Each CallIn is
-   *served* until the edge reports :meth:`answered` (exactly once per CallIn).
+   *served* until the edge reports :meth:`answered` (exactly once per CallIn). One
+   longer than :data:`DEFER_ARGS_OVER` bytes is checked completely, but its ``args``
+   are left unbuilt (:class:`~peernet._proto.messages.Deferred`, with a bound of what
+   they will hold): the edge charges that bound and builds them where the work runs
+   (:meth:`decode_all`), so decoding never costs what no budget allowed.
 3. **Liveness.** :meth:`ping` returns a Ping to write and remembers its nonce with the
    time it was sent (the edge passes the time in); the matching Pong comes back as
    :class:`PongIn` with the round-trip time. At most :data:`MAX_PENDING_PINGS` are
@@ -72,13 +76,15 @@ from .messages import (
 
 __all__ = [
     "Answered", "CallIn", "Channel", "ChannelEvent", "ChannelState", "ERROR_TYPES",
-    "Ended", "MAX_PENDING_PINGS", "PeerRetired", "PongIn", "Refused", "SUPERSEDED",
+    "DEFER_ARGS_OVER", "Ended", "MAX_PENDING_PINGS", "PeerRetired", "PongIn", "Refused", "SUPERSEDED",
     "SendIn", "error_for",
 ]
 
 #: Bye reason that starts (or answers) the two-sided retirement of a duplicate link.
 SUPERSEDED = BYE_SUPERSEDED
 MAX_PENDING_PINGS = 16
+#: Calls and sends longer than this (encoded bytes) come out with Deferred args.
+DEFER_ARGS_OVER = 4096
 
 #: Wire error code -> the exception a caller gets. ``bad_request`` and any code without
 #: an entry become a plain CallError.
@@ -124,29 +130,34 @@ class ChannelState(enum.Enum):
     ENDED = "ended"
 
 
-@dataclass(frozen=True, slots=True)
+_RETIRING = ChannelState.RETIRING  # looked up on every answer
+
+
+# Events are made for every message: plain slotted records, not frozen (a frozen
+# dataclass's __init__ pays an object.__setattr__ call per field).
+@dataclass(slots=True)
 class CallIn:
     call: Call
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendIn:
     send: Send
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answered:
     token: Any
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refused:
     token: Any
     error: CallError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PongIn:
     token: Any
     rtt_s: float
@@ -185,7 +196,9 @@ class Channel:
         self._bye_received = False
         self._forced = False
         self._early_done = True  # see hold_early()
-        self._output: list[bytes] = []
+        #: Payloads the channel produced on its own (pongs, byes), in order, for the edge
+        #: to write: read it (it is empty unless there is something), then take_output().
+        self.output: list[bytes] = []
         self.ended: Ended | None = None
 
     # -- calls out ---------------------------------------------------------------------
@@ -233,7 +246,12 @@ class Channel:
 
     def decode(self, payload: bytes) -> Message:
         """The strict decode of one message (stateless: an edge may run it outside its
-        lock). Raises :class:`~peernet.errors.ProtocolError`, which must end the link."""
+        lock); a call or send over :data:`DEFER_ARGS_OVER` bytes keeps its args
+        Deferred. Raises :class:`~peernet.errors.ProtocolError`, which must end the link."""
+        return decode_message(payload, max_depth=self._max_depth, defer_over=DEFER_ARGS_OVER)
+
+    def decode_all(self, payload: bytes) -> Message:
+        """:meth:`decode` with every part built (a deferred call's or send's args)."""
         return decode_message(payload, max_depth=self._max_depth)
 
     def handle(self, msg: Message, now: float) -> ChannelEvent | None:
@@ -242,20 +260,26 @@ class Channel:
             return None
         match msg:  # the commonest kinds first: class patterns are tried in order
             case Reply(request_id=rid, result=result):
-                waiting = self._settle(rid)
-                return None if waiting is None else Answered(waiting[1], result)
+                waiting = self._pending.pop(rid, None)  # None: unknown, late or forged
+                if waiting is None:
+                    return None
+                if self.state is _RETIRING:
+                    self._maybe_bye()
+                return Answered(waiting[1], result)
             case Call():
                 self._serving += 1
                 return CallIn(msg)
             case Send():
                 return SendIn(msg)
             case Error(request_id=rid, code=code, detail=detail):
-                waiting = self._settle(rid)
+                waiting = self._pending.pop(rid, None)
                 if waiting is None:
                     return None
+                if self.state is _RETIRING:
+                    self._maybe_bye()
                 return Refused(waiting[1], error_for(code, detail, self.peer, waiting[0]))
             case Ping(nonce=nonce):
-                self._output.append(encode_message(Pong(nonce)))
+                self.output.append(encode_message(Pong(nonce)))
                 return None
             case Pong(nonce=nonce):
                 sent = self._pings.pop(nonce, None)
@@ -264,17 +288,11 @@ class Channel:
                 return self._on_bye(reason)
         raise AssertionError(f"not a message: {type(msg).__name__}")  # decode makes only these
 
-    def _settle(self, request_id: int) -> tuple[str, Any] | None:
-        """The pending call an answer settles (None: unknown, late or forged, dropped)."""
-        waiting = self._pending.pop(request_id, None)
-        if waiting is not None and self.state is ChannelState.RETIRING:
-            self._maybe_bye()
-        return waiting
-
     def answered(self) -> None:
         """The answer to one CallIn was written (or could not be)."""
         self._serving -= 1
-        self._maybe_end_forced()
+        if self._forced:
+            self._maybe_end_forced()
 
     def hold_early(self) -> None:
         """Messages that came with the handshake are not routed yet: a forced retirement
@@ -303,13 +321,9 @@ class Channel:
         """A Bye to write before closing the link for ``reason`` (cut to fit)."""
         return encode_message(Bye(reason[:200]))
 
-    @property
-    def has_output(self) -> bool:
-        return bool(self._output)
-
     def take_output(self) -> list[bytes]:
-        """Payloads the channel produced on its own (pongs, byes), in order."""
-        out, self._output = self._output, []
+        """:attr:`output`, emptied."""
+        out, self.output = self.output, []
         return out
 
     def close(self) -> list[Any]:
@@ -338,7 +352,7 @@ class Channel:
         if self.state is not ChannelState.RETIRING or self._pending:
             return
         self.state = ChannelState.BYE_SENT
-        self._output.append(encode_message(Bye(SUPERSEDED)))
+        self.output.append(encode_message(Bye(SUPERSEDED)))
         if self._bye_received:
             self._end(SUPERSEDED)
         else:

@@ -26,15 +26,21 @@ Field rules, checked exactly (``type(x) is int``, so ``True`` is not a request i
 * ``nonce``: exactly 8 ``bytes``. ``reason``: printable ASCII (``0x20``-``0x7e``), at
   most 200 characters.
 
+* ``args`` and ``result``: any CBOR data; arity is exact.
+
 Both texts reach people (exception messages, terminals, logs), so they are held to
 these shapes on receipt: nothing a peer sends there can carry an escape sequence or a
 line break.
-* ``args`` and ``result``: any CBOR data; arity is exact.
 
 Depth and item limits cover the whole message: the envelope array is nesting level 1,
 so ``args``/``result`` get ``max_depth - 1`` levels. :func:`encode_message` and
 :func:`decode_message` apply the same accounting, so with the same limits anything the
 first produces the second accepts.
+
+:func:`decode_message` with ``defer_over=n`` checks a call or send longer than ``n``
+bytes completely but leaves its ``args`` unbuilt: they come back as :class:`Deferred`,
+which carries an upper bound of what building them will hold, and are built later by
+decoding the same bytes again without ``defer_over`` (where the work runs).
 
 Records are plain frozen dataclasses and do not validate themselves: received ones were
 checked by :func:`decode_message`, and locally built ones are checked by
@@ -60,7 +66,7 @@ from peernet.errors import ProtocolError
 
 __all__ = [
     "BAD_REQUEST", "BUSY", "BYE_NODE_CLOSING", "BYE_REASONS", "BYE_SUPERSEDED",
-    "BYE_UNPAIRED", "Bulk", "Bye", "Call", "ERROR_CODES", "Error", "FORBIDDEN",
+    "BYE_UNPAIRED", "Bulk", "Bye", "Call", "Deferred", "ERROR_CODES", "Error", "FORBIDDEN",
     "HANDLER_ERROR", "HANDLER_NAME_RE", "MAX_TEXT", "Message", "NONCE_SIZE",
     "NO_SUCH_HANDLER", "Ping", "Pong", "Reply", "Send", "decode_message",
     "encode_for_link", "encode_message", "exception_detail", "is_valid_detail",
@@ -211,6 +217,20 @@ def _accelerator_spec() -> tuple:
 _SPEC = _accelerator_spec()
 
 
+class Deferred:
+    """The ``args`` of a received call or send that were checked but not built (see
+    ``defer_over`` in :func:`decode_message`). ``held_bound``: at most what building
+    them will hold, in bytes (:func:`peernet._proto.cbor.check`)."""
+
+    __slots__ = ("held_bound",)
+
+    def __init__(self, held_bound: int) -> None:
+        self.held_bound = held_bound
+
+    def __repr__(self) -> str:
+        return f"Deferred(held_bound={self.held_bound})"
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -346,12 +366,19 @@ def _bad(why: str) -> ProtocolError:
 
 
 def decode_message(buf: bytes, *, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
-                   max_items: int = cbor.DEFAULT_MAX_ITEMS) -> Message:
+                   max_items: int = cbor.DEFAULT_MAX_ITEMS,
+                   defer_over: int | None = None) -> Message:
     """Decode and check one untrusted message.
 
     Raises only :class:`~peernet.errors.ProtocolError` (malformed CBOR, or a shape that
-    breaks the rules in the module doc); the message never repeats the data.
+    breaks the rules in the module doc); the message never repeats the data. With
+    ``defer_over``, a call or send longer than that many bytes is checked just as
+    completely, but its ``args`` come back :class:`Deferred` (not built).
     """
+    if defer_over is not None and len(buf) > defer_over and type(buf) is bytes:
+        deferred = _decode_deferred(buf, max_depth, max_items)
+        if deferred is not None:
+            return deferred
     accel = cbor._accel
     if accel is not None:  # bytes to a checked record in one pass, the same outcome
         try:
@@ -419,3 +446,38 @@ def _decode_message_python(buf: bytes, max_depth: int, max_items: int) -> Messag
             raise _bad("invalid bye reason")
         return Bye(reason)
     raise _bad("unknown kind")
+
+
+def _decode_deferred(buf: bytes, max_depth: int, max_items: int) -> Call | Send | None:
+    """A well-formed call or send with its args checked, not built; None for anything
+    else (the full decode then says what is wrong, exactly as without deferral)."""
+    head = buf[:2]
+    if head != b"\x84\x00" and head != b"\x83\x03":  # [0, rid, name, args] / [3, name, args]
+        return None
+    held = cbor.check(buf, max_depth=max_depth, max_items=max_items)  # ProtocolError
+    i = 2
+    rid = 0
+    if head[1] == 0:
+        rid, i = _uint(buf, i)
+        if not 0 < rid < _RID_END:
+            return None
+    if buf[i] >> 5 != 3:
+        return None
+    length, start = _uint(buf, i, major=3)
+    name = buf[start:start + length].decode()  # checked as UTF-8 by check()
+    if not is_valid_handler_name(name):
+        return None
+    return Call(rid, name, Deferred(held)) if head[1] == 0 else Send(name, Deferred(held))
+
+
+def _uint(buf: bytes, i: int, major: int = 0) -> tuple[int, int]:
+    """The argument of the (checked, shortest-form) head at ``i`` and the offset after
+    it; (-1, i) if that head is not of ``major``."""
+    ib = buf[i]
+    if ib >> 5 != major:
+        return -1, i
+    ai = ib & 31
+    if ai < 24:
+        return ai, i + 1
+    width = 1 << (ai - 24)  # 24..27: 1, 2, 4 or 8 bytes follow
+    return int.from_bytes(buf[i + 1:i + 1 + width], "big"), i + 1 + width

@@ -65,22 +65,22 @@ def test_a_handler_that_raises_prints_its_traceback_on_the_callee_by_default(tmp
     assert "KeyError" not in done.stdout.replace("raised KeyError", "")  # no traceback sent
 
 
-def test_the_printed_traceback_cannot_drive_the_callee_terminal(tmp_path):
-    """A handler's message often quotes the args: a peer's escape sequences (retitle the
-    window, clear the screen, reorder text) are shown escaped, not run by the terminal."""
+def test_peer_text_in_a_handlers_exception_reaches_the_terminal_escaped(tmp_path):
+    """A handler that quotes its (hostile) args in its exception message: the callee's
+    stderr shows the escapes as text, with no raw ESC, BEL, C1 or bidi character."""
     setup = textwrap.dedent("""
         def temperature(peer, args):
-            raise ValueError(f"unknown room {args['room']}")
+            raise ValueError(f"no room {args}")
         dev.expose("temperature", temperature)
     """).strip().replace("\n", "\n        ")
-    body = TWO_NODES.format(setup=setup).replace(
-        '{"room": "kitchen"}', '{"room": "\\x1b]0;owned\\x07\\x1b[2J\\u202ekitchen"}')
-    done = run_script(tmp_path, body)
+    script = TWO_NODES.format(setup=setup).replace(
+        '{"room": "kitchen"}', '"\\x1b]0;pwned\\x07\\x9b2J\\u202eevil"')
+    assert "\\x1b]0;pwned" in script
+    done = run_script(tmp_path, script)
     assert done.returncode == 0, done.stderr
-    assert "caller got: remote handler raised ValueError" in done.stdout
-    assert "peernet: exception in handler 'temperature'" in done.stderr
-    assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "\u202e" not in done.stderr
-    assert r"ValueError: unknown room \x1b]0;owned\x07\x1b[2J\u202ekitchen" in done.stderr
+    err = done.stderr
+    assert "ValueError: no room \\x1b]0;pwned\\x07\\x9b2J\\u202eevil" in err, err
+    assert not any(ch in err for ch in "\x1b\x07\x9b\u202e")
 
 
 def test_with_logging_configured_the_failure_is_logged_once_instead(tmp_path):

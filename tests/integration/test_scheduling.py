@@ -65,14 +65,13 @@ def test_no_handler_starts_after_unpair_returns(make_node):
     b.expose("slow", slow)
     a.connect(b.id, "127.0.0.1", b.port)
     assert a.wait_for_peer(b.id, timeout=5)
+    links = b._registry.all_links()
     futures = [a.call_async(b.id, "slow", i, timeout=20) for i in range(30)]
     # Two have started: by then the rest were read and are queued behind them.
     assert wait_until(lambda: len(slow.starts) >= 2, timeout_s=5)
     b.unpair(a.id)
     unpaired_at = time.monotonic()
-    for f in futures:  # every call ends, one way or another
-        f.exception(20)
-    time.sleep(0.3)  # a queued handler that would start late starts within this
+    _settled(b, links, futures)  # nothing on B is left that could start a handler
     late = [t for t in slow.starts if t > unpaired_at]
     assert late == [], f"{len(late)} handlers started after unpair() returned"
     assert len(slow.starts) < 30
@@ -116,11 +115,12 @@ def _pipelined(make_node, calls: int = 400):
 
 def _settled(b, links, futures) -> None:
     """Every call ended and nothing on B can start another handler: its links' threads
-    are gone and no handler runs."""
+    are gone, no handler runs and no work is queued."""
     for f in futures:
         f.exception(20)
+    sched = b._mesh._sched
     assert wait_until(lambda: not any(t.is_alive() for link in links for t in link.threads)
-                      and b._mesh._sched.running == 0, timeout_s=10)
+                      and sched.running == 0 and not sched.queued(), timeout_s=10)
 
 
 @pytest.mark.timeout(60)

@@ -542,3 +542,51 @@ def test_common_non_cbor_types_say_what_to_send_instead(value, hint):
 def test_a_type_without_a_known_substitute_gets_no_hint():
     with pytest.raises(EncodeError, match=r"object is not CBOR data$"):
         cbor.encode(object())
+
+
+# --- check(): everything decode() checks, nothing built, a bound of what it would hold ---
+
+INFLATING = {
+    "empty maps": [{}] * 40000,
+    "empty lists": [[]] * 40000,
+    "one-entry maps of empty maps": [{"ab": {}}] * 13000,
+    "two-entry maps": [{"ab": {}, "cd": {}}] * 8000,
+    "nested lists": [[[[]]]] * 10000,
+    "big ints": [2**63] * 40000,
+    "short texts": ["ab"] * 40000,
+    "astral text": ["a" * 3000 + "\U0001F600"] * 10,
+    "a big map": {f"k{i}": f"v{i}" for i in range(20000)},
+    "1 MiB of bytes": [b"x" * (1 << 20)],
+}
+
+
+@pytest.mark.parametrize("value", INFLATING.values(), ids=INFLATING.keys())
+def test_check_bounds_what_decoding_builds(value):
+    """The bound check() returns is at least the peak memory decode() allocates (traced),
+    for the shapes that inflate most per encoded byte."""
+    import gc
+    import tracemalloc
+
+    data = cbor2.dumps(value)
+    bound = cbor.check(data, max_items=10**6)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        decoded = cbor.decode(data, max_items=10**6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded == value
+    assert peak <= bound <= 4 * max(peak, len(data)) + 8192, (peak, bound)
+
+
+@pytest.mark.parametrize("data", [c[1] for c in HOSTILE] + [b"\x62\xff\xfe", b"\xa1\x62\xff\xfe\x00"],
+                         ids=lambda d: d[:8].hex())
+def test_check_refuses_what_decode_refuses(data):
+    try:
+        cbor.decode(data)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            cbor.check(data)
+    else:
+        assert cbor.check(data) >= len(data)

@@ -109,7 +109,7 @@ def test_an_error_that_settles_the_last_call_lets_a_retiring_link_say_bye():
     pair = ChannelPair()
     pair.call(rid=3)
     pair.a.retire()
-    assert not pair.a.has_output  # our call is still pending
+    assert not pair.a.output  # our call is still pending
     pair.deliver(pair.a, Error(3, NO_SUCH_HANDLER, None))
     assert [decode_message(p) for p in pair.a.take_output()] == [Bye(SUPERSEDED)]
 
@@ -143,7 +143,7 @@ def test_error_for_names_the_peer_and_the_handler():
 def test_sends_are_events_and_are_never_answered():
     pair = ChannelPair()
     assert pair.deliver(pair.b, Send("note", {"k": 1})) == SendIn(Send("note", {"k": 1}))
-    assert not pair.b.has_output
+    assert not pair.b.output
 
 
 def test_ping_is_answered_by_the_channel_and_the_pong_measures_the_round_trip():
@@ -184,10 +184,10 @@ def test_retirement_waits_for_our_own_pending_calls():
     pair = ChannelPair()
     token, _ = pair.call(rid=3)
     pair.a.retire()
-    assert pair.a.state is ChannelState.RETIRING and not pair.a.has_output
+    assert pair.a.state is ChannelState.RETIRING and not pair.a.output
     assert pair.a.add_call(4, "echo", object())  # a caller already holding the link
     pair.deliver(pair.a, Reply(3, "one"))
-    assert not pair.a.has_output  # call 4 still pending
+    assert not pair.a.output  # call 4 still pending
     pair.a.forget(4)  # ... until its caller gives up
     assert [decode_message(p) for p in pair.a.take_output()] == [Bye(SUPERSEDED)]
     with pytest.raises(LinkEnded):
@@ -199,7 +199,7 @@ def test_the_peer_retiring_the_link_retires_ours_and_the_bye_waits_for_our_calls
     token = object()
     assert pair.b.add_call(1, "echo", token)
     assert pair.deliver(pair.b, Bye(SUPERSEDED)) == PeerRetired()
-    assert pair.b.state is ChannelState.RETIRING and not pair.b.has_output
+    assert pair.b.state is ChannelState.RETIRING and not pair.b.output
     assert pair.deliver(pair.b, Reply(1, "ok")) == Answered(token, "ok")
     assert pair.b.ended is not None  # its bye went out, and it had the peer's already
     assert [decode_message(p) for p in pair.b.take_output()] == [Bye(SUPERSEDED)]
@@ -252,7 +252,7 @@ def test_nothing_after_the_peers_bye_is_routed():
     for late in (Call(5, "echo", 1), Send("note", 1), Reply(4, "late"),
                  Error(4, BUSY, None), Bye(SUPERSEDED)):
         assert pair.deliver(pair.a, late) is None
-    assert not pair.a.has_output
+    assert not pair.a.output
     assert pair.a.close() == [token]
 
 
@@ -272,3 +272,48 @@ def test_close_returns_every_waiter_and_refuses_new_calls():
     assert set(channel.close()) == {call, ping}
     with pytest.raises(LinkEnded):
         channel.add_call(2, "echo", object())
+
+
+def test_goodbye_is_a_bye_the_peer_accepts_cut_to_the_limit():
+    channel = Channel(B_ID)
+    assert decode_message(channel.goodbye("node closing")) == Bye("node closing")
+    assert decode_message(channel.goodbye("x" * 500)) == Bye("x" * 200)
+
+
+def test_retire_on_an_ended_channel_says_nothing():
+    for end in ("bye", "protocol error", "closed"):
+        pair = ChannelPair()
+        if end == "bye":
+            pair.deliver(pair.a, Bye("node closing"))
+        elif end == "protocol error":
+            pair.a.receive(b"\xff", 1.0)
+        else:
+            pair.a.close()
+        reason = pair.a.ended
+        pair.a.retire()
+        pair.a.retire(force=True)
+        assert not pair.a.output and pair.a.ended == reason
+        assert pair.a.state is ChannelState.ENDED
+
+
+def test_a_large_call_or_send_comes_in_with_its_args_unbuilt():
+    """Over DEFER_ARGS_OVER bytes, args are checked but left Deferred (with a bound of
+    what they hold) for the edge to build where the work runs; decode_all builds them."""
+    from peernet._proto.channel import DEFER_ARGS_OVER
+    from peernet._proto.messages import Deferred
+
+    pair = ChannelPair()
+    big = ["x" * DEFER_ARGS_OVER]
+    token = object()
+    assert pair.a.add_call(7, "echo", token)
+    payload = encode_message(Call(7, "echo", big))
+    event = pair.b.receive(payload, 1.0)
+    assert type(event) is CallIn and event.call.request_id == 7
+    assert type(event.call.args) is Deferred and event.call.args.held_bound > len(payload)
+    assert pair.b.decode_all(payload) == Call(7, "echo", big)
+    send = pair.b.receive(encode_message(Send("note", big)), 1.0)
+    assert type(send) is SendIn and type(send.send.args) is Deferred
+    small = pair.b.receive(encode_message(Call(8, "echo", "x")), 1.0)
+    assert small == CallIn(Call(8, "echo", "x"))
+    # A large *reply* is the caller's own: built as it comes.
+    assert pair.deliver(pair.a, Reply(7, big)) == Answered(token, big)

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from peernet._proto.messages import FORBIDDEN, HANDLER_ERROR, NO_SUCH_HANDLER
-from peernet.errors import InvalidHandlerName
+from peernet.errors import Forbidden, InvalidHandlerName, NoSuchHandler
 from peernet.handlers import HandlerTable, Outcome, check_handler_name
 from peernet.ids import PeerId
 
@@ -303,3 +303,22 @@ def test_a_handler_may_refuse_by_raising_forbidden_and_its_message_stays_home():
     outcome = table.dispatch(PeerId(bytes(32)), "picky", None)
     assert outcome == Outcome(error=FORBIDDEN)
     assert outcome.detail is None
+
+
+@pytest.mark.parametrize("exc_type", [Forbidden, NoSuchHandler])
+def test_a_refusal_quoting_the_peers_args_is_logged_escaped(exc_type, caplog):
+    """A handler may refuse with the peer's own text in the message: the log line gets it
+    escaped (no forged line, no terminal escape)."""
+    table = HandlerTable()
+
+    def picky(peer, args):
+        raise exc_type(f"no such room {args}")
+
+    table.expose("room", picky)
+    hostile = "x\n2099-01-01 WARNING forged \x1b[2J\u202e"
+    with caplog.at_level(logging.INFO, logger="peernet"):
+        table.dispatch(ALICE, "room", hostile)
+    (record,) = [r for r in caplog.records if "room" in r.getMessage()]
+    text = record.getMessage()
+    assert "\n" not in text and "\x1b" not in text and "\u202e" not in text
+    assert "\\n2099-01-01 WARNING forged \\x1b[2J\\u202e" in text

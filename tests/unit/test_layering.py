@@ -155,8 +155,9 @@ PUBLIC_LAYER = ("peernet.node", "peernet.discovery", "peernet.peer", "peernet.tr
                 "peernet.handlers", "peernet.cli", "peernet.rpc", "peernet.identity")
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """:func:`imported_modules` minus what is imported only under ``if TYPE_CHECKING:``."""
+def _runtime_imports(path: Path, module: str | None = None) -> set[str]:
+    """:func:`imported_modules` minus what is imported only under ``if TYPE_CHECKING:``
+    (``module``: judge the file as that module; default: where it is)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         for field in ("body", "orelse"):
@@ -166,7 +167,8 @@ def _runtime_imports(path: Path) -> set[str]:
                     child for child in block
                     if not (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
                             and child.test.id == "TYPE_CHECKING")])
-    return imported_modules(ast.unparse(tree), module_name(path), path.name == "__init__.py")
+    return imported_modules(ast.unparse(tree), module or module_name(path),
+                            path.name == "__init__.py")
 
 
 ALL_FILES = sorted(PACKAGE_DIR.rglob("*.py"))
@@ -179,6 +181,59 @@ def test_the_edge_imports_nothing_from_the_public_layer(path):
                                path.name == "__init__.py")
     upward = [m for m in imports if any(m == p or m.startswith(p + ".") for p in PUBLIC_LAYER)]
     assert upward == [], f"_io/{path.name} imports {upward}"
+
+
+# Every layer may import its own modules, the layers below it, and the vocabulary:
+# leaf modules of values and errors that import nothing but each other.
+VOCABULARY = ("peernet.errors", "peernet.ids", "peernet._text", "peernet.peer",
+              "peernet._version")
+FILES = ("peernet._fs", "peernet._addresses")  # the data dir's files, for the edge
+LAYERS = {  # layer: what its modules may import besides the vocabulary
+    "peernet._proto": ("peernet._proto",),
+    "peernet._io": ("peernet._io", "peernet._proto", *FILES),
+    "peernet.discovery": ("peernet.discovery", "peernet._io", "peernet._proto"),
+}
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _upward(path: Path, allowed: tuple[str, ...], module: str | None = None) -> list[str]:
+    """The peernet modules ``path`` imports at run time beyond ``allowed`` and the
+    vocabulary (``from . import x`` names the package itself too: that is not counted)."""
+    return sorted(m for m in _runtime_imports(path, module)
+                  if m.startswith("peernet.") and not _within(m, (*allowed, *VOCABULARY)))
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_imports_only_go_down_the_layers(layer):
+    """guides/architecture.md's table, as an allow-list: a layer imports only itself,
+    the layers below it and the vocabulary (so a new public module is above every
+    layer without being listed anywhere). Imports only for type checking do not count."""
+    directory = PACKAGE_DIR.joinpath(*layer.split(".")[1:])
+    found = {path.name: bad for path in sorted(directory.glob("*.py"))
+             if (bad := _upward(path, LAYERS[layer]))}
+    assert found == {}
+
+
+def test_the_vocabulary_is_made_of_leaves():
+    for name in VOCABULARY + FILES:
+        path = _peernet_file(name)
+        assert path is not None, name
+        allowed = FILES if name in FILES else ()
+        assert _upward(path, allowed) == [], name
+
+
+def test_the_layer_checker_can_fail(tmp_path):
+    fake = tmp_path / "mesh.py"
+    fake.write_text("from ..labels import resolve_peer\nfrom ..errors import PeerNetError\n"
+                    "from .. import _fs\nfrom typing import TYPE_CHECKING\n"
+                    "if TYPE_CHECKING:\n    from ..node import Node\n")
+    assert _upward(fake, LAYERS["peernet._io"], "peernet._io.mesh") == [
+        "peernet.labels", "peernet.labels.resolve_peer"]
+    assert _upward(fake, LAYERS["peernet._proto"], "peernet._proto.mesh") == [
+        "peernet._fs", "peernet.labels", "peernet.labels.resolve_peer"]
 
 
 def test_the_core_reaches_no_file_storage():
@@ -223,3 +278,66 @@ def test_there_is_no_import_cycle():
         if mod not in state:
             visit(mod)
 
+
+
+# --- the registry runs no callback under its lock -------------------------------------
+
+
+def callbacks_under_lock(source: str, lock: str = "_cond") -> list[str]:
+    """Calls to a function's own parameters (callables passed in: callbacks) made inside
+    ``with self.<lock>:`` in ``source``; a nested ``def`` is judged on its own."""
+    found = []
+
+    def visit(node: ast.AST, params: set[str], locked: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = child.args
+                names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+                # A nested function still sees (and may call) the outer parameters.
+                visit(child, params | names, False)
+                continue
+            holds = locked or (isinstance(child, ast.With) and any(
+                ast.unparse(item.context_expr) == f"self.{lock}" for item in child.items))
+            if (holds and isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
+                    and child.func.id in params):
+                found.append(ast.unparse(child))
+            visit(child, params, holds)
+
+    visit(ast.parse(source), set(), False)
+    return found
+
+
+def test_the_registry_runs_no_callback_under_its_lock():
+    """Callbacks into the mesh or the node run after the registry's lock is released
+    (a dial is reserved under it, then built outside; a redial's delay is computed from
+    the pure Backoff value, and the dial itself runs later on the timer thread)."""
+    source = (PACKAGE_DIR / "_io" / "registry.py").read_text(encoding="utf-8")
+    assert callbacks_under_lock(source) == []
+
+
+def test_the_callback_checker_can_fail():
+    old = ("class R:\n"
+           "    def schedule(self, peer, delay_s, dial):\n"
+           "        with self._cond:\n"
+           "            delay = delay_s(1)\n"
+           "            def fire():\n"
+           "                with self._cond:\n"
+           "                    pass\n"
+           "                dial(peer)\n"
+           "            def unsafe():\n"
+           "                with self._cond:\n"
+           "                    dial(peer)\n")
+    assert callbacks_under_lock(old) == ["delay_s(1)", "dial(peer)"]
+
+
+def test_node_is_a_facade_with_no_link_callbacks():
+    """What links report goes to the mesh (the LinkOwner protocol); none of it is part of
+    the user's Node, whose public names are its API."""
+    from peernet import Node
+    from peernet._io.link import LinkOwner
+    from peernet._io.mesh import Mesh
+
+    callbacks = {name for name in vars(LinkOwner) if not name.startswith("_")}
+    assert callbacks and callbacks <= set(dir(Mesh))
+    assert not callbacks & set(dir(Node))
+    assert not any(name.startswith("link_") for name in dir(Node))

@@ -372,3 +372,52 @@ def test_big_bytes_bodies_encode_exactly_as_cbor2_would(size):
             assert bytes(parts) == wire and len(parts) == len(wire)
         else:
             assert parts == wire
+
+
+# --------------------------------------------------------------------- deferred args
+
+def _deferred_agrees(data: bytes) -> None:
+    """decode_message(defer_over=0) accepts exactly what decode_message accepts, and a
+    call or send it accepts has the same fields, its args Deferred (built later by the
+    plain decode) with a bound at least what they hold."""
+    try:
+        full = decode_message(data)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            decode_message(data, defer_over=0)
+        return
+    lazy = decode_message(data, defer_over=0)
+    if type(full) not in (Call, Send):
+        assert lazy == full
+        return
+    assert type(lazy) is type(full) and type(lazy.args) is m.Deferred
+    assert dataclasses.replace(lazy, args=full.args) == full
+    assert lazy.args.held_bound >= len(data)
+
+
+@pytest.mark.parametrize("data", [*BAD.values(), *(c[1] for c in HOSTILE),
+                                  *(encode_message(s) for s in SAMPLES),
+                                  raw(0, 1, "echo", "\udcff".encode("utf-8", "surrogatepass")),
+                                  b"\x84\x00\x01\x64echo\x62\xff\xfe",  # args: bad UTF-8
+                                  b"\x83\x03\x64ech\xff\x00",            # name: bad UTF-8
+                                  b"\x84\x00\x18\x01\x64echo\xf6",       # rid: not shortest
+                                  b"\x84\x00\x01\x64echo\xf6\x00"],      # trailing byte
+                         ids=lambda d: d[:12].hex())
+def test_deferred_decoding_accepts_and_refuses_exactly_what_decoding_does(data):
+    _deferred_agrees(data)
+
+
+@FUZZ
+@given(valid_messages, st.data())
+def test_deferred_decoding_agrees_on_mutated_messages(msg, draw):
+    _deferred_agrees(encode_message(msg, max_depth=64))
+    _deferred_agrees(mutate(encode_message(msg, max_depth=64), draw, max_ops=3))
+
+
+def test_only_calls_and_sends_over_the_threshold_are_deferred():
+    small, big = Call(1, "echo", "x"), Call(1, "echo", "x" * 5000)
+    assert decode_message(encode_message(small), defer_over=4096) == small
+    assert type(decode_message(encode_message(big), defer_over=4096).args) is m.Deferred
+    assert decode_message(encode_message(big)) == big
+    reply = Reply(1, "x" * 5000)
+    assert decode_message(encode_message(reply), defer_over=0) == reply

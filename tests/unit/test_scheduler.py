@@ -160,7 +160,7 @@ def test_calls_beyond_the_per_peer_cap_are_refused():
 
 def test_queued_and_running_work_is_bounded_by_its_byte_budget():
     """Work is charged from submission until its handler returns (running, it holds its
-    decoded message), and so is a claim that carries a cost."""
+    decoded message)."""
     sched, link = make(max_workers=2, max_calls_per_peer=100, max_sends_per_peer=100,
                        max_queued_bytes_per_peer=1000), Link()
     call, send = Blocked(), Blocked()
@@ -174,7 +174,7 @@ def test_queued_and_running_work_is_bounded_by_its_byte_budget():
         assert sched.submit_call(PEER, link, lambda: None, cost=100)  # 1000
         assert not sched.submit_call(PEER, link, lambda: None, cost=1)  # calls share it
         assert sched.submit_call(OTHER, link, lambda: None, cost=900)  # a budget per peer
-        assert not sched.claim_call(OTHER, link, 200)  # 1100 > 1000 for OTHER
+        assert not sched.submit_call(OTHER, link, lambda: None, cost=200)  # 1100 for OTHER
         call.gate.set()  # the running call returns: its 300 are free again
         assert wait_until(lambda: sched.submit_call(PEER, link, lambda: None, cost=200))
     finally:
@@ -226,29 +226,34 @@ def test_queued_work_of_a_peer_that_was_unpaired_never_runs():
 
 def test_revoke_refuses_claims_and_drops_queued_work_at_once():
     """unpair() revokes under the scheduler's lock: from its return on, no claim
-    (inline) or queued job of the peer starts, whatever the trust store says."""
+    (inline) or queued job of the peer starts, whatever the trust store says; a job
+    already ready for a worker is skipped when a worker comes to it."""
     sched, link = make(max_workers=2, max_calls_per_peer=10), Link()
-    gate, ran = Blocked(), []
+    gate, other, ran = Blocked(), Blocked(), []
     try:
         assert sched.submit_call(PEER, link, gate, cost=1)
-        assert gate.started.wait(5)
+        assert sched.submit_call(OTHER, link, other, cost=1)
+        assert gate.started.wait(5) and other.started.wait(5)  # both slots taken
         for i in range(3):
             assert sched.submit_call(PEER, link, lambda i=i: ran.append(i), cost=1)
-        assert sched.submit_send(PEER, link, lambda: ran.append("send"), cost=1)
+        assert sched.submit_send(PEER, link, lambda: ran.append("send"), cost=1)  # ready
         assert sched.revoke(PEER) >= 3
         assert not sched.claim_call(PEER, link) and not sched.claim_send(PEER, link)
         assert not sched.submit_call(PEER, link, lambda: ran.append("late"), cost=1)
         assert not sched.submit_send(PEER, link, lambda: ran.append("late"), cost=1)
-        assert sched.claim_call(OTHER, link)  # others are unaffected
+        other.gate.set()
+        assert wait_until(lambda: sched.claim_call(OTHER, link))  # others are unaffected
         sched.release_call(OTHER)
         gate.gate.set()
-        assert wait_until(lambda: sched.running == 0 and sched.calls_in_progress(PEER) == 0)
+        assert wait_until(lambda: sched.running == 0 and sched.calls_in_progress(PEER) == 0
+                          and sched.queued() == 0)
         assert ran == []
         sched.admit(PEER)  # paired again, with a new link
         assert sched.claim_call(PEER, link)
         sched.release_call(PEER)
     finally:
         gate.gate.set()
+        other.gate.set()
         sched.close(5)
 
 

@@ -68,3 +68,11 @@ def test_escape_json_keeps_the_json_value():
     shown = escape_json(raw)
     assert shown.isprintable()
     assert json.loads(shown) == value
+
+
+def test_escape_lines_keeps_line_breaks_and_escapes_the_rest():
+    from peernet._text import escape_lines
+
+    text = 'Traceback:\n  File "x.py"\nValueError: \x1b]0;t\x07\r\u202e\x9b\n'
+    assert escape_lines(text) == ('Traceback:\n  File "x.py"\n'
+                                  'ValueError: \\x1b]0;t\\x07\\r\\u202e\\x9b\n')
