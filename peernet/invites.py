@@ -45,7 +45,7 @@ from ._proto.invite import (
     parse_code,
 )
 from ._proto.session import LocalCredentials
-from ._io.invite_link import Pipe, dial_invite
+from ._io.invite_link import Dials, Pipe, dial_invite
 from .errors import (
     ConnectionLost,
     InviteAmbiguous,
@@ -54,6 +54,7 @@ from .errors import (
     InviteNotFound,
     InviteRejected,
     InviteTimeout,
+    NodeClosed,
     PeerUnavailable,
     ProtocolError,
 )
@@ -187,6 +188,7 @@ class InviteBook:
         self._open: dict[int, Invite] = {}
         self._dead: dict[int, Invite] = {}  # ended ones, by nameplate (bounded)
         self._closed = False
+        self._dials = Dials()  # the joins' sockets: close() ends them
 
     # -- the inviter ---------------------------------------------------------------------
 
@@ -289,13 +291,15 @@ class InviteBook:
         raise InviteRejected(f"invite {invite.nameplate} was {status}", status)
 
     def close(self) -> None:
-        """The node is closing: cancel every open invite (waiters wake up)."""
+        """The node is closing: cancel every open invite (waiters wake up), and end every
+        join in progress (it raises NodeClosed at once and pairs nobody)."""
         with self._cond:
             self._closed = True
             for invite in list(self._open.values()):
                 if invite._status == "open":
                     self._finish(invite, "cancelled")
             self._cond.notify_all()
+        self._dials.close()
 
     # -- the inviter's side of an exchange (the mesh calls these) -------------------------
 
@@ -373,7 +377,17 @@ class InviteBook:
     # -- the joiner ----------------------------------------------------------------------
 
     def join(self, code: str, label: str | None, timeout_s: float) -> JoinResult:
-        """Join the invite ``code`` names (see ``Node.join``)."""
+        """Join the invite ``code`` names (see ``Node.join``). Raises NodeClosed, whatever
+        it was doing, once the node closes meanwhile."""
+        try:
+            return self._join(code, label, timeout_s)
+        except Exception:
+            if self._dials.closed:
+                raise NodeClosed("the node closed during the join; nothing was paired here"
+                                 ) from None
+            raise
+
+    def _join(self, code: str, label: str | None, timeout_s: float) -> JoinResult:
         parsed = parse_code(code)
         label = normalize_label(label)
         deadline = time.monotonic() + timeout_s
@@ -383,12 +397,15 @@ class InviteBook:
         for inviter, address in targets:
             try:
                 pipe = dial_invite(self._credentials, address, expected=inviter, hello=hello,
-                                   listen_port=self._port(), deadline=deadline)
+                                   listen_port=self._port(), deadline=deadline,
+                                   dials=self._dials)
             except PeerUnavailable as exc:  # ConnectionLost included
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue
             with pipe:
                 peer_label = self._exchange(pipe, parsed, inviter, label)
+            if self._dials.closed:  # the node let go of its files: store nothing now
+                raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
             log.info("joined invite %d: paired with %s%s", parsed.nameplate, inviter.short,
                      f" as {stored!r}" if stored else "")
@@ -440,6 +457,8 @@ class InviteBook:
         give_up = min(deadline, started + _SEARCH_S)
         first_seen = None
         while True:
+            if self._dials.closed:
+                raise NodeClosed("the node closed during the join")
             found = {p: a for p, a in self._heard().get(nameplate, {}).items()
                      if p != self._own_id}
             now = time.monotonic()

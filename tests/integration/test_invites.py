@@ -409,3 +409,54 @@ def test_invites_through_the_control_endpoint_of_running_nodes(lan):
     with pytest.raises(InviteRejected) as caught:
         laptop.join(second.long)
     assert caught.value.reason == "cancelled"
+
+
+class _SilentInviter:
+    """A loopback address where a join hangs: at ``connect`` (a listener whose one-slot
+    backlog is full, so the kernel drops the SYN) or at ``handshake`` (accepted in the
+    backlog, never answered). The long code names it with a fresh key."""
+
+    def __init__(self, stage: str) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.filler: socket.socket | None = None
+        if stage == "connect":
+            self.filler = socket.create_connection(self.listener.getsockname(), timeout=5)
+        port = self.listener.getsockname()[1]
+        self.code = LongCode(Identity.generate().peer_id, 9, bytes(16), port,
+                             ("127.0.0.1",)).text
+
+    def close(self) -> None:
+        if self.filler is not None:
+            self.filler.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("stage", ["connect", "handshake"])
+@pytest.mark.parametrize("through", ["api", "control"])
+def test_close_ends_a_join_in_progress_at_once(make_node, stage, through):
+    """A join waiting on its inviter (up to its timeout: an hour here) ends when the node
+    closes, so close() neither waits for it nor leaves its thread running, and nothing
+    is paired after the node let go of its data dir."""
+    import time
+
+    b = make_node("b")
+    silent = _SilentInviter(stage)
+    joiner = peernet.admin(b.data_dir) if through == "control" else b
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        _outcome(lambda: joiner.join(silent.code, timeout=3600))))
+    try:
+        thread.start()
+        assert wait_until(lambda: b._invites._dials.busy)  # the join is dialling
+        started = time.monotonic()
+        b.close()
+        closed_in = time.monotonic() - started
+        thread.join(5)
+        assert not thread.is_alive() and closed_in < 2.0, closed_in
+        assert isinstance(outcome[0], (peernet.NodeClosed, peernet.ControlError)), outcome
+        assert len(b.trust) == 0
+    finally:
+        silent.close()
+        thread.join(5)
