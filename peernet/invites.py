@@ -403,7 +403,7 @@ class InviteBook:
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue
             with pipe:
-                peer_label = self._exchange(pipe, parsed, inviter, label)
+                peer_label = self._exchange(pipe, parsed, inviter, address, label)
             if self._dials.closed:  # the node let go of its files: store nothing now
                 raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
@@ -417,7 +417,8 @@ class InviteBook:
             return JoinResult(inviter, stored, note)
         raise InviteNotFound("could not reach the inviter: " + "; ".join(failures))
 
-    def _exchange(self, pipe: Pipe, code: Code, inviter: PeerId, label: str | None) -> str | None:
+    def _exchange(self, pipe: Pipe, code: Code, inviter: PeerId, address: tuple[str, int],
+                  label: str | None) -> str | None:
         exchange = JoinerExchange(code.password, handshake_hash=pipe.handshake_hash,
                                   joiner=self._own_id, inviter=inviter, label=label)
         try:
@@ -426,6 +427,10 @@ class InviteBook:
                 reply = exchange.receive(pipe.recv())
                 if reply is not None:
                     pipe.send(reply)
+        except InviteRejected as exc:
+            raise InviteRejected(_answered(code, inviter, address, exc), exc.reason) from None
+        except InviteExpired as exc:
+            raise InviteExpired(_answered(code, inviter, address, exc)) from None
         except ConnectionLost as exc:
             if exchange.sent_label:
                 raise InviteError(
@@ -491,6 +496,17 @@ def _pick_nameplate(taken: Iterable[int]) -> int:
         if free:
             return free[int.from_bytes(os.urandom(4), "big") % len(free)]
     raise InviteError("no free invite number")  # pragma: no cover - 65535 taken
+
+
+def _answered(code: Code, inviter: PeerId, address: tuple[str, int], exc: Exception) -> str:
+    """Who refused a join, and what it said. A refusal comes before any proof that the
+    node holds the code; for a short code, the node is whoever announced the number
+    (anyone on the LAN can), so the person must be able to tell it from the inviter."""
+    if isinstance(code, LongCode):
+        return f"{inviter.short}: {exc}"
+    return (f"{inviter.short} at {address[0]}, which announces invite {code.nameplate}, "
+            f"answered: {exc}. If that is not the inviter's id (`peernet id` there), "
+            "another node answered for it and the invite is untouched: use the long code")
 
 
 def _best_effort(pipe: Pipe, payload: bytes) -> None:

@@ -460,3 +460,24 @@ def test_close_ends_a_join_in_progress_at_once(make_node, stage, through):
     finally:
         silent.close()
         thread.join(5)
+
+
+def test_a_node_posing_as_the_inviter_is_named_and_the_real_invite_survives(make_node,
+                                                                             monkeypatch):
+    """Anyone on the LAN can announce an invite's number. A joiner that hears only that
+    node dials it, and its refusal ("wrong code") is not authenticated: the joiner's
+    error must name the node that answered (so the person can tell it is not the
+    inviter), and the real invite stays open for the real join."""
+    pa, pm, pb = free_udp_ports(3)
+    a = make_node("a", discovery=udp(pa))  # announces where nobody listens
+    m = make_node("m", discovery=udp(pm, pb))
+    b = make_node("b", discovery=udp(pb, pm))
+    real = a.invite(label="a")
+    monkeypatch.setattr("peernet.invites._pick_nameplate", lambda taken: real.nameplate)
+    m.invite(label="a")  # the same number, other words
+    with pytest.raises(InviteRejected) as caught:
+        b.join(real.short)
+    assert caught.value.reason == "wrong_code"
+    assert m.id.short in str(caught.value) and f"invite {real.nameplate}" in str(caught.value)
+    assert real.status == "open" and len(b.trust) == 0
+    assert b.join(real.long) == a.id
