@@ -509,6 +509,14 @@ def _answered(code: Code, inviter: PeerId, address: tuple[str, int], exc: Except
             "another node answered for it and the invite is untouched: use the long code")
 
 
+def _is_peer_id(text: str) -> bool:
+    try:
+        PeerId.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _best_effort(pipe: Pipe, payload: bytes) -> None:
     try:
         pipe.send(payload)
@@ -521,7 +529,8 @@ def store_peer(trust: TrustStore, peer: PeerId, proposed: str | None
     """Pair ``peer`` under the label it proposed for itself: ``(label stored, note)``.
 
     A peer already paired keeps the label it has (labels are the user's own). A
-    proposed label that breaks the label rules is dropped; one that looks like another
+    proposed label that breaks the label rules, or is a peer id (which would name that
+    other peer: ids win over labels), is dropped; one that looks like another
     peer's label becomes ``"label 2"`` (or 3 ...). The note (None when the proposal was
     taken as it was) says what happened, with the peer's text escaped by ``repr``.
     """
@@ -539,6 +548,9 @@ def store_peer(trust: TrustStore, peer: PeerId, proposed: str | None
     if wanted is None:
         trust.pair(peer)
         return None, None
+    if _is_peer_id(wanted):  # ids win over labels: it would name that peer, not this one
+        trust.pair(peer)
+        return None, f"its proposed label {wanted!r} is a peer id; not taken"
     last_error = ""
     for candidate in [wanted] + [f"{wanted} {n}" for n in range(2, 10)]:
         try:

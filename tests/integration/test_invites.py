@@ -388,6 +388,18 @@ def test_labels_fall_back_on_a_clash_and_say_so(tmp_path):
     assert store_peer(trust, Identity.generate().peer_id, None) == (None, None)
 
 
+def test_a_proposed_label_that_is_a_peer_id_is_not_taken():
+    """Ids win over labels, so a label that is another peer's id would name that peer
+    wherever it is used: `peernet join` would even print `call it with: peernet call
+    <that id>`, sending the person's first call to someone else."""
+    trust = TrustStore.in_memory()
+    victim, inviter = (Identity.generate().peer_id for _ in range(2))
+    trust.pair(victim, label="nas")
+    for proposed in (str(victim), f"  {str(victim).upper()} "):
+        label, note = store_peer(trust, inviter, proposed)
+        assert label is None and "peer id" in note and trust.get(inviter).label is None
+
+
 def test_invites_through_the_control_endpoint_of_running_nodes(lan):
     """Issue 21 item 4: peernet.admin(data_dir).invite() / .join() run in the node."""
     a, b = lan(2)
