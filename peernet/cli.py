@@ -1563,8 +1563,28 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
     return EXIT_OK
 
 
+def _read_code(given: str | None) -> str:
+    """The code from the command line, or (none, or ``-``) from stdin: a prompt on a
+    terminal, else its first line. A code in the command line is in /proc/PID/cmdline,
+    which every local user can read while join runs."""
+    if given not in (None, "-"):
+        return given
+    if sys.stdin.isatty():
+        try:
+            text = input("invite code: ")
+        except EOFError:
+            text = ""
+    else:
+        text = sys.stdin.readline(1024)
+    if not text.strip():
+        raise CliError("no code given: type the code the inviter shows (7-amber-orbit or "
+                       "pninv1...)", EXIT_USAGE)
+    return text.strip()
+
+
 def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     """Join an invite: both sides end up paired."""
+    opts.code = _read_code(opts.code)
     try:
         code = parse_code(opts.code)
     except InvalidInviteCode as exc:
@@ -1735,11 +1755,14 @@ def _parser() -> argparse.ArgumentParser:
                 "in one step",
                 "example: peernet join 7-amber-orbit --label bob\n"
                 "         peernet join pninv1...            # the long code, any network\n"
+                "         peernet join                      # asks for the code\n"
                 "a short code is found on the LAN (udp discovery unless configured)\n"
+                "on a machine other people use, leave CODE out and type it when asked\n"
+                "(or pipe it in): a command line is visible to them while join runs\n"
                 "exit codes: 0 paired, 2 malformed code, 3 not found, 4 wrong code or "
                 "used,\n5 expired, 1 two invites nearby with that number")
-    p.add_argument("code", metavar="CODE", help="the code the inviter shows: 7-amber-orbit "
-                   "or pninv1...")
+    p.add_argument("code", metavar="CODE", nargs="?", help="the code the inviter shows: "
+                   "7-amber-orbit or pninv1... (left out or -: read from stdin)")
     p.add_argument("--label", help="the name this machine proposes for itself (default: "
                    "its host name)")
     p.add_argument("--timeout", type=_positive_float, default=10.0,

@@ -277,13 +277,22 @@ class Admin:
         if not SUPPORTED:
             raise NodeNotRunning("controlling a running node needs Unix sockets with "
                                  "SO_PEERCRED (Linux); no node serves one here")
-        deadline = time.monotonic() + _STARTING_WAIT_S
+        started = time.monotonic()
+        deadline = started + _STARTING_WAIT_S
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self._timeout)
             try:
                 with socket_path(self.data_dir) as path:
                     sock.connect(path)
+            except BlockingIOError:  # EAGAIN: the served connections and the backlog are full
+                sock.close()
+                if time.monotonic() - started < self._timeout:
+                    time.sleep(0.02)
+                    continue
+                raise ControlError(f"the node on {self.data_dir} is busy: no room for another "
+                                   f"control connection within {self._timeout:g} s",
+                                   "Busy") from None
             except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
                 sock.close()
                 holder = lifecycle.holder(self.data_dir)

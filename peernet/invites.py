@@ -45,7 +45,7 @@ from ._proto.invite import (
     parse_code,
 )
 from ._proto.session import LocalCredentials
-from ._io.invite_link import Pipe, dial_invite
+from ._io.invite_link import Dials, Pipe, dial_invite
 from .errors import (
     ConnectionLost,
     InviteAmbiguous,
@@ -54,6 +54,7 @@ from .errors import (
     InviteNotFound,
     InviteRejected,
     InviteTimeout,
+    NodeClosed,
     PeerUnavailable,
     ProtocolError,
 )
@@ -187,6 +188,7 @@ class InviteBook:
         self._open: dict[int, Invite] = {}
         self._dead: dict[int, Invite] = {}  # ended ones, by nameplate (bounded)
         self._closed = False
+        self._dials = Dials()  # the joins' sockets: close() ends them
 
     # -- the inviter ---------------------------------------------------------------------
 
@@ -289,13 +291,15 @@ class InviteBook:
         raise InviteRejected(f"invite {invite.nameplate} was {status}", status)
 
     def close(self) -> None:
-        """The node is closing: cancel every open invite (waiters wake up)."""
+        """The node is closing: cancel every open invite (waiters wake up), and end every
+        join in progress (it raises NodeClosed at once and pairs nobody)."""
         with self._cond:
             self._closed = True
             for invite in list(self._open.values()):
                 if invite._status == "open":
                     self._finish(invite, "cancelled")
             self._cond.notify_all()
+        self._dials.close()
 
     # -- the inviter's side of an exchange (the mesh calls these) -------------------------
 
@@ -373,7 +377,17 @@ class InviteBook:
     # -- the joiner ----------------------------------------------------------------------
 
     def join(self, code: str, label: str | None, timeout_s: float) -> JoinResult:
-        """Join the invite ``code`` names (see ``Node.join``)."""
+        """Join the invite ``code`` names (see ``Node.join``). Raises NodeClosed, whatever
+        it was doing, once the node closes meanwhile."""
+        try:
+            return self._join(code, label, timeout_s)
+        except Exception:
+            if self._dials.closed:
+                raise NodeClosed("the node closed during the join; nothing was paired here"
+                                 ) from None
+            raise
+
+    def _join(self, code: str, label: str | None, timeout_s: float) -> JoinResult:
         parsed = parse_code(code)
         label = normalize_label(label)
         deadline = time.monotonic() + timeout_s
@@ -383,12 +397,15 @@ class InviteBook:
         for inviter, address in targets:
             try:
                 pipe = dial_invite(self._credentials, address, expected=inviter, hello=hello,
-                                   listen_port=self._port(), deadline=deadline)
+                                   listen_port=self._port(), deadline=deadline,
+                                   dials=self._dials)
             except PeerUnavailable as exc:  # ConnectionLost included
                 failures.append(f"{address[0]}:{address[1]}: {exc}")
                 continue
             with pipe:
-                peer_label = self._exchange(pipe, parsed, inviter, label)
+                peer_label = self._exchange(pipe, parsed, inviter, address, label)
+            if self._dials.closed:  # the node let go of its files: store nothing now
+                raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
             log.info("joined invite %d: paired with %s%s", parsed.nameplate, inviter.short,
                      f" as {stored!r}" if stored else "")
@@ -400,7 +417,8 @@ class InviteBook:
             return JoinResult(inviter, stored, note)
         raise InviteNotFound("could not reach the inviter: " + "; ".join(failures))
 
-    def _exchange(self, pipe: Pipe, code: Code, inviter: PeerId, label: str | None) -> str | None:
+    def _exchange(self, pipe: Pipe, code: Code, inviter: PeerId, address: tuple[str, int],
+                  label: str | None) -> str | None:
         exchange = JoinerExchange(code.password, handshake_hash=pipe.handshake_hash,
                                   joiner=self._own_id, inviter=inviter, label=label)
         try:
@@ -409,6 +427,10 @@ class InviteBook:
                 reply = exchange.receive(pipe.recv())
                 if reply is not None:
                     pipe.send(reply)
+        except InviteRejected as exc:
+            raise InviteRejected(_answered(code, inviter, address, exc), exc.reason) from None
+        except InviteExpired as exc:
+            raise InviteExpired(_answered(code, inviter, address, exc)) from None
         except ConnectionLost as exc:
             if exchange.sent_label:
                 raise InviteError(
@@ -440,6 +462,8 @@ class InviteBook:
         give_up = min(deadline, started + _SEARCH_S)
         first_seen = None
         while True:
+            if self._dials.closed:
+                raise NodeClosed("the node closed during the join")
             found = {p: a for p, a in self._heard().get(nameplate, {}).items()
                      if p != self._own_id}
             now = time.monotonic()
@@ -474,6 +498,25 @@ def _pick_nameplate(taken: Iterable[int]) -> int:
     raise InviteError("no free invite number")  # pragma: no cover - 65535 taken
 
 
+def _answered(code: Code, inviter: PeerId, address: tuple[str, int], exc: Exception) -> str:
+    """Who refused a join, and what it said. A refusal comes before any proof that the
+    node holds the code; for a short code, the node is whoever announced the number
+    (anyone on the LAN can), so the person must be able to tell it from the inviter."""
+    if isinstance(code, LongCode):
+        return f"{inviter.short}: {exc}"
+    return (f"{inviter.short} at {address[0]}, which announces invite {code.nameplate}, "
+            f"answered: {exc}. If that is not the inviter's id (`peernet id` there), "
+            "another node answered for it and the invite is untouched: use the long code")
+
+
+def _is_peer_id(text: str) -> bool:
+    try:
+        PeerId.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _best_effort(pipe: Pipe, payload: bytes) -> None:
     try:
         pipe.send(payload)
@@ -486,7 +529,8 @@ def store_peer(trust: TrustStore, peer: PeerId, proposed: str | None
     """Pair ``peer`` under the label it proposed for itself: ``(label stored, note)``.
 
     A peer already paired keeps the label it has (labels are the user's own). A
-    proposed label that breaks the label rules is dropped; one that looks like another
+    proposed label that breaks the label rules, or is a peer id (which would name that
+    other peer: ids win over labels), is dropped; one that looks like another
     peer's label becomes ``"label 2"`` (or 3 ...). The note (None when the proposal was
     taken as it was) says what happened, with the peer's text escaped by ``repr``.
     """
@@ -504,6 +548,9 @@ def store_peer(trust: TrustStore, peer: PeerId, proposed: str | None
     if wanted is None:
         trust.pair(peer)
         return None, None
+    if _is_peer_id(wanted):  # ids win over labels: it would name that peer, not this one
+        trust.pair(peer)
+        return None, f"its proposed label {wanted!r} is a peer id; not taken"
     last_error = ""
     for candidate in [wanted] + [f"{wanted} {n}" for n in range(2, 10)]:
         try:

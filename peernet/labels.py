@@ -16,7 +16,8 @@ Rules (:func:`resolve_peer`), in order:
 
 No prefix or partial matching: what a label means never changes because another peer
 was paired. Labels are this node's own names for its peers (set by ``pair()``); peers
-cannot set or see them.
+cannot see them, and set one only by proposing it in an invite exchange, held to the
+same rules (and never a peer id: ``invites.store_peer``).
 """
 
 from __future__ import annotations

@@ -7,12 +7,16 @@ that ran the handshake hands the socket here (``Mesh.link_invite``) instead of
 registering the link, so nothing on it can reach a handler, the heartbeat never pings
 it, and the pre-auth slot it took at ``accept`` is held until the exchange is over. On
 the joiner's side :func:`dial_invite` connects and runs the initiator's handshake
-itself, on the thread that called ``Node.join``: no thread, no registry entry.
+itself, on the thread that called ``Node.join``: no thread, no registry entry. Its
+sockets are tracked in a :class:`Dials`, so that closing the node ends a join at once
+(it may wait on its inviter for as long as the caller's timeout) instead of leaving it
+running, and pairing, after the node is gone.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,12 +28,13 @@ from .._proto.session import (
     SessionClosed,
     SessionState,
 )
-from ..errors import ConnectionLost, InviteRejected, PeerUnavailable
+from ..errors import ConnectionLost, InviteRejected, NodeClosed, PeerUnavailable
+from .link import connect_by
 
 if TYPE_CHECKING:
     from ..ids import PeerId
 
-__all__ = ["InviteHost", "Pipe", "dial_invite"]
+__all__ = ["Dials", "InviteHost", "Pipe", "dial_invite"]
 
 _RECV_BUFFER = 65536 + 2
 
@@ -47,17 +52,58 @@ class InviteHost(Protocol):
         ...
 
 
+class Dials:
+    """The joiner's invite sockets of one node, from before their connect until their
+    pipe closes. :meth:`close` (the node is closing) shuts every one down, which wakes a
+    read or a connect waiting on it, and refuses new ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """A join is dialling or exchanging now."""
+        with self._lock:
+            return bool(self._socks)
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.closed:
+                self._socks.add(sock)
+                return
+        sock.close()
+        raise NodeClosed("the node is closed")
+
+    def discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.discard(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            socks = list(self._socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected yet: the connect loop sees ``closed``
+
+
 class Pipe:
     """Whole messages in and out of one socket through its open ``session``; every
-    operation ends by the absolute ``deadline`` (monotonic). Errors are ConnectionLost."""
+    operation ends by the absolute ``deadline`` (monotonic). Errors are ConnectionLost.
+    ``dials``: where the socket is tracked (the joiner's side), until :meth:`close`."""
 
     def __init__(self, sock: socket.socket, session: Session, deadline: float,
-                 early: list[bytes] | None = None) -> None:
+                 early: list[bytes] | None = None, dials: Dials | None = None) -> None:
         self._sock = sock
         self._session = session
         self._deadline = deadline
         self._inbox: list[bytes] = list(early or ())
         self._buf = bytearray(_RECV_BUFFER)
+        self._dials = dials
 
     @property
     def handshake_hash(self) -> bytes:
@@ -108,6 +154,8 @@ class Pipe:
 
     def close(self) -> None:
         self._session.close()
+        if self._dials is not None:
+            self._dials.discard(self._sock)
         try:
             self._sock.close()
         except OSError:
@@ -122,25 +170,37 @@ class Pipe:
 
 def dial_invite(credentials: LocalCredentials, address: tuple[str, int], *,
                 expected: PeerId, hello: bytes, listen_port: int, deadline: float,
-                max_message_size: int = MAX_INVITE_MESSAGE) -> Pipe:
+                max_message_size: int = MAX_INVITE_MESSAGE,
+                dials: Dials | None = None) -> Pipe:
     """Connect to ``address`` and run the joiner's handshake with ``hello`` in message 3,
     until the inviter's READY. Raises PeerUnavailable (cannot connect, or someone other
     than ``expected`` answers: HandshakeError), InviteRejected (the inviter closed after
-    message 3: no such invite open there) or ConnectionLost."""
+    message 3: no such invite open there), ConnectionLost, or NodeClosed (``dials`` was
+    closed before the dial; once it is closed during one, any of the others)."""
+    dials = dials if dials is not None else Dials()
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise PeerUnavailable("no time left to dial the inviter")
     try:
-        sock = socket.create_connection(address, timeout=remaining)
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address[0], address[1], type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
     except OSError as exc:
+        raise PeerUnavailable(f"could not connect to {address[0]}:{address[1]} "
+                              f"({type(exc).__name__})") from None
+    dials.add(sock)
+    try:
+        connect_by(sock, sockaddr, deadline, lambda: dials.closed)
+    except OSError as exc:
+        dials.discard(sock)
+        sock.close()
         raise PeerUnavailable(f"could not connect to {address[0]}:{address[1]} "
                               f"({type(exc).__name__})") from None
     session = Session(credentials, initiator=True, is_trusted=lambda peer: False,
                       expected_peer=expected, listen_port=listen_port,
                       max_message_size=max_message_size, invite=hello)
-    pipe = Pipe(sock, session, deadline)
+    pipe = Pipe(sock, session, deadline, dials=dials)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray(_RECV_BUFFER)
         while session.state is not SessionState.OPEN:
             pipe.send_raw(session.data_to_send())

@@ -60,7 +60,7 @@ from .replies import settle
 if TYPE_CHECKING:
     from ..ids import PeerId
 
-__all__ = ["Link", "LinkOwner"]
+__all__ = ["Link", "LinkOwner", "connect_by"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,25 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def connect_by(sock: socket.socket, sockaddr: Any, deadline: float,
+               stopped: Callable[[], bool]) -> None:
+    """Connect ``sock`` by ``deadline`` (monotonic), in short waits so that ``stopped()``
+    ends the wait early (a closing node); leaves it blocking, with TCP_NODELAY. Raises
+    OSError: TimeoutError past the deadline or once stopped."""
+    sock.setblocking(False)
+    err = sock.connect_ex(sockaddr)
+    while err in _CONNECT_IN_PROGRESS:
+        remaining = deadline - time.monotonic()
+        if stopped() or remaining <= 0:
+            raise TimeoutError("connect timed out")
+        if _writable(sock, min(remaining, _DIAL_POLL_S)):
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.setblocking(True)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _IOV_BATCH = 512  # frames per writev(), well under IOV_MAX (1024 on Linux)
@@ -477,18 +496,7 @@ class Link:
             self._begin_close(f"connect failed: {exc.__class__.__name__}")
             return
         try:
-            sock.setblocking(False)
-            err = sock.connect_ex(sockaddr)
-            while err in _CONNECT_IN_PROGRESS:
-                remaining = deadline - time.monotonic()
-                if self._closing or remaining <= 0:
-                    raise TimeoutError("connect timed out")
-                if _writable(sock, min(remaining, _DIAL_POLL_S)):
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-            sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connect_by(sock, sockaddr, deadline, lambda: self._closing)
         except OSError as exc:
             sock.close()
             self._begin_close(f"connect failed: {exc.__class__.__name__}")

@@ -222,7 +222,7 @@ def _shown(text: str) -> str:
 def _parse_short(text: str) -> ShortCode:
     parts = [p for p in text.replace("-", " ").split() if p]
     number = parts[0]
-    if not number.isdigit() or not 1 <= int(number) <= MAX_NAMEPLATE:
+    if not number.isdecimal() or not 1 <= int(number) <= MAX_NAMEPLATE:  # isdigit: "²" too
         raise _bad(f"the number {number[:8]!r} must be 1..{MAX_NAMEPLATE}")
     words = parts[1:]
     if len(words) != 2:

@@ -95,6 +95,26 @@ def test_an_expired_invite_exits_5_and_a_malformed_code_2(tmp_path):
     assert "did you mean 'orbit'" in line
 
 
+def test_join_reads_the_code_from_stdin_so_other_users_cannot_see_it(tmp_path):
+    """A code in the command line is in /proc/PID/cmdline, which every local user can
+    read while join runs, and one of them could join with it first: `peernet join`
+    without CODE (or with `-`) reads it from stdin instead."""
+    proc = invite(tmp_path / "a", "--discovery", "none", "--label", "far")
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        out = run("--data-dir", str(tmp_path / "b"), "join", "--label", "here",
+                  input=f"  {long}  \n")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("paired with far (pn1") and long not in out.stderr
+        proc.expect(r"^paired with here ")
+        assert proc.wait() == 0
+    finally:
+        proc.stop()
+    for argv, stdin in ((["join"], ""), (["join", "-"], "7-amber-orbt\n")):
+        line = one_line_error(run("--data-dir", str(tmp_path / "b"), *argv, input=stdin), 2)
+        assert "no code" in line or "did you mean 'orbit'" in line
+
+
 def test_invite_and_join_through_running_nodes_then_calls_both_ways(tmp_path):
     """Issue 21 item 4: `peernet invite` and `peernet join` on data dirs that running
     nodes hold go through their control endpoints; the nodes pair, announce, answer

@@ -479,6 +479,34 @@ def test_connections_are_bounded_and_idle_ones_closed(tmp_path, monkeypatch):
                 s.close()
 
 
+def test_a_client_waits_for_room_when_the_backlog_is_full(tmp_path, monkeypatch):
+    """Beyond the 16 served connections and the kernel's backlog, a Unix socket refuses
+    a connect with EAGAIN: peernet.admin waits for room within its timeout (threads of
+    a busy app share one Admin, each request on a connection of its own) instead of
+    failing at once with "Resource temporarily unavailable"."""
+    monkeypatch.setattr(endpoint, "IDLE_TIMEOUT_S", 0.5)
+    with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:
+        path = str(node.data_dir / endpoint.SOCKET_NAME)
+        idle = []
+        try:
+            while True:  # until the backlog is full
+                s = socket.socket(socket.AF_UNIX)
+                s.setblocking(False)
+                try:
+                    s.connect(path)
+                except BlockingIOError:
+                    s.close()
+                    break
+                idle.append(s)
+            assert len(idle) > endpoint.MAX_CONNECTIONS
+            started = time.monotonic()
+            assert peernet.admin(node.data_dir, timeout=5).id == node.id
+            assert time.monotonic() - started < 5
+        finally:
+            for s in idle:
+                s.close()
+
+
 def test_a_watcher_that_does_not_read_is_dropped_not_buffered(tmp_path, monkeypatch):
     monkeypatch.setattr(endpoint, "WATCH_QUEUE_BYTES", 64 * 1024)
     with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:

@@ -388,6 +388,18 @@ def test_labels_fall_back_on_a_clash_and_say_so(tmp_path):
     assert store_peer(trust, Identity.generate().peer_id, None) == (None, None)
 
 
+def test_a_proposed_label_that_is_a_peer_id_is_not_taken():
+    """Ids win over labels, so a label that is another peer's id would name that peer
+    wherever it is used: `peernet join` would even print `call it with: peernet call
+    <that id>`, sending the person's first call to someone else."""
+    trust = TrustStore.in_memory()
+    victim, inviter = (Identity.generate().peer_id for _ in range(2))
+    trust.pair(victim, label="nas")
+    for proposed in (str(victim), f"  {str(victim).upper()} "):
+        label, note = store_peer(trust, inviter, proposed)
+        assert label is None and "peer id" in note and trust.get(inviter).label is None
+
+
 def test_invites_through_the_control_endpoint_of_running_nodes(lan):
     """Issue 21 item 4: peernet.admin(data_dir).invite() / .join() run in the node."""
     a, b = lan(2)
@@ -409,3 +421,75 @@ def test_invites_through_the_control_endpoint_of_running_nodes(lan):
     with pytest.raises(InviteRejected) as caught:
         laptop.join(second.long)
     assert caught.value.reason == "cancelled"
+
+
+class _SilentInviter:
+    """A loopback address where a join hangs: at ``connect`` (a listener whose one-slot
+    backlog is full, so the kernel drops the SYN) or at ``handshake`` (accepted in the
+    backlog, never answered). The long code names it with a fresh key."""
+
+    def __init__(self, stage: str) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.filler: socket.socket | None = None
+        if stage == "connect":
+            self.filler = socket.create_connection(self.listener.getsockname(), timeout=5)
+        port = self.listener.getsockname()[1]
+        self.code = LongCode(Identity.generate().peer_id, 9, bytes(16), port,
+                             ("127.0.0.1",)).text
+
+    def close(self) -> None:
+        if self.filler is not None:
+            self.filler.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("stage", ["connect", "handshake"])
+@pytest.mark.parametrize("through", ["api", "control"])
+def test_close_ends_a_join_in_progress_at_once(make_node, stage, through):
+    """A join waiting on its inviter (up to its timeout: an hour here) ends when the node
+    closes, so close() neither waits for it nor leaves its thread running, and nothing
+    is paired after the node let go of its data dir."""
+    import time
+
+    b = make_node("b")
+    silent = _SilentInviter(stage)
+    joiner = peernet.admin(b.data_dir) if through == "control" else b
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        _outcome(lambda: joiner.join(silent.code, timeout=3600))))
+    try:
+        thread.start()
+        assert wait_until(lambda: b._invites._dials.busy)  # the join is dialling
+        started = time.monotonic()
+        b.close()
+        closed_in = time.monotonic() - started
+        thread.join(5)
+        assert not thread.is_alive() and closed_in < 2.0, closed_in
+        assert isinstance(outcome[0], (peernet.NodeClosed, peernet.ControlError)), outcome
+        assert len(b.trust) == 0
+    finally:
+        silent.close()
+        thread.join(5)
+
+
+def test_a_node_posing_as_the_inviter_is_named_and_the_real_invite_survives(make_node,
+                                                                             monkeypatch):
+    """Anyone on the LAN can announce an invite's number. A joiner that hears only that
+    node dials it, and its refusal ("wrong code") is not authenticated: the joiner's
+    error must name the node that answered (so the person can tell it is not the
+    inviter), and the real invite stays open for the real join."""
+    pa, pm, pb = free_udp_ports(3)
+    a = make_node("a", discovery=udp(pa))  # announces where nobody listens
+    m = make_node("m", discovery=udp(pm, pb))
+    b = make_node("b", discovery=udp(pb, pm))
+    real = a.invite(label="a")
+    monkeypatch.setattr("peernet.invites._pick_nameplate", lambda taken: real.nameplate)
+    m.invite(label="a")  # the same number, other words
+    with pytest.raises(InviteRejected) as caught:
+        b.join(real.short)
+    assert caught.value.reason == "wrong_code"
+    assert m.id.short in str(caught.value) and f"invite {real.nameplate}" in str(caught.value)
+    assert real.status == "open" and len(b.trust) == 0
+    assert b.join(real.long) == a.id

@@ -83,6 +83,8 @@ def test_short_codes_round_trip_and_forgive_case_and_spaces():
     ("amber-orbit", "neither a short code"),
     ("", "empty"),
     ("7-amber-xylophone", "not in the word list"),
+    ("\u00b2-amber-orbit", "must be 1..65535"),  # a digit to str.isdigit, not to int()
+    ("1\u2075-amber-orbit", "must be 1..65535"),
 ])
 def test_malformed_short_codes_say_what_is_wrong(typed, says):
     with pytest.raises(InvalidInviteCode, match=says):
