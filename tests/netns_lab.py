@@ -7,12 +7,19 @@ namespace, so nothing touches the machine's real interfaces.
 
 Everything is deleted on exit, also when a test fails; namespaces left behind by a
 killed run (their owning pid is gone) are removed when the next lab starts.
+
+Names are unique per process and per checkout, so labs of several test runs (say, in
+other git worktrees) may run side by side: namespaces are called
+``pnlab<pid>x<random>-<checkout>...``, and the veth pairs are created directly inside
+their namespaces, so no interface name ever exists in the machine's own namespace
+(where two labs' names could clash).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +31,8 @@ import pytest
 SUBNET = "10.77.0"
 _PREFIX = "pnlab"
 ROOT = Path(__file__).resolve().parent.parent
+#: The checkout's directory name, cut to what a namespace name may carry.
+_CHECKOUT = re.sub(r"[^a-z0-9-]", "", ROOT.name.lower())[:24] or "lab"
 
 
 def require_netns() -> None:
@@ -102,7 +111,7 @@ def wait_for_one_link(x: Agent, y: Agent, timeout_s: float = 3.0) -> bool:
 
 class Lab:
     def __init__(self, hosts: int) -> None:
-        self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}"
+        self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}-{_CHECKOUT}"
         self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
         self.bridge_ns = f"{self.prefix}br"
         self.agents: list[Agent] = []
@@ -118,10 +127,10 @@ class Lab:
             _sh("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
             for i, ns in enumerate(self.hosts):
                 _sh("ip", "netns", "add", ns)
-                host_end, bridge_end = f"pnv{i}h{os.getpid() % 1000}", f"pnv{i}b{os.getpid() % 1000}"
-                _sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
-                _sh("ip", "link", "set", host_end, "netns", ns, "name", "eth0")
-                _sh("ip", "link", "set", bridge_end, "netns", self.bridge_ns)
+                # Both ends are born in their namespaces: no name in the root namespace.
+                bridge_end = f"v{i}"
+                _sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                    bridge_end, "netns", self.bridge_ns)
                 _sh("ip", "-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0", "up")
                 _sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
                 _sh("ip", "-n", ns, "link", "set", "eth0", "up")
