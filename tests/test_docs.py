@@ -103,3 +103,20 @@ def test_extras_hints_in_the_code_name_our_own_distribution():
     for path in (ROOT / "peernet").rglob("*.py"):
         for hint in re.findall(r"peernet(?:-py)?\[\w+\]", path.read_text()):
             assert hint.startswith(ours + "["), f"{path.name}: {hint}"
+
+
+def test_the_classroom_recipe_marks_every_student_and_the_absent_one(tmp_path):
+    """Cookbook 13 (issue 20's teaching example) does what its text says: every student
+    online answers through call_many, and one who is away is an exception, not a hang."""
+    from tests.docblocks import python_blocks, section
+
+    (code,) = python_blocks(section("guides/cookbook.md", 13))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert lines[:5] == ["ada: 42    right", "alan: 42    right", "grace: '42'  check",
+                         "linus: 41    check", "edsger: no answer (PeerUnavailable)"]
+    assert lines[5] == "2/5 right"
+    assert "Answer the teacher's question." in lines[6]
