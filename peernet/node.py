@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -463,7 +463,8 @@ class Node:
         Errors that can be known before sending (bad name or args, not paired) are
         raised here; everything later lands in the Future. Cancelling the Future
         (``fut.cancel()``) abandons the call: its pending entry is dropped and a late
-        reply is ignored. (A NoSuchHandler here carries no suggestions.)
+        reply is ignored; cancelled while the peer is still being dialled, the call is
+        never sent. (A NoSuchHandler here carries no suggestions.)
         """
         pid = self.resolve(peer_id)
         check_handler_name(name)
@@ -477,7 +478,10 @@ class Node:
 
             def run() -> None:
                 try:
-                    started = self._start_call(pid, name, args, timeout)
+                    # Cancelled while waiting for the link: nothing is sent, and the
+                    # wait ends at once (the callback below wakes it).
+                    started = self._start_call(pid, name, args, timeout,
+                                               abandoned=fut.cancelled)
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
                     return
@@ -485,6 +489,7 @@ class Node:
                 inner.add_done_callback(lambda f: _copy_outcome(f, fut))
                 fut.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
+            fut.add_done_callback(lambda f: self._registry.notify() if f.cancelled() else None)
             threading.Thread(target=run, name="peernet-call", daemon=True).start()
             return fut
         # The usual case: a live link. No thread; the timer thread enforces the deadline.
@@ -611,7 +616,8 @@ class Node:
         Runs on :meth:`call_async` (no event loop inside peernet, no thread per call),
         so it works under ``asyncio.run``, FastAPI and a notebook's running loop.
         Cancelling the awaiting task abandons the call: its pending entry is dropped
-        and a late reply is ignored.
+        and a late reply is ignored (cancelled while the peer is still being dialled,
+        it is never sent).
         """
         return await aio.acall(self, peer_id, name, args, timeout=timeout)
 
@@ -739,8 +745,11 @@ class Node:
         self._check_size(payload)
         return payload
 
-    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None
+    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
+                    abandoned: Callable[[], bool] | None = None
                     ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
+        """Send a call; its Future, link, id and deadline. ``abandoned()`` true once a
+        link is had: CancelledError, and nothing is sent."""
         pid = self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
@@ -750,7 +759,9 @@ class Node:
         payload = self._encode_call(rid, name, args)  # before anything is sent
         self._check_open()
         while True:
-            link = self._link_for_call(pid, deadline)
+            link = self._link_for_call(pid, deadline, abandoned)
+            if abandoned is not None and abandoned():
+                raise CancelledError()
             if link.is_inline_here():  # a handler calling back the peer that called it:
                 link.take_over_reading()  # someone else must read the reply
             try:
@@ -764,7 +775,8 @@ class Node:
             link.write(payload)
             return pid, fut, link, rid, deadline, timeout_s
 
-    def _link_for_call(self, pid: PeerId, deadline: float) -> Link:
+    def _link_for_call(self, pid: PeerId, deadline: float,
+                       abandoned: Callable[[], bool] | None = None) -> Link:
         link = self._registry.active_link(pid)
         if link is not None:
             return link
@@ -772,7 +784,8 @@ class Node:
         self._solicit()
         try:
             # No address yet, but discovery is on: it may find one before the deadline.
-            return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1)
+            return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1,
+                                       abandoned=abandoned)
         except PeerUnavailable:
             self._check_open()
             raise

@@ -151,17 +151,20 @@ class Mesh:
             if remembered.address is not None:
                 self.dial(pid)
 
-    def link_for(self, pid: PeerId, deadline: float, *, searching: bool) -> Link:
+    def link_for(self, pid: PeerId, deadline: float, *, searching: bool,
+                 abandoned: Callable[[], bool] | None = None) -> Link:
         """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
         needed; PeerUnavailable if none came. ``searching``: discovery may still find an
-        address, so an idle wait is not an answer."""
+        address, so an idle wait is not an answer. ``abandoned``: see
+        :meth:`Registry.wait_for_link`."""
         link = self._registry.active_link(pid)
         if link is not None:
             return link
         self.dial(pid)
         entry = self._registry.get(pid)
         searching = searching and (entry is None or entry.address is None)
-        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching,
+                                            abandoned=abandoned)
         if link is not None:
             return link
         entry = self._registry.get(pid)

@@ -243,16 +243,20 @@ class Registry:
                     entry.retiring.remove(link)
             self._cond.notify_all()
 
-    def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool) -> Link | None:
+    def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool,
+                      abandoned: Callable[[], bool] | None = None) -> Link | None:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
         With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
         way: no dial in progress, no retiring link whose replacement is being set up,
         and no inbound handshake that may be this peer dialling us. A failed dial is an
-        answer, not a reason to wait out the timeout.
+        answer, not a reason to wait out the timeout. ``abandoned()`` true: the waiter
+        gave up (checked whenever :meth:`notify` wakes it): None at once.
         """
         with self._cond:
             while True:
+                if abandoned is not None and abandoned():
+                    return None
                 entry = self._peers.get(peer)
                 if entry is not None and entry.link is not None and not entry.link.closed:
                     return entry.link
