@@ -357,11 +357,14 @@ class Node:
 
     def pair(self, peer_id: PeerLike, label: str | None = None) -> PeerId:
         """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
-        label replaces the old one. Both sides must pair each other to talk."""
-        if PeerId.parse(peer_id) == self.id:
+        label replaces the old one, so ``pair("kitchen pi", label="pi")`` renames a
+        paired peer (a label only ever names a peer that is paired already). Both sides
+        must pair each other to talk."""
+        pid = self.resolve(peer_id)
+        if pid == self.id:
             raise ValueError("that is this node's own id: pair the other node's id "
                              "(run `peernet id` there)")
-        return self.trust.pair(peer_id, label).peer_id
+        return self.trust.pair(pid, label).peer_id
 
     def unpair(self, peer_id: PeerLike) -> bool:
         """Stop trusting ``peer_id`` (or the peer with that label) and close its live

@@ -76,6 +76,19 @@ def test_labels_work_wherever_a_peer_is_taken(make_node):
         me.call("kitchen pi", "echo")  # unpaired: the label is gone with it
 
 
+def test_pair_takes_a_label_to_rename_a_paired_peer(make_node):
+    me = make_node("me", **QUIET)
+    pi = make_node("pi", **QUIET)
+    me.pair(pi.id, label="kitchen pi")
+    assert me.pair("Kitchen Pi", label="pi") == pi.id  # the label names the peer: renamed
+    assert me.resolve("pi") == pi.id and me.trust.get(pi.id).label == "pi"
+    assert len(me.trust) == 1
+    with pytest.raises(peernet.UnknownPeer, match="did you mean 'pi'"):
+        me.pair("pie", label="x")  # a label can never pair anyone new
+    with pytest.raises(peernet.InvalidPeerId, match="checksum"):
+        me.pair(str(pi.id)[:-1] + ("q" if str(pi.id)[-1] != "q" else "p"))
+
+
 def test_ids_win_over_labels(make_node):
     me, (b, c) = linked(make_node, "b", "c")
     b.expose("who", lambda peer, args: "b")
@@ -171,6 +184,8 @@ def test_the_directory_hides_a_handler_whose_authorize_refuses_the_asker(make_no
         ("restart", "Restart the service."), ("status", "Is the server up?")]
     assert guest.handlers_of("server").names == ["status"]
     assert "restart" not in dir(guest.peer("server"))
+    with pytest.raises(peernet.Forbidden):  # hidden, not secret (guides/security.md)
+        guest.call("server", "restart")
     assert admin.handlers_of("server").names == ["restart", "status"]  # no built-ins listed
 
 
