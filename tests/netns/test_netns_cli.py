@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from peernet._proto.announce import is_solicitation
 from peernet.identity import load_or_create
 from peernet.trust import TrustStore
 from tests.integration.test_cli import Proc, ready
@@ -98,8 +99,28 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
 
 def flood(lab: Lab, ids: dict, d_dir: Path, b_port: int) -> None:
     """Host 3 floods b (host 1) with solicitations from 20 addresses while d (host 2)
-    keeps calling b over its live link (dialled by hand: one link, never a second)."""
+    keeps calling b over its live link (dialled by hand: one link, never a second).
+    A bystander on host 2 listens on the discovery port: answers go by unicast to
+    whoever asked, so it hears none of them."""
     d = lab.agent(2, d_dir, "--heartbeat", "30", "60")
+    bystander = Proc(["ip", "netns", "exec", lab.hosts[2], sys.executable, "-m",
+                      "tests.procs.udp_sniffer", "4040"], cwd=ROOT)
+    try:
+        bystander.expect("^READY$")
+        # It does hear b: one of b's own (5 s) broadcast announces, before the flood.
+        bystander.expect(f'"from": "{lab.address(1)}"', timeout=7.0)
+        heard = _flood(lab, ids, d, b_port)
+    finally:
+        bystander.stop()
+    from_b = [json.loads(line) for line in bystander.rest("out")]
+    from_b = [p for p in from_b if p["from"] == lab.address(1)]
+    assert all(not is_solicitation(bytes.fromhex(p["hex"])) for p in from_b)
+    print(f"a bystander on the LAN heard {len(from_b)} announces from b meanwhile "
+          f"(the attacker got {heard})")
+    assert len(from_b) <= 2  # b's own 5 s announces; none of the answers
+
+
+def _flood(lab: Lab, ids: dict, d, b_port: int) -> int:
     b = str(ids["b"])
     d.request(op="connect", peer=b, host=lab.address(1), port=b_port)
     assert d.request(op="call", peer=b, name="echo", args=0, timeout=3.0) == 0
@@ -133,6 +154,7 @@ def flood(lab: Lab, ids: dict, d_dir: Path, b_port: int) -> None:
     assert max(report["answers"]) <= 10 + 5 * (seconds + 0.5)  # per address: 10, then 5/s
     assert worst_s < 0.5 and calls >= 5
     assert d.request(op="link", peer=b) == link_before  # the live link is untouched
+    return total
 
 
 def test_cli_lan_flow_udp(lab, tmp_path):
