@@ -92,7 +92,8 @@ def main() -> None:
                           for n in node.list_nearby()]
             elif op == "udp":  # counters of the UDP discovery, if any
                 udp = next(d for d in node._discoveries if d.source == "udp")
-                result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped}
+                result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped,
+                          "answered": udp.answered, "unanswered": udp.unanswered}
             elif op == "mdns":  # what the mDNS discovery heard and holds
                 mdns = next(d for d in node._discoveries if d.source == "mdns")
                 with mdns._cond:
