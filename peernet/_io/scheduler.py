@@ -25,8 +25,9 @@ count the same way, so the limits hold however a peer paces its messages:
   inflates when decoded (50 KB of empty maps decode to ~3.5 MB).
 - **Revocation.** Every claim and every job names the link it came on, and the
   scheduler's lock decides: a claim (inline) or a job (on a worker) whose link has
-  ended, or whose peer was revoked (:meth:`revoke`), is refused under that lock, where the
-  worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
+  ended (``work_dropped``: not a link that retired in favour of another link to the
+  same peer, whose work still runs), or whose peer was revoked (:meth:`revoke`), is
+  refused under that lock, where the worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
   marks the peer and drops all its queued work under the same lock, so no handler,
   inline or queued, call or send, starts for a peer once ``unpair()`` returned or once
   its link is known to have ended (:meth:`drop` then frees the dead link's queue).
@@ -79,10 +80,13 @@ def held_bytes(value: object, limit: int) -> int:
 
 
 class Source(Protocol):
-    """Where a job came from (a link): its queued work dies with it."""
+    """Where a job came from (a link)."""
 
     @property
-    def closed(self) -> bool: ...
+    def work_dropped(self) -> bool:
+        """True once the work it brought must not start (the link ended; not when it
+        handed its peer over to another link)."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -142,7 +146,7 @@ class Scheduler:
         peer was revoked (drop it). ``cost``: what it holds decoded, charged until
         :meth:`release_call` (give it the same cost)."""
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
+            if (self._closed or source.work_dropped or peer in self._revoked
                     or self._running >= self._max_workers
                     or self._calls.get(peer, 0) >= self._max_calls
                     or self._calls_started.get(peer, 0) >= self._share
@@ -166,7 +170,7 @@ class Scheduler:
         of calls in progress or of queued bytes."""
         job = _Job(peer, source, task, cost, True)
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
+            if (self._closed or source.work_dropped or peer in self._revoked
                     or self._calls.get(peer, 0) >= self._max_calls
                     or not self._charge_locked(peer, cost)):
                 return False
@@ -191,7 +195,7 @@ class Scheduler:
         free, and ``source`` is open and the peer not revoked. Sends submitted meanwhile queue
         behind it. Pair with :meth:`release_send`."""
         with self._lock:
-            if (self._closed or source.closed or peer in self._revoked
+            if (self._closed or source.work_dropped or peer in self._revoked
                     or peer in self._sends or self._running >= self._max_workers
                     or (cost and not self._charge_locked(peer, cost))):
                 return False
@@ -215,7 +219,7 @@ class Scheduler:
         deadline: float | None = None
         with self._lock:
             while True:
-                if self._closed or source.closed or peer in self._revoked:
+                if self._closed or source.work_dropped or peer in self._revoked:
                     return False
                 lane = self._sends.get(peer)
                 if (lane is None or len(lane) < self._max_sends) and \
@@ -245,9 +249,12 @@ class Scheduler:
     # -- revocation and shutdown ------------------------------------------------------
 
     def drop(self, source: Source) -> int:
-        """Forget the queued work that came on ``source`` (a link that ended). Jobs
-        already ready for a worker are skipped when they come up. Returns how many went."""
+        """Forget the queued work that came on ``source`` (a link that ended), unless it
+        is not :attr:`~Source.work_dropped` (handed over: it still runs). Jobs already
+        ready for a worker are skipped when they come up. Returns how many went."""
         with self._lock:
+            if not source.work_dropped:
+                return 0
             return self._drop_locked(lambda job: job.source is source)
 
     def revoke(self, peer: PeerId) -> int:
@@ -393,7 +400,7 @@ class Scheduler:
         while not self._closed:
             if self._ready and self._running < self._max_workers:
                 job = self._ready.popleft()
-                if job.source.closed or job.peer in self._revoked:
+                if job.source.work_dropped or job.peer in self._revoked:
                     # Decided here, under the lock revoke() takes: it never starts.
                     log.debug("dropped queued work of %s: link ended or peer unpaired",
                               job.peer.short)
