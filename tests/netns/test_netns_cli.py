@@ -164,3 +164,45 @@ def test_cli_lan_flow_udp(lab, tmp_path):
 def test_cli_lan_flow_mdns(lab, tmp_path):
     pytest.importorskip("zeroconf")
     run_lan_flow(lab, tmp_path, "mdns")
+
+
+def test_listen_with_both_discoveries_then_nearby_and_chat_without_an_address(lab, tmp_path):
+    """`listen` takes several discoveries and says where each one runs; `nearby` with
+    both hears the listener both ways; `chat` finds a paired peer with no --to."""
+    a_dir, c_dir = tmp_path / "a", tmp_path / "c"
+    ids = {n: load_or_create(d).peer_id for n, d in (("a", a_dir), ("c", c_dir))}
+    TrustStore.load(a_dir).pair(ids["c"], label="c")
+    listener = Proc(peernet_argv(lab, 1, a_dir, "listen", "--discovery", "udp",
+                                 "--discovery", "mdns", "--interface", "eth0"), cwd=ROOT)
+    chat = None
+    try:
+        assert ready(listener)[0] == str(ids["a"])
+        listener.expect(rf"^discovery udp on eth0 {lab.address(1)} \(broadcast 10\.77\.0\.255\)",
+                        stream="err")
+        listener.expect(rf"^discovery mdns on eth0 {lab.address(1)}", stream="err")
+        out = peernet_run(lab, 0, c_dir, "nearby", "--discovery", "udp,mdns", "--wait", "1.5")
+        assert out.returncode == 0, out.stderr
+        (row,) = [line.split() for line in out.stdout.splitlines()[1:]]
+        assert str(ids["a"]).startswith(row[1].rstrip("…"))
+        assert sorted(row[3].split(",")) == ["mdns", "udp"]
+        out = peernet_run(lab, 0, c_dir, "pair", "1", "--label", "a", "--yes")
+        assert out.returncode == 0, out.stderr
+        chat = Proc(peernet_argv(lab, 0, c_dir, "chat", "a", "--discovery", "udp"), cwd=ROOT)
+        ready(chat)
+        listener.expect(r"^\* c is online$", stream="err")
+        chat.expect(r"^chat with a: type a line", stream="err")
+        chat.write("hello over the lan\n")
+        try:
+            listener.expect(r"^c: hello over the lan$", timeout=3.0)
+        except AssertionError:
+            # Both sides dialled at once (each heard the other): while the second link
+            # takes over, a line may find no link. Then the chat must say so, never
+            # drop it silently; typed again, it arrives.
+            chat.expect(r"^\(not delivered: a is offline\) hello over the lan$", stream="err",
+                        timeout=1.0)
+            chat.write("hello over the lan\n")
+            listener.expect(r"^c: hello over the lan$")
+    finally:
+        if chat is not None:
+            chat.stop()
+        listener.stop()
