@@ -73,7 +73,7 @@ from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
 from ._io.timers import Timers
-from . import aio, fanout
+from . import fanout
 
 if TYPE_CHECKING:
     from .proxy import PeerProxy
@@ -623,12 +623,16 @@ class Node:
         and a late reply is ignored (cancelled while the peer is still being dialled,
         it is never sent).
         """
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.acall(self, peer_id, name, args, timeout=timeout)
 
     async def asend(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
         """``await node.asend(peer, name, args)``: :meth:`send` for asyncio code (the
         write runs in the loop's default executor, so a full socket never blocks the
         loop)."""
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.asend(self, peer_id, name, args)
 
     async def await_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
@@ -636,6 +640,8 @@ class Node:
 
         Returns whether a live link exists, waiting up to ``timeout`` seconds without
         blocking the loop or holding a thread. Raises NotPaired at once."""
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.await_peer(self, peer_id, timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
