@@ -154,7 +154,9 @@ class Node:
         reading for up to 0.5 s, so TCP slows the sender down; sends still without room
         are dropped. Queued work of a link that ends, or of a peer that is unpaired,
         never runs (a link retired in favour of another link to the same peer is not
-        "ended": what the peer sent on it still runs, in order).
+        "ended": what the peer sent on it still runs). A peer's sends run in the order
+        they were sent, except that while a duplicate link retires (both sides dialled
+        at once) sends on their way over the two links may interleave.
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
