@@ -64,6 +64,11 @@ class PeerEntry:
     #: Reconnect state: failed attempts since the last success, and the pending redial.
     attempt: int = 0
     redial: TimerHandle | None = None
+    #: A restart (a fresh address, a network change) came while a dial was in progress:
+    #: when that dial ends without a link, redial at once, the backoff started over.
+    restart_after_dial: bool = False
+    #: Which candidate the next dial tries (see next_address).
+    next_candidate: int = 0
     #: Last status reported to observers.
     status: str = "unknown"
 
@@ -80,9 +85,10 @@ class PeerEntry:
         return [self.candidates[s] for s in sorted(self.candidates, key=_rank)]
 
     def next_address(self) -> tuple[str, int] | None:
-        """The candidate to dial now: successive attempts cycle through the sources."""
+        """The candidate to dial now: successive dials cycle through the sources, from
+        the first (by source order) after a success or a restart."""
         unique = list(dict.fromkeys(self._ordered()))
-        return unique[self.attempt % len(unique)] if unique else None
+        return unique[self.next_candidate % len(unique)] if unique else None
 
     def current_status(self) -> str:
         if self.link is not None and not self.link.closed:
@@ -177,6 +183,7 @@ class Registry:
                 return None
             entry.dialing = DIAL_RESERVED
             entry.last_error = None
+            entry.next_candidate += 1
             return address
 
     def dial_started(self, peer: PeerId, link: Link) -> bool:
@@ -206,11 +213,24 @@ class Registry:
             if loser is not link:
                 entry.link = link
             entry.attempt = 0  # a success resets the backoff
+            entry.next_candidate = 0
+            entry.restart_after_dial = False
             if entry.redial is not None:
                 entry.redial.cancel()
                 entry.redial = None
             self._cond.notify_all()
             return loser
+
+    def stale_dial(self, peer: PeerId, source: str) -> Link | None:
+        """The dial in progress to ``peer``, if it goes to another address than the one
+        ``source`` just reported (so that address may be stale)."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            dialing = entry.dialing if entry is not None else None
+            if not isinstance(dialing, Link) or dialing.established:
+                return None
+            fresh = entry.candidates.get(source) if entry is not None else None
+            return dialing if fresh is not None and dialing.address != fresh else None
 
     def excess_retiring(self, peer: PeerId, keep: int) -> list[Link]:
         """Retiring links to ``peer`` beyond the newest ``keep``, oldest first."""
@@ -289,21 +309,28 @@ class Registry:
     def schedule_redial(self, peer: PeerId, delay_s: Callable[[int], float],
                         dial: Callable[[PeerId], None], *, restart: bool = False) -> None:
         """Dial ``peer`` again after ``delay_s(attempt)`` seconds, unless it has a live
-        link, no address, or a redial already pending. ``restart`` (the network changed)
-        starts the backoff over and replaces a pending redial."""
+        link, no address, or a redial already pending. ``restart`` (a fresh address, the
+        network changed) dials now with the backoff started over, replacing a pending
+        redial; while a dial is in progress it takes effect when that dial ends."""
         with self._cond:
             entry = self._peers.get(peer)
             if entry is None or not entry.candidates:
                 return
             if entry.link is not None and not entry.link.closed:
                 return
+            if restart and entry.dialing is not None:
+                entry.restart_after_dial = True
+                return
+            if entry.restart_after_dial and entry.dialing is None:
+                entry.restart_after_dial = False
+                restart = True
             if entry.redial is not None:
                 if not restart:
                     return
                 entry.redial.cancel()
-            if restart:
-                entry.attempt = 0
-            delay = delay_s(entry.attempt)
+            if restart:  # the best candidate first: it may be the fresh one
+                entry.attempt = entry.next_candidate = 0
+            delay = 0.0 if restart else delay_s(entry.attempt)
             entry.attempt += 1
 
             def fire() -> None:

@@ -326,6 +326,67 @@ def test_a_fresh_node_finds_its_peer_by_solicitation_not_an_interval_later(make_
     assert b_udp.sent == 0 and b_udp.answered == 0  # the quiet node told nobody anything
 
 
+def test_a_stale_remembered_address_does_not_cut_the_search_short(tmp_path):
+    """The peer restarted on another port (`peernet listen` picks a free one each time):
+    a one-shot node's remembered address is refused at once, and with discovery on the
+    call still finds the peer where its answer says, well within the timeout. It used
+    to give up as soon as the old address refused, in ~0 s, saying "not nearby"."""
+    ids = prepaired(tmp_path, ["a", "b"])
+    pa, pb = free_udp_ports(2)
+    nodes = []
+
+    def start(name, **options):
+        node = peernet.Node(tmp_path / name, host="127.0.0.1", network_monitor=False,
+                            **options)
+        nodes.append(node)
+        return node
+
+    try:
+        a = start("a", discovery=udp(pa, pb, interval_s=60.0))
+        a.expose("echo", lambda peer, args: args)
+        b = start("b", discovery=udp(pb, pa, interval_s=60.0, announce=False),
+                  redial_remembered=False)
+        assert b.call(ids["a"], "echo", 1, timeout=3.0) == 1  # b remembers a's address
+        old_port = a.port
+        b.close()
+        a.close()
+        a = start("a", discovery=udp(pa, pb, interval_s=60.0))  # back, on a new port
+        a.expose("echo", lambda peer, args: args)
+        assert a.port != old_port
+        b = start("b", discovery=udp(pb, pa, interval_s=60.0, announce=False),
+                  redial_remembered=False)
+        started = time.monotonic()
+        assert b.call(ids["a"], "echo", 2, timeout=3.0) == 2
+        assert time.monotonic() - started < 1.0
+        assert b.list_peers()[0].address == ("127.0.0.1", a.port)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_a_remembered_address_that_hangs_gives_way_to_the_announced_one(make_node, tmp_path,
+                                                                        tarpit):
+    """The peer got another IP, and its old address now swallows connections (here a
+    tarpit): a one-shot node's dial there would hang until the handshake deadline, past
+    the call's timeout. The peer's answer to the solicitation names its new address,
+    and the dial that is still trying the old one gives way to it."""
+    from peernet._addresses import AddressBook
+
+    ids = prepaired(tmp_path, ["a", "b"])
+    book = AddressBook.load(tmp_path / "b")
+    book.reached(ids["a"], ("127.0.0.3", tarpit.port), time.time())
+    book.save()
+    pa, pb = free_udp_ports(2)
+    a = make_node("a", discovery=udp(pa, pb, interval_s=60.0))
+    a.expose("echo", lambda peer, args: args)
+    b = make_node("b", discovery=udp(pb, pa, interval_s=60.0, announce=False),
+                  redial_remembered=False)
+    started = time.monotonic()
+    assert b.call(ids["a"], "echo", "found", timeout=3.0) == "found"
+    assert time.monotonic() - started < 1.0
+    assert tarpit.connections == 1  # the old address was tried, and given up on
+
+
 def test_wait_for_peer_solicits_and_nearby_strangers_answer_too(make_node, tmp_path):
     pa, pb, pc = free_udp_ports(3)
     a_udp = udp(pa, pc, interval_s=60.0)

@@ -90,6 +90,17 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
               f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
         assert p50 < 1.0
 
+        # b restarts, on another free port as `listen` picks: the address c remembers
+        # now refuses, and the call still finds b by discovery at once.
+        listeners[1].stop()
+        listeners[1] = Proc(peernet_argv(lab, 1, b_dir, "listen", *disc), cwd=ROOT)
+        old_port, (_, ports[1]) = ports[1], ready(listeners[1])
+        assert ports[1] != old_port
+        started = time.monotonic()
+        out = peernet_run(lab, 0, c_dir, "call", "other", "echo", '"again"', *disc)
+        assert (out.returncode, out.stdout) == (0, '"again"\n'), out.stderr
+        assert time.monotonic() - started < 3.0
+
         if mode == "udp":
             flood(lab, ids, d_dir, ports[1])
     finally:
