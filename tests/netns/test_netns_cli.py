@@ -217,3 +217,33 @@ def test_listen_with_both_discoveries_then_nearby_and_chat_without_an_address(la
         if chat is not None:
             chat.stop()
         listener.stop()
+
+
+@pytest.mark.parametrize("mode", ["udp", "mdns"])
+def test_a_peer_that_got_another_ip_is_found_by_its_key(lab, tmp_path, mode):
+    """b's host gets another address (a new DHCP lease) and b starts again: c's call
+    finds it by its key at once. The remembered address no longer answers at all (no
+    host there), and the dial still trying it gives way to the address b announces; it
+    used to hang the call until its timeout ("not nearby")."""
+    if mode == "mdns":
+        pytest.importorskip("zeroconf")
+    b_dir, c_dir = tmp_path / "b", tmp_path / "c"
+    b_id, c_id = load_or_create(b_dir).peer_id, load_or_create(c_dir).peer_id
+    TrustStore.load(b_dir).pair(c_id, label="c")
+    TrustStore.load(c_dir).pair(b_id, label="b")
+    disc = ["--discovery", mode, "--interface", "eth0"]
+    for new_address in (None, "10.77.0.50"):
+        if new_address is not None:
+            lab.ip(1, "addr", "del", f"{lab.address(1)}/24", "dev", "eth0")
+            lab.ip(1, "addr", "add", f"{new_address}/24", "dev", "eth0")
+        listener = Proc(peernet_argv(lab, 1, b_dir, "listen", *disc), cwd=ROOT)
+        try:
+            ready(listener)
+            started = time.monotonic()
+            out = peernet_run(lab, 0, c_dir, "call", "b", "echo", '"hi"', *disc)
+            assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+            assert time.monotonic() - started < 3.0
+        finally:
+            listener.stop()
+    book = json.loads((c_dir / "addresses.json").read_text())
+    assert "10.77.0.50" in json.dumps(book)  # the new address is the one remembered now
