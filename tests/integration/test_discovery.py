@@ -155,10 +155,18 @@ def test_spoofed_announces_redirect_nothing(watched, tarpit):
     # b's own id (signed by b) pointing at the tarpit.
     own = encode_announce(b._identity.sign, b.id, port=tarpit.port, counter=2**62,
                           interval_s=INTERVAL_S, address="127.0.0.3")
+    earlier = disc.dropped
     for packet in (forged, genuine, own):
         send_from("127.0.0.3", packet, disc.port)
-    assert wait_until(lambda: sum(disc.dropped.values()) >= 3)
-    assert disc.dropped == {"signature": 1, "address": 1, "own": 1}
+
+    def new_drops() -> dict[str, int]:
+        # a's own answer to b's last solicitation may arrive after a's next announce
+        # and count as "stale": a's packet, not one of these.
+        return {k: v - earlier.get(k, 0) for k, v in disc.dropped.items()
+                if k != "stale" and v != earlier.get(k, 0)}
+
+    assert wait_until(lambda: sum(new_drops().values()) >= 3)
+    assert new_drops() == {"signature": 1, "address": 1, "own": 1}
     t0 = time.monotonic()
     assert b.call(a.id, "echo", "still me") == "still me"
     assert time.monotonic() - t0 < 0.2
