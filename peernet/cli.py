@@ -125,6 +125,7 @@ from .errors import (
     RemoteError,
 )
 from ._version import __version__
+from . import labels
 from .handlers import HandlerFailure, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
@@ -598,20 +599,13 @@ def _node_or_running(data_dir: Path, **settings: Any) -> Iterator[_Live]:
 
 
 def resolve_peer(text: str, trust: TrustStore) -> PeerId:
-    """A peer id typed by a person, or the label of a paired peer (CliError exit 2)."""
+    """A peer id typed by a person, or the label of a paired peer, by the library's
+    rules (:func:`peernet.labels.resolve_peer`: ids win, labels compare like the
+    look-alike rule, unknown and ambiguous ones name the candidates); CliError exit 2."""
     try:
-        return PeerId.parse(text)
+        return labels.resolve_peer(trust, text)
     except InvalidPeerId as exc:
-        matches = [p.peer_id for p in trust.list() if p.label is not None and p.label == text.strip()]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise CliError(f"{len(matches)} paired peers are labelled {text!r}; use the id",
-                           EXIT_USAGE) from None
-        if text.strip().lower().startswith("pn1"):
-            raise CliError(str(exc), EXIT_USAGE) from None
-        raise CliError(f"{exc}; and no paired peer is labelled {text.strip()!r}",
-                       EXIT_USAGE) from None
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def _name(pid: PeerId, trust: TrustStore) -> str:

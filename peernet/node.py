@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -80,7 +80,7 @@ from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
 from ._io.timers import Timers
-from . import aio, fanout
+from . import fanout
 
 if TYPE_CHECKING:
     from .proxy import PeerProxy
@@ -160,7 +160,10 @@ class Node:
         (kept encoded until they run). When a peer's sends are full the link stops
         reading for up to 0.5 s, so TCP slows the sender down; sends still without room
         are dropped. Queued work of a link that ends, or of a peer that is unpaired,
-        never runs.
+        never runs (a link retired in favour of another link to the same peer is not
+        "ended": what the peer sent on it still runs). A peer's sends run in the order
+        they were sent, except that while a duplicate link retires (both sides dialled
+        at once) sends on their way over the two links may interleave.
     :param max_preauth: connections still in their handshake, overall (64).
     :param max_preauth_per_ip: connections in their handshake from one address (8).
     :param close_timeout: how long ``close()`` waits for threads, seconds (5.0).
@@ -383,11 +386,14 @@ class Node:
 
     def pair(self, peer_id: PeerLike, label: str | None = None) -> PeerId:
         """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
-        label replaces the old one. Both sides must pair each other to talk."""
-        if PeerId.parse(peer_id) == self.id:
+        label replaces the old one, so ``pair("kitchen pi", label="pi")`` renames a
+        paired peer (a label only ever names a peer that is paired already). Both sides
+        must pair each other to talk."""
+        pid = self.resolve(peer_id)
+        if pid == self.id:
             raise ValueError("that is this node's own id: pair the other node's id "
                              "(run `peernet id` there)")
-        return self.trust.pair(peer_id, label).peer_id
+        return self.trust.pair(pid, label).peer_id
 
     def unpair(self, peer_id: PeerLike) -> bool:
         """Stop trusting ``peer_id`` (or the peer with that label) and close its live
@@ -557,7 +563,8 @@ class Node:
         Errors that can be known before sending (bad name or args, not paired) are
         raised here; everything later lands in the Future. Cancelling the Future
         (``fut.cancel()``) abandons the call: its pending entry is dropped and a late
-        reply is ignored. (A NoSuchHandler here carries no suggestions.)
+        reply is ignored; cancelled while the peer is still being dialled, the call is
+        never sent. (A NoSuchHandler here carries no suggestions.)
         """
         pid = self.resolve(peer_id)
         check_handler_name(name)
@@ -571,7 +578,10 @@ class Node:
 
             def run() -> None:
                 try:
-                    started = self._start_call(pid, name, args, timeout)
+                    # Cancelled while waiting for the link: nothing is sent, and the
+                    # wait ends at once (the callback below wakes it).
+                    started = self._start_call(pid, name, args, timeout,
+                                               abandoned=fut.cancelled)
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
                     return
@@ -579,6 +589,7 @@ class Node:
                 inner.add_done_callback(lambda f: _copy_outcome(f, fut))
                 fut.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
+            fut.add_done_callback(lambda f: self._registry.notify() if f.cancelled() else None)
             threading.Thread(target=run, name="peernet-call", daemon=True).start()
             return fut
         # The usual case: a live link. No thread; the timer thread enforces the deadline.
@@ -705,14 +716,19 @@ class Node:
         Runs on :meth:`call_async` (no event loop inside peernet, no thread per call),
         so it works under ``asyncio.run``, FastAPI and a notebook's running loop.
         Cancelling the awaiting task abandons the call: its pending entry is dropped
-        and a late reply is ignored.
+        and a late reply is ignored (cancelled while the peer is still being dialled,
+        it is never sent).
         """
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.acall(self, peer_id, name, args, timeout=timeout)
 
     async def asend(self, peer_id: PeerLike, name: str, args: Any = None) -> bool:
         """``await node.asend(peer, name, args)``: :meth:`send` for asyncio code (the
         write runs in the loop's default executor, so a full socket never blocks the
         loop)."""
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.asend(self, peer_id, name, args)
 
     async def await_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:
@@ -720,6 +736,8 @@ class Node:
 
         Returns whether a live link exists, waiting up to ``timeout`` seconds without
         blocking the loop or holding a thread. Raises NotPaired at once."""
+        from . import aio  # noqa: PLC0415 -- asyncio only for code that uses it
+
         return await aio.await_peer(self, peer_id, timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -833,8 +851,11 @@ class Node:
         self._check_size(payload)
         return payload
 
-    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None
+    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
+                    abandoned: Callable[[], bool] | None = None
                     ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
+        """Send a call; its Future, link, id and deadline. ``abandoned()`` true once a
+        link is had: CancelledError, and nothing is sent."""
         pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
@@ -844,7 +865,9 @@ class Node:
         payload = self._encode_call(rid, name, args)  # before anything is sent
         self._check_open()
         while True:
-            link = self._link_for_call(pid, deadline)
+            link = self._link_for_call(pid, deadline, abandoned)
+            if abandoned is not None and abandoned():
+                raise CancelledError()
             if link.is_inline_here():  # a handler calling back the peer that called it:
                 link.take_over_reading()  # someone else must read the reply
             try:
@@ -858,7 +881,8 @@ class Node:
             link.write(payload)
             return pid, fut, link, rid, deadline, timeout_s
 
-    def _link_for_call(self, pid: PeerId, deadline: float) -> Link:
+    def _link_for_call(self, pid: PeerId, deadline: float,
+                       abandoned: Callable[[], bool] | None = None) -> Link:
         link = self._registry.active_link(pid)
         if link is not None:
             return link
@@ -866,7 +890,8 @@ class Node:
         self._solicit()
         try:
             # No address yet, but discovery is on: it may find one before the deadline.
-            return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1)
+            return self._mesh.link_for(pid, deadline, searching=len(self._discoveries) > 1,
+                                       abandoned=abandoned)
         except PeerUnavailable:
             self._check_open()
             raise

@@ -9,7 +9,7 @@ Everything is deleted on exit, also when a test fails; namespaces left behind by
 killed run (their owning pid is gone) are removed when the next lab starts.
 
 Several labs may run at once on one machine (parallel runs, several checkouts): every
-name is unique per lab. Namespaces are ``<prefix><pid>x<random>h<i>`` (the prefix is
+name is unique per lab. Namespaces are ``<prefix><pid>x<random>-<checkout>...`` (the prefix is
 ``pnlab``, or ``$PEERNET_NETNS_PREFIX`` to tell one checkout's labs from another's), and
 each veth pair is created with its ends already inside the two namespaces, so no
 interface name ever exists in the machine's own namespace.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ import pytest
 SUBNET = "10.77.0"
 _PREFIX = os.environ.get("PEERNET_NETNS_PREFIX", "pnlab")
 ROOT = Path(__file__).resolve().parent.parent
+#: The checkout's directory name, cut to what a namespace name may carry.
+_CHECKOUT = re.sub(r"[^a-z0-9-]", "", ROOT.name.lower())[:24] or "lab"
 
 
 def require_netns() -> None:
@@ -108,7 +111,7 @@ def wait_for_one_link(x: Agent, y: Agent, timeout_s: float = 3.0) -> bool:
 
 class Lab:
     def __init__(self, hosts: int) -> None:
-        self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}"
+        self.prefix = f"{_PREFIX}{os.getpid()}x{os.urandom(2).hex()}-{_CHECKOUT}"
         self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
         self.bridge_ns = f"{self.prefix}br"
         self.agents: list[Agent] = []

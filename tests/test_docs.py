@@ -36,13 +36,31 @@ def test_runnable_markers_sit_right_before_a_python_block():
         assert markers == len(_RUNNABLE.findall(text)), f"{doc.name}: a stray runnable marker"
 
 
+# Run before each block: a node whose close() gave up on a handler still running (it
+# waited close_timeout, 5 s, for nothing) means the recipe closes its nodes in the wrong
+# order, and whoever pastes it waits at every run.
+_CLOSE_CHECK = """
+import sys as _sys
+import peernet as _peernet
+_close = _peernet.Node.close
+def _checked_close(self):
+    _close(self)
+    running = self._mesh._sched.running
+    if running:
+        print(f"DOC-CHECK: close() of {self.id.short} returned with {running} of its "
+              "handlers still running", file=_sys.stderr)
+_peernet.Node.close = _checked_close
+"""
+
+
 @pytest.mark.parametrize("name,code", _blocks(_RUNNABLE), ids=[n for n, _ in _blocks(_RUNNABLE)])
 def test_doc_block_runs(name, code, tmp_path):
     # TMPDIR: whatever tempfile.mkdtemp() the block leaves behind lands in tmp_path.
     env = {**os.environ, "TMPDIR": str(tmp_path), "PEERNET_DATA_DIR": str(tmp_path / "default")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-c", _CLOSE_CHECK + code], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, f"{name} failed:\n{out.stderr[-2000:]}"
+    assert "DOC-CHECK" not in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name,code", _blocks(_ANY_PYTHON),
@@ -121,3 +139,20 @@ def test_the_quick_start_waits_for_the_peer_before_it_sends():
 
     assert "wait_for_peer" in peernet.Node.send.__doc__
     assert "wait_for_peer" in peernet.Node.connect.__doc__
+
+
+def test_the_classroom_recipe_marks_every_student_and_the_absent_one(tmp_path):
+    """Cookbook 13 (issue 20's teaching example) does what its text says: every student
+    online answers through call_many, and one who is away is an exception, not a hang."""
+    from tests.docblocks import python_blocks, section
+
+    (code,) = python_blocks(section("guides/cookbook.md", 13))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert lines[:5] == ["ada: 42    right", "alan: 42    right", "grace: '42'  check",
+                         "linus: 41    check", "edsger: no answer (PeerUnavailable)"]
+    assert lines[5] == "2/5 right"
+    assert "Answer the teacher's question." in lines[6]

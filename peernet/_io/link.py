@@ -211,6 +211,18 @@ class Link:
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def work_dropped(self) -> bool:
+        """Whether calls and sends this link brought in must not start any more: it
+        ended, other than by handing its peer over to another link (retirement), after
+        which what the peer sent on it still runs, in order, like the rest."""
+        if not self._closing:
+            return False
+        # No lock: the scheduler asks under its own. Retirement and a channel's end are
+        # decided before the link begins closing, and neither changes back.
+        channel = self.channel
+        return self.protocol_error or channel is None or not channel.handed_over
+
     def __repr__(self) -> str:
         peer = self.peer_id.short if self.peer_id else "?"
         way = "to" if self.outbound else "from"

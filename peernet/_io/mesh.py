@@ -144,28 +144,37 @@ class Mesh:
 
     def dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
         """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
-        address; a repeated hint waits for the reconnect backoff (a rate limit)."""
+        address; a repeated hint waits for the reconnect backoff (a rate limit). A new
+        address from discovery (signed by the peer, sent from that address) also ends a
+        dial still trying another one, which may be stale (the peer restarted on another
+        port, or got another IP): the redial tries the new one first."""
         if source == "manual":
             self.dial(pid)
-        else:
-            self._schedule_redial(pid, restart=changed)
+            return
+        if changed:
+            stale = self._registry.stale_dial(pid, source)
+            if stale is not None:
+                stale.close("a fresher address was announced")
+        self._schedule_redial(pid, restart=changed)
 
     def redial_remembered(self) -> None:
         for pid, remembered in self._addresses.items():
             if remembered.address is not None:
                 self.dial(pid)
 
-    def link_for(self, pid: PeerId, deadline: float, *, searching: bool) -> Link:
+    def link_for(self, pid: PeerId, deadline: float, *, searching: bool,
+                 abandoned: Callable[[], bool] | None = None) -> Link:
         """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
         needed; PeerUnavailable if none came. ``searching``: discovery may still find an
-        address, so an idle wait is not an answer."""
+        address (a new one, too: a known address that refuses may be stale, as after
+        the peer restarted on another port), so an idle wait is not an answer.
+        ``abandoned``: see :meth:`Registry.wait_for_link`."""
         link = self._registry.active_link(pid)
         if link is not None:
             return link
         self.dial(pid)
-        entry = self._registry.get(pid)
-        searching = searching and (entry is None or entry.address is None)
-        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching,
+                                            abandoned=abandoned)
         if link is not None:
             return link
         entry = self._registry.get(pid)

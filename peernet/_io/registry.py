@@ -65,6 +65,11 @@ class PeerEntry:
     #: Reconnect state: failed attempts since the last success, and the pending redial.
     attempt: int = 0
     redial: TimerHandle | None = None
+    #: A restart (a fresh address, a network change) came while a dial was in progress:
+    #: when that dial ends without a link, redial at once, the backoff started over.
+    restart_after_dial: bool = False
+    #: Which candidate the next dial tries (see next_address).
+    next_candidate: int = 0
     #: Last status reported to observers.
     status: str = "unknown"
 
@@ -81,9 +86,10 @@ class PeerEntry:
         return [self.candidates[s] for s in sorted(self.candidates, key=_rank)]
 
     def next_address(self) -> tuple[str, int] | None:
-        """The candidate to dial now: successive attempts cycle through the sources."""
+        """The candidate to dial now: successive dials cycle through the sources, from
+        the first (by source order) after a success or a restart."""
         unique = list(dict.fromkeys(self._ordered()))
-        return unique[self.attempt % len(unique)] if unique else None
+        return unique[self.next_candidate % len(unique)] if unique else None
 
     def current_status(self) -> str:
         if self.link is not None and not self.link.closed:
@@ -178,6 +184,7 @@ class Registry:
                 return None
             entry.dialing = DIAL_RESERVED
             entry.last_error = None
+            entry.next_candidate += 1
             return address
 
     def dial_started(self, peer: PeerId, link: Link) -> bool:
@@ -207,11 +214,24 @@ class Registry:
             if loser is not link:
                 entry.link = link
             entry.attempt = 0  # a success resets the backoff
+            entry.next_candidate = 0
+            entry.restart_after_dial = False
             if entry.redial is not None:
                 entry.redial.cancel()
                 entry.redial = None
             self._cond.notify_all()
             return loser
+
+    def stale_dial(self, peer: PeerId, source: str) -> Link | None:
+        """The dial in progress to ``peer``, if it goes to another address than the one
+        ``source`` just reported (so that address may be stale)."""
+        with self._cond:
+            entry = self._peers.get(peer)
+            dialing = entry.dialing if entry is not None else None
+            if not isinstance(dialing, Link) or dialing.established:
+                return None
+            fresh = entry.candidates.get(source) if entry is not None else None
+            return dialing if fresh is not None and dialing.address != fresh else None
 
     def excess_retiring(self, peer: PeerId, keep: int) -> list[Link]:
         """Retiring links to ``peer`` beyond the newest ``keep``, oldest first."""
@@ -244,16 +264,20 @@ class Registry:
                     entry.retiring.remove(link)
             self._cond.notify_all()
 
-    def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool) -> Link | None:
+    def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool,
+                      abandoned: Callable[[], bool] | None = None) -> Link | None:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
         With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
         way: no dial in progress, no retiring link whose replacement is being set up,
         and no inbound handshake that may be this peer dialling us. A failed dial is an
-        answer, not a reason to wait out the timeout.
+        answer, not a reason to wait out the timeout. ``abandoned()`` true: the waiter
+        gave up (checked whenever :meth:`notify` wakes it): None at once.
         """
         with self._cond:
             while True:
+                if abandoned is not None and abandoned():
+                    return None
                 entry = self._peers.get(peer)
                 if entry is not None and entry.link is not None and not entry.link.closed:
                     return entry.link
@@ -286,21 +310,28 @@ class Registry:
     def schedule_redial(self, peer: PeerId, backoff: Backoff, draw: float,
                         dial: Callable[[PeerId], None], *, restart: bool = False) -> None:
         """Dial ``peer`` again after ``backoff.delay(attempt, draw)`` seconds, unless it
-        has a live link, no address, or a redial already pending. ``restart`` (the
-        network changed) starts the backoff over, dials at once and replaces a pending
-        redial. ``dial`` runs later on the timer thread, never under this lock."""
+        has a live link, no address, or a redial already pending. ``restart`` (a fresh
+        address, the network changed) dials now with the backoff started over, replacing
+        a pending redial; while a dial is in progress it takes effect when that dial ends.
+        ``dial`` runs later on the timer thread, never under this lock."""
         with self._cond:
             entry = self._peers.get(peer)
             if entry is None or not entry.candidates:
                 return
             if entry.link is not None and not entry.link.closed:
                 return
+            if restart and entry.dialing is not None:
+                entry.restart_after_dial = True
+                return
+            if entry.restart_after_dial and entry.dialing is None:
+                entry.restart_after_dial = False
+                restart = True
             if entry.redial is not None:
                 if not restart:
                     return
                 entry.redial.cancel()
-            if restart:
-                entry.attempt = 0
+            if restart:  # the best candidate first: it may be the fresh one
+                entry.attempt = entry.next_candidate = 0
             delay = 0.0 if restart else backoff.delay(entry.attempt, draw)
             entry.attempt += 1
 

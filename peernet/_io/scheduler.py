@@ -27,8 +27,9 @@ count the same way, so the limits hold however a peer paces its messages:
   decode to ~3.5 MB).
 - **Revocation.** Every claim and every job names the link it came on, and the
   scheduler's lock decides: a claim (inline) or a job (on a worker) whose link has
-  ended, or whose peer was revoked (:meth:`revoke`), is refused under that lock, where the
-  worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
+  ended (``work_dropped``: not a link that retired in favour of another link to the
+  same peer, whose work still runs), or whose peer was revoked (:meth:`revoke`), is
+  refused under that lock, where the worker takes the job, not after. :meth:`revoke` (``unpair()``, before it returns)
   marks the peer and drops all its queued work under the same lock, so no handler,
   inline or queued, call or send, starts for a peer once ``unpair()`` returned or once
   its link is known to have ended (:meth:`drop` then frees the dead link's queue).
@@ -81,10 +82,13 @@ def held_bytes(value: object, limit: int) -> int:
 
 
 class Source(Protocol):
-    """Where a job came from (a link): its queued work dies with it."""
+    """Where a job came from (a link)."""
 
     @property
-    def closed(self) -> bool: ...
+    def work_dropped(self) -> bool:
+        """True once the work it brought must not start (the link ended; not when it
+        handed its peer over to another link)."""
+        ...
 
 
 class _Load:
@@ -164,7 +168,7 @@ class Scheduler:
         none is free (queue it with :meth:`submit_call`), or if ``source`` ended or the
         peer was revoked (drop it). Pair with :meth:`release_call`."""
         with self._lock:
-            if (self._closed or self._running >= self._max_workers or source.closed
+            if (self._closed or self._running >= self._max_workers or source.work_dropped
                     or (self._revoked and peer in self._revoked)):
                 return False
             load = self._peers.get(peer) or self._load_locked(peer)
@@ -186,7 +190,7 @@ class Scheduler:
         """Queue a call; False (nothing queued: answer busy) if the peer has its maximum
         of calls in progress or of queued bytes."""
         with self._lock:
-            if self._closed or source.closed or (self._revoked and peer in self._revoked):
+            if self._closed or source.work_dropped or (self._revoked and peer in self._revoked):
                 return False
             load = self._load_locked(peer)
             if load.calls >= self._max_calls or not self._charge_locked(load, cost):
@@ -213,7 +217,7 @@ class Scheduler:
         free, and ``source`` is open and the peer not revoked. Sends submitted meanwhile queue
         behind it. Pair with :meth:`release_send`."""
         with self._lock:
-            if (self._closed or self._running >= self._max_workers or source.closed
+            if (self._closed or self._running >= self._max_workers or source.work_dropped
                     or (self._revoked and peer in self._revoked)):
                 return False
             load = self._peers.get(peer) or self._load_locked(peer)
@@ -237,7 +241,7 @@ class Scheduler:
         deadline: float | None = None
         with self._lock:
             while True:
-                if self._closed or source.closed or peer in self._revoked:
+                if self._closed or source.work_dropped or peer in self._revoked:
                     return False
                 load = self._load_locked(peer)
                 if (not load.sending or len(load.lane) < self._max_sends) and \
@@ -268,9 +272,12 @@ class Scheduler:
     # -- revocation and shutdown ------------------------------------------------------
 
     def drop(self, source: Source) -> int:
-        """Forget the queued work that came on ``source`` (a link that ended). Jobs
-        already ready for a worker are skipped when they come up. Returns how many went."""
+        """Forget the queued work that came on ``source`` (a link that ended), unless it
+        is not :attr:`~Source.work_dropped` (handed over: it still runs). Jobs already
+        ready for a worker are skipped when they come up. Returns how many went."""
         with self._lock:
+            if not source.work_dropped:
+                return 0
             return self._drop_locked(self._peers.values(), lambda job: job.source is source)
 
     def revoke(self, peer: PeerId) -> int:
@@ -401,7 +408,7 @@ class Scheduler:
         while not self._closed:
             if self._ready and self._running < self._max_workers:
                 job = self._ready.popleft()
-                if job.source.closed or (self._revoked and job.peer in self._revoked):
+                if job.source.work_dropped or (self._revoked and job.peer in self._revoked):
                     # Decided here, under the lock revoke() takes: it never starts.
                     log.debug("dropped queued work of %s: link ended or peer unpaired",
                               job.peer.short)

@@ -171,6 +171,10 @@ class PeerRetired:
 ChannelEvent = CallIn | SendIn | Answered | Refused | PongIn | PeerRetired
 
 
+#: Why a channel ended whose link went away without a reason of the channel's own.
+_CLOSED = "closed"
+
+
 class LinkEnded(Exception):
     """:meth:`Channel.add_call` on a channel that takes no more calls."""
 
@@ -194,6 +198,7 @@ class Channel:
         self._pings: dict[bytes, tuple[float, Any]] = {}  # nonce -> (sent at, token)
         self._serving = 0  # CallIns not yet answered()
         self._bye_received = False
+        self._retired = False  # retire() ran: see handed_over
         self._forced = False
         self._early_done = True  # see hold_early()
         #: Payloads the channel produced on its own (pongs, byes), in order, for the edge
@@ -314,12 +319,25 @@ class Channel:
         self._forced = self._forced or force
         if self.state is ChannelState.OPEN:
             self.state = ChannelState.RETIRING
+            self._retired = True
         self._maybe_bye()
         self._maybe_end_forced()  # already in BYE_SENT: forcing may end it now
 
     def goodbye(self, reason: str) -> bytes:
         """A Bye to write before closing the link for ``reason`` (cut to fit)."""
         return encode_message(Bye(reason[:200]))
+
+    @property
+    def handed_over(self) -> bool:
+        """Whether the channel was retired (another link to the same peer won) and
+        nothing else ended it: not a protocol error, not the peer's goodbye. Its end,
+        if it came, was the retirement's own, or the connection closing under it (a
+        peer may close as soon as it has both byes, and unread data makes that a
+        reset). The peer carries on over the other link, so what it sent here is
+        still its to have run."""
+        if not self._retired:
+            return False
+        return self.ended is None or self.ended.reason in (SUPERSEDED, _CLOSED)
 
     def take_output(self) -> list[bytes]:
         """:attr:`output`, emptied."""
@@ -329,7 +347,7 @@ class Channel:
     def close(self) -> list[Any]:
         """The link is gone: end the channel and return every pending call's token."""
         if self.ended is None:
-            self.ended = Ended("closed")
+            self.ended = Ended(_CLOSED)
         self.state = ChannelState.ENDED
         tokens = [token for _, token in self._pending.values()]
         self._pending.clear()

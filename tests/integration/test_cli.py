@@ -261,7 +261,14 @@ def test_pair_peers_unpair(tmp_path):
     out = run("--data-dir", d, "unpair", "bob")  # by label
     assert out.returncode == 0 and "unpaired bob" in out.stdout
     assert "not paired" in one_line_error(run("--data-dir", d, "unpair", bob), 6)
-    assert "labelled" in one_line_error(run("--data-dir", d, "unpair", "nobody"), 2)
+    assert "neither a peer id nor the label" in one_line_error(
+        run("--data-dir", d, "unpair", "nobody"), 2)
+    # Labels follow the library's rules (peernet.labels): case and spacing do not
+    # matter, and an unknown one names the close matches.
+    assert "did you mean 'carol'" in one_line_error(run("--data-dir", d, "unpair", "karol"), 2)
+    out = run("--data-dir", d, "unpair", " CAROL ")
+    assert out.returncode == 0 and "unpaired carol" in out.stdout, out.stderr
+    assert run("--data-dir", d, "pair", carol, "--label", "carol").returncode == 0
     assert run("--data-dir", d, "unpair", carol).returncode == 0
     assert "no paired peers" in run("--data-dir", d, "peers").stdout
 

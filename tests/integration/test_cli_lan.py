@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,34 @@ def test_an_interface_without_a_broadcast_address_is_refused(tmp_path, monkeypat
     code = peernet.cli.main(["--data-dir", str(tmp_path / "d"), "nearby", "--discovery", "udp",
                              "--interface", "wlan9"])
     assert code == 2 and "no usable IPv4 address" in capsys.readouterr().err
+
+
+def _pair_on_a_terminal(a, entry, answer):
+    """`peernet pair ENTRY` with stdin a terminal (a pty) on which ``answer`` is typed."""
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "peernet", "--data-dir", a, "pair", entry,
+                                 "--label", "bob"], stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return proc.returncode, out, err
+
+
+def test_pair_from_the_nearby_list_asks_on_a_terminal(bob_listening):
+    a, a_id, b_id, opts, bob = bob_listening
+    assert run("--data-dir", a, "nearby", "--discovery", "udp", "--wait", "0.5",
+               *opts).returncode == 0
+    code, out, err = _pair_on_a_terminal(a, "1", "n")
+    assert code == 2 and b_id in out and "pair with it? [y/N]" in out and "not paired" in err
+    assert TrustStore.load(Path(a)).get(b_id) is None
+    code, out, err = _pair_on_a_terminal(a, b_id[:10], "y")  # by id prefix this time
+    assert code == 0, err
+    assert b_id in out and "paired with" in out
+    assert TrustStore.load(Path(a)).get(b_id).label == "bob"

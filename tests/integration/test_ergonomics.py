@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -73,6 +74,19 @@ def test_labels_work_wherever_a_peer_is_taken(make_node):
     assert me.unpair("kitchen pi")
     with pytest.raises(peernet.UnknownPeer):
         me.call("kitchen pi", "echo")  # unpaired: the label is gone with it
+
+
+def test_pair_takes_a_label_to_rename_a_paired_peer(make_node):
+    me = make_node("me", **QUIET)
+    pi = make_node("pi", **QUIET)
+    me.pair(pi.id, label="kitchen pi")
+    assert me.pair("Kitchen Pi", label="pi") == pi.id  # the label names the peer: renamed
+    assert me.resolve("pi") == pi.id and me.trust.get(pi.id).label == "pi"
+    assert len(me.trust) == 1
+    with pytest.raises(peernet.UnknownPeer, match="did you mean 'pi'"):
+        me.pair("pie", label="x")  # a label can never pair anyone new
+    with pytest.raises(peernet.InvalidPeerId, match="checksum"):
+        me.pair(str(pi.id)[:-1] + ("q" if str(pi.id)[-1] != "q" else "p"))
 
 
 def test_ids_win_over_labels(make_node):
@@ -170,6 +184,8 @@ def test_the_directory_hides_a_handler_whose_authorize_refuses_the_asker(make_no
         ("restart", "Restart the service."), ("status", "Is the server up?")]
     assert guest.handlers_of("server").names == ["status"]
     assert "restart" not in dir(guest.peer("server"))
+    with pytest.raises(peernet.Forbidden):  # hidden, not secret (guides/security.md)
+        guest.call("server", "restart")
     assert admin.handlers_of("server").names == ["restart", "status"]  # no built-ins listed
 
 
@@ -452,6 +468,39 @@ def test_cancelling_a_call_async_future_drops_its_pending_entry(make_node):
         assert link.pending_calls == 0
     finally:
         release.set()
+
+
+def test_a_call_cancelled_while_its_link_is_being_set_up_is_never_sent(make_node):
+    """Cancelled (an asyncio task, a call_async Future) before any link was up: the
+    waiting ends at once and the call is not sent when the link comes up later."""
+    me = make_node("me", **QUIET)
+    pi = make_node("pi", **QUIET)
+    ran = []
+    pi.expose("work", lambda peer, args: ran.append(args) or args)
+    pi.pair(me.id, label="me")
+    me.pair(pi.id, label="pi")
+    with socket.socket() as blackhole:  # accepts TCP, never answers the handshake
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen()
+        me.connect("pi", "127.0.0.1", blackhole.getsockname()[1])
+        fut = me.call_async("pi", "work", "future", timeout=30)
+
+        async def main():
+            task = asyncio.create_task(me.acall("pi", "work", "task", timeout=30))
+            await asyncio.sleep(0)  # the task runs up to its await: the call is started
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert fut.cancel()
+        waiting = lambda: [t for t in threading.enumerate() if t.name == "peernet-call"]  # noqa: E731
+        assert wait_until(lambda: not waiting(), timeout_s=3)  # not held for 30 s
+        pi.connect("me", "127.0.0.1", me.port)  # now a link comes up (pi dials in)
+        assert me.wait_for_peer("pi", timeout=10)
+        assert me.call("pi", "work", "after") == "after"
+        assert pi.call("me", "peernet.directory") is not None  # one more round trip
+    assert ran == ["after"]
 
 
 def test_acall_and_friends_under_asyncio_run_and_a_loop_already_running(make_node):

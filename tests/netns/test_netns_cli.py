@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from peernet._proto.announce import is_solicitation
 from peernet.identity import load_or_create
 from peernet.trust import TrustStore
 from tests.integration.test_cli import Proc, ready
@@ -89,6 +90,17 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
               f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
         assert p50 < 1.0
 
+        # b restarts, on another free port as `listen` picks: the address c remembers
+        # now refuses, and the call still finds b by discovery at once.
+        listeners[1].stop()
+        listeners[1] = Proc(peernet_argv(lab, 1, b_dir, "listen", *disc), cwd=ROOT)
+        old_port, (_, ports[1]) = ports[1], ready(listeners[1])
+        assert ports[1] != old_port
+        started = time.monotonic()
+        out = peernet_run(lab, 0, c_dir, "call", "other", "echo", '"again"', *disc)
+        assert (out.returncode, out.stdout) == (0, '"again"\n'), out.stderr
+        assert time.monotonic() - started < 3.0
+
         if mode == "udp":
             flood(lab, ids, d_dir, ports[1])
     finally:
@@ -98,8 +110,28 @@ def run_lan_flow(lab: Lab, tmp_path: Path, mode: str) -> None:
 
 def flood(lab: Lab, ids: dict, d_dir: Path, b_port: int) -> None:
     """Host 3 floods b (host 1) with solicitations from 20 addresses while d (host 2)
-    keeps calling b over its live link (dialled by hand: one link, never a second)."""
+    keeps calling b over its live link (dialled by hand: one link, never a second).
+    A bystander on host 2 listens on the discovery port: answers go by unicast to
+    whoever asked, so it hears none of them."""
     d = lab.agent(2, d_dir, "--heartbeat", "30", "60")
+    bystander = Proc(["ip", "netns", "exec", lab.hosts[2], sys.executable, "-m",
+                      "tests.procs.udp_sniffer", "4040"], cwd=ROOT)
+    try:
+        bystander.expect("^READY$")
+        # It does hear b: one of b's own (5 s) broadcast announces, before the flood.
+        bystander.expect(f'"from": "{lab.address(1)}"', timeout=7.0)
+        heard = _flood(lab, ids, d, b_port)
+    finally:
+        bystander.stop()
+    from_b = [json.loads(line) for line in bystander.rest("out")]
+    from_b = [p for p in from_b if p["from"] == lab.address(1)]
+    assert all(not is_solicitation(bytes.fromhex(p["hex"])) for p in from_b)
+    print(f"a bystander on the LAN heard {len(from_b)} announces from b meanwhile "
+          f"(the attacker got {heard})")
+    assert len(from_b) <= 2  # b's own 5 s announces; none of the answers
+
+
+def _flood(lab: Lab, ids: dict, d, b_port: int) -> int:
     b = str(ids["b"])
     d.request(op="connect", peer=b, host=lab.address(1), port=b_port)
     assert d.request(op="call", peer=b, name="echo", args=0, timeout=3.0) == 0
@@ -133,6 +165,7 @@ def flood(lab: Lab, ids: dict, d_dir: Path, b_port: int) -> None:
     assert max(report["answers"]) <= 10 + 5 * (seconds + 0.5)  # per address: 10, then 5/s
     assert worst_s < 0.5 and calls >= 5
     assert d.request(op="link", peer=b) == link_before  # the live link is untouched
+    return total
 
 
 def test_cli_lan_flow_udp(lab, tmp_path):
@@ -142,3 +175,75 @@ def test_cli_lan_flow_udp(lab, tmp_path):
 def test_cli_lan_flow_mdns(lab, tmp_path):
     pytest.importorskip("zeroconf")
     run_lan_flow(lab, tmp_path, "mdns")
+
+
+def test_listen_with_both_discoveries_then_nearby_and_chat_without_an_address(lab, tmp_path):
+    """`listen` takes several discoveries and says where each one runs; `nearby` with
+    both hears the listener both ways; `chat` finds a paired peer with no --to."""
+    a_dir, c_dir = tmp_path / "a", tmp_path / "c"
+    ids = {n: load_or_create(d).peer_id for n, d in (("a", a_dir), ("c", c_dir))}
+    TrustStore.load(a_dir).pair(ids["c"], label="c")
+    listener = Proc(peernet_argv(lab, 1, a_dir, "listen", "--discovery", "udp",
+                                 "--discovery", "mdns", "--interface", "eth0"), cwd=ROOT)
+    chat = None
+    try:
+        assert ready(listener)[0] == str(ids["a"])
+        listener.expect(rf"^discovery udp on eth0 {lab.address(1)} \(broadcast 10\.77\.0\.255\)",
+                        stream="err")
+        listener.expect(rf"^discovery mdns on eth0 {lab.address(1)}", stream="err")
+        out = peernet_run(lab, 0, c_dir, "nearby", "--discovery", "udp,mdns", "--wait", "1.5")
+        assert out.returncode == 0, out.stderr
+        (row,) = [line.split() for line in out.stdout.splitlines()[1:]]
+        assert str(ids["a"]).startswith(row[1].rstrip("…"))
+        assert sorted(row[3].split(",")) == ["mdns", "udp"]
+        out = peernet_run(lab, 0, c_dir, "pair", "1", "--label", "a", "--yes")
+        assert out.returncode == 0, out.stderr
+        chat = Proc(peernet_argv(lab, 0, c_dir, "chat", "a", "--discovery", "udp"), cwd=ROOT)
+        ready(chat)
+        listener.expect(r"^\* c is online$", stream="err")
+        chat.expect(r"^chat with a: type a line", stream="err")
+        chat.write("hello over the lan\n")
+        try:
+            listener.expect(r"^c: hello over the lan$", timeout=3.0)
+        except AssertionError:
+            # Both sides dialled at once (each heard the other): while the second link
+            # takes over, a line may find no link. Then the chat must say so, never
+            # drop it silently; typed again, it arrives.
+            chat.expect(r"^\(not delivered: a is offline\) hello over the lan$", stream="err",
+                        timeout=1.0)
+            chat.write("hello over the lan\n")
+            listener.expect(r"^c: hello over the lan$")
+    finally:
+        if chat is not None:
+            chat.stop()
+        listener.stop()
+
+
+@pytest.mark.parametrize("mode", ["udp", "mdns"])
+def test_a_peer_that_got_another_ip_is_found_by_its_key(lab, tmp_path, mode):
+    """b's host gets another address (a new DHCP lease) and b starts again: c's call
+    finds it by its key at once. The remembered address no longer answers at all (no
+    host there), and the dial still trying it gives way to the address b announces; it
+    used to hang the call until its timeout ("not nearby")."""
+    if mode == "mdns":
+        pytest.importorskip("zeroconf")
+    b_dir, c_dir = tmp_path / "b", tmp_path / "c"
+    b_id, c_id = load_or_create(b_dir).peer_id, load_or_create(c_dir).peer_id
+    TrustStore.load(b_dir).pair(c_id, label="c")
+    TrustStore.load(c_dir).pair(b_id, label="b")
+    disc = ["--discovery", mode, "--interface", "eth0"]
+    for new_address in (None, "10.77.0.50"):
+        if new_address is not None:
+            lab.ip(1, "addr", "del", f"{lab.address(1)}/24", "dev", "eth0")
+            lab.ip(1, "addr", "add", f"{new_address}/24", "dev", "eth0")
+        listener = Proc(peernet_argv(lab, 1, b_dir, "listen", *disc), cwd=ROOT)
+        try:
+            ready(listener)
+            started = time.monotonic()
+            out = peernet_run(lab, 0, c_dir, "call", "b", "echo", '"hi"', *disc)
+            assert (out.returncode, out.stdout) == (0, '"hi"\n'), out.stderr
+            assert time.monotonic() - started < 3.0
+        finally:
+            listener.stop()
+    book = json.loads((c_dir / "addresses.json").read_text())
+    assert "10.77.0.50" in json.dumps(book)  # the new address is the one remembered now

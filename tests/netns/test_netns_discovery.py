@@ -151,3 +151,26 @@ def test_a_new_address_is_announced_at_once_not_an_interval_later(lab, tmp_path)
             return False
 
     assert wait_until(answered, timeout_s=4, interval_s=0.05)
+
+
+def test_solicitations_from_beyond_the_subnet_get_no_answer(lab, tmp_path):
+    """b answers a solicitation only when the asker is on one of its own subnets: a
+    host that reaches b through a router (here host 3, b's default gateway, asking from
+    10.88.0.5) gets nothing, so b cannot be used as a reflector from afar; a neighbour
+    asking from the same host gets its answer."""
+    ids = prepaired(tmp_path, ["b"])
+    b = start(lab, tmp_path, ["b"], ids, hosts=[1])["b"]
+    lab.ip(1, "route", "add", "default", "via", lab.address(3))  # b can route to 10.88/16
+    lab.ip(3, "addr", "add", "10.88.0.5/24", "dev", "eth0")
+    flood = lab.popen(3, "tests.procs.solicit_flood", lab.address(1),
+                      f"10.88.0.5,{lab.address(3)}", "--seconds", "0.3")
+    try:
+        report = json.loads(flood.stdout.read())
+    finally:
+        flood.wait(10)
+        flood.stdout.close()
+        flood.stdin.close()
+    far, near = report["answers"]
+    assert near >= 1 and report["peers"] == [str(ids["b"])]  # the neighbour is answered
+    assert far == 0
+    assert b.request(op="udp")["unanswered"].get("off_subnet", 0) >= 1

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from peernet._proto.mdns_record import SERVICE_TYPE
 from peernet.identity import load_or_create
 from peernet.trust import TrustStore
 from tests.conftest import wait_until
+from tests.integration.test_cli import Proc
 from tests.netns_lab import stop_process, ROOT, Lab, require_netns
 
 pytest.importorskip("zeroconf")
@@ -330,3 +332,37 @@ def test_a_flood_of_throwaway_keys_never_hides_a_paired_peer(lab, tmp_path):
     took = time.monotonic() - started
     assert took < 5.0, f"found the paired peer {took:.1f} s after it started"
     assert len(_nearby(a)) <= 32  # strangers stay within their budget
+
+
+def _next_qu_service_query(sniffer: Proc, source: str, timeout_s: float) -> None:
+    """Wait for an mDNS query from ``source`` asking (QU: "answer me by unicast") for
+    every ``_peernet._tcp`` service."""
+    import zeroconf
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sniffer.expect(f'"from": "{source}"', timeout=max(0.01, deadline - time.monotonic()))
+        packet = zeroconf.DNSIncoming(bytes.fromhex(json.loads(sniffer.seen["out"][-1])["hex"]))
+        if packet.is_query() and any(q.type == 12 and q.unicast and q.name == SERVICE_TYPE
+                                     for q in packet.questions):
+            return
+
+
+def test_a_call_with_no_link_asks_the_lan_with_a_native_qu_query(lab, tmp_path):
+    """Issue 22: a node that needs a peer now asks by mDNS's own means, a QU query for
+    the service type (names nobody), rather than waiting for the browser's next one."""
+    node_dir, absent_dir = _data_dirs(tmp_path, 2, paired=True)
+    sniffer = Proc(["ip", "netns", "exec", lab.hosts[0], sys.executable, "-m",
+                    "tests.procs.udp_sniffer", "5353", "--group", "224.0.0.251",
+                    "--on", lab.address(0)], cwd=ROOT)
+    try:
+        sniffer.expect("^READY$")
+        node = lab.agent(1, node_dir, "--discovery", "mdns")
+        # The browser's first query at start is a QU one; its later ones are not.
+        _next_qu_service_query(sniffer, lab.address(1), timeout_s=5)
+        absent = str(load_or_create(absent_dir).peer_id)  # paired, never on the LAN
+        with pytest.raises(RuntimeError, match="PeerUnavailable"):
+            node.request(op="call", peer=absent, name="echo", timeout=0.3)
+        _next_qu_service_query(sniffer, lab.address(1), timeout_s=1.0)
+    finally:
+        sniffer.stop()

@@ -104,7 +104,8 @@ def main() -> None:
                 result = str(node.join(cmd["code"], cmd.get("label"), cmd.get("timeout", 10.0)))
             elif op == "udp":  # counters of the UDP discovery, if any
                 udp = next(d for d in node._discoveries if d.source == "udp")
-                result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped}
+                result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped,
+                          "answered": udp.answered, "unanswered": udp.unanswered}
             elif op == "mdns":  # what the mDNS discovery heard and holds
                 mdns = next(d for d in node._discoveries if d.source == "mdns")
                 with mdns._cond:

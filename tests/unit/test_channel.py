@@ -178,6 +178,32 @@ def test_retirement_with_nothing_pending_exchanges_byes_and_ends_both_sides():
     pair.flush(pair.b)
     assert pair.a.ended is not None and pair.a.ended.reason == SUPERSEDED
     assert pair.a.ended.bye_reason is None
+    assert pair.a.handed_over and pair.b.handed_over  # the peer goes on, on another link
+
+
+def test_only_retirement_hands_the_peer_over():
+    pair = ChannelPair()
+    assert not pair.a.handed_over  # open
+    pair.deliver(pair.a, Bye("node closing"))
+    assert pair.a.ended is not None and not pair.a.handed_over
+    channel = Channel(B_ID)
+    channel.close()  # the link went away (a timeout, a reset), never retired
+    assert not channel.handed_over
+    # Retired, then the connection went before the peer's bye was read (it closed with
+    # our data unread, which is a reset): still handed over.
+    channel = Channel(B_ID)
+    channel.retire()
+    assert channel.state is ChannelState.BYE_SENT and channel.handed_over
+    channel.close()
+    assert channel.handed_over
+    # Retired, then a protocol error or the peer's goodbye: not.
+    pair = ChannelPair()
+    pair.a.retire()
+    assert pair.a.receive(b"\xff", 0.0) is None and not pair.a.handed_over
+    pair = ChannelPair()
+    pair.a.retire()
+    pair.deliver(pair.a, Bye("node closing"))
+    assert not pair.a.handed_over
 
 
 def test_retirement_waits_for_our_own_pending_calls():

@@ -341,3 +341,15 @@ def test_node_is_a_facade_with_no_link_callbacks():
     assert callbacks and callbacks <= set(dir(Mesh))
     assert not callbacks & set(dir(Node))
     assert not any(name.startswith("link_") for name in dir(Node))
+
+
+def test_importing_peernet_and_its_cli_does_not_import_asyncio():
+    """The asyncio facade (node.acall, ...) imports asyncio when first used: a blocking
+    script or a one-shot `peernet call` does not pay for it at start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, peernet, peernet.cli; print(sorted(m for m in sys.modules if m == 'asyncio'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

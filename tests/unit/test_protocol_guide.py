@@ -279,6 +279,44 @@ def test_udp_announce_example_is_what_the_code_sends():
     assert announce.verify()
 
 
+def test_solicitation_table_example_and_limits_are_the_codes():
+    """7.1.1, issue 22: the solicitation byte by byte, and every number the guide gives
+    for answering and asking."""
+    from peernet._proto.announce import SOLICITATION_LEN, SolicitationLimiter
+    from peernet._proto.announce import encode_solicitation
+    from peernet.discovery import mdns, udp
+
+    text = GUIDE[GUIDE.index("### 7.1.1 "):GUIDE.index("### 7.2 ")]  # a ### heading too
+    rows = [line.strip("|").split("|") for line in text.splitlines()
+            if re.match(r"^\| \d+ \|", line)]
+    layout = [(int(offset), int(length)) for offset, length, _ in rows]
+    assert layout == [(0, 4), (4, 1), (5, 1), (6, 2), (8, 16), (24, 108)]
+    assert sum(length for _, length in layout) == SOLICITATION_LEN == 132
+    assert f"{SOLICITATION_LEN} bytes, as long as an announce" in text
+    example = re.search(r"`([0-9a-f]{48})` followed by 108 zero bytes", text).group(1)
+    assert encode_solicitation(bytes(range(16))) == bytes.fromhex(example) + bytes(108)
+    limits = inspect.signature(SolicitationLimiter).parameters
+    assert (limits["per_source_rate_per_s"].default, limits["per_source_burst"].default) == (5, 10)
+    assert "**5 answers a second per source address, burst 10**" in text
+    assert (limits["total_rate_per_s"].default, limits["total_burst"].default) == (50, 50)
+    assert "**50 answers a second over all sources, burst 50**" in text
+    assert f"at most {limits['max_sources'].default} sources tracked" in text
+    assert f"receiver's own last {limits['max_own'].default}" in text
+    assert udp._SOLICIT_AT_S == (0.0, 0.25, 1.0)
+    assert "at once and again 0.25 s and\n1 s later" in text
+    assert mdns._SOLICIT_MIN_INTERVAL_S == 1.0 and "at most once\na second" in text
+
+
+def test_directory_limits_in_the_guide_are_the_codes():
+    from peernet.directory import DIRECTORY_HANDLER, MAX_ENTRIES, MAX_SUMMARY
+
+    text = section("5.7")
+    assert f"**`{DIRECTORY_HANDLER}`**" in text
+    assert f"at most\n  {MAX_SUMMARY} characters" in text
+    assert f"at most {MAX_ENTRIES} entries" in text
+    assert f"reads at most {MAX_ENTRIES} entries" in text and f"to {MAX_SUMMARY} characters" in text
+
+
 def test_mdns_signed_bytes_example_is_what_the_code_signs():
     text = section("7.2")
     signed = hex_block(code_blocks(text)[0])

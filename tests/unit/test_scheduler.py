@@ -20,6 +20,11 @@ class Link:
 
     def __init__(self) -> None:
         self.closed = False
+        self.handed_over = False  # ended by retirement: another link carries the peer
+
+    @property
+    def work_dropped(self) -> bool:
+        return self.closed and not self.handed_over
 
 
 class Blocked:
@@ -203,6 +208,26 @@ def test_work_queued_on_a_link_that_ended_never_runs():
     finally:
         call.gate.set()
         send.gate.set()
+        sched.close(5)
+
+
+def test_work_queued_on_a_link_handed_over_to_another_still_runs_in_order():
+    """A link retired in favour of another link to the same peer (both dialled at once)
+    did not end for the peer: the sends it brought run, before those of the new link."""
+    sched, old, new = make(max_sends_per_peer=10), Link(), Link()
+    first, ran = Blocked(), []
+    try:
+        assert sched.submit_send(PEER, old, first, cost=1)
+        assert first.started.wait(5)
+        for i in range(3):
+            assert sched.submit_send(PEER, old, lambda i=i: ran.append(i), cost=1)
+        old.closed = old.handed_over = True
+        assert sched.drop(old) == 0
+        assert sched.submit_send(PEER, new, lambda: ran.append(3), cost=1)
+        first.gate.set()
+        assert wait_until(lambda: ran == [0, 1, 2, 3])
+    finally:
+        first.gate.set()
         sched.close(5)
 
 
