@@ -581,7 +581,7 @@ class Node:
                     # Cancelled while waiting for the link: nothing is sent, and the
                     # wait ends at once (the callback below wakes it).
                     started = self._start_call(pid, name, args, timeout,
-                                               abandoned=fut.cancelled)
+                                               abandoned=fut)
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
                     return
@@ -852,9 +852,9 @@ class Node:
         return payload
 
     def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
-                    abandoned: Callable[[], bool] | None = None
+                    abandoned: Future[Any] | None = None
                     ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
-        """Send a call; its Future, link, id and deadline. ``abandoned()`` true once a
+        """Send a call; its Future, link, id and deadline. ``abandoned`` cancelled once a
         link is had: CancelledError, and nothing is sent."""
         pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
@@ -866,7 +866,7 @@ class Node:
         self._check_open()
         while True:
             link = self._link_for_call(pid, deadline, abandoned)
-            if abandoned is not None and abandoned():
+            if abandoned is not None and abandoned.cancelled():
                 raise CancelledError()
             if link.is_inline_here():  # a handler calling back the peer that called it:
                 link.take_over_reading()  # someone else must read the reply
@@ -882,7 +882,7 @@ class Node:
             return pid, fut, link, rid, deadline, timeout_s
 
     def _link_for_call(self, pid: PeerId, deadline: float,
-                       abandoned: Callable[[], bool] | None = None) -> Link:
+                       abandoned: Future[Any] | None = None) -> Link:
         link = self._registry.active_link(pid)
         if link is not None:
             return link

@@ -22,6 +22,7 @@ import random
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -163,7 +164,7 @@ class Mesh:
                 self.dial(pid)
 
     def link_for(self, pid: PeerId, deadline: float, *, searching: bool,
-                 abandoned: Callable[[], bool] | None = None) -> Link:
+                 abandoned: Future[Any] | None = None) -> Link:
         """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
         needed; PeerUnavailable if none came. ``searching``: discovery may still find an
         address (a new one, too: a known address that refuses may be stale, as after

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .._proto.backoff import Backoff
 from ..ids import PeerId
@@ -265,18 +266,19 @@ class Registry:
             self._cond.notify_all()
 
     def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool,
-                      abandoned: Callable[[], bool] | None = None) -> Link | None:
+                      abandoned: Future[Any] | None = None) -> Link | None:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
         With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
         way: no dial in progress, no retiring link whose replacement is being set up,
         and no inbound handshake that may be this peer dialling us. A failed dial is an
-        answer, not a reason to wait out the timeout. ``abandoned()`` true: the waiter
-        gave up (checked whenever :meth:`notify` wakes it): None at once.
+        answer, not a reason to wait out the timeout. ``abandoned``: the Future of the
+        waiting call; once it is cancelled (checked whenever :meth:`notify` wakes it),
+        None at once. Only its state is read under the lock: no callback runs there.
         """
         with self._cond:
             while True:
-                if abandoned is not None and abandoned():
+                if abandoned is not None and abandoned.cancelled():
                     return None
                 entry = self._peers.get(peer)
                 if entry is not None and entry.link is not None and not entry.link.closed:
