@@ -131,7 +131,7 @@ from .ids import PeerId
 from .node import Node, default_data_dir
 from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
-from ._addresses import AddressBook
+from ._addresses import AddressBook, check_host
 from ._io.netmon import LocalAddress, host_interfaces
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
@@ -250,7 +250,10 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
         raise CliError(f"bad address {text!r}: expected HOST:PORT, e.g. 192.168.1.10:7777 "
                        "or [::1]:7777", EXIT_USAGE)
-    return host, int(port_text)
+    try:
+        return check_host(host), int(port_text)
+    except ValueError as exc:
+        raise CliError(f"bad address: {exc}", EXIT_USAGE) from None
 
 
 def _from_json_object(obj: dict[str, Any]) -> Any:
@@ -303,6 +306,12 @@ def dump_json(value: Any) -> str:
 
 
 _printable = escape  # chat lines and labels: peer text, safe for a terminal
+
+
+def _shown_address(address: tuple[str, int] | list[Any]) -> str:
+    """``host:port`` for a terminal: a host came from a file, another process or a
+    discovery packet, so it is escaped even though every way in checks it."""
+    return f"{_printable(str(address[0]))}:{address[1]}"
 
 
 # --- output ------------------------------------------------------------------------
@@ -675,7 +684,7 @@ def _unreachable_hint(node: _Live) -> str:
 
 
 def _unreachable(node: _Live, pid: PeerId, address: tuple[str, int]) -> str:
-    return (f"could not reach {_name(pid, node.trust)} at {address[0]}:{address[1]} "
+    return (f"could not reach {_name(pid, node.trust)} at {_shown_address(address)} "
             + _unreachable_hint(node))
 
 
@@ -1016,8 +1025,8 @@ def cmd_id(opts: argparse.Namespace, data_dir: Path) -> int:
 
 def _confirm_nearby(entry: dict[str, Any], yes: bool) -> None:
     """Show the full id of the picked nearby entry; go on only once the user says so."""
-    host, port = entry["address"]
-    print(f"nearby: {entry['id']}\n  at {host}:{port} via {entry['via']}, heard "
+    print(f"nearby: {entry['id']}\n  at {_shown_address(entry['address'])} via "
+          f"{entry['via']}, heard "
           f"{_ago(entry['last_seen'])}", flush=True)
     print("check that this is the id `peernet id` shows on that machine", flush=True)
     if yes:
@@ -1100,7 +1109,7 @@ def _table(peers: list[Peer]) -> str:
             _printable(p.label) if p.label else "-",
             p.id.short,
             p.status,
-            f"{p.address[0]}:{p.address[1]}" if p.address else "-",
+            _shown_address(p.address) if p.address else "-",
             _ago(p.last_seen),
             f"{p.rtt * 1000:.1f} ms" if p.rtt is not None else "-",
         ))
@@ -1224,7 +1233,7 @@ def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
         return EXIT_UNREACHABLE
     table = [("#", "ID", "ADDRESS", "VIA", "AGE")]
     for i, row in enumerate(rows, 1):
-        table.append((str(i), row["id"][:15] + "…", f"{row['address'][0]}:{row['address'][1]}",
+        table.append((str(i), row["id"][:15] + "…", _shown_address(row["address"]),
                       row["via"], _ago(row["last_seen"])))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
@@ -1333,11 +1342,11 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
             remembered = _remembered(node, pid) if remote is None else None
             if address is None and (lan or remembered or remote is not None):
                 if not _reach(node, pid, None, opts.wait, lambda: bool(stop)) and not stop:
-                    host, port = remembered or ("?", 0)
                     out.note((_not_found(node, pid, lan, opts.wait) if lan else
                               f"{name} is not online yet" if remote is not None else
                               f"could not reach {name} at its remembered address "
-                              f"{host}:{port}") + "; will keep trying.")
+                              f"{_shown_address(remembered or ('?', 0))}")
+                             + "; will keep trying.")
             elif address is None:
                 out.note(f"waiting for {name} to connect to port {node.port} "
                          f"(it runs: peernet chat {node.id} --to THIS_HOST:{node.port})")
@@ -1409,7 +1418,7 @@ def _unreachable_without_to(node: _Live, pid: PeerId, lan: Lan | None,
     if remembered is None:  # the running node knows no address either
         return _no_address(pid, node.trust)
     return CliError(f"could not reach {_name(pid, node.trust)} at its remembered address "
-                    f"{remembered[0]}:{remembered[1]}: give --to HOST:PORT, or turn on "
+                    f"{_shown_address(remembered)}: give --to HOST:PORT, or turn on "
                     "discovery (--discovery udp, or PEERNET_DISCOVERY=udp)", EXIT_UNREACHABLE)
 
 

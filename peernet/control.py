@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._addresses import check_host
 from ._io import lifecycle
 from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path
 from ._proto.control import (
@@ -185,8 +186,7 @@ class Admin:
 
     def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
         """:meth:`Node.connect <peernet.Node.connect>`: remember the address, dial now."""
-        if type(host) is not str:
-            raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
+        host = check_host(host)  # the node checks it again: the same check
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
         self._request("connect", {"peer": _peer(peer_id), "host": host, "port": port})

@@ -20,7 +20,6 @@ See guides/architecture.md for the path of one ``call()``.
 from __future__ import annotations
 
 import html
-import ipaddress
 import logging
 import os
 import threading
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
-from ._addresses import AddressBook
+from ._addresses import AddressBook, check_host
 from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (
@@ -99,23 +98,6 @@ def default_data_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
     return Path(base).expanduser() / "peernet"
-
-
-def _check_host(host: object) -> str:
-    """A host name or IP address to dial, without a port, brackets or spaces."""
-    if type(host) is not str or not host:
-        raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    if ":" in host or "[" in host or "/" in host or any(c.isspace() for c in host) or (
-            len(host) > 253):
-        raise ValueError(
-            f"host must be a host name or IP address without a port, got {host!r:.80}; "
-            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
-    return host
 
 
 def _copy_outcome(source: Future[Any], target: Future[Any]) -> None:
@@ -231,7 +213,7 @@ class Node:
     ) -> None:
         self._closed = True  # until it is built: repr() and close() of a half-built node work
         self._close_lock = threading.Lock()
-        self._host = host
+        self._host = check_host(host) if host != "" else host  # "": every address
         discoveries = make_discoveries(discovery)  # bad input fails before any side effect
         if not callable(on_handler_error):
             raise TypeError("on_handler_error must be callable")
@@ -404,12 +386,13 @@ class Node:
         progress, but :meth:`send` never waits, so a ``send()`` straight after
         ``connect()`` usually returns False. Call :meth:`wait_for_peer` first. Raises
         NotPaired for a peer that is not paired (the handshake would refuse it anyway),
-        ValueError for a host with a port in it or a bad port.
+        ValueError for a host with a port, a space or a control character in it, or a
+        bad port.
         """
         self._check_open()
         pid = self.resolve(peer_id)
         self._require_paired(pid)
-        host = _check_host(host)
+        host = check_host(host)
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
         self._manual.add(pid, (host, port))

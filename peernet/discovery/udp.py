@@ -40,6 +40,7 @@ from .._proto.announce import (
     is_solicitation,
     next_counter,
 )
+from .._addresses import check_host
 from .._io.netmon import host_interfaces
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class UdpDiscovery:
         self.port = port
         self.interval_s = float(interval_s)
         self.interfaces = None if interfaces is None else tuple(interfaces)
-        self.targets = None if targets is None else [(str(h), int(p)) for h, p in targets]
+        self.targets = None if targets is None else [(check_host(h), int(p)) for h, p in targets]
         self.bind_host = bind_host
         self.announcing = bool(announce)
         self._limiter = SolicitationLimiter()
