@@ -23,6 +23,8 @@ Rules (guides/security.md explains why each holds):
 
 from __future__ import annotations
 
+import hmac
+import itertools
 import logging
 import os
 import threading
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ._proto.invite import (
-    KIND_LONG,
+    INVITE_ID_LEN,
     KIND_SHORT,
     MAX_NAMEPLATE,
     Code,
@@ -127,8 +129,9 @@ class Invite:
 
     @property
     def long(self) -> str:
-        """The long code (any network): the inviter's id, addresses, port and a
-        128-bit one-time secret. Treat it like a password until it is used."""
+        """The long code (any network): the inviter's id, addresses and port, the
+        invite's 64-bit id (a long-code attempt must name it) and a 128-bit one-time
+        secret. Treat it like a password until it is used."""
         return self._long.text
 
     @property
@@ -219,7 +222,7 @@ class InviteBook:
             self._solicit()  # pick a number nobody nearby is showing right now
             time.sleep(_LOOK_AROUND_S)
         seen = set(self._heard())
-        secret = os.urandom(16)
+        invite_id, secret = os.urandom(INVITE_ID_LEN), os.urandom(16)
         with self._cond:
             if self._closed:
                 raise InviteError("this node is closed")
@@ -228,7 +231,7 @@ class InviteBook:
                                   "cancel one first")
             nameplate = _pick_nameplate(seen | set(self._open) | set(self._dead))
             try:
-                long = LongCode(self._own_id, nameplate, secret, self._port(),
+                long = LongCode(self._own_id, invite_id, secret, self._port(),
                                 tuple(listed[:4]))
             except ValueError as exc:
                 raise ValueError(f"cannot make a long code: {exc}") from None
@@ -303,38 +306,41 @@ class InviteBook:
 
     # -- the inviter's side of an exchange (the mesh calls these) -------------------------
 
+    def _named(self, hello: InviteHello) -> Invite | None:
+        """The invite ``hello`` names, open or ended not long ago: for a short code the
+        one with that number, if it has a short code; for a long code the one with
+        that id (only the long code holds it). Holds the condition."""
+        if hello.kind == KIND_SHORT:
+            found = self._open.get(hello.nameplate) or self._dead.get(hello.nameplate)
+            return found if found is not None and found._short is not None else None
+        for invite in itertools.chain(self._open.values(), self._dead.values()):
+            if hmac.compare_digest(invite._long.invite_id, hello.invite_id):
+                return invite
+        return None
+
     def gate(self, peer: PeerId, hello: bytes) -> bool:
         """Message 3 named an invite: let the key in (invite-only) if that invite is
-        open, or is one we can tell a late joiner about; a short-code hello only if the
-        invite has a short code."""
+        open, or is one we can tell a late joiner about. Any other hello touches no
+        invite: the handshake ends at message 3."""
         try:
             parsed = InviteHello.decode(hello)
         except ProtocolError:
             return False
         with self._cond:
-            invite = self._open.get(parsed.nameplate)
-            if invite is not None:
-                return parsed.kind == KIND_LONG or invite._short is not None
-            return parsed.nameplate in self._dead
+            return self._named(parsed) is not None
 
     def serve(self, pipe: Pipe, hello: bytes, joiner: PeerId, address: tuple[str, int]) -> None:
         """The inviter's side, on the link's thread; the caller closes ``pipe``."""
         parsed = InviteHello.decode(hello)
         with self._cond:
-            invite = self._open.get(parsed.nameplate)
-            dead = self._dead.get(parsed.nameplate)
-            refusal = dead.status if dead is not None else "used"
-            if invite is not None:
-                if invite._status != "open":
-                    refusal = "busy"
-                elif time.monotonic() >= invite._expires_mono:
+            invite = self._named(parsed)
+            refusal = _REFUSALS.get(invite._status if invite is not None else "paired", "")
+            if invite is not None and invite._status == "open":
+                if time.monotonic() >= invite._expires_mono:
                     self._finish(invite, "expired")
                     refusal = "expired"
                 else:
                     invite._status = "joining"  # claimed: from here on a failure burns it
-                    refusal = ""
-            if refusal == "paired":
-                refusal = "used"
         if invite is None or refusal:
             pipe.recv()  # the joiner's first message, read before the answer (no RST)
             pipe.send(encode_refusal(refusal))
@@ -392,7 +398,7 @@ class InviteBook:
         label = normalize_label(label)
         deadline = time.monotonic() + timeout_s
         targets = self._targets(parsed, deadline)
-        hello = InviteHello(parsed.kind, parsed.nameplate).encode()
+        hello = InviteHello.for_code(parsed).encode()
         failures = []
         for inviter, address in targets:
             try:
@@ -407,10 +413,10 @@ class InviteBook:
             if self._dials.closed:  # the node let go of its files: store nothing now
                 raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
-            log.info("joined invite %d: paired with %s%s", parsed.nameplate, inviter.short,
+            log.info("joined %s: paired with %s%s", _which(parsed), inviter.short,
                      f" as {stored!r}" if stored else "")
             if note:
-                log.warning("joined invite %d: %s: %s", parsed.nameplate, inviter.short, note)
+                log.warning("joined %s: %s: %s", _which(parsed), inviter.short, note)
             # Now a normal paired peer: dial it, so the first call finds a live link.
             self._connect(inviter, *address)
             self._wait_for_peer(inviter, max(0.0, deadline - time.monotonic()))
@@ -486,6 +492,17 @@ class InviteBook:
                 "joining would be a guess, and a wrong guess burns someone's invite. Ask "
                 "for a new code, or join with the long code", tuple(sorted(found)))
         return next(iter(found.items()))
+
+
+#: What a serve() tells a joiner about an invite in each status ("" for open: go on).
+_REFUSALS = {"open": "", "joining": "busy", "paired": "used", "burned": "burned",
+             "expired": "expired", "cancelled": "cancelled"}
+
+
+def _which(code: Code) -> str:
+    """The invite a code names, for logs: a short code's number (public), never a long
+    code's id (with it, anyone could burn the invite)."""
+    return f"invite {code.nameplate}" if isinstance(code, ShortCode) else "a long-code invite"
 
 
 def _pick_nameplate(taken: Iterable[int]) -> int:

@@ -451,8 +451,8 @@ class Node:
         source of this node announces (``discovery="udp"`` or ``"mdns"``): its number is
         in the announces while the invite is open, nothing else is; otherwise
         ``inv.short`` is None and the long code is the way. The long code holds this
-        node's id, port and ``addresses`` (default: the addresses it listens on) and a
-        128-bit secret; it is never logged. At most 4 invites are open at once. With
+        node's id, port and ``addresses`` (default: the addresses it listens on), the
+        invite's 64-bit id and a 128-bit secret; it is never logged. At most 4 invites are open at once. With
         discovery on, it first listens 0.3 s for the numbers of invites open nearby, so
         it picks another. Raises ValueError for a bad label, ``ttl_s`` or address.
         """
