@@ -18,7 +18,8 @@ Subcommands::
                                                     run a handler, print its JSON result
     peernet send ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     fire and forget, no reply
-    peernet invite [--label L] [--ttl S]            open a one-time invite, show its
+    peernet invite [--label L] [--ttl S] [--long-only]
+                                                    open a one-time invite, show its
                                                     codes, wait for the join (in the
                                                     running node, if one holds the dir)
     peernet join CODE [--label L] [--timeout S]     pair with the inviter in one step
@@ -1495,9 +1496,11 @@ def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
                       one_shot: bool) -> list[Discovery]:
     """The discovery ``invite`` and ``join`` run with: as configured (flags, then
     $PEERNET_DISCOVERY, then settings.toml), else UDP, for the command's lifetime, so
-    the short code works (``--discovery none``: the long code only)."""
+    the short code works (``--discovery none``: the long code only; ``invite
+    --long-only`` turns nothing on)."""
     lan = choose_lan(opts, data_dir)
-    if not lan and not _discovery_configured(opts, data_dir):
+    if not lan and not _discovery_configured(opts, data_dir) and not getattr(
+            opts, "long_only", False):
         targets = getattr(opts, "udp_target", None)
         lan = Lan(("udp",), tuple(getattr(opts, "interface", None) or ()) or None,
                   getattr(opts, "udp_port", None) or 4040,
@@ -1526,14 +1529,15 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
             raise CliError(f"{exc} (--port)") from None
         else:
             with node:
-                yield node.invite(label, opts.ttl)
+                yield node.invite(label, opts.ttl, short=not opts.long_only)
             return
     status = remote.status
     print(f"the invite is open in the node running on {data_dir} (pid {status.pid}, port "
           f"{status.port}); it answers the join" + (
-              "" if status.discovery else ", and runs no discovery: long code only"),
+              "" if status.discovery or opts.long_only
+              else ", and runs no discovery: long code only"),
           file=sys.stderr, flush=True)
-    yield remote.admin.invite(label, opts.ttl)
+    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only)
 
 
 def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
@@ -1550,6 +1554,8 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
                  "other machine run:")
         if invite.short:
             out.note(f"  peernet join {invite.short}        (same network)")
+        elif opts.long_only:
+            out.note("  (no short code: --long-only)")
         else:
             out.note("  (no short code: discovery is off, so nothing nearby can find it)")
         out.note(f"  peernet join {invite.long}   (any network)")
@@ -1745,14 +1751,19 @@ def _parser() -> argparse.ArgumentParser:
                 "machines are paired",
                 "example: peernet invite --label alice\n"
                 "         (the other machine runs: peernet join 7-amber-orbit)\n"
-                "discovery (udp unless configured; --discovery none: long code only) "
-                "announces\nthe invite's number, and nothing else about it, while it is "
-                "open.\nexit codes: 0 paired, 4 burned by a wrong code, 5 expired, 130 "
+                "discovery (udp unless configured; --discovery none or --long-only: long "
+                "code only)\nannounces the invite's number, and nothing else about it, "
+                "while it is open;\na short code is taken only from the networks it is "
+                "announced on.\nexit codes: 0 paired, 4 burned by a wrong code, 5 expired, 130 "
                 "cancelled")
     p.add_argument("--label", help="the name this machine proposes for itself (default: "
                    "its host name)")
     p.add_argument("--ttl", type=_positive_float, default=600.0,
                    help="seconds the invite stays open (default 600)")
+    p.add_argument("--long-only", action="store_true",
+                   help="no short code: only the long code can join (for a machine on "
+                        "another network, or a LAN you do not trust; a short code's 16 "
+                        "bits are for the same LAN)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     p.add_argument("--qr", action=argparse.BooleanOptionalAction, default=None,

@@ -213,12 +213,17 @@ class Admin:
         return bool(self._request("send", {"peer": _peer(peer_id), "name": name,
                                            "args": args}))
 
-    def invite(self, label: str | None = None, ttl_s: float = 600.0) -> RemoteInvite:
+    def invite(self, label: str | None = None, ttl_s: float = 600.0, *,
+               short: bool = True) -> RemoteInvite:
         """:meth:`Node.invite <peernet.Node.invite>` in the running node: it announces
-        the invite (with its own discovery: no short code if it runs none) and answers
-        the joiner. The returned :class:`RemoteInvite` shows the codes and waits."""
+        the invite (with its own discovery: no short code if it runs none, or with
+        ``short=False``) and answers the joiner. The returned :class:`RemoteInvite`
+        shows the codes and waits."""
         ttl = check_seconds("ttl_s", ttl_s)
-        found = self._request("invite", {"label": label, "ttl_s": ttl}, extra_s=1.0)
+        if type(short) is not bool:
+            raise TypeError(f"short must be True or False, got {short!r}")
+        found = self._request("invite", {"label": label, "ttl_s": ttl, "short": short},
+                              extra_s=1.0)
         return RemoteInvite(self, found)
 
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:

@@ -14,7 +14,9 @@ Rules (guides/security.md explains why each holds):
 - it expires after ``ttl_s``; ``Invite.cancel()`` and ``Node.close()`` end it too;
 - while it is open, an unpaired key that names it in handshake message 3 gets an
   invite-only link: no handler, one exchange, then the link closes; a key that names
-  no open invite is refused at message 3 as before;
+  no open invite is refused at message 3 as before. A short-code attempt (16 bits) is
+  taken only from the LAN the short code's number is announced on (the discovery
+  sources' ``on_lan``), a long-code attempt must name the invite's 64-bit id;
 - the long code's secret is never logged, and neither code is in any ``repr``;
 - each side stores the other under the label the other proposed (checked by the
   label rules; on a clash ``"label 2"`` and so on, and the note says so); an existing
@@ -161,7 +163,9 @@ class InviteBook:
 
     The node passes what it has as plain values and callables: its credentials and
     trust store, the timer thread, its listening port and addresses, what its
-    discovery can do (``carries_short``, ``hears_short``), and ``announce`` (tell
+    discovery can do (``carries_short``, ``hears_short``, ``on_lan``: is this source
+    address, which reached us at that local one, on a LAN we announce on?), and
+    ``announce`` (tell
     discovery the open nameplates changed), ``solicit`` (ask the LAN now),
     ``heard`` (nameplate -> announcers, from the discovery hints), ``connect`` and
     ``wait_for_peer`` (dial a freshly paired inviter as a normal peer).
@@ -170,6 +174,7 @@ class InviteBook:
     def __init__(self, *, credentials: LocalCredentials, trust: TrustStore, timers: Timers,
                  port: Callable[[], int], addresses: Callable[[], list[str]],
                  carries_short: Callable[[], bool], hears_short: Callable[[], bool],
+                 on_lan: Callable[[str, str], bool],
                  announce: Callable[[], None], solicit: Callable[[], None],
                  heard: Callable[[], dict[int, dict[PeerId, tuple[str, int]]]],
                  connect: Callable[[PeerId, str, int], None],
@@ -182,6 +187,7 @@ class InviteBook:
         self._addresses = addresses
         self._carries_short = carries_short
         self._hears_short = hears_short
+        self._on_lan = on_lan
         self._announce = announce
         self._solicit = solicit
         self._heard = heard
@@ -211,13 +217,15 @@ class InviteBook:
             return self._open.get(nameplate) or self._dead.get(nameplate)
 
     def open(self, label: str | None, ttl_s: float,
-             addresses: Sequence[str] | None = None) -> Invite:
+             addresses: Sequence[str] | None = None, short: bool = True) -> Invite:
         """Open an invite (see ``Node.invite``)."""
         label = normalize_label(label)  # TypeError / ValueError for a bad label
         if type(ttl_s) not in (int, float) or not 0 < ttl_s <= MAX_TTL_S:
             raise ValueError(f"ttl_s must be 0 < ttl_s <= {MAX_TTL_S:g} seconds, got {ttl_s!r}")
+        if type(short) is not bool:
+            raise TypeError(f"short must be True or False, got {short!r}")
         listed = list(addresses) if addresses is not None else self._addresses()
-        short_ok = self._carries_short()
+        short_ok = short and self._carries_short()
         if short_ok and self._hears_short():
             self._solicit()  # pick a number nobody nearby is showing right now
             time.sleep(_LOOK_AROUND_S)
@@ -235,13 +243,14 @@ class InviteBook:
                                 tuple(listed[:4]))
             except ValueError as exc:
                 raise ValueError(f"cannot make a long code: {exc}") from None
-            short = ShortCode.from_secret(nameplate, os.urandom(2)) if short_ok else None
-            invite = Invite(self, nameplate=nameplate, short=short, long=long, label=label,
+            short_code = ShortCode.from_secret(nameplate, os.urandom(2)) if short_ok else None
+            invite = Invite(self, nameplate=nameplate, short=short_code, long=long, label=label,
                             ttl_s=float(ttl_s))
             self._open[nameplate] = invite
             invite._timer = self._timers.call_later(ttl_s, lambda: self._expire(invite))
-        log.info("invite %d open for %g s%s", nameplate, ttl_s,
-                 "" if short_ok else " (long code only: no discovery source announces it)")
+        log.info("invite %d open for %g s%s", nameplate, ttl_s, "" if short_ok else
+                 " (long code only)" if not short else
+                 " (long code only: no discovery source announces it)")
         if short_ok:
             self._announce()
         return invite
@@ -318,13 +327,18 @@ class InviteBook:
                 return invite
         return None
 
-    def gate(self, peer: PeerId, hello: bytes) -> bool:
+    def gate(self, peer: PeerId, hello: bytes, source_ip: str, local_ip: str) -> bool:
         """Message 3 named an invite: let the key in (invite-only) if that invite is
-        open, or is one we can tell a late joiner about. Any other hello touches no
-        invite: the handshake ends at message 3."""
+        open, or is one we can tell a late joiner about, and, for a short-code hello
+        (16 bits), only if ``source_ip`` is on a LAN its number is announced on. Any
+        other hello touches no invite: the handshake ends at message 3."""
         try:
             parsed = InviteHello.decode(hello)
         except ProtocolError:
+            return False
+        if parsed.kind == KIND_SHORT and not self._on_lan(source_ip, local_ip):
+            log.info("refused a short-code attempt from %s: not on a LAN this node "
+                     "announces on", source_ip)
             return False
         with self._cond:
             return self._named(parsed) is not None

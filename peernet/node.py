@@ -439,7 +439,7 @@ class Node:
     # -- invites (issue 21) ------------------------------------------------------------------
 
     def invite(self, label: str | None = None, ttl_s: float = 600.0, *,
-               addresses: Iterable[str] | None = None) -> Invite:
+               addresses: Iterable[str] | None = None, short: bool = True) -> Invite:
         """Open a one-time invite and return it: show ``inv.short`` (``"7-amber-orbit"``,
         same LAN) or ``inv.long`` (``"pninv1..."``, any network) to the other person,
         who runs :meth:`join` (or ``peernet join CODE``) with it; ``inv.wait()`` returns
@@ -448,16 +448,21 @@ class Node:
         ``label`` is the name this node proposes for itself (the joiner stores it under
         that label). The invite is used at most once, a failed attempt burns it, and it
         expires after ``ttl_s`` seconds. The short code exists only when a discovery
-        source of this node announces (``discovery="udp"`` or ``"mdns"``): its number is
-        in the announces while the invite is open, nothing else is; otherwise
-        ``inv.short`` is None and the long code is the way. The long code holds this
-        node's id, port and ``addresses`` (default: the addresses it listens on), the
-        invite's 64-bit id and a 128-bit secret; it is never logged. At most 4 invites are open at once. With
-        discovery on, it first listens 0.3 s for the numbers of invites open nearby, so
-        it picks another. Raises ValueError for a bad label, ``ttl_s`` or address.
+        source of this node announces (``discovery="udp"`` or ``"mdns"``) and ``short``
+        is True: its number is in the announces while the invite is open, nothing else
+        is, and a short-code attempt is taken only from the LANs those announces reach
+        (16 bits: a guesser far away must not get a try). Otherwise ``inv.short`` is
+        None and the long code is the way; ``short=False`` asks for that (an invite for
+        a machine elsewhere, or a LAN you do not trust). The long code holds this node's
+        id, port and ``addresses`` (default: the addresses it listens on), the invite's
+        64-bit id and a 128-bit secret; it is never logged. At most 4 invites are open
+        at once. With a short code, it first listens 0.3 s for the numbers of invites
+        open nearby, so it picks another. Raises ValueError for a bad label, ``ttl_s``
+        or address.
         """
         self._check_open()
-        return self._invites.open(label, ttl_s, None if addresses is None else list(addresses))
+        return self._invites.open(label, ttl_s, None if addresses is None else list(addresses),
+                                  short)
 
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
         """Join the invite ``code`` names; return the inviter's PeerId once both sides
@@ -490,6 +495,16 @@ class Node:
         def can(attribute: str) -> Callable[[], bool]:
             return lambda: any(getattr(s, attribute, False) for s in self._discoveries)
 
+        def on_lan(source_ip: str, local_ip: str) -> bool:
+            """Is that address on a LAN where a source announces short codes? (A source
+            without ``on_lan`` takes no short-code attempts.)"""
+            for source in self._discoveries:
+                check = getattr(source, "on_lan", None)
+                if getattr(source, "carries_invites", False) and check is not None and (
+                        check(source_ip, local_ip)):
+                    return True
+            return False
+
         def announce() -> None:
             for source in self._discoveries:
                 source.announce()
@@ -498,7 +513,7 @@ class Node:
             credentials=credentials, trust=self.trust, timers=self._timers,
             port=lambda: self.port, addresses=addresses,
             carries_short=can("carries_invites"), hears_short=can("hears_invites"),
-            announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
+            on_lan=on_lan, announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
             connect=self.connect,
             # After a join: wait for the dial just started, not for the whole timeout.
             wait_for_peer=lambda pid, timeout_s: self._registry.wait_for_link(

@@ -65,6 +65,24 @@ def test_invite_without_discovery_offers_the_long_code_only(tmp_path):
         proc.stop()
 
 
+def test_invite_long_only_offers_no_short_code_even_with_discovery(tmp_path):
+    """`peernet invite --long-only`: no short code, also with discovery configured (its
+    16 bits are for a LAN you trust); the long code joins as ever."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    disc_a, _ = udp_pair()
+    proc = invite(a, "--long-only", "--discovery", "udp", "--label", "far away", *disc_a)
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        proc.expect("no short code: --long-only", stream="err")
+        out = run("--data-dir", str(b), "join", long, "--label", "here")
+        assert out.returncode == 0, out.stderr
+        proc.expect(r"^paired with here ")
+        assert proc.wait() == 0
+        assert not any(line.startswith("short code") for line in proc.seen["out"])
+    finally:
+        proc.stop()
+
+
 def test_a_wrong_code_fails_both_commands_with_exit_4(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     disc_a, disc_b = udp_pair()
