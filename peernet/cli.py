@@ -1469,6 +1469,8 @@ class InviteLike(Protocol):
     @property
     def long(self) -> str: ...
     @property
+    def inviter(self) -> PeerId: ...
+    @property
     def expires_at(self) -> float: ...
     @property
     def peer_label(self) -> str | None: ...
@@ -1550,8 +1552,10 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
         if invite.short:
             out.line(f"short code: {invite.short}")
         out.line(f"long code: {invite.long}")
-        out.note(f"invite open for {minutes:.0f} min (until {until}), for one use; on the "
-                 "other machine run:")
+        out.line(f"inviter id: {invite.inviter.short}")
+        out.note(f"invite open for {minutes:.0f} min (until {until}), for one use; a join "
+                 f"error that names another id than {invite.inviter.short} reached another "
+                 "node. On the other machine run:")
         if invite.short:
             out.note(f"  peernet join {invite.short}        (same network)")
         elif opts.long_only:

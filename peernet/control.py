@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 from ._addresses import check_host
 from ._io import lifecycle
+from ._proto.invite import LongCode, parse_code
 from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path
 from ._proto.control import (
     MAX_REQUEST_BYTES,
@@ -337,9 +338,9 @@ class Admin:
 
 class RemoteInvite:
     """An invite a running node opened for this client (:meth:`Admin.invite`): the same
-    ``short``, ``long``, ``expires_at``, ``nameplate``, ``wait()`` and ``cancel()`` as a
-    :class:`peernet.Invite`, and, once someone joined, ``peer``, ``peer_label`` and
-    ``note``. The node holds the invite: a client that goes away leaves it open until
+    ``short``, ``long``, ``inviter``, ``expires_at``, ``nameplate``, ``wait()`` and
+    ``cancel()`` as a :class:`peernet.Invite`, and, once someone joined, ``peer``,
+    ``peer_label`` and ``note``. The node holds the invite: a client that goes away leaves it open until
     it is used, cancelled or expires."""
 
     def __init__(self, admin: Admin, found: dict[str, Any]) -> None:
@@ -352,6 +353,13 @@ class RemoteInvite:
         self.peer: PeerId | None = None
         self.peer_label: str | None = None
         self.note: str | None = None
+
+    @property
+    def inviter(self) -> PeerId:
+        """The running node's id, as the long code holds it."""
+        code = parse_code(self.long)
+        assert isinstance(code, LongCode)
+        return code.inviter
 
     def wait(self, timeout: float | None = None) -> PeerId:
         """Wait until someone joins; raises as :meth:`peernet.Invite.wait` does."""

@@ -101,7 +101,8 @@ class Invite:
 
     ``short`` (``"7-amber-orbit"``, or None when no discovery source of the node can
     announce it) and ``long`` (``"pninv1..."``, works across networks) are the codes to
-    show the other person; ``expires_at`` is a Unix time. ``status`` is ``"open"``,
+    show the other person, with ``inviter`` (this node's id: a joiner whose error names
+    another id reached another node); ``expires_at`` is a Unix time. ``status`` is ``"open"``,
     ``"joining"`` (an exchange is running), ``"paired"``, ``"burned"`` (a failed
     attempt), ``"expired"`` or ``"cancelled"``. Once paired, ``peer`` is the joiner's
     id and ``peer_label`` the label it is stored under here (``note`` says why, when
@@ -135,6 +136,11 @@ class Invite:
         invite's 64-bit id (a long-code attempt must name it) and a 128-bit one-time
         secret. Treat it like a password until it is used."""
         return self._long.text
+
+    @property
+    def inviter(self) -> PeerId:
+        """This node's id, as the long code holds it: show it next to the codes."""
+        return self._long.inviter
 
     @property
     def status(self) -> str:
@@ -536,8 +542,9 @@ def _answered(code: Code, inviter: PeerId, address: tuple[str, int], exc: Except
     if isinstance(code, LongCode):
         return f"{inviter.short}: {exc}"
     return (f"{inviter.short} at {address[0]}, which announces invite {code.nameplate}, "
-            f"answered: {exc}. If that is not the inviter's id (`peernet id` there), "
-            "another node answered for it and the invite is untouched: use the long code")
+            f"answered: {exc}. If that is not the inviter's id (`peernet invite` shows it "
+            "next to the codes), another node answered for it and the invite is untouched: "
+            "use the long code")
 
 
 def _is_peer_id(text: str) -> bool:
