@@ -878,7 +878,7 @@ def _load_nearby(data_dir: Path) -> tuple[float, list[dict[str, Any]]]:
         raw = read_private_file(path, max_bytes=1024 * 1024, error=ValueError,
                                 forbidden_mode=0o022, what="nearby list")
         data = json.loads(raw)
-        entries = [{"id": PeerId.parse(e["id"]), "address": (str(e["address"][0]),
+        entries = [{"id": PeerId.parse(e["id"]), "address": (check_host(e["address"][0]),
                                                             int(e["address"][1])),
                     "via": str(e["via"]), "last_seen": float(e["last_seen"])}
                    for e in data["entries"]]
@@ -1027,8 +1027,7 @@ def cmd_id(opts: argparse.Namespace, data_dir: Path) -> int:
 def _confirm_nearby(entry: dict[str, Any], yes: bool) -> None:
     """Show the full id of the picked nearby entry; go on only once the user says so."""
     print(f"nearby: {entry['id']}\n  at {_shown_address(entry['address'])} via "
-          f"{entry['via']}, heard "
-          f"{_ago(entry['last_seen'])}", flush=True)
+          f"{_printable(entry['via'])}, heard {_ago(entry['last_seen'])}", flush=True)
     print("check that this is the id `peernet id` shows on that machine", flush=True)
     if yes:
         return

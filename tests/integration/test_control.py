@@ -541,9 +541,9 @@ _HOSTILE_HOSTS = ["\x00bad", "pi\x1b[2J", "fe80::1%\x1b[31m", "fe80::1%eth 0", "
 @pytest.mark.timeout(30)
 def test_every_way_to_give_a_host_refuses_control_characters(tmp_path):
     """node.connect, peernet.admin().connect (and its request sent raw, so the node's own
-    check is what refuses it), --to HOST:PORT, a UDP target, the listen host and a
-    remembered address all go through one check: a host reaches list_peers, `peernet
-    peers` and log lines, so nothing in it may drive a terminal (an IPv6 scope id
+    check is what refuses it), --to HOST:PORT, a UDP target, the listen host, a
+    remembered address and the nearby list all go through one check: a host reaches
+    list_peers, `peernet peers` and log lines, so nothing in it may drive a terminal (an IPv6 scope id
     included: ipaddress takes any text after the %)."""
     from peernet.cli import CliError, parse_address
 
@@ -572,5 +572,12 @@ def test_every_way_to_give_a_host_refuses_control_characters(tmp_path):
         "address": ["\x1b]0;owned\x07", 7777], "last_seen": None}}}))
     book.chmod(0o600)
     from peernet._addresses import AddressBook
+    from peernet.cli import NEARBY_FILE_NAME, _load_nearby
 
     assert AddressBook.load(tmp_path / "n").items() == []  # corrupt: not used
+    nearby = tmp_path / "n" / NEARBY_FILE_NAME
+    nearby.write_text(json.dumps({"version": 1, "at": 0, "entries": [{
+        "id": str(peer), "address": ["pi\x1b[2J", 7777], "via": "udp", "last_seen": 0}]}))
+    nearby.chmod(0o600)
+    with pytest.raises(CliError, match="unreadable nearby list"):
+        _load_nearby(tmp_path / "n")
