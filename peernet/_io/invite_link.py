@@ -218,7 +218,8 @@ def dial_invite(credentials: LocalCredentials, address: tuple[str, int], *,
                 if session.state is SessionState.AWAITING_READY:
                     raise InviteRejected(
                         f"{expected.short} refused the invite: it has no open invite that "
-                        "the code names (used, burned, expired, cancelled, or never made)")
+                        "the code names (used, burned, expired, cancelled, or never made; "
+                        "a short code is taken only from the inviter's own network)")
                 raise ConnectionLost("the inviter closed the connection during the handshake")
             for event in session.receive_data(memoryview(buf)[:n]):
                 if isinstance(event, SessionClosed):  # e.g. someone else answers there
