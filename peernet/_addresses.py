@@ -21,7 +21,6 @@ here: a wrong address only makes a dial fail its handshake.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -32,48 +31,20 @@ from typing import Any
 
 from . import _fs
 from .errors import InvalidPeerId, TrustStoreError
+from ._text import check_host
 from .ids import PeerId
 
-__all__ = ["ADDRESS_FILE_NAME", "AddressBook", "Remembered", "check_host"]
+__all__ = ["ADDRESS_FILE_NAME", "AddressBook", "Remembered"]
 
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE_NAME = "addresses.json"
 _FORMAT_VERSION = 1
 _MAX_FILE_BYTES = 1024 * 1024
-#: A DNS name is at most 253 characters; an IPv6 address with a scope id is shorter.
-_MAX_HOST_CHARS = 253
 
 
 class _Corrupt(Exception):
     pass
-
-
-def check_host(host: object) -> str:
-    """``host`` if it is a host name or IP address to dial, else ValueError.
-
-    The one check for a host a person (``Node.connect``, ``peernet.admin``, ``--to``,
-    a UDP target) or a file hands over: no port, brackets or slash, and nothing a
-    terminal or log would act on (no control, format or separator characters, also
-    not in an IPv6 scope id, which ``ipaddress`` takes as it comes). A host is shown
-    in ``list_peers()``, ``peernet peers`` and log lines, so it must be plain text.
-    """
-    if type(host) is not str or not host:
-        raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
-    if len(host) > _MAX_HOST_CHARS or not host.isprintable() or " " in host:
-        raise ValueError(f"host must be a host name or IP address of at most "
-                         f"{_MAX_HOST_CHARS} printable characters without spaces, "
-                         f"got {host!r:.80}")
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    if ":" in host or "[" in host or "/" in host:
-        raise ValueError(
-            f"host must be a host name or IP address without a port, got {host!r:.80}; "
-            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
-    return host
 
 
 @dataclass(frozen=True, slots=True)

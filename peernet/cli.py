@@ -132,7 +132,8 @@ from .ids import PeerId
 from .node import Node, default_data_dir
 from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
-from ._addresses import AddressBook, check_host
+from ._addresses import AddressBook
+from ._text import check_host
 from ._io.netmon import LocalAddress, host_interfaces
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable

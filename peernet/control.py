@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._addresses import check_host
+from ._text import check_host
 from ._io import lifecycle
 from ._proto.invite import LongCode, parse_code
 from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path

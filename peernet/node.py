@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
-from ._addresses import AddressBook, check_host
+from ._addresses import AddressBook
+from ._text import check_host
 from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (

@@ -40,7 +40,7 @@ from .._proto.announce import (
     is_solicitation,
     next_counter,
 )
-from .._addresses import check_host
+from .._text import check_host
 from .._io.netmon import host_interfaces, normalize_ip, on_subnet
 
 if TYPE_CHECKING:
