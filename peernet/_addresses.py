@@ -31,6 +31,7 @@ from typing import Any
 
 from . import _fs
 from .errors import InvalidPeerId, TrustStoreError
+from ._text import check_host
 from .ids import PeerId
 
 __all__ = ["ADDRESS_FILE_NAME", "AddressBook", "Remembered"]
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 ADDRESS_FILE_NAME = "addresses.json"
 _FORMAT_VERSION = 1
 _MAX_FILE_BYTES = 1024 * 1024
-_MAX_HOST_CHARS = 255
 
 
 class _Corrupt(Exception):
@@ -167,10 +167,9 @@ def _address(value: Any) -> tuple[str, int] | None:
     if value is None:
         return None
     host, port = value
-    if (not isinstance(host, str) or not 0 < len(host) <= _MAX_HOST_CHARS
-            or not host.isprintable() or type(port) is not int or not 0 < port <= 0xFFFF):
+    if type(port) is not int or not 0 < port <= 0xFFFF:
         raise ValueError("bad address")
-    return host, port
+    return check_host(host), port
 
 
 def _time(value: Any) -> float | None:

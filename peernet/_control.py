@@ -180,8 +180,8 @@ class ControlOps:
     # (``peernet invite`` in another terminal) shows the codes and waits.
 
     def _invite(self, session: Session, label: str | None = None,
-                ttl_s: float = 600.0) -> dict[str, Any]:
-        invite = self._node.invite(label, ttl_s)
+                ttl_s: float = 600.0, short: bool = True) -> dict[str, Any]:
+        invite = self._node.invite(label, ttl_s, short=short)
         return {"nameplate": invite.nameplate, "short": invite.short, "long": invite.long,
                 "expires_at": invite.expires_at, "status": invite.status}
 

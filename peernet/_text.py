@@ -6,14 +6,17 @@ the screen, forge a whole log line (a newline), or reorder what is shown (bidi
 overrides). Everything here escapes exactly the characters that can do that: C0 and
 C1 controls (category Cc, which includes ESC, BEL, CSI U+009B, line breaks), format
 characters (Cf: zero-width joiners, bidi controls, tag characters, the soft hyphen),
-line and paragraph separators, and lone surrogates.
+line and paragraph separators, and lone surrogates. :func:`check_host` keeps such
+text out of host names in the first place (a host is shown wherever a peer's address
+is).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import unicodedata
 
-__all__ = ["escape", "escape_json", "escape_lines", "is_risky"]
+__all__ = ["check_host", "escape", "escape_json", "escape_lines", "is_risky"]
 
 _RISKY = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -54,3 +57,34 @@ def escape_json(text: str) -> str:
         else:
             out.append(f"\\u{code:04x}")
     return "".join(out)
+
+
+#: A DNS name is at most 253 characters; an IPv6 address with a scope id is shorter.
+_MAX_HOST_CHARS = 253
+
+
+def check_host(host: object) -> str:
+    """``host`` if it is a host name or IP address to dial, else ValueError.
+
+    The one check for a host a person (``Node.connect``, ``peernet.admin``, ``--to``,
+    a UDP target) or a file hands over: no port, brackets or slash, and nothing a
+    terminal or log would act on (no control, format or separator characters, also
+    not in an IPv6 scope id, which ``ipaddress`` takes as it comes). A host is shown
+    in ``list_peers()``, ``peernet peers`` and log lines, so it must be plain text.
+    """
+    if type(host) is not str or not host:
+        raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
+    if len(host) > _MAX_HOST_CHARS or not host.isprintable() or " " in host:
+        raise ValueError(f"host must be a host name or IP address of at most "
+                         f"{_MAX_HOST_CHARS} printable characters without spaces, "
+                         f"got {host!r:.80}")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if ":" in host or "[" in host or "/" in host:
+        raise ValueError(
+            f"host must be a host name or IP address without a port, got {host!r:.80}; "
+            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
+    return host

@@ -18,7 +18,8 @@ Subcommands::
                                                     run a handler, print its JSON result
     peernet send ID HANDLER [JSON] [--to HOST:PORT] [--timeout S]
                                                     fire and forget, no reply
-    peernet invite [--label L] [--ttl S]            open a one-time invite, show its
+    peernet invite [--label L] [--ttl S] [--long-only]
+                                                    open a one-time invite, show its
                                                     codes, wait for the join (in the
                                                     running node, if one holds the dir)
     peernet join CODE [--label L] [--timeout S]     pair with the inviter in one step
@@ -133,6 +134,7 @@ from .node import Node, default_data_dir
 from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
+from ._text import check_host
 from ._io.netmon import LocalAddress, host_interfaces
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
@@ -251,7 +253,10 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
         raise CliError(f"bad address {text!r}: expected HOST:PORT, e.g. 192.168.1.10:7777 "
                        "or [::1]:7777", EXIT_USAGE)
-    return host, int(port_text)
+    try:
+        return check_host(host), int(port_text)
+    except ValueError as exc:
+        raise CliError(f"bad address: {exc}", EXIT_USAGE) from None
 
 
 def _from_json_object(obj: dict[str, Any]) -> Any:
@@ -304,6 +309,12 @@ def dump_json(value: Any) -> str:
 
 
 _printable = escape  # chat lines and labels: peer text, safe for a terminal
+
+
+def _shown_address(address: tuple[str, int] | list[Any]) -> str:
+    """``host:port`` for a terminal: a host came from a file, another process or a
+    discovery packet, so it is escaped even though every way in checks it."""
+    return f"{_printable(str(address[0]))}:{address[1]}"
 
 
 # --- output ------------------------------------------------------------------------
@@ -669,7 +680,7 @@ def _unreachable_hint(node: _Live) -> str:
 
 
 def _unreachable(node: _Live, pid: PeerId, address: tuple[str, int]) -> str:
-    return (f"could not reach {_name(pid, node.trust)} at {address[0]}:{address[1]} "
+    return (f"could not reach {_name(pid, node.trust)} at {_shown_address(address)} "
             + _unreachable_hint(node))
 
 
@@ -862,7 +873,7 @@ def _load_nearby(data_dir: Path) -> tuple[float, list[dict[str, Any]]]:
         raw = read_private_file(path, max_bytes=1024 * 1024, error=ValueError,
                                 forbidden_mode=0o022, what="nearby list")
         data = json.loads(raw)
-        entries = [{"id": PeerId.parse(e["id"]), "address": (str(e["address"][0]),
+        entries = [{"id": PeerId.parse(e["id"]), "address": (check_host(e["address"][0]),
                                                             int(e["address"][1])),
                     "via": str(e["via"]), "last_seen": float(e["last_seen"])}
                    for e in data["entries"]]
@@ -1010,9 +1021,8 @@ def cmd_id(opts: argparse.Namespace, data_dir: Path) -> int:
 
 def _confirm_nearby(entry: dict[str, Any], yes: bool) -> None:
     """Show the full id of the picked nearby entry; go on only once the user says so."""
-    host, port = entry["address"]
-    print(f"nearby: {entry['id']}\n  at {host}:{port} via {entry['via']}, heard "
-          f"{_ago(entry['last_seen'])}", flush=True)
+    print(f"nearby: {entry['id']}\n  at {_shown_address(entry['address'])} via "
+          f"{_printable(entry['via'])}, heard {_ago(entry['last_seen'])}", flush=True)
     print("check that this is the id `peernet id` shows on that machine", flush=True)
     if yes:
         return
@@ -1094,7 +1104,7 @@ def _table(peers: list[Peer]) -> str:
             _printable(p.label) if p.label else "-",
             p.id.short,
             p.status,
-            f"{p.address[0]}:{p.address[1]}" if p.address else "-",
+            _shown_address(p.address) if p.address else "-",
             _ago(p.last_seen),
             f"{p.rtt * 1000:.1f} ms" if p.rtt is not None else "-",
         ))
@@ -1218,7 +1228,7 @@ def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
         return EXIT_UNREACHABLE
     table = [("#", "ID", "ADDRESS", "VIA", "AGE")]
     for i, row in enumerate(rows, 1):
-        table.append((str(i), row["id"][:15] + "…", f"{row['address'][0]}:{row['address'][1]}",
+        table.append((str(i), row["id"][:15] + "…", _shown_address(row["address"]),
                       row["via"], _ago(row["last_seen"])))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
@@ -1327,11 +1337,11 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
             remembered = _remembered(node, pid) if remote is None else None
             if address is None and (lan or remembered or remote is not None):
                 if not _reach(node, pid, None, opts.wait, lambda: bool(stop)) and not stop:
-                    host, port = remembered or ("?", 0)
                     out.note((_not_found(node, pid, lan, opts.wait) if lan else
                               f"{name} is not online yet" if remote is not None else
                               f"could not reach {name} at its remembered address "
-                              f"{host}:{port}") + "; will keep trying.")
+                              f"{_shown_address(remembered or ('?', 0))}")
+                             + "; will keep trying.")
             elif address is None:
                 out.note(f"waiting for {name} to connect to port {node.port} "
                          f"(it runs: peernet chat {node.id} --to THIS_HOST:{node.port})")
@@ -1403,7 +1413,7 @@ def _unreachable_without_to(node: _Live, pid: PeerId, lan: Lan | None,
     if remembered is None:  # the running node knows no address either
         return _no_address(pid, node.trust)
     return CliError(f"could not reach {_name(pid, node.trust)} at its remembered address "
-                    f"{remembered[0]}:{remembered[1]}: give --to HOST:PORT, or turn on "
+                    f"{_shown_address(remembered)}: give --to HOST:PORT, or turn on "
                     "discovery (--discovery udp, or PEERNET_DISCOVERY=udp)", EXIT_UNREACHABLE)
 
 
@@ -1453,6 +1463,8 @@ class InviteLike(Protocol):
     @property
     def long(self) -> str: ...
     @property
+    def inviter(self) -> PeerId: ...
+    @property
     def expires_at(self) -> float: ...
     @property
     def peer_label(self) -> str | None: ...
@@ -1480,9 +1492,11 @@ def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
                       one_shot: bool) -> list[Discovery]:
     """The discovery ``invite`` and ``join`` run with: as configured (flags, then
     $PEERNET_DISCOVERY, then settings.toml), else UDP, for the command's lifetime, so
-    the short code works (``--discovery none``: the long code only)."""
+    the short code works (``--discovery none``: the long code only; ``invite
+    --long-only`` turns nothing on)."""
     lan = choose_lan(opts, data_dir)
-    if not lan and not _discovery_configured(opts, data_dir):
+    if not lan and not _discovery_configured(opts, data_dir) and not getattr(
+            opts, "long_only", False):
         targets = getattr(opts, "udp_target", None)
         lan = Lan(("udp",), tuple(getattr(opts, "interface", None) or ()) or None,
                   getattr(opts, "udp_port", None) or 4040,
@@ -1511,14 +1525,15 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
             raise CliError(f"{exc} (--port)") from None
         else:
             with node:
-                yield node.invite(label, opts.ttl)
+                yield node.invite(label, opts.ttl, short=not opts.long_only)
             return
     status = remote.status
     print(f"the invite is open in the node running on {data_dir} (pid {status.pid}, port "
           f"{status.port}); it answers the join" + (
-              "" if status.discovery else ", and runs no discovery: long code only"),
+              "" if status.discovery or opts.long_only
+              else ", and runs no discovery: long code only"),
           file=sys.stderr, flush=True)
-    yield remote.admin.invite(label, opts.ttl)
+    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only)
 
 
 def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
@@ -1531,10 +1546,14 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
         if invite.short:
             out.line(f"short code: {invite.short}")
         out.line(f"long code: {invite.long}")
-        out.note(f"invite open for {minutes:.0f} min (until {until}), for one use; on the "
-                 "other machine run:")
+        out.line(f"inviter id: {invite.inviter.short}")
+        out.note(f"invite open for {minutes:.0f} min (until {until}), for one use; a join "
+                 f"error that names another id than {invite.inviter.short} reached another "
+                 "node. On the other machine run:")
         if invite.short:
             out.note(f"  peernet join {invite.short}        (same network)")
+        elif opts.long_only:
+            out.note("  (no short code: --long-only)")
         else:
             out.note("  (no short code: discovery is off, so nothing nearby can find it)")
         out.note(f"  peernet join {invite.long}   (any network)")
@@ -1730,14 +1749,19 @@ def _parser() -> argparse.ArgumentParser:
                 "machines are paired",
                 "example: peernet invite --label alice\n"
                 "         (the other machine runs: peernet join 7-amber-orbit)\n"
-                "discovery (udp unless configured; --discovery none: long code only) "
-                "announces\nthe invite's number, and nothing else about it, while it is "
-                "open.\nexit codes: 0 paired, 4 burned by a wrong code, 5 expired, 130 "
+                "discovery (udp unless configured; --discovery none or --long-only: long "
+                "code only)\nannounces the invite's number, and nothing else about it, "
+                "while it is open;\na short code is taken only from the networks it is "
+                "announced on.\nexit codes: 0 paired, 4 burned by a wrong code, 5 expired, 130 "
                 "cancelled")
     p.add_argument("--label", help="the name this machine proposes for itself (default: "
                    "its host name)")
     p.add_argument("--ttl", type=_positive_float, default=600.0,
                    help="seconds the invite stays open (default 600)")
+    p.add_argument("--long-only", action="store_true",
+                   help="no short code: only the long code can join (for a machine on "
+                        "another network, or a LAN you do not trust; a short code's 16 "
+                        "bits are for the same LAN)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     p.add_argument("--qr", action=argparse.BooleanOptionalAction, default=None,

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._text import check_host
 from ._io import lifecycle
+from ._proto.invite import LongCode, parse_code
 from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path
 from ._proto.control import (
     MAX_REQUEST_BYTES,
@@ -185,8 +187,7 @@ class Admin:
 
     def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
         """:meth:`Node.connect <peernet.Node.connect>`: remember the address, dial now."""
-        if type(host) is not str:
-            raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
+        host = check_host(host)  # the node checks it again: the same check
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
         self._request("connect", {"peer": _peer(peer_id), "host": host, "port": port})
@@ -213,12 +214,17 @@ class Admin:
         return bool(self._request("send", {"peer": _peer(peer_id), "name": name,
                                            "args": args}))
 
-    def invite(self, label: str | None = None, ttl_s: float = 600.0) -> RemoteInvite:
+    def invite(self, label: str | None = None, ttl_s: float = 600.0, *,
+               short: bool = True) -> RemoteInvite:
         """:meth:`Node.invite <peernet.Node.invite>` in the running node: it announces
-        the invite (with its own discovery: no short code if it runs none) and answers
-        the joiner. The returned :class:`RemoteInvite` shows the codes and waits."""
+        the invite (with its own discovery: no short code if it runs none, or with
+        ``short=False``) and answers the joiner. The returned :class:`RemoteInvite`
+        shows the codes and waits."""
         ttl = check_seconds("ttl_s", ttl_s)
-        found = self._request("invite", {"label": label, "ttl_s": ttl}, extra_s=1.0)
+        if type(short) is not bool:
+            raise TypeError(f"short must be True or False, got {short!r}")
+        found = self._request("invite", {"label": label, "ttl_s": ttl, "short": short},
+                              extra_s=1.0)
         return RemoteInvite(self, found)
 
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
@@ -332,9 +338,9 @@ class Admin:
 
 class RemoteInvite:
     """An invite a running node opened for this client (:meth:`Admin.invite`): the same
-    ``short``, ``long``, ``expires_at``, ``nameplate``, ``wait()`` and ``cancel()`` as a
-    :class:`peernet.Invite`, and, once someone joined, ``peer``, ``peer_label`` and
-    ``note``. The node holds the invite: a client that goes away leaves it open until
+    ``short``, ``long``, ``inviter``, ``expires_at``, ``nameplate``, ``wait()`` and
+    ``cancel()`` as a :class:`peernet.Invite`, and, once someone joined, ``peer``,
+    ``peer_label`` and ``note``. The node holds the invite: a client that goes away leaves it open until
     it is used, cancelled or expires."""
 
     def __init__(self, admin: Admin, found: dict[str, Any]) -> None:
@@ -347,6 +353,13 @@ class RemoteInvite:
         self.peer: PeerId | None = None
         self.peer_label: str | None = None
         self.note: str | None = None
+
+    @property
+    def inviter(self) -> PeerId:
+        """The running node's id, as the long code holds it."""
+        code = parse_code(self.long)
+        assert isinstance(code, LongCode)
+        return code.inviter
 
     def wait(self, timeout: float | None = None) -> PeerId:
         """Wait until someone joins; raises as :meth:`peernet.Invite.wait` does."""

@@ -14,7 +14,9 @@ Rules (guides/security.md explains why each holds):
 - it expires after ``ttl_s``; ``Invite.cancel()`` and ``Node.close()`` end it too;
 - while it is open, an unpaired key that names it in handshake message 3 gets an
   invite-only link: no handler, one exchange, then the link closes; a key that names
-  no open invite is refused at message 3 as before;
+  no open invite is refused at message 3 as before. A short-code attempt (16 bits) is
+  taken only from the LAN the short code's number is announced on (the discovery
+  sources' ``on_lan``), a long-code attempt must name the invite's 64-bit id;
 - the long code's secret is never logged, and neither code is in any ``repr``;
 - each side stores the other under the label the other proposed (checked by the
   label rules; on a clash ``"label 2"`` and so on, and the note says so); an existing
@@ -23,6 +25,8 @@ Rules (guides/security.md explains why each holds):
 
 from __future__ import annotations
 
+import hmac
+import itertools
 import logging
 import os
 import threading
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ._proto.invite import (
-    KIND_LONG,
+    INVITE_ID_LEN,
     KIND_SHORT,
     MAX_NAMEPLATE,
     Code,
@@ -97,7 +101,8 @@ class Invite:
 
     ``short`` (``"7-amber-orbit"``, or None when no discovery source of the node can
     announce it) and ``long`` (``"pninv1..."``, works across networks) are the codes to
-    show the other person; ``expires_at`` is a Unix time. ``status`` is ``"open"``,
+    show the other person, with ``inviter`` (this node's id: a joiner whose error names
+    another id reached another node); ``expires_at`` is a Unix time. ``status`` is ``"open"``,
     ``"joining"`` (an exchange is running), ``"paired"``, ``"burned"`` (a failed
     attempt), ``"expired"`` or ``"cancelled"``. Once paired, ``peer`` is the joiner's
     id and ``peer_label`` the label it is stored under here (``note`` says why, when
@@ -127,9 +132,15 @@ class Invite:
 
     @property
     def long(self) -> str:
-        """The long code (any network): the inviter's id, addresses, port and a
-        128-bit one-time secret. Treat it like a password until it is used."""
+        """The long code (any network): the inviter's id, addresses and port, the
+        invite's 64-bit id (a long-code attempt must name it) and a 128-bit one-time
+        secret. Treat it like a password until it is used."""
         return self._long.text
+
+    @property
+    def inviter(self) -> PeerId:
+        """This node's id, as the long code holds it: show it next to the codes."""
+        return self._long.inviter
 
     @property
     def status(self) -> str:
@@ -158,7 +169,9 @@ class InviteBook:
 
     The node passes what it has as plain values and callables: its credentials and
     trust store, the timer thread, its listening port and addresses, what its
-    discovery can do (``carries_short``, ``hears_short``), and ``announce`` (tell
+    discovery can do (``carries_short``, ``hears_short``, ``on_lan``: is this source
+    address, which reached us at that local one, on a LAN we announce on?), and
+    ``announce`` (tell
     discovery the open nameplates changed), ``solicit`` (ask the LAN now),
     ``heard`` (nameplate -> announcers, from the discovery hints), ``connect`` and
     ``wait_for_peer`` (dial a freshly paired inviter as a normal peer).
@@ -167,6 +180,7 @@ class InviteBook:
     def __init__(self, *, credentials: LocalCredentials, trust: TrustStore, timers: Timers,
                  port: Callable[[], int], addresses: Callable[[], list[str]],
                  carries_short: Callable[[], bool], hears_short: Callable[[], bool],
+                 on_lan: Callable[[str, str], bool],
                  announce: Callable[[], None], solicit: Callable[[], None],
                  heard: Callable[[], dict[int, dict[PeerId, tuple[str, int]]]],
                  connect: Callable[[PeerId, str, int], None],
@@ -179,6 +193,7 @@ class InviteBook:
         self._addresses = addresses
         self._carries_short = carries_short
         self._hears_short = hears_short
+        self._on_lan = on_lan
         self._announce = announce
         self._solicit = solicit
         self._heard = heard
@@ -208,18 +223,20 @@ class InviteBook:
             return self._open.get(nameplate) or self._dead.get(nameplate)
 
     def open(self, label: str | None, ttl_s: float,
-             addresses: Sequence[str] | None = None) -> Invite:
+             addresses: Sequence[str] | None = None, short: bool = True) -> Invite:
         """Open an invite (see ``Node.invite``)."""
         label = normalize_label(label)  # TypeError / ValueError for a bad label
         if type(ttl_s) not in (int, float) or not 0 < ttl_s <= MAX_TTL_S:
             raise ValueError(f"ttl_s must be 0 < ttl_s <= {MAX_TTL_S:g} seconds, got {ttl_s!r}")
+        if type(short) is not bool:
+            raise TypeError(f"short must be True or False, got {short!r}")
         listed = list(addresses) if addresses is not None else self._addresses()
-        short_ok = self._carries_short()
+        short_ok = short and self._carries_short()
         if short_ok and self._hears_short():
             self._solicit()  # pick a number nobody nearby is showing right now
             time.sleep(_LOOK_AROUND_S)
         seen = set(self._heard())
-        secret = os.urandom(16)
+        invite_id, secret = os.urandom(INVITE_ID_LEN), os.urandom(16)
         with self._cond:
             if self._closed:
                 raise InviteError("this node is closed")
@@ -228,17 +245,18 @@ class InviteBook:
                                   "cancel one first")
             nameplate = _pick_nameplate(seen | set(self._open) | set(self._dead))
             try:
-                long = LongCode(self._own_id, nameplate, secret, self._port(),
+                long = LongCode(self._own_id, invite_id, secret, self._port(),
                                 tuple(listed[:4]))
             except ValueError as exc:
                 raise ValueError(f"cannot make a long code: {exc}") from None
-            short = ShortCode.from_secret(nameplate, os.urandom(2)) if short_ok else None
-            invite = Invite(self, nameplate=nameplate, short=short, long=long, label=label,
+            short_code = ShortCode.from_secret(nameplate, os.urandom(2)) if short_ok else None
+            invite = Invite(self, nameplate=nameplate, short=short_code, long=long, label=label,
                             ttl_s=float(ttl_s))
             self._open[nameplate] = invite
             invite._timer = self._timers.call_later(ttl_s, lambda: self._expire(invite))
-        log.info("invite %d open for %g s%s", nameplate, ttl_s,
-                 "" if short_ok else " (long code only: no discovery source announces it)")
+        log.info("invite %d open for %g s%s", nameplate, ttl_s, "" if short_ok else
+                 " (long code only)" if not short else
+                 " (long code only: no discovery source announces it)")
         if short_ok:
             self._announce()
         return invite
@@ -303,38 +321,46 @@ class InviteBook:
 
     # -- the inviter's side of an exchange (the mesh calls these) -------------------------
 
-    def gate(self, peer: PeerId, hello: bytes) -> bool:
+    def _named(self, hello: InviteHello) -> Invite | None:
+        """The invite ``hello`` names, open or ended not long ago: for a short code the
+        one with that number, if it has a short code; for a long code the one with
+        that id (only the long code holds it). Holds the condition."""
+        if hello.kind == KIND_SHORT:
+            found = self._open.get(hello.nameplate) or self._dead.get(hello.nameplate)
+            return found if found is not None and found._short is not None else None
+        for invite in itertools.chain(self._open.values(), self._dead.values()):
+            if hmac.compare_digest(invite._long.invite_id, hello.invite_id):
+                return invite
+        return None
+
+    def gate(self, peer: PeerId, hello: bytes, source_ip: str, local_ip: str) -> bool:
         """Message 3 named an invite: let the key in (invite-only) if that invite is
-        open, or is one we can tell a late joiner about; a short-code hello only if the
-        invite has a short code."""
+        open, or is one we can tell a late joiner about, and, for a short-code hello
+        (16 bits), only if ``source_ip`` is on a LAN its number is announced on. Any
+        other hello touches no invite: the handshake ends at message 3."""
         try:
             parsed = InviteHello.decode(hello)
         except ProtocolError:
             return False
+        if parsed.kind == KIND_SHORT and not self._on_lan(source_ip, local_ip):
+            log.info("refused a short-code attempt from %s: not on a LAN this node "
+                     "announces on", source_ip)
+            return False
         with self._cond:
-            invite = self._open.get(parsed.nameplate)
-            if invite is not None:
-                return parsed.kind == KIND_LONG or invite._short is not None
-            return parsed.nameplate in self._dead
+            return self._named(parsed) is not None
 
     def serve(self, pipe: Pipe, hello: bytes, joiner: PeerId, address: tuple[str, int]) -> None:
         """The inviter's side, on the link's thread; the caller closes ``pipe``."""
         parsed = InviteHello.decode(hello)
         with self._cond:
-            invite = self._open.get(parsed.nameplate)
-            dead = self._dead.get(parsed.nameplate)
-            refusal = dead.status if dead is not None else "used"
-            if invite is not None:
-                if invite._status != "open":
-                    refusal = "busy"
-                elif time.monotonic() >= invite._expires_mono:
+            invite = self._named(parsed)
+            refusal = _REFUSALS.get(invite._status if invite is not None else "paired", "")
+            if invite is not None and invite._status == "open":
+                if time.monotonic() >= invite._expires_mono:
                     self._finish(invite, "expired")
                     refusal = "expired"
                 else:
                     invite._status = "joining"  # claimed: from here on a failure burns it
-                    refusal = ""
-            if refusal == "paired":
-                refusal = "used"
         if invite is None or refusal:
             pipe.recv()  # the joiner's first message, read before the answer (no RST)
             pipe.send(encode_refusal(refusal))
@@ -392,7 +418,7 @@ class InviteBook:
         label = normalize_label(label)
         deadline = time.monotonic() + timeout_s
         targets = self._targets(parsed, deadline)
-        hello = InviteHello(parsed.kind, parsed.nameplate).encode()
+        hello = InviteHello.for_code(parsed).encode()
         failures = []
         for inviter, address in targets:
             try:
@@ -407,10 +433,10 @@ class InviteBook:
             if self._dials.closed:  # the node let go of its files: store nothing now
                 raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
-            log.info("joined invite %d: paired with %s%s", parsed.nameplate, inviter.short,
+            log.info("joined %s: paired with %s%s", _which(parsed), inviter.short,
                      f" as {stored!r}" if stored else "")
             if note:
-                log.warning("joined invite %d: %s: %s", parsed.nameplate, inviter.short, note)
+                log.warning("joined %s: %s: %s", _which(parsed), inviter.short, note)
             # Now a normal paired peer: dial it, so the first call finds a live link.
             self._connect(inviter, *address)
             self._wait_for_peer(inviter, max(0.0, deadline - time.monotonic()))
@@ -488,6 +514,17 @@ class InviteBook:
         return next(iter(found.items()))
 
 
+#: What a serve() tells a joiner about an invite in each status ("" for open: go on).
+_REFUSALS = {"open": "", "joining": "busy", "paired": "used", "burned": "burned",
+             "expired": "expired", "cancelled": "cancelled"}
+
+
+def _which(code: Code) -> str:
+    """The invite a code names, for logs: a short code's number (public), never a long
+    code's id (with it, anyone could burn the invite)."""
+    return f"invite {code.nameplate}" if isinstance(code, ShortCode) else "a long-code invite"
+
+
 def _pick_nameplate(taken: Iterable[int]) -> int:
     """A random free number, as small as possible: 1..99, else 100..999, and so on."""
     busy = set(taken)
@@ -505,8 +542,9 @@ def _answered(code: Code, inviter: PeerId, address: tuple[str, int], exc: Except
     if isinstance(code, LongCode):
         return f"{inviter.short}: {exc}"
     return (f"{inviter.short} at {address[0]}, which announces invite {code.nameplate}, "
-            f"answered: {exc}. If that is not the inviter's id (`peernet id` there), "
-            "another node answered for it and the invite is untouched: use the long code")
+            f"answered: {exc}. If that is not the inviter's id (`peernet invite` shows it "
+            "next to the codes), another node answered for it and the invite is untouched: "
+            "use the long code")
 
 
 def _is_peer_id(text: str) -> bool:

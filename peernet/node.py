@@ -20,7 +20,6 @@ See guides/architecture.md for the path of one ``call()``.
 from __future__ import annotations
 
 import html
-import ipaddress
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
 from ._addresses import AddressBook
+from ._text import check_host
 from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (
@@ -99,23 +99,6 @@ def default_data_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
     return Path(base).expanduser() / "peernet"
-
-
-def _check_host(host: object) -> str:
-    """A host name or IP address to dial, without a port, brackets or spaces."""
-    if type(host) is not str or not host:
-        raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    if ":" in host or "[" in host or "/" in host or any(c.isspace() for c in host) or (
-            len(host) > 253):
-        raise ValueError(
-            f"host must be a host name or IP address without a port, got {host!r:.80}; "
-            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
-    return host
 
 
 def _copy_outcome(source: Future[Any], target: Future[Any]) -> None:
@@ -234,7 +217,7 @@ class Node:
     ) -> None:
         self._closed = True  # until it is built: repr() and close() of a half-built node work
         self._close_lock = threading.Lock()
-        self._host = host
+        self._host = check_host(host) if host != "" else host  # "": every address
         discoveries = make_discoveries(discovery)  # bad input fails before any side effect
         if not callable(on_handler_error):
             raise TypeError("on_handler_error must be callable")
@@ -410,12 +393,13 @@ class Node:
         progress, but :meth:`send` never waits, so a ``send()`` straight after
         ``connect()`` usually returns False. Call :meth:`wait_for_peer` first. Raises
         NotPaired for a peer that is not paired (the handshake would refuse it anyway),
-        ValueError for a host with a port in it or a bad port.
+        ValueError for a host with a port, a space or a control character in it, or a
+        bad port.
         """
         self._check_open()
         pid = self.resolve(peer_id)
         self._require_paired(pid)
-        host = _check_host(host)
+        host = check_host(host)
         if type(port) is not int or not 0 < port <= 0xFFFF:
             raise ValueError(f"port must be 1..65535, got {port!r}")
         self._manual.add(pid, (host, port))
@@ -462,7 +446,7 @@ class Node:
     # -- invites (issue 21) ------------------------------------------------------------------
 
     def invite(self, label: str | None = None, ttl_s: float = 600.0, *,
-               addresses: Iterable[str] | None = None) -> Invite:
+               addresses: Iterable[str] | None = None, short: bool = True) -> Invite:
         """Open a one-time invite and return it: show ``inv.short`` (``"7-amber-orbit"``,
         same LAN) or ``inv.long`` (``"pninv1..."``, any network) to the other person,
         who runs :meth:`join` (or ``peernet join CODE``) with it; ``inv.wait()`` returns
@@ -471,16 +455,21 @@ class Node:
         ``label`` is the name this node proposes for itself (the joiner stores it under
         that label). The invite is used at most once, a failed attempt burns it, and it
         expires after ``ttl_s`` seconds. The short code exists only when a discovery
-        source of this node announces (``discovery="udp"`` or ``"mdns"``): its number is
-        in the announces while the invite is open, nothing else is; otherwise
-        ``inv.short`` is None and the long code is the way. The long code holds this
-        node's id, port and ``addresses`` (default: the addresses it listens on) and a
-        128-bit secret; it is never logged. At most 4 invites are open at once. With
-        discovery on, it first listens 0.3 s for the numbers of invites open nearby, so
-        it picks another. Raises ValueError for a bad label, ``ttl_s`` or address.
+        source of this node announces (``discovery="udp"`` or ``"mdns"``) and ``short``
+        is True: its number is in the announces while the invite is open, nothing else
+        is, and a short-code attempt is taken only from the LANs those announces reach
+        (16 bits: a guesser far away must not get a try). Otherwise ``inv.short`` is
+        None and the long code is the way; ``short=False`` asks for that (an invite for
+        a machine elsewhere, or a LAN you do not trust). The long code holds this node's
+        id, port and ``addresses`` (default: the addresses it listens on), the invite's
+        64-bit id and a 128-bit secret; it is never logged. At most 4 invites are open
+        at once. With a short code, it first listens 0.3 s for the numbers of invites
+        open nearby, so it picks another. Raises ValueError for a bad label, ``ttl_s``
+        or address.
         """
         self._check_open()
-        return self._invites.open(label, ttl_s, None if addresses is None else list(addresses))
+        return self._invites.open(label, ttl_s, None if addresses is None else list(addresses),
+                                  short)
 
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
         """Join the invite ``code`` names; return the inviter's PeerId once both sides
@@ -513,6 +502,16 @@ class Node:
         def can(attribute: str) -> Callable[[], bool]:
             return lambda: any(getattr(s, attribute, False) for s in self._discoveries)
 
+        def on_lan(source_ip: str, local_ip: str) -> bool:
+            """Is that address on a LAN where a source announces short codes? (A source
+            without ``on_lan`` takes no short-code attempts.)"""
+            for source in self._discoveries:
+                check = getattr(source, "on_lan", None)
+                if getattr(source, "carries_invites", False) and check is not None and (
+                        check(source_ip, local_ip)):
+                    return True
+            return False
+
         def announce() -> None:
             for source in self._discoveries:
                 source.announce()
@@ -521,7 +520,7 @@ class Node:
             credentials=credentials, trust=self.trust, timers=self._timers,
             port=lambda: self.port, addresses=addresses,
             carries_short=can("carries_invites"), hears_short=can("hears_invites"),
-            announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
+            on_lan=on_lan, announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
             connect=self.connect,
             # After a join: wait for the dial just started, not for the whole timeout.
             wait_for_peer=lambda pid, timeout_s: self._registry.wait_for_link(

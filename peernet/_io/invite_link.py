@@ -42,9 +42,10 @@ _RECV_BUFFER = 65536 + 2
 class InviteHost(Protocol):
     """What the mesh asks about invites (the node's invite book implements it)."""
 
-    def gate(self, peer: PeerId, hello: bytes) -> bool:
-        """Message 3 carried ``hello``: may ``peer`` (unpaired, most likely) go on, into
-        an invite-only link? Called on the link's thread; must not block."""
+    def gate(self, peer: PeerId, hello: bytes, source_ip: str, local_ip: str) -> bool:
+        """Message 3 carried ``hello``: may ``peer`` (unpaired, most likely), which
+        connected from ``source_ip`` to our ``local_ip``, go on, into an invite-only
+        link? Called on the link's thread; must not block."""
         ...
 
     def serve(self, pipe: Pipe, hello: bytes, peer: PeerId, address: tuple[str, int]) -> None:
@@ -216,8 +217,9 @@ def dial_invite(credentials: LocalCredentials, address: tuple[str, int], *,
             if not n:
                 if session.state is SessionState.AWAITING_READY:
                     raise InviteRejected(
-                        f"{expected.short} refused the invite: it has no open invite with "
-                        "that number (used, burned, expired, cancelled, or never made)")
+                        f"{expected.short} refused the invite: it has no open invite that "
+                        "the code names (used, burned, expired, cancelled, or never made; "
+                        "a short code is taken only from the inviter's own network)")
                 raise ConnectionLost("the inviter closed the connection during the handshake")
             for event in session.receive_data(memoryview(buf)[:n]):
                 if isinstance(event, SessionClosed):  # e.g. someone else answers there

@@ -196,7 +196,8 @@ class Mesh:
             self._acceptor.release(address[0])
             return
         self._registry.inbound_started()  # ended by link_handshake_over
-        self._new_link(self._new_session(initiator=False), address, sock).start()
+        self._new_link(self._new_session(initiator=False, inbound=(address, sock)), address,
+                       sock).start()
 
     def drop_peer(self, peer: PeerId) -> None:
         """``peer`` was unpaired: none of its work starts from now on (inline or
@@ -450,7 +451,15 @@ class Mesh:
 
     # -- links -------------------------------------------------------------------------
 
-    def _new_session(self, *, initiator: bool, expected: PeerId | None = None) -> Session:
+    def _new_session(self, *, initiator: bool, expected: PeerId | None = None,
+                     inbound: tuple[tuple[str, int], socket.socket] | None = None) -> Session:
+        invites, gate = self._invites, None
+        if invites is not None and inbound is not None:
+            (source_ip, _), sock = inbound
+
+            def gate(peer: PeerId, hello: bytes) -> bool:  # where it came from, and to
+                return invites.gate(peer, hello, source_ip, sock.getsockname()[0])
+
         return Session(
             self._credentials,
             initiator=initiator,
@@ -458,7 +467,7 @@ class Mesh:
             expected_peer=expected,
             listen_port=self.port,
             max_message_size=self._settings.max_message_size,
-            invite_gate=self._invites.gate if self._invites is not None else None,
+            invite_gate=gate,
         )
 
     def _new_link(self, session: Session, address: tuple[str, int],

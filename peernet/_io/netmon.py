@@ -33,6 +33,7 @@ __all__ = [
     "host_interfaces",
     "LocalAddress",
     "normalize_ip",
+    "on_subnet",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,22 @@ class LocalAddress:
         if net.version != 4 or net.prefixlen >= 31:
             return None
         return str(net.broadcast_address)
+
+
+def on_subnet(source_ip: str, local_ip: str, addresses: Iterable[LocalAddress]) -> bool:
+    """Is ``source_ip`` a neighbour on the LAN of ``local_ip`` (the address it reached
+    us at), one of ``addresses``, an IPv4 subnet with a broadcast address? The one test
+    of "our own network": UDP discovery answers solicitations only from there, and an
+    invite takes short-code attempts only from there (through the discovery sources'
+    ``on_lan``)."""
+    try:
+        source = ipaddress.ip_address(normalize_ip(source_ip))
+        local = normalize_ip(local_ip)
+    except ValueError:
+        return False
+    return any(a.ip == local and a.broadcast is not None
+               and source in ipaddress.ip_network(f"{a.ip}/{a.prefix_len}", strict=False)
+               for a in addresses)
 
 
 def select_interfaces(

@@ -79,7 +79,7 @@ TOPICS = ("chat", "peers")
 # Kinds of argument, checked by decode_request before an op runs.
 _PEER, _TEXT, _LABEL, _PORT, _SECONDS, _SECONDS_OPT, _VALUE, _TOPICS, _WAIT = (
     "peer", "text", "label", "port", "seconds", "seconds?", "value", "topics", "wait")
-_NAMEPLATE = "nameplate"
+_NAMEPLATE, _BOOL = "nameplate", "bool"
 
 #: Every op: its arguments, each (kind, required). guides/protocol.md 11.3 lists
 #: what each one returns.
@@ -98,7 +98,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "send": {"peer": (_PEER, True), "name": (_TEXT, True), "args": (_VALUE, False)},
     "watch": {"topics": (_TOPICS, True)},
     # Invites (issue 21): opened in the running node, which announces and answers them.
-    "invite": {"label": (_LABEL, False), "ttl_s": (_SECONDS, False)},
+    "invite": {"label": (_LABEL, False), "ttl_s": (_SECONDS, False), "short": (_BOOL, False)},
     "invite_wait": {"nameplate": (_NAMEPLATE, True), "timeout": (_SECONDS, True)},
     "invite_cancel": {"nameplate": (_NAMEPLATE, True)},
     "join": {"code": (_TEXT, True), "label": (_LABEL, False), "timeout": (_SECONDS, False)},
@@ -368,6 +368,10 @@ def _check(op: str, name: str, kind: str, value: Any) -> Any:
                 or any(type(t) is not str or t not in TOPICS for t in value)):
             raise bad(f"a non-empty list of {_names(TOPICS)}")
         return list(dict.fromkeys(value))
+    if kind == _BOOL:
+        if type(value) is not bool:
+            raise bad("true or false")
+        return value
     if kind == _VALUE:
         return from_wire(value)
     raise AssertionError(kind)  # pragma: no cover

@@ -9,15 +9,19 @@ proposed. guides/protocol.md section 12 specifies every byte; in short:
 1. **Codes.** A *short code* ``7-amber-orbit`` is a nameplate number (public: it is in
    the inviter's announces, so the joiner can find the inviter on the LAN) and two
    words of :mod:`~peernet._proto.wordlist` (16 secret bits). A *long code*
-   ``pninv1...`` is bech32m text holding a version, the inviter's PeerId, the
-   nameplate, a 128-bit secret, and the TCP port and addresses to dial: it works
-   across networks, without discovery. Either is a password, never sent anywhere.
+   ``pninv1...`` is bech32m text holding a version, the inviter's PeerId, the invite's
+   id (64 random bits), a 128-bit secret, and the TCP port and addresses to dial: it
+   works across networks, without discovery. The secret parts are passwords, never
+   sent anywhere.
 2. **Transport.** The joiner dials the inviter with the normal Noise XX handshake and
-   appends an :class:`InviteHello` (which invite, which code form) to the identity
-   binding in its message 3, encrypted. The inviter's responder accepts that one
-   unpaired key only into an invite-only link (no handler reachable) while the invite
-   is known to it, and the joiner skips its trust check only in this mode (the PeerId
-   in a long code, or in the announce that carried the nameplate, is still checked).
+   appends an :class:`InviteHello` (which code form, and which invite: the nameplate
+   of a short code, the id of a long one) to the identity binding in its message 3,
+   encrypted. The inviter's responder accepts that one unpaired key only into an
+   invite-only link (no handler reachable) while the invite is known to it, and the
+   joiner skips its trust check only in this mode (the PeerId in a long code, or in
+   the announce that carried the nameplate, is still checked). A long-code attempt
+   must name the invite's id, which only the long code holds: a scanner that can
+   reach the port cannot find the invite, let alone burn it.
 3. **PAKE.** Over that link the two run SPAKE2 (the ``spake2`` package, imported only
    here and only when an invite is used) with the code as the password and both
    PeerIds and the Noise handshake hash as its identities, then confirm the key
@@ -49,6 +53,7 @@ from .wordlist import WORD_INDEX, WORDS
 
 __all__ = [
     "HELLO_LEN",
+    "INVITE_ID_LEN",
     "InviteHello",
     "KIND_LONG",
     "KIND_SHORT",
@@ -71,40 +76,73 @@ KIND_SHORT = 1
 KIND_LONG = 2
 MAX_NAMEPLATE = 0xFFFF
 SECRET_LEN = 16  # 128 bits
+#: A long code's invite id: 64 random bits that a long-code hello must name.
+INVITE_ID_LEN = 8
 MAX_ADDRESSES = 4
 LONG_HRP = "pninv"
-_LONG_VERSION = 1
-_MAX_LONG_TEXT = 400  # the largest long code is 211 characters; leave room for typos
+_LONG_VERSION = 2  # 1 (before any release) had the nameplate instead of an id
+_MAX_LONG_TEXT = 400  # the largest long code is 217 characters; leave room for typos
 
 # --- the hello in handshake message 3 ---------------------------------------------------
 
-_HELLO = struct.Struct(">BBBH")  # type (invite), version, code kind, nameplate
-HELLO_LEN = _HELLO.size  # 5
+# type (invite), version, code kind, which invite: a short code's nameplate (six zero
+# bytes, then the number) or a long code's id. One size for both, so that message 3
+# does not tell an observer which code was typed.
+_HELLO = struct.Struct(">BBB8s")
+HELLO_LEN = _HELLO.size  # 11
 _HELLO_TYPE = 0x01
-_HELLO_VERSION = 0x01
+_HELLO_VERSION = 0x02  # 1 (before any release): 5 bytes, a nameplate for both kinds
+_NAMEPLATE_PAD = bytes(INVITE_ID_LEN - 2)
 
 
 @dataclass(frozen=True, slots=True)
 class InviteHello:
-    """What the joiner appends to its identity binding in handshake message 3."""
+    """What the joiner appends to its identity binding in handshake message 3: the
+    code's kind and which invite it is for, ``nameplate`` (a short code) or
+    ``invite_id`` (a long code; the other is 0 / empty)."""
 
     kind: int
-    nameplate: int
+    nameplate: int = 0
+    invite_id: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == KIND_SHORT:
+            valid = 1 <= self.nameplate <= MAX_NAMEPLATE and not self.invite_id
+        else:
+            valid = (self.kind == KIND_LONG and self.nameplate == 0
+                     and len(self.invite_id) == INVITE_ID_LEN)
+        if not valid:
+            raise ValueError("an invite hello names a short code's nameplate (1..65535) or "
+                             f"a long code's {INVITE_ID_LEN}-byte id")
+
+    @classmethod
+    def for_code(cls, code: Code) -> InviteHello:
+        """The hello that asks for the invite ``code`` belongs to."""
+        if isinstance(code, LongCode):
+            return cls(KIND_LONG, invite_id=code.invite_id)
+        return cls(KIND_SHORT, nameplate=code.nameplate)
 
     def encode(self) -> bytes:
-        return _HELLO.pack(_HELLO_TYPE, _HELLO_VERSION, self.kind, self.nameplate)
+        which = (self.invite_id if self.kind == KIND_LONG
+                 else _NAMEPLATE_PAD + self.nameplate.to_bytes(2, "big"))
+        return _HELLO.pack(_HELLO_TYPE, _HELLO_VERSION, self.kind, which)
 
     @classmethod
     def decode(cls, data: bytes) -> InviteHello:
         """The hello in ``data``; ProtocolError unless it is exact."""
         if len(data) != HELLO_LEN:
             raise ProtocolError(f"invite hello must be {HELLO_LEN} bytes, got {len(data)}")
-        kind_type, version, kind, nameplate = _HELLO.unpack(data)
+        kind_type, version, kind, which = _HELLO.unpack(data)
         if kind_type != _HELLO_TYPE or version != _HELLO_VERSION:
             raise ProtocolError("unsupported invite hello")
-        if kind not in (KIND_SHORT, KIND_LONG) or not 1 <= nameplate <= MAX_NAMEPLATE:
-            raise ProtocolError("malformed invite hello")
-        return cls(kind, nameplate)
+        try:
+            if kind == KIND_SHORT:
+                if which[:len(_NAMEPLATE_PAD)] != _NAMEPLATE_PAD:
+                    raise ValueError("padding")
+                return cls(KIND_SHORT, nameplate=int.from_bytes(which[-2:], "big"))
+            return cls(kind, invite_id=which)
+        except ValueError:
+            raise ProtocolError("malformed invite hello") from None
 
 
 # --- codes --------------------------------------------------------------------------------
@@ -146,15 +184,17 @@ class ShortCode:
         return self.text
 
 
-_LONG_HEAD = struct.Struct(">B32sH16sHB")  # version, inviter, nameplate, secret, port, n
+_LONG_HEAD = struct.Struct(">B32s8s16sHB")  # version, inviter, invite id, secret, port, n
 
 
 @dataclass(frozen=True, slots=True)
 class LongCode:
-    """``pninv1...``: everything needed to join across networks (see the module doc)."""
+    """``pninv1...``: everything needed to join across networks (see the module doc).
+    ``invite_id`` names the invite in the hello; with the secret it is kept out of
+    ``repr`` (whoever knows the id can burn the invite)."""
 
     inviter: PeerId
-    nameplate: int
+    invite_id: bytes = field(repr=False)
     secret: bytes = field(repr=False)
     port: int
     addresses: tuple[str, ...]
@@ -162,8 +202,8 @@ class LongCode:
     kind = KIND_LONG
 
     def __post_init__(self) -> None:
-        if not 1 <= self.nameplate <= MAX_NAMEPLATE:
-            raise ValueError(f"nameplate must be 1..{MAX_NAMEPLATE}, got {self.nameplate}")
+        if len(self.invite_id) != INVITE_ID_LEN:
+            raise ValueError(f"the invite id must be {INVITE_ID_LEN} bytes")
         if len(self.secret) != SECRET_LEN:
             raise ValueError(f"the secret must be {SECRET_LEN} bytes")
         if not 0 < self.port <= 0xFFFF:
@@ -175,7 +215,7 @@ class LongCode:
 
     @property
     def text(self) -> str:
-        payload = _LONG_HEAD.pack(_LONG_VERSION, self.inviter.bytes, self.nameplate,
+        payload = _LONG_HEAD.pack(_LONG_VERSION, self.inviter.bytes, self.invite_id,
                                   self.secret, self.port, len(self.addresses))
         for address in self.addresses:
             ip = ipaddress.ip_address(address)
@@ -268,9 +308,12 @@ def _parse_long(compact: str) -> LongCode:
         payload = bytes(convertbits(data, 5, 8, pad=False))
     except ValueError as exc:
         raise _bad(f"not a canonical encoding ({exc})") from None
-    if len(payload) < _LONG_HEAD.size or payload[0] != _LONG_VERSION:
-        raise _bad("unsupported long code version, or truncated")
-    _, key, nameplate, secret, port, count = _LONG_HEAD.unpack_from(payload)
+    if payload[:1] != bytes([_LONG_VERSION]):
+        raise _bad(f"unsupported long code version {payload[0] if payload else '(none)'} "
+                   f"(this peernet reads version {_LONG_VERSION}): ask for a new code")
+    if len(payload) < _LONG_HEAD.size:
+        raise _bad("truncated")
+    _, key, invite_id, secret, port, count = _LONG_HEAD.unpack_from(payload)
     addresses, at = [], _LONG_HEAD.size
     for _ in range(count):
         family = payload[at:at + 1]
@@ -282,7 +325,7 @@ def _parse_long(compact: str) -> LongCode:
     if at != len(payload):
         raise _bad("trailing bytes after the address list")
     try:
-        return LongCode(PeerId(key), nameplate, secret, port, tuple(addresses))
+        return LongCode(PeerId(key), invite_id, secret, port, tuple(addresses))
     except ValueError as exc:
         raise _bad(str(exc)) from None
 

@@ -84,7 +84,9 @@ class Discovery(Protocol):
     # UdpDiscovery and MdnsDiscovery have it.
     # Optional (issue 21): ``hears_invites`` (True: reports the nameplates of open
     # invites it hears) and ``carries_invites`` (True: announces this node's open
-    # nameplates, read from ``host.open_nameplates()``). UDP and mDNS have both.
+    # nameplates, read from ``host.open_nameplates()``), with ``on_lan(source_ip,
+    # local_ip) -> bool`` (is that address on a LAN the announces reach? a short-code
+    # attempt is taken only from there). UDP and mDNS have all three.
 
 
 class ManualDiscovery:

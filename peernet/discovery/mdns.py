@@ -37,7 +37,7 @@ from .._proto.mdns_record import (
 )
 from ..errors import PeerNetError
 from ..ids import PeerId
-from .._io.netmon import LocalAddress, host_interfaces
+from .._io.netmon import LocalAddress, host_interfaces, on_subnet
 
 if TYPE_CHECKING:
     from . import DiscoveryHost
@@ -294,6 +294,11 @@ class MdnsDiscovery:
             log.exception("mDNS discovery failed")
         finally:
             self._close()
+
+    def on_lan(self, source_ip: str, local_ip: str) -> bool:
+        """Is ``source_ip``, which reached us at ``local_ip``, on a LAN we publish on?
+        An invite takes short-code attempts only from there (issue 21)."""
+        return on_subnet(source_ip, local_ip, self._addresses())
 
     def _addresses(self) -> tuple[LocalAddress, ...]:
         found = [a for a in host_interfaces(self.interfaces) if ":" not in a.ip]

@@ -40,7 +40,8 @@ from .._proto.announce import (
     is_solicitation,
     next_counter,
 )
-from .._io.netmon import host_interfaces
+from .._text import check_host
+from .._io.netmon import host_interfaces, normalize_ip, on_subnet
 
 if TYPE_CHECKING:
     from . import DiscoveryHost
@@ -89,7 +90,7 @@ class UdpDiscovery:
         self.port = port
         self.interval_s = float(interval_s)
         self.interfaces = None if interfaces is None else tuple(interfaces)
-        self.targets = None if targets is None else [(str(h), int(p)) for h, p in targets]
+        self.targets = None if targets is None else [(check_host(h), int(p)) for h, p in targets]
         self.bind_host = bind_host
         self.announcing = bool(announce)
         self._limiter = SolicitationLimiter()
@@ -262,7 +263,7 @@ class UdpDiscovery:
             except OSError as exc:
                 log.debug("no route to answer %s: %s", source_ip, exc)
                 return
-        if not self._may_answer(source_ip, local_ip):
+        if not self.on_lan(source_ip, local_ip):
             self._limiter.dropped["off_subnet"] = self._limiter.dropped.get("off_subnet", 0) + 1
             return
         packet = self._announce_from(local_ip)
@@ -274,20 +275,18 @@ class UdpDiscovery:
         except OSError as exc:
             log.debug("answering %s failed: %s", source_ip, exc)
 
-    def _may_answer(self, source_ip: str, local_ip: str) -> bool:
-        """Only the LAN we announce on: a solicitor on a selected subnet (with
-        ``targets``: on loopback or a target host), never a reflector far away."""
-        try:
-            source = ipaddress.ip_address(source_ip)
-        except ValueError:
-            return False
+    def on_lan(self, source_ip: str, local_ip: str) -> bool:
+        """Is ``source_ip``, which reached us at ``local_ip``, on the LAN we announce
+        on: a selected subnet (with ``targets``: loopback or a target host), never a
+        reflector or a scanner far away? Solicitations are answered, and an invite's
+        short-code attempts taken (issue 21), only from there."""
         if self.targets is not None:
+            try:
+                source = ipaddress.ip_address(normalize_ip(source_ip))
+            except ValueError:
+                return False
             return source.is_loopback or any(h == source_ip for h, _ in self.targets)
-        for a in host_interfaces(self.interfaces):
-            if a.ip == local_ip and a.broadcast is not None and source in ipaddress.ip_network(
-                    f"{a.ip}/{a.prefix_len}", strict=False):
-                return True
-        return False
+        return on_subnet(source_ip, local_ip, host_interfaces(self.interfaces))
 
     def _announce_from(self, address: str) -> bytes:
         """Our signed announce from ``address``, with a fresh counter and the nameplates

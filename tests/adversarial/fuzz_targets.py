@@ -51,7 +51,8 @@ from peernet._proto.session import (
     SessionClosed,
     SessionState,
 )
-from peernet._proto.invite import InviterExchange, JoinerExchange, parse_code
+from peernet._proto.invite import (KIND_LONG, KIND_SHORT, InviteHello, InviterExchange,
+                                   JoinerExchange, parse_code)
 from peernet.errors import HandshakeError, InvalidInviteCode, InviteRejected, ProtocolError
 from tests.accel import under_both
 from tests.helpers import check_event_invariants, make_pair, pump, seeded_identity
@@ -559,6 +560,26 @@ def bytes_invite_code(data: bytes) -> None:
     assert parse_code(code.text) == code
 
 
+_HELLOS = (InviteHello(KIND_SHORT, nameplate=7).encode(),
+           InviteHello(KIND_LONG, invite_id=bytes(8)).encode())
+
+
+def bytes_invite_hello(data: bytes) -> None:
+    """A valid hello (short or long, by the first byte) with the rest XORed over it and
+    anything beyond its length appended: only ProtocolError escapes, and what decodes
+    encodes to the same bytes."""
+    if not data:
+        return
+    template, mask = _HELLOS[data[0] & 1], data[1:]
+    raw = bytes(t ^ m for t, m in zip(template, mask.ljust(len(template), b"\0")))
+    raw += mask[len(template):]
+    try:
+        hello = InviteHello.decode(raw)
+    except ProtocolError:
+        return
+    assert hello.encode() == raw
+
+
 def bytes_invite_inviter(data: bytes) -> None:
     """Random bytes as up to three joiner messages (each prefixed by a length byte)."""
     inviter = _inviter()
@@ -688,6 +709,7 @@ BYTE_TARGETS: dict[str, Callable[[bytes], None]] = {
     "session-handshake": bytes_session_handshake,
     "announce": bytes_announce,
     "invite-code": bytes_invite_code,
+    "invite-hello": bytes_invite_hello,
     "invite-inviter": bytes_invite_inviter,
     "cbor-diff": bytes_cbor_diff,
     "messages-diff": bytes_messages_diff,

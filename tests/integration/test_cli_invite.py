@@ -4,10 +4,13 @@ goes by unicast to loopback targets, never broadcast."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
 
+from peernet._proto.invite import parse_code
+from peernet.identity import load_or_create
 from peernet.trust import TrustStore
 from tests.integration.test_cli import Proc, one_line_error, run
 from tests.integration.test_discovery import free_udp_ports
@@ -34,6 +37,8 @@ def test_invite_and_join_with_the_short_code(tmp_path):
     try:
         short = proc.expect(r"^short code: (\d+-[a-z]+-[a-z]+)$").group(1)
         long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        shown = proc.expect(r"^inviter id: (pn1\S+)$").group(1)
+        assert shown == load_or_create(a).peer_id.short  # next to the codes
         proc.expect(rf"peernet join {short} ", stream="err")
         out = run("--data-dir", str(b), "join", short, "--label", "laptop", *disc_b)
         assert out.returncode == 0, out.stderr
@@ -58,6 +63,45 @@ def test_invite_without_discovery_offers_the_long_code_only(tmp_path):
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("paired with far away (pn1")
         assert "peernet call 'far away' echo" in out.stderr  # quoted for a shell
+        proc.expect(r"^paired with here ")
+        assert proc.wait() == 0
+        assert not any(line.startswith("short code") for line in proc.seen["out"])
+    finally:
+        proc.stop()
+
+
+def test_invite_shows_the_inviter_id_that_a_refused_join_names(tmp_path):
+    """`peernet invite` prints its node's short id next to the codes, and a refused
+    join's error names the node that answered, so a joiner who reached someone else
+    (a node posing as the inviter) can tell at once: here the answer is the inviter's
+    own (a long code with the right id but other words), and its id is the one shown."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = invite(a, "--long-only")
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        shown = proc.expect(r"^inviter id: (pn1\S+)$").group(1)
+        proc.expect(f"names another id than {shown}", stream="err")
+        code = parse_code(long)
+        forged = dataclasses.replace(code, secret=bytes(16))
+        line = one_line_error(run("--data-dir", str(b), "join", forged.text), 4)
+        assert line.startswith(f"peernet: {shown}: wrong code"), line
+        assert shown == code.inviter.short == load_or_create(a).peer_id.short
+        assert proc.wait() == 4
+    finally:
+        proc.stop()
+
+
+def test_invite_long_only_offers_no_short_code_even_with_discovery(tmp_path):
+    """`peernet invite --long-only`: no short code, also with discovery configured (its
+    16 bits are for a LAN you trust); the long code joins as ever."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    disc_a, _ = udp_pair()
+    proc = invite(a, "--long-only", "--discovery", "udp", "--label", "far away", *disc_a)
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        proc.expect("no short code: --long-only", stream="err")
+        out = run("--data-dir", str(b), "join", long, "--label", "here")
+        assert out.returncode == 0, out.stderr
         proc.expect(r"^paired with here ")
         assert proc.wait() == 0
         assert not any(line.startswith("short code") for line in proc.seen["out"])
@@ -136,6 +180,8 @@ def test_invite_and_join_through_running_nodes_then_calls_both_ways(tmp_path):
         try:
             proc.expect("open in the node running on", stream="err")
             short = proc.expect(r"^short code: (\S+)$").group(1)
+            shown = proc.expect(r"^inviter id: (pn1\S+)$").group(1)
+            assert shown == load_or_create(a).peer_id.short
             started = time.monotonic()
             out = run("--data-dir", str(b), "join", short, "--label", "laptop")
             assert out.returncode == 0, out.stderr

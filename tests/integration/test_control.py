@@ -532,3 +532,52 @@ def test_watch_refuses_a_feed_the_node_does_not_serve(tmp_path):
 def test_status_of_a_data_dir_without_a_node(tmp_path):
     out = run("--data-dir", str(tmp_path / "d"), "status")
     assert out.returncode == 3 and "not running" in out.stdout
+
+
+_HOSTILE_HOSTS = ["\x00bad", "pi\x1b[2J", "fe80::1%\x1b[31m", "fe80::1%eth 0", "pi\u202e.local",
+                  "pi\n.local", "pi\u2028x", "pi\x85x"]
+
+
+@pytest.mark.timeout(30)
+def test_every_way_to_give_a_host_refuses_control_characters(tmp_path):
+    """node.connect, peernet.admin().connect (and its request sent raw, so the node's own
+    check is what refuses it), --to HOST:PORT, a UDP target, the listen host, a
+    remembered address and the nearby list all go through one check: a host reaches
+    list_peers, `peernet peers` and log lines, so nothing in it may drive a terminal (an IPv6 scope id
+    included: ipaddress takes any text after the %)."""
+    from peernet.cli import CliError, parse_address
+
+    with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:
+        peer = peernet.PeerId(bytes(range(32)))
+        node.pair(peer, label="pi")
+        admin = peernet.admin(node.data_dir)
+        for host in _HOSTILE_HOSTS:
+            with pytest.raises(ValueError, match="host"):
+                node.connect(peer, host, 7777)
+            with pytest.raises(ValueError, match="host"):
+                admin.connect(peer, host, 7777)
+            with pytest.raises(ValueError, match="host"):  # past the client's check
+                admin._request("connect", {"peer": str(peer), "host": host, "port": 7777})
+            with pytest.raises(CliError, match="bad address"):
+                parse_address(f"{host}:7777")
+            with pytest.raises(ValueError, match="host"):
+                peernet.UdpDiscovery(targets=[(host, 4040)])
+            with pytest.raises(ValueError, match="host"):
+                peernet.Node(tmp_path / "other", host=host)
+        assert [p.address for p in node.list_peers()] == [None]
+        admin.connect(peer, "pi.local", 7777)  # a plain name still works
+        assert wait_until(lambda: node.list_peers()[0].address == ("pi.local", 7777))
+    book = tmp_path / "n" / "addresses.json"
+    book.write_text(json.dumps({"version": 1, "peers": {str(peer): {
+        "address": ["\x1b]0;owned\x07", 7777], "last_seen": None}}}))
+    book.chmod(0o600)
+    from peernet._addresses import AddressBook
+    from peernet.cli import NEARBY_FILE_NAME, _load_nearby
+
+    assert AddressBook.load(tmp_path / "n").items() == []  # corrupt: not used
+    nearby = tmp_path / "n" / NEARBY_FILE_NAME
+    nearby.write_text(json.dumps({"version": 1, "at": 0, "entries": [{
+        "id": str(peer), "address": ["pi\x1b[2J", 7777], "via": "udp", "last_seen": 0}]}))
+    nearby.chmod(0o600)
+    with pytest.raises(CliError, match="unreadable nearby list"):
+        _load_nearby(tmp_path / "n")

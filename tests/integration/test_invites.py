@@ -25,7 +25,8 @@ from peernet.identity import Identity
 from peernet.invites import store_peer
 from peernet.trust import TrustStore
 from peernet._io.invite_link import dial_invite
-from peernet._proto.invite import KIND_LONG, InviteHello, LongCode, ShortCode, parse_code
+from peernet._proto.invite import (KIND_LONG, KIND_SHORT, InviteHello, LongCode, ShortCode,
+                                   parse_code)
 from peernet._proto.messages import Call, encode_message
 from peernet._proto.session import LocalCredentials
 from peernet._proto.wordlist import WORDS
@@ -226,7 +227,7 @@ def test_an_unpaired_key_reaches_no_handler_in_invite_mode(make_node, tmp_path):
     inv = a.invite()
     code = parse_code(inv.long)
     stranger = LocalCredentials.from_identity(Identity.generate())
-    hello = InviteHello(KIND_LONG, code.nameplate).encode()
+    hello = InviteHello.for_code(code).encode()
     import time
 
     for name in ("echo", "peernet.directory"):
@@ -252,7 +253,7 @@ def test_an_invite_link_holds_no_large_message(make_node, caplog):
     a = make_node("a")
     inv = a.invite()
     stranger = LocalCredentials.from_identity(Identity.generate())
-    hello = InviteHello(KIND_LONG, inv.nameplate).encode()
+    hello = InviteHello.for_code(parse_code(inv.long)).encode()
     pipe = dial_invite(stranger, ("127.0.0.1", a.port), expected=a.id, hello=hello,
                        listen_port=0, deadline=time.monotonic() + 5, max_message_size=1 << 20)
     with pipe:
@@ -270,8 +271,78 @@ def test_a_hello_for_no_open_invite_is_refused_at_message3(make_node):
 
     with pytest.raises(InviteRejected, match="no open invite"):
         dial_invite(stranger, ("127.0.0.1", a.port), expected=a.id,
-                    hello=InviteHello(KIND_LONG, 42).encode(), listen_port=0,
+                    hello=InviteHello(KIND_LONG, invite_id=bytes(8)).encode(), listen_port=0,
                     deadline=time.monotonic() + 5, max_message_size=1 << 20)
+
+
+def test_a_scanner_cannot_find_or_burn_a_long_code_invite(make_node):
+    """A long-code attempt must name the invite's 64-bit id, which only the long code
+    holds. A scanner that reaches the port and names numbers (hello version 1 named the
+    nameplate, 1..99 first, with either kind), the invite's number as a short code (it
+    has none), or random ids, is refused at message 3 every time, touching no invite:
+    the real joiner pairs afterwards."""
+    import os
+    import time
+
+    a, b = make_node("a"), make_node("b")
+    inv = a.invite()  # no discovery: a long code only
+    scanner = LocalCredentials.from_identity(Identity.generate())
+    hellos = [bytes([1, 1, kind]) + n.to_bytes(2, "big") for n in range(1, 100)
+              for kind in (1, 2)]
+    hellos += [bytes([1, 2, 1]) + bytes(6) + inv.nameplate.to_bytes(2, "big")]
+    hellos += [bytes([1, 2, 2]) + os.urandom(8) for _ in range(16)]
+    for hello in hellos:
+        with pytest.raises(InviteRejected, match="refused the invite"):
+            pipe = dial_invite(scanner, ("127.0.0.1", a.port), expected=a.id, hello=hello,
+                               listen_port=0, deadline=time.monotonic() + 5)
+            pipe.close()  # only if it got in (the test fails): this burns the invite
+    assert inv.status == "open" and a._invites.open_invites() == [inv]
+    assert b.join(inv.long) == a.id and inv.wait(5) == b.id
+
+
+def _knock(node: peernet.Node, hello: bytes):
+    """A stranger's invite attempt on loopback: its pipe (READY came), or the refusal."""
+    import time
+
+    stranger = LocalCredentials.from_identity(Identity.generate())
+    return dial_invite(stranger, ("127.0.0.1", node.port), expected=node.id, hello=hello,
+                       listen_port=0, deadline=time.monotonic() + 5)
+
+
+def test_a_short_code_attempt_from_off_the_lan_is_refused_at_message3(make_node):
+    """A short code has 16 bits, so an attempt with one is taken only from a LAN the
+    inviter announces its number on (its discovery's subnets: the one test UDP
+    solicitations are answered by). Here the inviter's UDP discovery has no interface
+    that 127.0.0.1 is on: a stranger naming the number from there is refused at
+    message 3, touching nothing, and the long code still works from there."""
+    a, b = make_node("a", discovery=peernet.UdpDiscovery(
+        port=0, bind_host="127.0.0.1", interfaces=["inv2-no-such-if"])), make_node("b")
+    inv = a.invite()
+    assert inv.short is not None  # it announces (on no interface: nothing leaves the host)
+    assert not a._discoveries[1].on_lan("127.0.0.1", "127.0.0.1")
+    for attempt in range(3):
+        with pytest.raises(InviteRejected, match="refused the invite"):
+            _knock(a, InviteHello.for_code(parse_code(inv.short)).encode()).close()
+    assert inv.status == "open"
+    assert b.join(inv.long) == a.id and inv.wait(5) == b.id
+
+
+def test_an_invite_without_a_short_code_on_request(lan, make_node):
+    """node.invite(short=False): no short code even with discovery on, its number is not
+    announced, an attempt naming it is refused at message 3; the long code works."""
+    a, b = lan(2)
+    inv = a.invite(short=False)
+    assert inv.short is None and inv.nameplate not in a._invites.open_nameplates()
+    with pytest.raises(InviteRejected, match="refused the invite"):
+        _knock(a, InviteHello(KIND_SHORT, inv.nameplate).encode()).close()
+    with pytest.raises(InviteNotFound):
+        b.join(ShortCode(inv.nameplate, (1, 2)).text, timeout=1)
+    assert inv.status == "open"
+    with pytest.raises(TypeError):
+        a.invite(short="no")
+    assert b.join(inv.long) == a.id and inv.wait(5) == b.id
+    remote = peernet.admin(a.data_dir).invite(short=False)
+    assert remote.short is None and remote.long.startswith("pninv1")
 
 
 def test_the_secrets_never_reach_the_logs(lan, caplog):
@@ -292,6 +363,7 @@ def test_the_secrets_never_reach_the_logs(lan, caplog):
         parsed = parse_code(code.long)
         assert code.long not in text and code.long.upper() not in text
         assert parsed.secret.hex() not in text and repr(parsed.secret) not in text
+        assert parsed.invite_id.hex() not in text and repr(parsed.invite_id) not in text
         words = code.short.split("-", 1)[1]
         assert words not in text
         assert code.long not in repr(code) and words not in repr(code)
@@ -436,7 +508,7 @@ class _SilentInviter:
         if stage == "connect":
             self.filler = socket.create_connection(self.listener.getsockname(), timeout=5)
         port = self.listener.getsockname()[1]
-        self.code = LongCode(Identity.generate().peer_id, 9, bytes(16), port,
+        self.code = LongCode(Identity.generate().peer_id, bytes(8), bytes(16), port,
                              ("127.0.0.1",)).text
 
     def close(self) -> None:

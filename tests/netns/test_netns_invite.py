@@ -117,6 +117,32 @@ def test_a_third_host_racing_with_a_guess_pairs_nobody(lab, tmp_path):
     assert len(TrustStore.load(b_dir)) == len(TrustStore.load(c_dir)) == 0
 
 
+def test_a_short_code_attempt_from_another_subnet_is_refused(lab, tmp_path):
+    """Host 1 moves to 10.78.0.2/24 (routed to host 0 over the same wire): it reaches
+    the inviter's port, as a machine beyond a router would, but is on no LAN the
+    inviter announces on. Its short-code attempt (16 bits) is refused at message 3 and
+    touches nothing; host 2, on the inviter's LAN, then joins with the short code, and
+    host 1 can still join a second invite with its long code."""
+    lab.ip(1, "addr", "del", f"{lab.address(1)}/24", "dev", "eth0")
+    lab.ip(1, "addr", "add", "10.78.0.2/24", "dev", "eth0")
+    lab.ip(1, "route", "add", "10.77.0.0/24", "dev", "eth0")
+    lab.ip(0, "route", "add", "10.78.0.0/24", "dev", "eth0")
+    a = lab.agent(0, tmp_path / "a", "--discovery", "udp")
+    far = lab.agent(1, tmp_path / "far")
+    invite = a.request(op="invite", label="kitchen")
+    nameplate = parse_code(invite["short"]).nameplate
+    for _ in range(3):
+        assert far.request(op="knock", host=lab.address(0), port=a.port, peer=a.id,
+                           nameplate=nameplate) == "InviteRejected"
+    out = peernet_run(lab, 2, tmp_path / "near", "join", invite["short"], *DISC)
+    assert out.returncode == 0, out.stderr
+    assert a.request(op="invite_wait", timeout=2.0) == str(
+        load_or_create(tmp_path / "near").peer_id)
+    second = a.request(op="invite", label="kitchen", short=False)
+    assert second["short"] is None
+    assert far.request(op="join", code=second["long"]) == a.id
+
+
 def test_a_short_code_is_found_by_mdns_too(lab, tmp_path):
     pytest.importorskip("zeroconf")
     a = lab.agent(0, tmp_path / "a", "--discovery", "mdns")

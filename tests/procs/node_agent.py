@@ -4,7 +4,8 @@
         [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
 
 Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp, mdns,
-invite, invite_wait, join.
+invite, invite_wait, join, knock (a short-code invite attempt without the exchange: did
+the inviter let it past message 3?).
 Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
 node directly.
@@ -32,6 +33,24 @@ def _count_mdns_names() -> None:
         self.__dict__.setdefault("heard_names", set()).add(name)
 
     MdnsDiscovery._on_change = on_change
+
+
+def _knock(node: peernet.Node, host: str, port: int, peer: str, nameplate: int) -> str:
+    """"ready" if the inviter at host:port let a short-code hello naming ``nameplate``
+    past message 3 (then closing burns its invite), else the error's type name."""
+    from peernet._io.invite_link import dial_invite
+    from peernet._proto.invite import KIND_SHORT, InviteHello
+    from peernet._proto.session import LocalCredentials
+
+    try:
+        pipe = dial_invite(LocalCredentials.from_identity(node._identity), (host, port),
+                           expected=peernet.PeerId.parse(peer),
+                           hello=InviteHello(KIND_SHORT, nameplate).encode(), listen_port=0,
+                           deadline=time.monotonic() + 5)
+    except peernet.PeerNetError as exc:
+        return type(exc).__name__
+    pipe.close()
+    return "ready"
 
 
 def main() -> None:
@@ -92,7 +111,8 @@ def main() -> None:
                 result = [{"id": str(n.id), "address": n.address, "source": n.source}
                           for n in node.list_nearby()]
             elif op == "invite":  # opens one; invite_wait waits for the last one opened
-                invite = node.invite(cmd.get("label"), cmd.get("ttl_s", 600.0))
+                invite = node.invite(cmd.get("label"), cmd.get("ttl_s", 600.0),
+                                     short=cmd.get("short", True))
                 result = {"short": invite.short, "long": invite.long,
                           "nameplate": invite.nameplate}
             elif op == "invite_wait":
@@ -102,6 +122,8 @@ def main() -> None:
                     result = {"failed": type(exc).__name__, "status": invite.status}
             elif op == "join":
                 result = str(node.join(cmd["code"], cmd.get("label"), cmd.get("timeout", 10.0)))
+            elif op == "knock":
+                result = _knock(node, cmd["host"], cmd["port"], cmd["peer"], cmd["nameplate"])
             elif op == "udp":  # counters of the UDP discovery, if any
                 udp = next(d for d in node._discoveries if d.source == "udp")
                 result = {"sent": udp.sent, "received": udp.received, "dropped": udp.dropped,

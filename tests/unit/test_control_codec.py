@@ -151,6 +151,11 @@ def test_invite_ops_check_their_arguments_and_rejections_keep_their_reason():
         with pytest.raises(Refusal, match="nameplate must be a number 1..65535"):
             decode_request(json.dumps({"v": 1, "op": "invite_cancel",
                                        "args": {"nameplate": bad}}).encode())
+    assert decode_request(json.dumps({"v": 1, "op": "invite", "args": {
+        "short": False}}).encode()) == Request("invite", {"short": False})
+    for bad in (0, 1, "false", None):
+        with pytest.raises(Refusal, match="short must be true or false"):
+            decode_request(json.dumps({"v": 1, "op": "invite", "args": {"short": bad}}).encode())
     back = error_from_wire(error_to_wire(peernet.InviteRejected("burned", "wrong_code")),
                            lambda k, m: peernet.ControlError(m, k))
     assert type(back) is peernet.InviteRejected and back.reason == "wrong_code"

@@ -92,7 +92,8 @@ def test_malformed_short_codes_say_what_is_wrong(typed, says):
 
 
 def long_code(**changes) -> LongCode:
-    fields = dict(inviter=INVITER, nameplate=7, secret=bytes(range(16)), port=4321,
+    fields = dict(inviter=INVITER, invite_id=bytes(range(16, 24)), secret=bytes(range(16)),
+                  port=4321,
                   addresses=("192.168.1.9", "10.0.0.5"))
     fields.update(changes)
     return LongCode(**fields)
@@ -106,7 +107,7 @@ def test_long_codes_round_trip_with_their_addresses():
         assert parse_code(text) == code
         assert parse_code(text.upper()) == code  # the QR code's alphanumeric form
         assert parse_code(text[:40] + "\n  " + text[40:]) == code  # a line break pasted
-    assert len(long_code(addresses=("::1",) * 4).text) <= 211
+    assert len(long_code(addresses=("::1",) * 4).text) == 217  # the longest
 
 
 def test_every_single_typo_in_a_long_code_is_caught_and_located():
@@ -134,9 +135,11 @@ def test_a_long_code_with_another_version_or_trailing_bytes_is_refused():
     from peernet.ids import bech32m_encode, convertbits
 
     payload = _long_payload()
-    for bad in (b"\x02" + payload[1:], payload + b"\x00", payload[:-3]):
+    for bad, says in ((b"\x03" + payload[1:], "unsupported long code version 3"),
+                      (b"\x01" + payload[1:], "version 1"), (payload + b"\x00", "trailing"),
+                      (payload[:-3], "malformed address"), (payload[:40], "truncated")):
         text = bech32m_encode("pninv", convertbits(bad, 8, 5, pad=True))
-        with pytest.raises(InvalidInviteCode):
+        with pytest.raises(InvalidInviteCode, match=says):
             parse_code(text)
 
 
@@ -150,20 +153,33 @@ def _long_payload() -> bytes:
 def test_codes_hide_their_secrets_in_repr():
     code = long_code()
     assert code.secret.hex() not in repr(code) and "secret" not in repr(code)
+    assert "invite_id" not in repr(code) and code.invite_id.hex() not in repr(code)
+    assert "invite_id" not in repr(InviteHello.for_code(code))
     short = ShortCode(7, (4, 200))
     assert WORDS[4] not in repr(short) and WORDS[200] not in repr(short)
 
 
-def test_the_hello_is_five_exact_bytes():
-    hello = InviteHello(KIND_SHORT, 7)
+def test_the_hello_is_eleven_exact_bytes_naming_a_number_or_an_id():
+    hello = InviteHello.for_code(ShortCode(7, (4, 168)))
     raw = hello.encode()
-    assert raw == bytes.fromhex("0101010007") and len(raw) == HELLO_LEN
-    assert InviteHello.decode(raw) == hello
-    assert InviteHello.decode(InviteHello(KIND_LONG, 65535).encode()).kind == KIND_LONG
-    for bad in (raw[:4], raw + b"\0", b"\x02" + raw[1:], raw[:1] + b"\x02" + raw[2:],
-                raw[:2] + b"\x03" + raw[3:], raw[:3] + b"\0\0"):
+    assert raw == bytes.fromhex("010201000000000000" "0007") and len(raw) == HELLO_LEN == 11
+    assert InviteHello.decode(raw) == hello == InviteHello(KIND_SHORT, nameplate=7)
+    code = long_code()
+    long = InviteHello.for_code(code)
+    assert long.encode() == bytes.fromhex("010202") + code.invite_id
+    assert InviteHello.decode(long.encode()) == long and long.nameplate == 0
+    for bad in (raw[:10], raw + b"\0", b"\x02" + raw[1:],
+                raw[:1] + b"\x01" + raw[2:],  # version 1 (5 bytes, a number for both kinds)
+                bytes.fromhex("0101020007"),
+                raw[:2] + b"\x03" + raw[3:], raw[:-2] + b"\0\0",  # nameplate 0
+                raw[:3] + b"\x01" + raw[4:]):  # a short hello's padding must be zero
         with pytest.raises(ProtocolError):
             InviteHello.decode(bad)
+    for kind, number, invite_id in ((KIND_SHORT, 0, b""), (KIND_SHORT, 7, bytes(8)),
+                                    (KIND_LONG, 7, bytes(8)), (KIND_LONG, 0, bytes(7)),
+                                    (3, 7, b"")):
+        with pytest.raises(ValueError):
+            InviteHello(kind, number, invite_id)
 
 
 # --- the exchange -----------------------------------------------------------------------
@@ -391,7 +407,7 @@ def test_an_invite_hello_gets_past_message3_only_through_the_gate():
 def test_a_hello_without_an_open_invite_is_refused_at_message3(gate):
     joiner, inviter = creds(1), creds(2)
     j = Session(joiner, initiator=True, is_trusted=lambda p: False,
-                expected_peer=inviter.peer_id, invite=InviteHello(KIND_LONG, 9).encode())
+                expected_peer=inviter.peer_id, invite=InviteHello(KIND_LONG, invite_id=bytes(8)).encode())
     r = Session(inviter, initiator=False, is_trusted=lambda p: True, invite_gate=gate)
     events = handshake(j, r)
     assert isinstance(events[-1], SessionClosed) and r.state is SessionState.CLOSED
@@ -401,7 +417,7 @@ def test_a_hello_without_an_open_invite_is_refused_at_message3(gate):
 def test_the_joiner_still_checks_whom_it_dialled():
     joiner, inviter, other = creds(1), creds(2), creds(3)
     j = Session(joiner, initiator=True, is_trusted=lambda p: False,
-                expected_peer=other.peer_id, invite=InviteHello(KIND_LONG, 9).encode())
+                expected_peer=other.peer_id, invite=InviteHello(KIND_LONG, invite_id=bytes(8)).encode())
     r = Session(inviter, initiator=False, is_trusted=lambda p: False,
                 invite_gate=lambda p, h: True)
     handshake(j, r)
@@ -421,7 +437,7 @@ def test_a_normal_dial_never_sends_a_hello_and_a_trusted_key_needs_no_gate():
 def test_a_hello_of_the_wrong_length_is_a_malformed_payload():
     joiner, inviter = creds(1), creds(2)
     j = Session(joiner, initiator=True, is_trusted=lambda p: False,
-                expected_peer=inviter.peer_id, invite=b"\x01\x01\x01\x00\x07\x00")
+                expected_peer=inviter.peer_id, invite=InviteHello(KIND_SHORT, 7).encode() + b"\0")
     r = Session(inviter, initiator=False, is_trusted=lambda p: False,
                 invite_gate=lambda p, h: True)
     events = handshake(j, r)

@@ -396,8 +396,9 @@ def test_the_invite_code_examples_are_what_the_code_writes():
     from peernet._proto.wordlist import WORDS
 
     example = _labelled(code_blocks(section("12.1"))[0])
-    code = LongCode(EXAMPLE_IDENTITY.peer_id, 7, bytes(range(16)), 4321, ("192.168.1.9",))
-    assert code.text == example["code"] and len(code.text) == 107
+    code = LongCode(EXAMPLE_IDENTITY.peer_id, bytes(range(16, 24)), bytes(range(16)), 4321,
+                    ("192.168.1.9",))
+    assert code.text == example["code"] and len(code.text) == 116
     assert parse_code(example["code"]) == code
     payload = bytes.fromhex(example["payload"])
     assert bytes(convertbits(payload, 8, 5, pad=True)) == bytes(
@@ -406,9 +407,13 @@ def test_the_invite_code_examples_are_what_the_code_writes():
     assert short.words == (4, 168) and WORDS[4] == "amber" and WORDS[168] == "orbit"
     assert short.password == b"peernet/1 invite short 7-amber-orbit"
     assert code.password == b"peernet/1 invite long " + bytes(range(16))
-    assert "`0101010007`" in section("12.3")
-    assert InviteHello(KIND_SHORT, 7).encode() == bytes.fromhex("0101010007")
-    assert HELLO_LEN == 5
+    assert len(payload) == 65 and payload[33:41] == bytes(range(16, 24))
+    text = " ".join(section("12.3").split())
+    assert "`010201000000000000` `0007`" in text and "`010202` `1011121314151617`" in text
+    assert InviteHello(KIND_SHORT, 7).encode() == bytes.fromhex("0102010000000000000007")
+    assert InviteHello.for_code(code).encode() == bytes.fromhex("0102021011121314151617")
+    assert HELLO_LEN == 11 and "an 11-byte hello** (110 bytes;" in text
+    assert "message 3 is then 174 bytes" in text  # 48 + (99 + 11 + 16)
 
 
 def test_the_invite_message_table_matches_the_code():
