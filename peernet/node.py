@@ -440,8 +440,11 @@ class Node:
         close matches from the peer's handler directory ("did you mean ...?") when it
         can be had within what is left of the timeout (at most 1 s more).
         """
-        pid, fut, link, rid, deadline, timeout_s = self._start_call(peer_id, name, args, timeout)
+        pid, fut, link, rid, deadline, timeout_s, reading = self._start_call(
+            peer_id, name, args, timeout, read_reply=True)
         try:
+            if reading:  # we hold the link's reading baton: the reply wakes only us
+                link.read_reply(fut, deadline)
             return fut.result(max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             if fut.done():  # answered just as the wait ran out
@@ -477,7 +480,7 @@ class Node:
 
             def run() -> None:
                 try:
-                    started = self._start_call(pid, name, args, timeout)
+                    started = self._start_call(pid, name, args, timeout)[:6]
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
                     return
@@ -489,7 +492,7 @@ class Node:
             return fut
         # The usual case: a live link. No thread; the timer thread enforces the deadline.
         try:
-            started = self._start_call(pid, name, args, timeout)
+            started = self._start_call(pid, name, args, timeout)[:6]
         except PeerUnavailable as exc:  # the link died under us: that is a result
             fut = Future()
             fut.set_exception(exc)
@@ -739,8 +742,12 @@ class Node:
         self._check_size(payload)
         return payload
 
-    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None
-                    ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
+    def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
+                    *, read_reply: bool = False
+                    ) -> tuple[PeerId, Future[Any], Link, int, float, float, bool]:
+        """Send the call. With ``read_reply``, first take the link's reading baton if its
+        thread is parked (the last value says if it was): then the caller must
+        ``link.read_reply(fut, deadline)``, which gives it back."""
         pid = self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
@@ -756,13 +763,21 @@ class Node:
             try:
                 fut = link.start_call(rid, name)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
+                if not link.established:
+                    raise  # the dial for this call failed: that is the answer
                 continue
             if fut is None:  # id collision on this link: draw again
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
                 continue
-            link.write(payload)
-            return pid, fut, link, rid, deadline, timeout_s
+            reading = read_reply and link.begin_reading()  # before the reply can come
+            try:
+                link.write(payload)
+            except BaseException:
+                if reading:
+                    link.end_reading()
+                raise
+            return pid, fut, link, rid, deadline, timeout_s, reading
 
     def _link_for_call(self, pid: PeerId, deadline: float) -> Link:
         link = self._registry.active_link(pid)

@@ -152,16 +152,19 @@ class Mesh:
                 self.dial(pid)
 
     def link_for(self, pid: PeerId, deadline: float, *, searching: bool) -> Link:
-        """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
-        needed; PeerUnavailable if none came. ``searching``: discovery may still find an
-        address, so an idle wait is not an answer."""
+        """A link to call ``pid`` on, dialling and waiting until ``deadline`` (monotonic)
+        if needed; PeerUnavailable if none came. A dial still in its handshake will do
+        once it is :attr:`Link.open_early`: the call goes out with message 3.
+        ``searching``: discovery may still find an address, so an idle wait is not an
+        answer."""
         link = self._registry.active_link(pid)
         if link is not None:
             return link
         self.dial(pid)
         entry = self._registry.get(pid)
         searching = searching and (entry is None or entry.address is None)
-        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching)
+        link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching,
+                                            for_call=True)
         if link is not None:
             return link
         entry = self._registry.get(pid)
@@ -256,6 +259,10 @@ class Mesh:
             refused = link.session.refused_peer
             if refused is not None:
                 self._warn_refused(refused, link.address)
+
+    def link_first_flight(self, link: Link) -> bool:
+        """A dial checked message 2: is a call waiting to go out with message 3?"""
+        return self._registry.first_flight(link)
 
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
         """Register an authenticated link. Runs under the link's write lock (before the

@@ -261,7 +261,9 @@ class Session:
         return self._fragments_of(head, body)
 
     def _check_sendable(self, n: int) -> None:
-        if self.state is not SessionState.OPEN:
+        # The initiator may send once message 3 is written (AWAITING_READY): its first
+        # messages can then travel with message 3 (see guides/protocol.md, section 3).
+        if self.state is not SessionState.OPEN and self.state is not SessionState.AWAITING_READY:
             raise ProtocolError(f"session is {self.state.value}, cannot send")
         if n > self.max_message_size:
             raise MessageTooLarge(
