@@ -755,11 +755,14 @@ class Node:
         deadline = time.monotonic() + timeout_s
         rid = new_request_id()
         payload = self._encode_call(rid, name, args)  # before anything is sent
-        self._check_open()
+        if self._closed:
+            self._check_open()
         while True:
-            link = self._link_for_call(pid, deadline)
-            if link.is_inline_here():  # a handler calling back the peer that called it:
-                link.take_over_reading()  # someone else must read the reply
+            link = self._registry.active_link(pid) or self._link_for_call(pid, deadline)
+            if link.inline_since is not None and link.is_inline_here():
+                # A handler calling back the peer that called it: someone else must
+                # read the reply.
+                link.take_over_reading()
             try:
                 fut = link.start_call(rid, name)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
@@ -780,9 +783,7 @@ class Node:
             return pid, fut, link, rid, deadline, timeout_s, reading
 
     def _link_for_call(self, pid: PeerId, deadline: float) -> Link:
-        link = self._registry.active_link(pid)
-        if link is not None:
-            return link
+        """No live link: dial (if paired) and wait for one, up to ``deadline``."""
         self._require_paired(pid)
         self._solicit()
         try:

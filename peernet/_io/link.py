@@ -404,7 +404,13 @@ class Link:
         except PeerUnavailable:
             pass
         finally:
-            self._channel_op(Channel.answered)
+            with self._state_lock:
+                channel = self.channel
+                if channel is None or not channel.answered():
+                    return  # the usual case: nothing more to do
+                output = channel.take_output()
+                ended = channel.ended
+            self._after_channel(output, ended)
 
     def _begin_close(self, reason: str, *, protocol_error: bool = False) -> None:
         with self._state_lock:
@@ -487,14 +493,14 @@ class Link:
             if not handed_off:
                 self._teardown()
 
-    def run_inline(self, fn) -> None:
-        """Run ``fn`` (one call's or send's handler) on the reading thread."""
+    def run_inline(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` (one call's or send's handler) on the reading thread."""
         reader = self._reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
         self._owner.watch_inline()
         try:
-            fn()
+            fn(*args)
         finally:
             with self._state_lock:  # atomic with take_over_reading
                 if self._reader == reader:  # else a newer reader owns these now
@@ -789,7 +795,7 @@ class Link:
             buf = self._buf
             view = memoryview(buf)
             poll = self._poller.poll
-            while not fut.done() and not self._closing:
+            while not self._closing:
                 remaining_ms = (deadline - time.monotonic()) * 1000
                 if remaining_ms <= 0:
                     return
@@ -815,6 +821,8 @@ class Link:
                         log.warning("link to %s closed: %s", self._peer_text(), event.reason)
                         self._begin_close(event.reason, protocol_error=True)
                         return
+                if fut.done():
+                    return
         finally:
             self.end_reading()
 

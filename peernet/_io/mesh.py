@@ -310,7 +310,7 @@ class Mesh:
         if type(message) is Call:
             if inline and self._sched.claim_call(peer, link, held):
                 try:
-                    link.run_inline(lambda: self._serve_call(link, message))
+                    link.run_inline(self._serve_call, link, peer, message)
                 finally:
                     self._sched.release_call(peer, held)
                 return
@@ -324,7 +324,7 @@ class Mesh:
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
             try:
-                link.run_inline(lambda: self._serve_send(peer, message))  # type: ignore[arg-type]
+                link.run_inline(self._serve_send, peer, message)
             finally:
                 self._sched.release_send(peer, held)
         else:
@@ -374,14 +374,13 @@ class Mesh:
 
     # -- serving -----------------------------------------------------------------------
 
-    def _serve_call(self, link: Link, call: Call) -> None:
-        peer = link.peer_id
-        assert peer is not None
+    def _serve_call(self, link: Link, peer: PeerId, call: Call) -> None:
         outcome = self._dispatch(peer, call.name, call.args)
         if outcome.error is None:
             try:
                 payload = encode_for_link(Reply(call.request_id, outcome.value))
-                self._check_size(payload)
+                if len(payload) > self._settings.max_message_size:
+                    self._check_size(payload)
             except (EncodeError, MessageTooLarge) as exc:
                 log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
                 payload = encode_message(Error(call.request_id, HANDLER_ERROR,
@@ -400,7 +399,7 @@ class Mesh:
         assert link.channel is not None and link.peer_id is not None
         message = link.channel.decode(payload)
         if type(message) is Call:
-            self._serve_call(link, message)
+            self._serve_call(link, link.peer_id, message)
         else:
             self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
 

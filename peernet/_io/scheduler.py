@@ -142,15 +142,16 @@ class Scheduler:
         peer was revoked (drop it). ``cost``: what it holds decoded, charged until
         :meth:`release_call` (give it the same cost)."""
         with self._lock:
+            calls = self._calls.get(peer, 0)  # each look-up hashes a PeerId (Python code)
+            started = self._calls_started.get(peer, 0)
             if (self._closed or source.closed or peer in self._revoked
                     or self._running >= self._max_workers
-                    or self._calls.get(peer, 0) >= self._max_calls
-                    or self._calls_started.get(peer, 0) >= self._share
+                    or calls >= self._max_calls or started >= self._share
                     or (cost and not self._charge_locked(peer, cost))):
                 return False
             self._running += 1
-            self._calls[peer] = self._calls.get(peer, 0) + 1
-            self._calls_started[peer] = self._calls_started.get(peer, 0) + 1
+            self._calls[peer] = calls + 1
+            self._calls_started[peer] = started + 1
             return True
 
     def release_call(self, peer: PeerId, cost: int = 0) -> None:
@@ -346,7 +347,7 @@ class Scheduler:
             self._calls[peer] = left
         else:
             del self._calls[peer]
-        waiting = self._calls_waiting.get(peer)
+        waiting = self._calls_waiting.get(peer) if self._calls_waiting else None
         if waiting and not self._closed:
             self._ready.append(waiting.popleft())
             if not waiting:

@@ -271,10 +271,12 @@ class Channel:
             self._maybe_bye()
         return waiting
 
-    def answered(self) -> None:
-        """The answer to one CallIn was written (or could not be)."""
+    def answered(self) -> bool:
+        """The answer to one CallIn was written (or could not be). Returns whether the
+        edge has something to do now: output to write, or the channel ended."""
         self._serving -= 1
         self._maybe_end_forced()
+        return bool(self._output) or self.ended is not None
 
     def hold_early(self) -> None:
         """Messages that came with the handshake are not routed yet: a forced retirement
