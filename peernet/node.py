@@ -57,7 +57,7 @@ from .handlers import (
     is_reserved,
     report_handler_error,
 )
-from .identity import load_or_create
+from .identity import load_or_create_in
 from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent, PeerList, peers_table
 from .settings import Settings, check_seconds
@@ -247,8 +247,8 @@ class Node:
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
         self._closed = False
         try:
-            self._identity = load_or_create(self._data_dir)
-            self.trust = TrustStore.load(self._data_dir)
+            self._identity = load_or_create_in(self._data_dir)  # the dir is checked above
+            self.trust = TrustStore.load_in(self._data_dir)
             addresses = AddressBook.load(self._data_dir)
             addresses.keep_only({t.peer_id for t in self.trust.list()})
             self._handlers = HandlerTable(on_error=on_handler_error)
