@@ -68,7 +68,7 @@ from .discovery.hints import Hints
 from .discovery.host import Host
 from ._io.link import Link
 from ._io.mesh import Mesh, MeshSettings
-from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor
+from ._io.netmon import START_DELAY_S, NetworkChange, NetworkMonitor, PollingMonitor
 from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
@@ -278,7 +278,10 @@ class Node:
                 self._netmon = PollingMonitor(settings.network_poll_interval)
             elif network_monitor is not False:
                 self._netmon = network_monitor
-            if self._netmon is not None:
+            if isinstance(self._netmon, PollingMonitor):  # see START_DELAY_S
+                self._timers.call_later(min(START_DELAY_S, settings.network_poll_interval),
+                                        self._start_network_monitor)
+            elif self._netmon is not None:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept,
@@ -807,6 +810,11 @@ class Node:
             self._hints.forget(peer)
         elif event == "paired":
             self._hints.paired(peer)  # a nearby node just picked: dial it now
+
+    def _start_network_monitor(self) -> None:
+        """On the timer thread, a moment after start-up (unless closed by then)."""
+        if not self._closed and self._netmon is not None:
+            self._netmon.start(self._on_network_change)
 
     def _on_network_change(self, change: NetworkChange) -> None:
         self._mesh.on_network_change(change)

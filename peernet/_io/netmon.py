@@ -33,6 +33,7 @@ __all__ = [
     "host_interfaces",
     "LocalAddress",
     "normalize_ip",
+    "START_DELAY_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,11 @@ log = logging.getLogger(__name__)
 DEFAULT_IGNORED_INTERFACES = ("lo", "docker", "veth", "br-", "virbr", "vboxnet", "vmnet",
                               "cni", "flannel", "podman", "lxcbr", "lxdbr")
 _IFA_F_TEMPORARY = 0x01
-#: The first reading (the baseline) waits this long, at most one interval: a node that
-#: lives for less (a one-shot command) never pays for reading the interfaces (~1 ms of
-#: ifaddr and its import), and does not compete with its own first call for the CPU.
-FIRST_PROBE_DELAY_S = 1.0
+#: A node starts its polling monitor this long after it started (at most one interval):
+#: one that lives for less (a one-shot command) never starts that thread nor reads the
+#: interfaces (~1 ms of ifaddr and its import), and its first call does not compete
+#: with that for the CPU. Changes in that first moment are part of the first reading.
+START_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +188,6 @@ class PollingMonitor:
             thread.join(timeout_s)
 
     def _run(self, on_change: Callable[[NetworkChange], None]) -> None:
-        if self._stop.wait(min(self.interval_s, FIRST_PROBE_DELAY_S)):
-            return
         try:
             current = self._probe()
         except Exception:  # noqa: BLE001 -- no interfaces readable: start from nothing

@@ -851,3 +851,21 @@ def test_ipv6_dual_stack_listener(make_node):
     b.unpair(a.id), b.pair(a.id)
     b.connect(a.id, "127.0.0.1", a.port)
     assert b.call(a.id, "echo", "v4") == "v4"
+
+
+def test_the_polling_monitor_starts_a_moment_after_the_node(tmp_path, monkeypatch):
+    """A node's own polling monitor starts (and reads the interfaces) a moment after
+    the node: a one-shot node closed before then never starts its thread nor reads the
+    interfaces; a node that lives on gets its readings."""
+    from peernet._io.netmon import PollingMonitor
+
+    readings: list[float] = []
+    monkeypatch.setattr(PollingMonitor, "_ifaddr_probe",
+                        staticmethod(lambda: readings.append(time.monotonic()) or frozenset()))
+    with Node(tmp_path / "once", host="127.0.0.1") as node:
+        node.expose("echo", lambda peer, args: args)
+    assert readings == []
+    assert not [t for t in threading.enumerate() if t.name == "peernet-netmon"]
+    with Node(tmp_path / "lives", host="127.0.0.1", network_poll_interval=0.05) as node:
+        assert wait_until(lambda: node._netmon is not None and node._netmon.polls >= 1)
+    assert readings
