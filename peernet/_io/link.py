@@ -79,6 +79,7 @@ class LinkOwner(Protocol):
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None: ...
     def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
                      payload: bytes) -> None: ...
+    def link_read_done(self, link: Link) -> None: ...
     def watch_inline(self) -> None: ...
     def link_retired(self, link: Link) -> None: ...
     def link_closed(self, link: Link) -> None: ...
@@ -206,6 +207,10 @@ class Link:
         self._batch_next = 0
         self.inline_since: float | None = None
         self._inline_thread: int | None = None  # threading.get_ident() of that reader
+        #: The generation of the reader that holds its peer's send lane and a running
+        #: slot for the sends of its current read (the owner's, see
+        #: Mesh.link_message); the reader gives it back when that read is done.
+        self.send_run: int | None = None
         # The reading baton (begin_reading); guarded by _state_lock. The epoll and the
         # poll object exist once a caller wanted to read its own reply on this link.
         self._watch = _THREAD_READS
@@ -235,6 +240,11 @@ class Link:
     @property
     def closed(self) -> bool:
         return self._closing
+
+    @property
+    def reader(self) -> int:
+        """The generation of the thread that reads now (a takeover starts a new one)."""
+        return self._reader
 
     def __repr__(self) -> str:
         peer = self.peer_id.short if self.peer_id else "?"
@@ -840,20 +850,24 @@ class Link:
     def _dispatch(self, events: list, reader: int, *, inline: bool) -> bool:
         """Route ``events`` in order; False once the link is ending or another thread
         took over reading (it has the events this one did not start)."""
-        for i, event in enumerate(events):
-            if self._reader != reader or self._closing:  # per event: ended means now
-                return False
-            if isinstance(event, MessageReceived):
-                self._batch_next = i + 1  # before the handler: a takeover reads it
-                self._route(event.payload, inline=inline)
-                if self.protocol_error:
-                    return False  # nothing after bytes that broke the protocol counts
-            elif isinstance(event, SessionClosed):
-                # The session ends itself only on bytes that broke the protocol.
-                log.warning("link to %s closed: %s", self._peer_text(), event.reason)
-                self._begin_close(event.reason, protocol_error=True)
-                return False
-        return True
+        try:
+            for i, event in enumerate(events):
+                if self._reader != reader or self._closing:  # per event: ended means now
+                    return False
+                if isinstance(event, MessageReceived):
+                    self._batch_next = i + 1  # before the handler: a takeover reads it
+                    self._route(event.payload, inline=inline)
+                    if self.protocol_error:
+                        return False  # nothing after bytes that broke the protocol counts
+                elif isinstance(event, SessionClosed):
+                    # The session ends itself only on bytes that broke the protocol.
+                    log.warning("link to %s closed: %s", self._peer_text(), event.reason)
+                    self._begin_close(event.reason, protocol_error=True)
+                    return False
+            return True
+        finally:
+            if self.send_run == reader:  # this read's run of sends is over
+                self._owner.link_read_done(self)
 
     def _peer_text(self) -> str:
         return self.peer_id.short if self.peer_id else "?"

@@ -307,6 +307,16 @@ class Mesh:
         # A small message cannot hold much decoded (at most ~80 bytes per byte): only
         # a large one is measured and charged when it runs inline.
         held = self._cost(payload, message.args) if len(payload) > _UNCHARGED_INLINE else 0
+        if inline and link.send_run is not None and link.send_run == link.reader:
+            # This reader's earlier sends of this read hold the peer's send lane and a
+            # running slot: one claim for a run of sends, and only a check for each.
+            if not held and type(message) is Send:
+                if self._sched.may_start(peer, link):
+                    link.run_inline(self._serve_send, peer, message)
+                return  # else the link ended or the peer was revoked: dropped, as a claim
+            self.link_read_done(link)  # anything else runs after the run, on its own claim
+        # (A run held by an older reader, stuck in a handler, is its to end: what comes
+        # now queues behind it, in order.)
         if type(message) is Call:
             if inline and self._sched.claim_call(peer, link, held):
                 try:
@@ -323,6 +333,10 @@ class Mesh:
         elif inline and self._sched.claim_send(peer, link, held):
             # None of the peer's sends is queued or running: this one can run here,
             # in order; any that arrive meanwhile queue behind it.
+            if not held:  # a small one starts a run: the sends after it in this read
+                link.send_run = link.reader  # share the claim (link_read_done ends it)
+                link.run_inline(self._serve_send, peer, message)
+                return
             try:
                 link.run_inline(self._serve_send, peer, message)
             finally:
@@ -333,6 +347,13 @@ class Mesh:
             if not self._sched.submit_send(peer, link, lambda: self._serve_queued(link, payload),
                                            cost=cost, wait_s=_SEND_ROOM_WAIT_S):
                 log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def link_read_done(self, link: Link) -> None:
+        """The reader is done with its run of sends (its read ended, or something other
+        than a small send came): give back the claim they shared."""
+        if link.send_run is not None:
+            link.send_run = None
+            self._sched.release_send(link.peer_id, 0)  # type: ignore[arg-type]
 
     def _cost(self, payload: bytes, args: Any) -> int:
         """What queued work is charged: what it holds when it runs (decoded), or its
