@@ -375,6 +375,12 @@ class Mesh:
         self._registry.retire(link)
 
     def link_closed(self, link: Link) -> None:
+        if link.established and link.peer_id is not None and not link.outbound \
+                and link.bye_reason == NODE_CLOSING:
+            # It shut down and will dial us when it is back; the port it listened on
+            # may have been a one-off (a CLI call), so do not redial it. Forgotten
+            # before the link leaves the table: whoever sees the peer offline sees this.
+            self._registry.remove_address(link.peer_id, "inbound")
         self._registry.drop_link(link)
         self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
         if link.established and link.peer_id is not None:
@@ -383,10 +389,6 @@ class Mesh:
                 self._addresses.seen(link.peer_id,
                                      time.time() - (time.monotonic() - link.last_received))
                 self._schedule_address_save()
-            if not link.outbound and link.bye_reason == NODE_CLOSING:
-                # It shut down and will dial us when it is back; the port it listened
-                # on may have been a one-off (a CLI call), so do not redial it.
-                self._registry.remove_address(link.peer_id, "inbound")
         # Whatever ended -- a live link, or a dial that failed at any stage -- try again
         # later if the peer is still paired, has an address and has no other link.
         if link.target is not None and not self._closed:
