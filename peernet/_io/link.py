@@ -18,11 +18,15 @@ is left of the current read to the scheduler, and the old thread exits once its
 handler returns. So replies, pongs and the calls behind a slow handler wait for at
 most that long, and never for the handler itself.
 
+Once calls are made on a link, a caller can read its own reply: the link's thread
+then waits in epoll on a one-shot registration that the caller disarms while it
+reads (the reading baton: :meth:`begin_reading`), so a reply wakes only its caller.
+
 Writes happen on whichever thread is writing, under the link's write lock: seal and
-``sendall`` together, so the nonce order is the wire order. The socket has a timeout
-(``io_timeout_s``), so a peer that stops reading makes the write fail and the link end,
-instead of blocking callers forever; the reader treats the same timeout as "nothing
-yet" and keeps reading.
+send together, so the nonce order is the wire order. After the handshake the socket
+is blocking (a reader waits in ``recv`` alone), but no write blocks in the kernel: it
+sends with ``MSG_DONTWAIT`` and waits for room at most ``io_timeout_s``, so a peer that
+stops reading makes the write fail and the link end, instead of blocking callers.
 
 However the link ends, its thread closes the socket, fails every pending call with
 :class:`ConnectionLost` at once, and tells the mesh; nothing else is affected.
