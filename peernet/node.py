@@ -742,7 +742,8 @@ class Node:
 
     def _encode_call(self, rid: int, name: str, args: Any) -> bytes | Bulk:
         payload = encode_for_link(Call(rid, name, args))
-        self._check_size(payload)
+        if len(payload) > self._settings.max_message_size:
+            self._check_size(payload)  # raises, saying how to fix it
         return payload
 
     def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
@@ -751,7 +752,7 @@ class Node:
         """Send the call. With ``read_reply``, first take the link's reading baton if its
         thread is parked (the last value says if it was): then the caller must
         ``link.read_reply(fut, deadline)``, which gives it back."""
-        pid = self.resolve(peer_id)
+        pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
                      else check_seconds("timeout", timeout))
