@@ -227,21 +227,26 @@ def test_queued_work_of_a_peer_that_was_unpaired_never_runs():
 def test_revoke_refuses_claims_and_drops_queued_work_at_once():
     """unpair() revokes under the scheduler's lock: from its return on, no claim
     (inline) or queued job of the peer starts, whatever the trust store says."""
-    sched, link = make(max_workers=2, max_calls_per_peer=10), Link()
-    gate, ran = Blocked(), []
+    sched, link = make(max_workers=3, max_calls_per_peer=10), Link()
+    gate, send_gate, ran = Blocked(), Blocked(), []
     try:
         assert sched.submit_call(PEER, link, gate, cost=1)
         assert gate.started.wait(5)
         for i in range(3):
             assert sched.submit_call(PEER, link, lambda i=i: ran.append(i), cost=1)
+        # The peer's send lane is busy, so this send is queued, not ready: a send that
+        # found the lane and a slot free could (rightly) start before revoke().
+        assert sched.submit_send(PEER, link, send_gate, cost=1)
+        assert send_gate.started.wait(5)
         assert sched.submit_send(PEER, link, lambda: ran.append("send"), cost=1)
-        assert sched.revoke(PEER) >= 3
+        assert sched.revoke(PEER) >= 4
         assert not sched.claim_call(PEER, link) and not sched.claim_send(PEER, link)
         assert not sched.submit_call(PEER, link, lambda: ran.append("late"), cost=1)
         assert not sched.submit_send(PEER, link, lambda: ran.append("late"), cost=1)
         assert sched.claim_call(OTHER, link)  # others are unaffected
         sched.release_call(OTHER)
         gate.gate.set()
+        send_gate.gate.set()
         assert wait_until(lambda: sched.running == 0 and sched.calls_in_progress(PEER) == 0)
         assert ran == []
         sched.admit(PEER)  # paired again, with a new link
@@ -249,6 +254,7 @@ def test_revoke_refuses_claims_and_drops_queued_work_at_once():
         sched.release_call(PEER)
     finally:
         gate.gate.set()
+        send_gate.gate.set()
         sched.close(5)
 
 
