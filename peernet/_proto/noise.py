@@ -218,34 +218,18 @@ class CipherState:
         return self._k is not None
 
     def _encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        """EncryptWithAd(ad, plaintext): plaintext unchanged without a key (§5.1)."""
-        k = self._k
-        if k is None:
+        """EncryptWithAd(ad, plaintext): plaintext unchanged without a key (§5.1); with
+        one, what :meth:`encrypt` does (written out there: it runs per message)."""
+        if self._k is None:
             return plaintext
-        n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
-        ciphertext = self._seal(_NONCE_PREFIX + _pack_nonce(n), plaintext, ad)
-        self.nonce = n + 1  # only after success
-        return ciphertext
+        return self.encrypt(plaintext, ad)
 
     def _decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        """DecryptWithAd(ad, ciphertext); on failure ``n`` is left unchanged (§5.1)."""
-        k = self._k
-        if k is None:
+        """DecryptWithAd(ad, ciphertext); on failure ``n`` is left unchanged (§5.1);
+        with a key, what :meth:`decrypt` does."""
+        if self._k is None:
             return ciphertext
-        if len(ciphertext) < TAG_LEN:
-            # PyNaCl would raise ValueError("negative array length") here.
-            raise ProtocolError("ciphertext shorter than its authentication tag")
-        n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
-        try:
-            plaintext = self._open(_NONCE_PREFIX + _pack_nonce(n), ciphertext, ad)
-        except _AEAD_FAILURES as exc:
-            raise ProtocolError("message failed authentication") from exc
-        self.nonce = n + 1  # only after the tag checked out
-        return plaintext
+        return self.decrypt(ciphertext, ad)
 
     # --- transport messages (§5: "transport phase") --------------------------------
 
@@ -259,7 +243,7 @@ class CipherState:
             raise ProtocolError("a Noise message is at most 65535 bytes")
         if self._k is None:
             raise ProtocolError("this CipherState has no key")
-        # EncryptWithAd with a key, inline: this runs for every message.
+        # EncryptWithAd with a key (§5.1), written out: this runs for every message.
         n = self.nonce
         if not 0 <= n < MAX_NONCE:
             raise ProtocolError("nonce exhausted: the session must be closed")
@@ -278,8 +262,9 @@ class CipherState:
             raise ProtocolError("a Noise message is at most 65535 bytes")
         if self._k is None:
             raise ProtocolError("this CipherState has no key")
-        # DecryptWithAd with a key, inline: this runs for every message.
+        # DecryptWithAd with a key (§5.1), written out: this runs for every message.
         if len(ciphertext) < TAG_LEN:
+            # PyNaCl would raise ValueError("negative array length") here.
             raise ProtocolError("ciphertext shorter than its authentication tag")
         n = self.nonce
         if not 0 <= n < MAX_NONCE:
