@@ -785,15 +785,20 @@ class Link:
             self._watch = _THREAD_READS
 
     def begin_reading(self) -> bool:
-        """Take the reading baton for the calling thread, if the link's thread is parked:
-        the caller then reads its own reply (:meth:`read_reply`, which gives the baton
-        back). False (the link's thread will deliver the reply) if someone reads now."""
+        """Take the reading baton for the calling thread, if the link's thread is parked
+        and no other call is in flight on this link: the caller then reads its own reply
+        (:meth:`read_reply`, which gives the baton back). False (the link's thread will
+        deliver the reply) if someone reads now, or other calls wait for replies too:
+        with several in flight one reader for all of them is cheaper (W2 measured 2.1
+        context switches per call with it, 3.1 with callers taking turns to read)."""
         if self._watch != _PARKED:  # unlocked peek: the common "no" costs no lock
             if self.established:
                 self._watch_wanted = True  # the link's thread parks after its next read
             return False
         with self._state_lock:
-            if self._watch != _PARKED or self._closing:
+            channel = self.channel
+            if (self._watch != _PARKED or self._closing or channel is None
+                    or channel.pending_calls > 1):
                 return False
             self._epoll.modify(self._fd, _DISARMED)
             self._watch = _CALLER_READS
