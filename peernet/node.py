@@ -527,11 +527,13 @@ class Node:
         :meth:`connect` or at start-up, :meth:`wait_for_peer` first. Bad args raise
         before anything is sent.
         """
-        pid = self.resolve(peer_id)
+        pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         payload = encode_for_link(Send(name, args))
-        self._check_size(payload)
-        self._check_open()
+        if len(payload) > self._settings.max_message_size:
+            self._check_size(payload)  # raises, saying how to fix it
+        if self._closed:
+            self._check_open()
         link = self._registry.active_link(pid)
         if link is None:
             return False
