@@ -464,6 +464,147 @@ class _RawResponder:
             self.sock.close()
         self.listener.close()
 
+    # -- after the handshake ---------------------------------------------------------
+
+    def messages(self, want: int = 1) -> list:
+        """Read until ``want`` application messages came; return them decoded."""
+        from peernet._proto.messages import decode_message
+        from peernet._proto.session import MessageReceived
+
+        assert self.sock is not None
+        got: list = []
+        while len(got) < want:
+            for event in self.session.receive_data(self.sock.recv(65536)):
+                if isinstance(event, MessageReceived):
+                    got.append(decode_message(event.payload))
+        return got
+
+    def write(self, *messages) -> None:
+        """Seal ``messages`` (and READY, if still due) into one write."""
+        from peernet._proto.messages import encode_message
+
+        assert self.sock is not None
+        self.sock.sendall(self.session.data_to_send() + b"".join(
+            self.session.seal(encode_message(m)) for m in messages))
+
+
+def _linked_with_baton(make_node):
+    """Node ``a`` linked to a raw responder, with calls already made on the link, so
+    that its thread is parked and the next call reads its own reply."""
+    from peernet._io.link import _PARKED
+    from peernet._proto.messages import Call, Reply, decode_message
+
+    a = make_node("a")
+    responder = _RawResponder(a)
+    a.connect(responder.id, "127.0.0.1", responder.port)
+    done: queue.Queue[object] = queue.Queue()
+    caller = threading.Thread(target=lambda: done.put(
+        [a.call(responder.id, "echo", i, timeout=10) for i in range(2)]))
+    caller.start()
+    events = responder.accept_and_read_message_3()
+    call = decode_message(events[1].payload)
+    responder.write(Reply(call.request_id, call.args))
+    (second,) = responder.messages()
+    assert type(second) is Call
+    responder.write(Reply(second.request_id, second.args))
+    caller.join(10)
+    assert done.get_nowait() == [0, 1]
+    link = a._registry.active_link(responder.id)
+    assert wait_until(lambda: link._watch == _PARKED)
+    return a, responder, link
+
+
+def test_a_caller_reading_its_own_reply_routes_everything_else_it_reads(make_node):
+    """The reading baton: the caller reads the socket itself while the link's thread
+    sleeps. What comes before its reply is handled as the reader would: a ping is
+    answered, the peer's call runs on a handler thread (never on the caller's) and is
+    answered, and the caller gets its own reply."""
+    from peernet._io.link import _CALLER_READS
+    from peernet._proto.messages import Call, Ping, Pong, Reply
+
+    a, responder, link = _linked_with_baton(make_node)
+    ran_on: list[str] = []
+    a.expose("hello", lambda peer, who: ran_on.append(threading.current_thread().name)
+             or f"hi {who}")
+    try:
+        result: queue.Queue[object] = queue.Queue()
+        caller = threading.Thread(target=lambda: result.put(
+            a.call(responder.id, "echo", "mine", timeout=10)), name="the-caller")
+        caller.start()
+        (call,) = responder.messages()
+        assert link._watch == _CALLER_READS  # taken before the call was written
+        responder.write(Ping(b"12345678"), Call(77, "hello", "bob"),
+                        Reply(call.request_id, call.args))
+        caller.join(10)
+        assert result.get_nowait() == "mine"
+        answers = responder.messages(2)
+        assert Pong(b"12345678") in answers
+        assert Reply(77, "hi bob") in answers
+        assert ran_on and ran_on[0] != "the-caller"
+    finally:
+        responder.close()
+
+
+def test_the_link_dropping_under_a_reading_caller_fails_its_call_at_once(make_node):
+    from peernet._io.link import _CALLER_READS
+
+    a, responder, link = _linked_with_baton(make_node)
+    try:
+        errors: queue.Queue[BaseException] = queue.Queue()
+
+        def call() -> None:
+            try:
+                a.call(responder.id, "echo", 1, timeout=30)
+            except BaseException as exc:  # noqa: BLE001 -- the test inspects it
+                errors.put(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        responder.messages()  # the call arrived; the caller reads, waiting for its reply
+        assert link._watch == _CALLER_READS
+        t0 = time.monotonic()
+        assert responder.sock is not None
+        responder.sock.close()
+        caller.join(10)
+        assert isinstance(errors.get_nowait(), peernet.ConnectionLost)
+        assert time.monotonic() - t0 < 2.0  # at once, not after the 30 s timeout
+    finally:
+        responder.close()
+
+
+def test_a_reading_caller_that_times_out_hands_reading_back(make_node):
+    """A caller that gives up (CallTimeout) while reading gives the baton back: the
+    late reply is dropped, and the link keeps working for the next call."""
+    from peernet._io.link import _CALLER_READS
+    from peernet._proto.messages import Reply
+
+    a, responder, link = _linked_with_baton(make_node)
+    try:
+        result: queue.Queue[object] = queue.Queue()
+
+        def call(timeout: float) -> None:
+            try:
+                result.put(a.call(responder.id, "echo", "x", timeout=timeout))
+            except BaseException as exc:  # noqa: BLE001 -- the test inspects it
+                result.put(exc)
+
+        first = threading.Thread(target=call, args=(0.3,))
+        first.start()
+        (late,) = responder.messages()
+        assert link._watch == _CALLER_READS
+        first.join(10)
+        assert isinstance(result.get_nowait(), peernet.CallTimeout)
+        responder.write(Reply(late.request_id, "too late"))  # dropped: nobody waits
+        second = threading.Thread(target=call, args=(10.0,))
+        second.start()
+        (call_msg,) = responder.messages()
+        responder.write(Reply(call_msg.request_id, call_msg.args))
+        second.join(10)
+        assert result.get_nowait() == "x"
+        assert not link.closed
+    finally:
+        responder.close()
+
 
 def test_the_first_call_on_a_new_link_travels_with_handshake_message_3(make_node):
     """A call that waits for a new link goes out in the same write as handshake
