@@ -654,10 +654,13 @@ class Link:
             self._flush_unsent()
 
     def _flush_unsent(self) -> None:
+        """Send message 3 alone (no call took it along). Bounded by the handshake's own
+        deadline, not by the socket's timeout of the moment (the short wait above)."""
         with self._wlock:
             data, self._unsent = self._unsent, None
             if data and self._sock is not None:
-                self._sock.sendall(data)
+                left = self.started_at + self._handshake_timeout_s - time.monotonic()
+                _send_all(self._sock, data, max(0.001, left))
 
     def _take_unsent(self) -> bytes:
         """Under the write lock: message 3, for the write that goes first."""

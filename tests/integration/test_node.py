@@ -1010,3 +1010,22 @@ def test_the_polling_monitor_starts_a_moment_after_the_node(tmp_path, monkeypatc
     with Node(tmp_path / "lives", host="127.0.0.1", network_poll_interval=0.05) as node:
         assert wait_until(lambda: node._netmon is not None and node._netmon.polls >= 1)
     assert readings
+
+
+def test_message_3_goes_alone_when_the_waiting_call_does_not_come(pair_of_nodes, monkeypatch):
+    """An initiator holds message 3 for a call that waits for the link, but only
+    briefly: if that call never comes (its caller gave up), message 3 goes alone and
+    the link comes up all the same."""
+    a, b = pair_of_nodes
+    held: list[float] = []
+
+    def a_call_is_waiting(link) -> bool:  # claims a caller waits; none will write
+        held.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr(a._mesh, "link_first_flight", a_call_is_waiting)
+    b.expose("echo", lambda peer, args: args)
+    t0 = time.monotonic()
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert held and time.monotonic() - t0 < 2.0
+    assert a.call(b.id, "echo", 3) == 3
