@@ -839,10 +839,14 @@ class Node:
         acceptor = getattr(self, "_acceptor", None)
         if acceptor is not None:
             acceptor.close(left())
+        timers = getattr(self, "_timers", None)
+        if timers is not None:
+            # Nothing due now matters once the node closes: the timer thread ends while
+            # close() waits for the link threads below, not in a wait of its own.
+            timers.stop()
         mesh = getattr(self, "_mesh", None)
         if mesh is not None:
             mesh.close(left)  # byes, link threads, then the handler workers
-        timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())
         netmon = getattr(self, "_netmon", None)

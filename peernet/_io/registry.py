@@ -85,7 +85,11 @@ class PeerEntry:
         return unique[self.attempt % len(unique)] if unique else None
 
     def current_status(self) -> str:
-        if self.link is not None and not self.link.closed:
+        # A link counts until it leaves the table (drop_link, when its thread is done
+        # with it), not from the moment it starts closing: what its end changes (the
+        # status event, a departed peer's inbound address) is settled by then, so
+        # list_peers() never shows the peer offline with that change still pending.
+        if self.link is not None:
             return "online"
         if self.dialing is not None:
             return "connecting"

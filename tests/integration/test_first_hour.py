@@ -181,3 +181,35 @@ def test_a_call_waits_for_an_inbound_handshake_instead_of_failing(make_node):
     b.connect(a.id, "127.0.0.1", a.port)
     assert in_handshake.wait(5)
     assert a.call(b.id, "echo", "through", timeout=5) == "through"
+
+
+def test_a_peer_shown_offline_has_its_departure_settled(tmp_path, monkeypatch):
+    """list_peers() shows a peer offline only once its link has left the table: what
+    its end changes (here: a departed CLI's one-off inbound address) is settled by
+    then, however long the link's thread takes to tear down."""
+    from peernet._io.link import Link
+
+    real_teardown = Link._teardown
+
+    def slow_teardown(link: Link) -> None:
+        if not link.outbound:  # the device's end: a thread descheduled while closing
+            time.sleep(0.5)
+        real_teardown(link)
+
+    with _node(tmp_path / "device") as device:
+        device.expose("echo", lambda peer, args: args)
+        with _node(tmp_path / "cli", redial_remembered=False) as cli:
+            cli.pair(device.id)
+            device.pair(cli.id)
+            cli.connect(device.id, "127.0.0.1", device.port)
+            assert cli.call(device.id, "echo", 1) == 1
+            monkeypatch.setattr(Link, "_teardown", slow_teardown)
+        seen = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            (peer,) = device.list_peers()
+            seen.append((peer.status, peer.address))
+            if peer.status == "offline":
+                break
+            time.sleep(0.005)
+        assert seen[-1] == ("offline", None), seen[-3:]
