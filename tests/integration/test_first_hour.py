@@ -96,16 +96,23 @@ def test_a_restarted_node_redials_its_peers_from_the_remembered_address(tmp_path
             assert wait_until(lambda: script.list_peers()[0].online, timeout_s=5)
 
 
+def _cli_calls(device: peernet.Node, tmp_path) -> peernet.Node:
+    """A one-shot CLI node that paired with ``device`` (both ways), reached it and called
+    it once; the caller closes it."""
+    device.expose("echo", lambda peer, args: args)
+    cli = _node(tmp_path / "cli", redial_remembered=False)
+    cli.pair(device.id)
+    device.pair(cli.id)
+    cli.connect(device.id, "127.0.0.1", device.port)
+    assert cli.call(device.id, "echo", 1) == 1
+    return cli
+
+
 def test_an_address_a_peer_connected_in_from_is_not_redialled_after_it_leaves(tmp_path):
     """A CLI call listens on a random port for a second: once it said bye, the device
     neither redials that port nor remembers it."""
     with _node(tmp_path / "device") as device:
-        device.expose("echo", lambda peer, args: args)
-        with _node(tmp_path / "cli", redial_remembered=False) as cli:
-            cli.pair(device.id)
-            device.pair(cli.id)
-            cli.connect(device.id, "127.0.0.1", device.port)
-            assert cli.call(device.id, "echo", 1) == 1
+        with _cli_calls(device, tmp_path) as cli:
             assert device.list_peers()[0].address == ("127.0.0.1", cli.port)
         assert wait_until(lambda: device.list_peers()[0].status == "offline", timeout_s=5)
         (peer,) = device.list_peers()
@@ -197,12 +204,7 @@ def test_a_peer_shown_offline_has_its_departure_settled(tmp_path, monkeypatch):
         real_teardown(link)
 
     with _node(tmp_path / "device") as device:
-        device.expose("echo", lambda peer, args: args)
-        with _node(tmp_path / "cli", redial_remembered=False) as cli:
-            cli.pair(device.id)
-            device.pair(cli.id)
-            cli.connect(device.id, "127.0.0.1", device.port)
-            assert cli.call(device.id, "echo", 1) == 1
+        with _cli_calls(device, tmp_path):
             monkeypatch.setattr(Link, "_teardown", slow_teardown)
         seen = []
         deadline = time.monotonic() + 5

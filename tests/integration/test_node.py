@@ -488,6 +488,22 @@ class _RawResponder:
             self.session.seal(encode_message(m)) for m in messages))
 
 
+def _call_in_thread(node: Node, peer, args, timeout: float):
+    """Start ``node.call(peer, "echo", args)`` on a thread; its outcome (the result or
+    the exception) lands in the returned queue."""
+    outcome: queue.Queue[object] = queue.Queue()
+
+    def call() -> None:
+        try:
+            outcome.put(node.call(peer, "echo", args, timeout=timeout))
+        except BaseException as exc:  # noqa: BLE001 -- the test inspects it
+            outcome.put(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    return caller, outcome
+
+
 def _linked_with_baton(make_node):
     """Node ``a`` linked to a raw responder, with calls already made on the link, so
     that its thread is parked and the next call reads its own reply."""
@@ -550,16 +566,7 @@ def test_the_link_dropping_under_a_reading_caller_fails_its_call_at_once(make_no
 
     a, responder, link = _linked_with_baton(make_node)
     try:
-        errors: queue.Queue[BaseException] = queue.Queue()
-
-        def call() -> None:
-            try:
-                a.call(responder.id, "echo", 1, timeout=30)
-            except BaseException as exc:  # noqa: BLE001 -- the test inspects it
-                errors.put(exc)
-
-        caller = threading.Thread(target=call)
-        caller.start()
+        caller, errors = _call_in_thread(a, responder.id, 1, timeout=30)
         responder.messages()  # the call arrived; the caller reads, waiting for its reply
         assert link._watch == _CALLER_READS
         t0 = time.monotonic()
@@ -580,23 +587,13 @@ def test_a_reading_caller_that_times_out_hands_reading_back(make_node):
 
     a, responder, link = _linked_with_baton(make_node)
     try:
-        result: queue.Queue[object] = queue.Queue()
-
-        def call(timeout: float) -> None:
-            try:
-                result.put(a.call(responder.id, "echo", "x", timeout=timeout))
-            except BaseException as exc:  # noqa: BLE001 -- the test inspects it
-                result.put(exc)
-
-        first = threading.Thread(target=call, args=(0.3,))
-        first.start()
+        first, result = _call_in_thread(a, responder.id, "x", timeout=0.3)
         (late,) = responder.messages()
         assert link._watch == _CALLER_READS
         first.join(10)
         assert isinstance(result.get_nowait(), peernet.CallTimeout)
         responder.write(Reply(late.request_id, "too late"))  # dropped: nobody waits
-        second = threading.Thread(target=call, args=(10.0,))
-        second.start()
+        second, result = _call_in_thread(a, responder.id, "x", timeout=10.0)
         (call_msg,) = responder.messages()
         responder.write(Reply(call_msg.request_id, call_msg.args))
         second.join(10)
@@ -642,16 +639,7 @@ def test_a_call_sent_with_message_3_to_a_peer_that_unpaired_us_says_so(make_node
     responder = _RawResponder(a, trusted=False)
     a.connect(responder.id, "127.0.0.1", responder.port)
     try:
-        errors: queue.Queue[BaseException] = queue.Queue()
-
-        def call() -> None:
-            try:
-                a.call(responder.id, "echo", 7, timeout=10)
-            except BaseException as exc:  # noqa: BLE001 -- the test inspects it
-                errors.put(exc)
-
-        caller = threading.Thread(target=call)
-        caller.start()
+        caller, errors = _call_in_thread(a, responder.id, 7, timeout=10)
         events = responder.accept_and_read_message_3()
         assert len(events) == 1 and not isinstance(events[0], peernet.PeerNetError)
         assert responder.session.refused_peer == a.id  # the call was never opened
