@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 ADDRESS_FILE_NAME = "addresses.json"
 _FORMAT_VERSION = 1
 _MAX_FILE_BYTES = 1024 * 1024
+#: A newer last-seen time alone makes the book worth writing only once it moved this far:
+#: a script that reaches the same device over and over (a cron job, `peernet call`)
+#: would otherwise replace the file on every run. The address is written at once.
+LAST_SEEN_RESOLUTION_S = 60.0
 
 
 class _Corrupt(Exception):
@@ -65,6 +69,7 @@ class AddressBook:
     def __init__(self, path: Path | None, entries: dict[PeerId, Remembered]) -> None:
         self._path = path
         self._entries = entries
+        self._saved = dict(entries)  # what the file holds (see _update)
         self._lock = threading.Lock()
         self._dirty = False
 
@@ -103,16 +108,21 @@ class AddressBook:
 
     def reached(self, peer: PeerId, address: tuple[str, int], now: float) -> None:
         """A dial to ``address`` completed its handshake."""
-        with self._lock:
-            self._entries[peer] = Remembered(address, now)
-            self._dirty = True
+        self._update(peer, address, now)
 
     def seen(self, peer: PeerId, when: float) -> None:
         """We last heard from ``peer`` at ``when`` (a link to it just closed)."""
         with self._lock:
             old = self._entries.get(peer)
-            self._entries[peer] = Remembered(old.address if old else None, when)
-            self._dirty = True
+        self._update(peer, old.address if old else None, when)
+
+    def _update(self, peer: PeerId, address: tuple[str, int] | None, when: float) -> None:
+        with self._lock:
+            self._entries[peer] = Remembered(address, when)
+            saved = self._saved.get(peer)
+            if (saved is None or saved.address != address or saved.last_seen is None
+                    or abs(when - saved.last_seen) >= LAST_SEEN_RESOLUTION_S):
+                self._dirty = True
 
     def forget(self, peer: PeerId) -> None:
         with self._lock:
@@ -137,6 +147,7 @@ class AddressBook:
                             "last_seen": entry.last_seen}
                 for peer, entry in self._entries.items()}}
             self._dirty = False
+            self._saved = dict(self._entries)
             try:
                 # A cache: atomic (never torn) but not fsynced, which would cost every
                 # one-shot process ~1.4 ms at close(); a power cut may lose an update.

@@ -69,7 +69,8 @@ def ensure_private_dir(path: StrPath) -> Path:
         os.chmod(directory, 0o700)
     if not target.is_dir():
         raise NotADirectoryError(f"{target} exists but is not a directory")
-    check_path_to(target, target)
+    if missing:  # else the walk above was just now, on the same path
+        check_path_to(target, target)
     check_private_dir(target)
     return target
 

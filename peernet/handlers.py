@@ -160,13 +160,24 @@ _NO_SUCH_HANDLER = Outcome(error=NO_SUCH_HANDLER)
 _FORBIDDEN = Outcome(error=FORBIDDEN)
 
 
+#: Names that passed :func:`check_handler_name` lately: a program calls a few names
+#: over and over. Emptied when full (atomic, so safe between threads).
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_NAMES_SIZE = 1024
+
+
 def check_handler_name(name: object) -> str:
     """Return ``name`` if it is a valid handler name, else raise InvalidHandlerName."""
+    if type(name) is str and name in _CHECKED_NAMES:
+        return name
     if type(name) is not str or not is_valid_handler_name(name):
         raise InvalidHandlerName(
             f"handler names are 1-64 characters, start with a letter and use only "
             f"letters, digits and _ . : - ; got {name!r:.80}"
         )
+    if len(_CHECKED_NAMES) >= _CHECKED_NAMES_SIZE:
+        _CHECKED_NAMES.clear()
+    _CHECKED_NAMES.add(name)
     return name
 
 

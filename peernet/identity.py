@@ -23,7 +23,7 @@ from . import _fs
 from ._proto.keys import Identity, verify
 from .errors import InsecureKeyFile, KeyFileError
 
-__all__ = ["Identity", "load_or_create", "verify", "KEY_FILE_NAME"]
+__all__ = ["Identity", "load_or_create", "load_or_create_in", "verify", "KEY_FILE_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,12 @@ def load_or_create(data_dir: str | os.PathLike[str]) -> Identity:
     the ``chmod`` that fixes it) and must be exactly well formed (else
     :class:`~peernet.errors.KeyFileError`). An existing file is never modified.
     """
-    directory = _fs.ensure_private_dir(data_dir)
+    return load_or_create_in(_fs.ensure_private_dir(data_dir))
+
+
+def load_or_create_in(directory: Path) -> Identity:
+    """:func:`load_or_create` in a directory the caller has just made sure of with
+    ``_fs.ensure_private_dir`` (a Node does, once for all the files it reads)."""
     path = directory / KEY_FILE_NAME
     _fs.sweep_stale_temps(directory, KEY_FILE_NAME)
     for _ in range(2):  # a second pass only if another process created it meanwhile

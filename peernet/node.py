@@ -61,7 +61,7 @@ from .handlers import (
     is_reserved,
     report_handler_error,
 )
-from .identity import load_or_create
+from .identity import load_or_create_in
 from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent, PeerList, peers_table
 from .settings import Settings, check_seconds
@@ -75,7 +75,8 @@ from .discovery.hints import Hints
 from .discovery.host import Host
 from ._io.link import Link
 from ._io.mesh import Mesh, MeshSettings
-from ._io.netmon import NetworkChange, NetworkMonitor, PollingMonitor, host_interfaces
+from ._io.netmon import (START_DELAY_S, NetworkChange, NetworkMonitor, PollingMonitor,
+                          host_interfaces)
 from ._io.scheduler import Scheduler
 from ._io.registry import Registry
 from ._io.replies import new_request_id, settle
@@ -248,8 +249,8 @@ class Node:
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
         self._closed = False
         try:
-            self._identity = load_or_create(self._data_dir)
-            self.trust = TrustStore.load(self._data_dir)
+            self._identity = load_or_create_in(self._data_dir)  # the dir is checked above
+            self.trust = TrustStore.load_in(self._data_dir)
             addresses = AddressBook.load(self._data_dir)
             addresses.keep_only({t.peer_id for t in self.trust.list()})
             self._handlers = HandlerTable(on_error=on_handler_error)
@@ -283,7 +284,10 @@ class Node:
                 self._netmon = PollingMonitor(settings.network_poll_interval)
             elif network_monitor is not False:
                 self._netmon = network_monitor
-            if self._netmon is not None:
+            if isinstance(self._netmon, PollingMonitor):  # see START_DELAY_S
+                self._timers.call_later(min(START_DELAY_S, settings.network_poll_interval),
+                                        self._start_network_monitor)
+            elif self._netmon is not None:
                 self._netmon.start(self._on_network_change)
             self._unsubscribe_trust = self.trust.subscribe(self._on_trust_change)
             self._acceptor = Acceptor(open_listener(host, port), self._mesh.accept,
@@ -539,8 +543,11 @@ class Node:
         close matches from the peer's handler directory ("did you mean ...?") when it
         can be had within what is left of the timeout (at most 1 s more).
         """
-        pid, fut, link, rid, deadline, timeout_s = self._start_call(peer_id, name, args, timeout)
+        pid, fut, link, rid, deadline, timeout_s, reading = self._start_call(
+            peer_id, name, args, timeout, read_reply=True)
         try:
+            if reading:  # we hold the link's reading baton: the reply wakes only us
+                link.read_reply(fut, deadline)
             return fut.result(max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             if fut.done():  # answered just as the wait ran out
@@ -580,7 +587,7 @@ class Node:
                     # Cancelled while waiting for the link: nothing is sent, and the
                     # wait ends at once (the callback below wakes it).
                     started = self._start_call(pid, name, args, timeout,
-                                               abandoned=fut)
+                                               abandoned=fut)[:6]
                 except BaseException as exc:  # noqa: BLE001 -- delivered through the Future
                     settle(fut, error=exc)
                     return
@@ -593,7 +600,7 @@ class Node:
             return fut
         # The usual case: a live link. No thread; the timer thread enforces the deadline.
         try:
-            started = self._start_call(pid, name, args, timeout)
+            started = self._start_call(pid, name, args, timeout)[:6]
         except PeerUnavailable as exc:  # the link died under us: that is a result
             fut = Future()
             fut.set_exception(exc)
@@ -628,8 +635,10 @@ class Node:
         pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         payload = encode_for_link(Send(name, args))
-        self._check_size(payload)
-        self._check_open()
+        if len(payload) > self._settings.max_message_size:
+            self._check_size(payload)  # raises, saying how to fix it
+        if self._closed:
+            self._check_open()
         link = self._registry.active_link(pid)
         if link is None:
             return False
@@ -847,14 +856,17 @@ class Node:
 
     def _encode_call(self, rid: int, name: str, args: Any) -> bytes | Bulk:
         payload = encode_for_link(Call(rid, name, args))
-        self._check_size(payload)
+        if len(payload) > self._settings.max_message_size:
+            self._check_size(payload)  # raises, saying how to fix it
         return payload
 
     def _start_call(self, peer_id: PeerLike, name: str, args: Any, timeout: float | None,
-                    abandoned: Future[Any] | None = None
-                    ) -> tuple[PeerId, Future[Any], Link, int, float, float]:
-        """Send a call; its Future, link, id and deadline. ``abandoned`` cancelled once a
-        link is had: CancelledError, and nothing is sent."""
+                    abandoned: Future[Any] | None = None, *, read_reply: bool = False
+                    ) -> tuple[PeerId, Future[Any], Link, int, float, float, bool]:
+        """Send the call. ``abandoned`` cancelled once a link is had: CancelledError, and
+        nothing is sent. With ``read_reply``, first take the link's reading baton if its
+        thread is parked (the last value says if it was): then the caller must
+        ``link.read_reply(fut, deadline)``, which gives it back."""
         pid = peer_id if type(peer_id) is PeerId else self.resolve(peer_id)
         check_handler_name(name)
         timeout_s = (self._settings.call_timeout if timeout is None
@@ -862,29 +874,39 @@ class Node:
         deadline = time.monotonic() + timeout_s
         rid = new_request_id()
         payload = self._encode_call(rid, name, args)  # before anything is sent
-        self._check_open()
+        if self._closed:
+            self._check_open()
         while True:
-            link = self._link_for_call(pid, deadline, abandoned)
+            link = (self._registry.active_link(pid)
+                    or self._link_for_call(pid, deadline, abandoned))
             if abandoned is not None and abandoned.cancelled():
                 raise CancelledError()
-            if link.is_inline_here():  # a handler calling back the peer that called it:
-                link.take_over_reading()  # someone else must read the reply
+            if link.inline_since is not None and link.is_inline_here():
+                # A handler calling back the peer that called it: someone else must
+                # read the reply.
+                link.take_over_reading()
             try:
                 fut = link.start_call(rid, name)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
+                if not link.established:
+                    raise  # the dial for this call failed: that is the answer
                 continue
             if fut is None:  # id collision on this link: draw again
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
                 continue
-            link.write(payload)
-            return pid, fut, link, rid, deadline, timeout_s
+            reading = read_reply and link.begin_reading()  # before the reply can come
+            try:
+                link.write(payload)
+            except BaseException:
+                if reading:
+                    link.end_reading()
+                raise
+            return pid, fut, link, rid, deadline, timeout_s, reading
 
     def _link_for_call(self, pid: PeerId, deadline: float,
                        abandoned: Future[Any] | None = None) -> Link:
-        link = self._registry.active_link(pid)
-        if link is not None:
-            return link
+        """No live link: dial (if paired) and wait for one, up to ``deadline``."""
         self._require_paired(pid)
         self._solicit()
         try:
@@ -916,6 +938,11 @@ class Node:
         elif event == "paired":
             self._hints.paired(peer)  # a nearby node just picked: dial it now
 
+    def _start_network_monitor(self) -> None:
+        """On the timer thread, a moment after start-up (unless closed by then)."""
+        if not self._closed and self._netmon is not None:
+            self._netmon.start(self._on_network_change)
+
     def _on_network_change(self, change: NetworkChange) -> None:
         self._mesh.on_network_change(change)
         for source in self._discoveries:
@@ -942,10 +969,14 @@ class Node:
         acceptor = getattr(self, "_acceptor", None)
         if acceptor is not None:
             acceptor.close(left())
+        timers = getattr(self, "_timers", None)
+        if timers is not None:
+            # Nothing due now matters once the node closes: the timer thread ends while
+            # close() waits for the link threads below, not in a wait of its own.
+            timers.stop()
         mesh = getattr(self, "_mesh", None)
         if mesh is not None:
             mesh.close(left)  # byes, link threads, then the handler workers
-        timers = getattr(self, "_timers", None)
         if timers is not None:
             timers.close(left())
         netmon = getattr(self, "_netmon", None)

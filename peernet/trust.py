@@ -227,7 +227,13 @@ class TrustStore:
         a symlink, owned by another user, or writable by group or others. The file is
         left untouched in every case.
         """
-        directory = _fs.ensure_private_dir(data_dir)
+        return cls.load_in(_fs.ensure_private_dir(data_dir), clock=clock)
+
+    @classmethod
+    def load_in(cls, directory: Path, *, clock: Callable[[], float] = time.time
+                ) -> TrustStore:
+        """:meth:`load` from a directory the caller has just made sure of with
+        ``_fs.ensure_private_dir`` (a Node does, once for all the files it reads)."""
         path = directory / TRUST_FILE_NAME
         _fs.sweep_stale_temps(directory, TRUST_FILE_NAME)
         try:

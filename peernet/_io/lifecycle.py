@@ -63,8 +63,8 @@ class DataDirLock:
         if os.getpid() == self._owner_pid:
             with _held_lock:
                 _held.pop(self._key, None)
-            try:
-                os.ftruncate(fd, 0)  # a later reader must not name a process that let go
+            try:  # a later reader must not name a process that let go
+                os.pwrite(fd, _NO_HOLDER, 0)
             except OSError:
                 pass
         # else: a forked child letting go of its copy; the parent still holds the lock
@@ -122,9 +122,16 @@ def _held_here(key: tuple[int, int]) -> bool:
         return _held.get(key) == os.getpid()
 
 
+# The pid is written in place, in a record of fixed size, and blanked on release: no
+# truncation, so a node's start and close do not free and allocate a disk block each.
+_PID_RECORD = 20
+_NO_HOLDER = b" " * (_PID_RECORD - 1) + b"\n"
+
+
 def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if os.fstat(fd).st_size != _PID_RECORD:
+        os.ftruncate(fd, _PID_RECORD)  # first use, or a file an older version wrote
+    os.pwrite(fd, f"{os.getpid()}".ljust(_PID_RECORD - 1).encode() + b"\n", 0)
 
 
 def _holder_pid(fd: int) -> int | None:

@@ -165,17 +165,19 @@ class Mesh:
 
     def link_for(self, pid: PeerId, deadline: float, *, searching: bool,
                  abandoned: Future[Any] | None = None) -> Link:
-        """A live link to ``pid``, dialling and waiting until ``deadline`` (monotonic) if
-        needed; PeerUnavailable if none came. ``searching``: discovery may still find an
-        address (a new one, too: a known address that refuses may be stale, as after
-        the peer restarted on another port), so an idle wait is not an answer.
-        ``abandoned``: see :meth:`Registry.wait_for_link`."""
+        """A link to call ``pid`` on, dialling and waiting until ``deadline`` (monotonic)
+        if needed; PeerUnavailable if none came. A dial still in its handshake will do
+        once it is :attr:`Link.open_early`: the call goes out with message 3.
+        ``searching``: discovery may still find an address (a new one, too: a known
+        address that refuses may be stale, as after the peer restarted on another
+        port), so an idle wait is not an answer. ``abandoned``: see
+        :meth:`Registry.wait_for_link`."""
         link = self._registry.active_link(pid)
         if link is not None:
             return link
         self.dial(pid)
         link = self._registry.wait_for_link(pid, deadline, give_up_when_idle=not searching,
-                                            abandoned=abandoned)
+                                            abandoned=abandoned, for_call=True)
         if link is not None:
             return link
         entry = self._registry.get(pid)
@@ -288,6 +290,10 @@ class Mesh:
             log.debug("invite exchange with %s ended: %s", link.peer_id.short, exc)
         return False
 
+    def link_first_flight(self, link: Link) -> bool:
+        """A dial checked message 2: is a call waiting to go out with message 3?"""
+        return self._registry.first_flight(link)
+
     def link_established(self, link: Link) -> list[tuple[Link, bool]] | None:
         """Register an authenticated link. Runs under the link's write lock (before the
         responder's READY goes out), so it only decides: returns None to refuse the
@@ -320,8 +326,8 @@ class Mesh:
         self._report_status()
         return retire
 
-    def link_message(self, link: Link, box: list[Call | Send], inline: bool,
-                     payload: bytes, /) -> None:
+    def link_message(self, link: Link, box: list[Call | Send], *, inline: bool,
+                     payload: bytes) -> None:
         """Run a peer's call or send here on the reader (``inline``, when the scheduler
         has a slot for it), or queue it. Queued work keeps only the encoded ``payload``
         (decoded when it runs) and is charged what it holds once decoded. A large one
@@ -331,22 +337,31 @@ class Mesh:
         peer = link.peer_id
         assert peer is not None
         message = box.pop()  # now the only reference: see the dels below
-        if inline and type(message.args) is not Deferred:
-            # A send runs here only if none of the peer's sends is queued or running
-            # (order); any that arrive meanwhile queue behind it.
-            is_call = isinstance(message, Call)
-            if (self._sched.claim_call(peer, link) if is_call
-                    else self._sched.claim_send(peer, link)):
-                self._watch_inline()
-                reader = link.enter_inline()
-                try:
-                    self._serve(link, message)
-                finally:
-                    link.leave_inline(reader)
-                    if is_call:
+        small = type(message.args) is not Deferred
+        if inline and link.send_run is not None and link.send_run == link.reader:
+            # This reader's earlier sends of this read hold the peer's send lane and a
+            # running slot: one claim for a run of sends, and only a check for each.
+            if small and type(message) is Send:
+                if self._sched.may_start(peer, link):
+                    self._run_inline(link, self._serve_send, peer, message)
+                return  # else the link ended or the peer was revoked: dropped, as a claim
+            self.link_read_done(link)  # anything else runs after the run, on its own claim
+        # (A run held by an older reader, stuck in a handler, is its to end: what comes
+        # now queues behind it, in order.)
+        if inline and small:
+            if type(message) is Call:
+                if self._sched.claim_call(peer, link):
+                    try:
+                        self._run_inline(link, self._serve_call, link, peer, message)
+                    finally:
                         self._sched.release_call(peer)
-                    else:
-                        self._sched.release_send(peer)
+                    return
+            elif self._sched.claim_send(peer, link):
+                # None of the peer's sends is queued or running: this one runs here, in
+                # order; the sends after it in this read share its claim (until
+                # link_read_done), and any that arrive meanwhile queue behind it.
+                link.send_run = link.reader
+                self._run_inline(link, self._serve_send, peer, message)
                 return
         # Queued: charged what it will hold decoded (a small message was decoded on
         # arrival, at most ~100 bytes a byte: measured; a large one: the channel's bound).
@@ -355,7 +370,7 @@ class Mesh:
                 else self._cost(payload, args))
         del args
         task = partial(self._serve_queued, link, payload)
-        if isinstance(message, Call):
+        if type(message) is Call:
             rid = message.request_id
             del message  # decoded, it holds far more than the payload: not while queued
             if not self._sched.submit_call(peer, link, task, cost=cost):
@@ -365,6 +380,23 @@ class Mesh:
             if not self._sched.submit_send(peer, link, task, cost=cost,
                                            wait_s=_SEND_ROOM_WAIT_S):
                 log.debug("dropped a send from %s: its queue is full", peer.short)
+
+    def _run_inline(self, link: Link, fn: Callable[..., None], *args: Any) -> None:
+        """Run one call's or send's handler on ``link``'s reading thread, watched: a
+        handler that overruns hands the reading to a new thread (_check_inline)."""
+        self._watch_inline()
+        reader = link.enter_inline()
+        try:
+            fn(*args)
+        finally:
+            link.leave_inline(reader)
+
+    def link_read_done(self, link: Link) -> None:
+        """The reader is done with its run of sends (its read ended, or something other
+        than a small send came): give back the claim they shared."""
+        if link.send_run is not None:
+            link.send_run = None
+            self._sched.release_send(link.peer_id)  # type: ignore[arg-type]
 
     def _cost(self, payload: bytes, args: Any) -> int:
         """What queued work is charged: what it holds when it runs (decoded), or its
@@ -387,6 +419,12 @@ class Mesh:
         self._registry.retire(link)
 
     def link_closed(self, link: Link) -> None:
+        if link.established and link.peer_id is not None and not link.outbound \
+                and link.bye_reason == NODE_CLOSING:
+            # It shut down and will dial us when it is back; the port it listened on
+            # may have been a one-off (a CLI call), so do not redial it. Forgotten
+            # before the link leaves the table: whoever sees the peer offline sees this.
+            self._registry.remove_address(link.peer_id, "inbound")
         self._registry.drop_link(link)
         self._sched.drop(link)  # its queued work dies with it (and re-checks, if handed out)
         if link.established and link.peer_id is not None:
@@ -395,10 +433,6 @@ class Mesh:
                 self._addresses.seen(link.peer_id,
                                      time.time() - (time.monotonic() - link.last_received))
                 self._schedule_address_save()
-            if not link.outbound and link.bye_reason == NODE_CLOSING:
-                # It shut down and will dial us when it is back; the port it listened
-                # on may have been a one-off (a CLI call), so do not redial it.
-                self._registry.remove_address(link.peer_id, "inbound")
         # Whatever ended -- a live link, or a dial that failed at any stage -- try again
         # later if the peer is still paired, has an address and has no other link.
         if link.target is not None and not self._closed:
@@ -407,14 +441,13 @@ class Mesh:
 
     # -- serving -----------------------------------------------------------------------
 
-    def _serve_call(self, link: Link, call: Call) -> None:
-        peer = link.peer_id
-        assert peer is not None
+    def _serve_call(self, link: Link, peer: PeerId, call: Call) -> None:
         outcome = self._dispatch(peer, call.name, call.args)
         if outcome.error is None:
             try:
                 payload = encode_for_link(Reply(call.request_id, outcome.value))
-                self._check_size(payload)
+                if len(payload) > self._settings.max_message_size:
+                    self._check_size(payload)
             except (EncodeError, MessageTooLarge) as exc:
                 log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
                 payload = encode_message(Error(call.request_id, HANDLER_ERROR,
@@ -437,11 +470,11 @@ class Mesh:
         self._serve(link, message)
 
     def _serve(self, link: Link, message: Call | Send) -> None:
-        if isinstance(message, Call):
-            self._serve_call(link, message)
+        assert link.peer_id is not None
+        if type(message) is Call:
+            self._serve_call(link, link.peer_id, message)
         else:
-            assert link.peer_id is not None
-            self._serve_send(link.peer_id, message)
+            self._serve_send(link.peer_id, message)  # type: ignore[arg-type]
 
     def _check_size(self, payload: bytes | Bulk) -> None:
         if len(payload) > self._settings.max_message_size:

@@ -34,6 +34,7 @@ __all__ = [
     "LocalAddress",
     "normalize_ip",
     "on_subnet",
+    "START_DELAY_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 DEFAULT_IGNORED_INTERFACES = ("lo", "docker", "veth", "br-", "virbr", "vboxnet", "vmnet",
                               "cni", "flannel", "podman", "lxcbr", "lxdbr")
 _IFA_F_TEMPORARY = 0x01
+#: A node starts its polling monitor this long after it started (at most one interval):
+#: one that lives for less (a one-shot command) never starts that thread nor reads the
+#: interfaces (~1 ms of ifaddr and its import), and its first call does not compete
+#: with that for the CPU. Changes in that first moment are part of the first reading.
+START_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,11 @@ class PeerEntry:
         return unique[self.next_candidate % len(unique)] if unique else None
 
     def current_status(self) -> str:
-        if self.link is not None and not self.link.closed:
+        # A link counts until it leaves the table (drop_link, when its thread is done
+        # with it), not from the moment it starts closing: what its end changes (the
+        # status event, a departed peer's inbound address) is settled by then, so
+        # list_peers() never shows the peer offline with that change still pending.
+        if self.link is not None:
             return "online"
         if self.dialing is not None:
             return "connecting"
@@ -110,6 +114,8 @@ class Registry:
         #: Inbound connections still in their handshake: any of them may turn out to
         #: be the peer a caller is waiting for.
         self._inbound_handshakes = 0
+        #: Callers waiting for a link to call on, per peer (see first_flight).
+        self._callers_waiting: dict[PeerId, int] = {}
 
     def inbound_started(self) -> None:
         with self._cond:
@@ -266,7 +272,8 @@ class Registry:
             self._cond.notify_all()
 
     def wait_for_link(self, peer: PeerId, deadline: float, *, give_up_when_idle: bool,
-                      abandoned: Future[Any] | None = None) -> Link | None:
+                      abandoned: Future[Any] | None = None,
+                      for_call: bool = False) -> Link | None:
         """Wait until ``peer`` has a live link or ``deadline`` (monotonic) passes.
 
         With ``give_up_when_idle`` it also returns (None) as soon as nothing is on its
@@ -275,22 +282,49 @@ class Registry:
         answer, not a reason to wait out the timeout. ``abandoned``: the Future of the
         waiting call; once it is cancelled (checked whenever :meth:`notify` wakes it),
         None at once. Only its state is read under the lock: no callback runs there.
+        ``for_call``: the caller will write a call at once, so a dial that is
+        :attr:`Link.open_early` (message 2 checked) will do: the call then goes out with
+        handshake message 3.
         """
         with self._cond:
-            while True:
-                if abandoned is not None and abandoned.cancelled():
-                    return None
-                entry = self._peers.get(peer)
-                if entry is not None and entry.link is not None and not entry.link.closed:
-                    return entry.link
-                if give_up_when_idle and not self._inbound_handshakes and (
-                    entry is None or (entry.dialing is None and not entry.retiring)
-                ):
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if for_call:
+                self._callers_waiting[peer] = self._callers_waiting.get(peer, 0) + 1
+            try:
+                while True:
+                    if abandoned is not None and abandoned.cancelled():
+                        return None
+                    entry = self._peers.get(peer)
+                    if entry is not None and entry.link is not None and not entry.link.closed:
+                        return entry.link
+                    if for_call and entry is not None:
+                        dialing = entry.dialing
+                        if isinstance(dialing, Link) and dialing.open_early \
+                                and not dialing.closed:
+                            return dialing
+                    if give_up_when_idle and not self._inbound_handshakes and (
+                        entry is None or (entry.dialing is None and not entry.retiring)
+                    ):
+                        return None
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+            finally:
+                if for_call:
+                    left = self._callers_waiting[peer] - 1
+                    if left:
+                        self._callers_waiting[peer] = left
+                    else:
+                        del self._callers_waiting[peer]
+
+    def first_flight(self, link: Link) -> bool:
+        """``link`` (a dial) is :attr:`Link.open_early`: wake the callers waiting for its
+        peer. Returns whether there are any (then one of them sends message 3)."""
+        with self._cond:
+            if not self._callers_waiting.get(link.target):  # type: ignore[arg-type]
+                return False
+            self._cond.notify_all()
+            return True
 
     def links_of(self, peer: PeerId) -> list[Link]:
         """``peer``'s live, dialling and retiring links."""

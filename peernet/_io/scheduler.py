@@ -227,6 +227,15 @@ class Scheduler:
             self._running += 1
             return True
 
+    def may_start(self, peer: PeerId, source: Source) -> bool:
+        """Whether one more send may start under a :meth:`claim_send` its caller still
+        holds (a reader running the sends of one read in a row on one claim): not if
+        ``source`` ended, the peer was revoked or the scheduler closed. No lock: each
+        is one flag or set member, and :meth:`revoke` marks the peer before it returns,
+        so nothing that checks after that starts; a claim decides no more than that."""
+        return not (self._closed or source.work_dropped
+                    or (self._revoked and peer in self._revoked))
+
     def release_send(self, peer: PeerId) -> None:
         with self._lock:
             self._running -= 1

@@ -57,11 +57,15 @@ class Timers:
                 self._cond.notify()
         return handle
 
-    def close(self, timeout_s: float) -> None:
+    def stop(self) -> None:
+        """Run no more callbacks and let the thread end (``close`` also waits for it)."""
         with self._cond:
             self._stopped = True
             self._heap.clear()
             self._cond.notify()
+
+    def close(self, timeout_s: float) -> None:
+        self.stop()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
 

@@ -293,11 +293,13 @@ class Channel:
                 return self._on_bye(reason)
         raise AssertionError(f"not a message: {type(msg).__name__}")  # decode makes only these
 
-    def answered(self) -> None:
-        """The answer to one CallIn was written (or could not be)."""
+    def answered(self) -> bool:
+        """The answer to one CallIn was written (or could not be). Returns whether the
+        edge has something to do now: output to write, or the channel ended."""
         self._serving -= 1
         if self._forced:
             self._maybe_end_forced()
+        return bool(self.output) or self.ended is not None
 
     def hold_early(self) -> None:
         """Messages that came with the handshake are not routed yet: a forced retirement

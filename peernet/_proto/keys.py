@@ -13,6 +13,18 @@ __all__ = ["Identity", "SEED_LENGTH", "verify"]
 
 SEED_LENGTH = 32
 _SIGNATURE_LENGTH = 64
+_P = 2**255 - 19  # the field of Curve25519 and Ed25519
+
+
+def x25519_public_of(ed25519_public: bytes) -> bytes:
+    """The X25519 public key of *our own* Ed25519 public key: the birational map
+    u = (1 + y) / (1 - y) mod p (RFC 7748, section 4.1), which is what libsodium's
+    ``crypto_sign_ed25519_pk_to_curve25519`` computes after validating the point. A
+    key we derived from our own seed needs no validation, and this costs a quarter of
+    that call (one modular inverse). Never use it on a peer's key: those are checked
+    by libsodium (``Session._verify_binding``)."""
+    y = int.from_bytes(ed25519_public, "little") & ((1 << 255) - 1)
+    return ((1 + y) * pow(1 - y, -1, _P) % _P).to_bytes(32, "little")
 
 
 class Identity:
@@ -36,7 +48,7 @@ class Identity:
         # libsodium's secret key is seed || public; the conversion wants all 64 bytes.
         secret64 = signing_key.encode() + public
         self._x25519_private = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(secret64)
-        self._x25519_public = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public)
+        self._x25519_public = x25519_public_of(public)
 
     @classmethod
     def generate(cls) -> Identity:

@@ -160,18 +160,17 @@ def pynacl_aead(key: bytes) -> tuple[Seal, Open]:
 
 
 def cryptography_aead(key: bytes) -> tuple[Seal, Open]:
-    """The same AEAD from the ``cryptography`` package (OpenSSL), when installed."""
+    """The same AEAD from the ``cryptography`` package (OpenSSL), when installed. Its
+    ``decrypt`` raises ``InvalidTag``, which :data:`_AEAD_FAILURES` includes, so it is
+    called directly, without a wrapper per message."""
     assert _ChaCha is not None
     aead = _ChaCha(key)
+    return aead.encrypt, aead.decrypt
 
-    def open_(nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-        try:
-            return aead.decrypt(nonce, ciphertext, ad)
-        except _InvalidTag as exc:
-            raise _AeadFailed from exc
 
-    return aead.encrypt, open_
-
+#: What an ``Open`` raises for a forged or damaged message.
+_AEAD_FAILURES: tuple[type[Exception], ...] = (
+    (_AeadFailed,) if _ChaCha is None else (_AeadFailed, _InvalidTag))
 
 #: The AEAD every new key uses: ``cryptography`` when installed, else PyNaCl. Both give
 #: identical bytes (the vectors and interop tests run against each).
@@ -219,34 +218,18 @@ class CipherState:
         return self._k is not None
 
     def _encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        """EncryptWithAd(ad, plaintext): plaintext unchanged without a key (§5.1)."""
-        k = self._k
-        if k is None:
+        """EncryptWithAd(ad, plaintext): plaintext unchanged without a key (§5.1); with
+        one, what :meth:`encrypt` does (written out there: it runs per message)."""
+        if self._k is None:
             return plaintext
-        n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
-        ciphertext = self._seal(_NONCE_PREFIX + _pack_nonce(n), plaintext, ad)
-        self.nonce = n + 1  # only after success
-        return ciphertext
+        return self.encrypt(plaintext, ad)
 
     def _decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        """DecryptWithAd(ad, ciphertext); on failure ``n`` is left unchanged (§5.1)."""
-        k = self._k
-        if k is None:
+        """DecryptWithAd(ad, ciphertext); on failure ``n`` is left unchanged (§5.1);
+        with a key, what :meth:`decrypt` does."""
+        if self._k is None:
             return ciphertext
-        if len(ciphertext) < TAG_LEN:
-            # PyNaCl would raise ValueError("negative array length") here.
-            raise ProtocolError("ciphertext shorter than its authentication tag")
-        n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
-        try:
-            plaintext = self._open(_NONCE_PREFIX + _pack_nonce(n), ciphertext, ad)
-        except _AeadFailed as exc:
-            raise ProtocolError("message failed authentication") from exc
-        self.nonce = n + 1  # only after the tag checked out
-        return plaintext
+        return self.decrypt(ciphertext, ad)
 
     # --- transport messages (§5: "transport phase") --------------------------------
 
@@ -260,7 +243,13 @@ class CipherState:
             raise ProtocolError("a Noise message is at most 65535 bytes")
         if self._k is None:
             raise ProtocolError("this CipherState has no key")
-        return self._encrypt_with_ad(ad, plaintext)
+        # EncryptWithAd with a key (§5.1), written out: this runs for every message.
+        n = self.nonce
+        if not 0 <= n < MAX_NONCE:
+            raise ProtocolError("nonce exhausted: the session must be closed")
+        ciphertext = self._seal(_NONCE_PREFIX + _pack_nonce(n), plaintext, ad)
+        self.nonce = n + 1  # only after success
+        return ciphertext
 
     def decrypt(self, ciphertext: bytes, ad: bytes = b"") -> bytes:
         """Authenticate and decrypt one transport message, returning the plaintext.
@@ -273,7 +262,19 @@ class CipherState:
             raise ProtocolError("a Noise message is at most 65535 bytes")
         if self._k is None:
             raise ProtocolError("this CipherState has no key")
-        return self._decrypt_with_ad(ad, ciphertext)
+        # DecryptWithAd with a key (§5.1), written out: this runs for every message.
+        if len(ciphertext) < TAG_LEN:
+            # PyNaCl would raise ValueError("negative array length") here.
+            raise ProtocolError("ciphertext shorter than its authentication tag")
+        n = self.nonce
+        if not 0 <= n < MAX_NONCE:
+            raise ProtocolError("nonce exhausted: the session must be closed")
+        try:
+            plaintext = self._open(_NONCE_PREFIX + _pack_nonce(n), ciphertext, ad)
+        except _AEAD_FAILURES as exc:
+            raise ProtocolError("message failed authentication") from exc
+        self.nonce = n + 1  # only after the tag checked out
+        return plaintext
 
 
 class _SymmetricState:

@@ -261,8 +261,14 @@ class Session:
         Raises :class:`MessageTooLarge` over ``max_message_size``, and
         :class:`ProtocolError` when the session is not open or the nonce is exhausted.
         """
-        self._check_sendable(len(payload))
-        if len(payload) <= MAX_FRAGMENT:  # the common case: one frame, no slicing
+        n = len(payload)
+        state = self.state
+        if (n <= MAX_FRAGMENT and n <= self.max_message_size  # the common case: one
+                and (state is SessionState.OPEN or state is SessionState.AWAITING_READY)):
+            body = self._send.encrypt(b"\x01" + payload)  # type: ignore[union-attr]
+            return len(body).to_bytes(2, "big") + body  # frame(), inline
+        self._check_sendable(n)
+        if n <= MAX_FRAGMENT:
             return frame(self._send.encrypt(b"\x01" + payload))  # type: ignore[union-attr]
         return b"".join(self._fragments_of(payload, b""))
 
@@ -274,7 +280,9 @@ class Session:
         return self._fragments_of(head, body)
 
     def _check_sendable(self, n: int) -> None:
-        if self.state is not SessionState.OPEN:
+        # The initiator may send once message 3 is written (AWAITING_READY): its first
+        # messages can then travel with message 3 (see guides/protocol.md, section 3).
+        if self.state is not SessionState.OPEN and self.state is not SessionState.AWAITING_READY:
             raise ProtocolError(f"session is {self.state.value}, cannot send")
         if n > self.max_message_size:
             raise MessageTooLarge(

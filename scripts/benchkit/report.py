@@ -1,4 +1,4 @@
-"""Medians over rounds, markdown tables, ratios and the issue-8 targets."""
+"""Medians over rounds, markdown tables, ratios and the issue-18 targets."""
 
 from __future__ import annotations
 

@@ -104,9 +104,11 @@ class Client(BaseClient):
 
     def cold_call(self, arg: Any) -> tuple[Any, float]:
         """W5-cold: a Node from the existing data dir, dial, one call (id as text), close.
-        Returns the result and how long the Node took to start, in seconds."""
+        Returns the result and how long the Node took to start, in seconds. The Node is
+        built as a one-shot command builds one: default settings (the network monitor
+        on, remembered addresses redialled), only the address bound to loopback."""
         t0 = time.perf_counter()
-        node = Node(self._cold_dir, **node_kwargs(), redial_remembered=False)
+        node = Node(self._cold_dir, host="127.0.0.1")
         started_s = time.perf_counter() - t0
         try:
             node.connect(self.server_text, "127.0.0.1", self.ready["port"])

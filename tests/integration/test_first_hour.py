@@ -96,16 +96,23 @@ def test_a_restarted_node_redials_its_peers_from_the_remembered_address(tmp_path
             assert wait_until(lambda: script.list_peers()[0].online, timeout_s=5)
 
 
+def _cli_calls(device: peernet.Node, tmp_path) -> peernet.Node:
+    """A one-shot CLI node that paired with ``device`` (both ways), reached it and called
+    it once; the caller closes it."""
+    device.expose("echo", lambda peer, args: args)
+    cli = _node(tmp_path / "cli", redial_remembered=False)
+    cli.pair(device.id)
+    device.pair(cli.id)
+    cli.connect(device.id, "127.0.0.1", device.port)
+    assert cli.call(device.id, "echo", 1) == 1
+    return cli
+
+
 def test_an_address_a_peer_connected_in_from_is_not_redialled_after_it_leaves(tmp_path):
     """A CLI call listens on a random port for a second: once it said bye, the device
     neither redials that port nor remembers it."""
     with _node(tmp_path / "device") as device:
-        device.expose("echo", lambda peer, args: args)
-        with _node(tmp_path / "cli", redial_remembered=False) as cli:
-            cli.pair(device.id)
-            device.pair(cli.id)
-            cli.connect(device.id, "127.0.0.1", device.port)
-            assert cli.call(device.id, "echo", 1) == 1
+        with _cli_calls(device, tmp_path) as cli:
             assert device.list_peers()[0].address == ("127.0.0.1", cli.port)
         assert wait_until(lambda: device.list_peers()[0].status == "offline", timeout_s=5)
         (peer,) = device.list_peers()
@@ -219,3 +226,30 @@ def test_the_address_book_follows_the_trust_files_rules(tmp_path, shape):
         _node(data_dir)
     assert book.is_symlink() if shape == "symlink" else (book.stat().st_mode & 0o777) == 0o666
     assert not (data_dir / "node.lock").read_text()  # the failed node let go of the dir
+
+
+def test_a_peer_shown_offline_has_its_departure_settled(tmp_path, monkeypatch):
+    """list_peers() shows a peer offline only once its link has left the table: what
+    its end changes (here: a departed CLI's one-off inbound address) is settled by
+    then, however long the link's thread takes to tear down."""
+    from peernet._io.link import Link
+
+    real_teardown = Link._teardown
+
+    def slow_teardown(link: Link) -> None:
+        if not link.outbound:  # the device's end: a thread descheduled while closing
+            time.sleep(0.5)
+        real_teardown(link)
+
+    with _node(tmp_path / "device") as device:
+        with _cli_calls(device, tmp_path):
+            monkeypatch.setattr(Link, "_teardown", slow_teardown)
+        seen = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            (peer,) = device.list_peers()
+            seen.append((peer.status, peer.address))
+            if peer.status == "offline":
+                break
+            time.sleep(0.005)
+        assert seen[-1] == ("offline", None), seen[-3:]

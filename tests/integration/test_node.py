@@ -118,12 +118,12 @@ def test_oversize_is_refused_on_send_and_the_link_survives(make_node):
 
 
 def test_bulk_frames_are_written_whole_when_the_socket_buffer_fills():
-    """A bulk message goes out with writev; what does not fit waits for room (up to the
-    socket's timeout) and nothing is lost or reordered."""
+    """A bulk message goes out with sendmsg; what does not fit waits for room (up to the
+    link's io_timeout) and nothing is lost or reordered."""
     from peernet._io.link import _send_frames
 
     left, right = socket.socketpair()
-    left.settimeout(10)  # as on a link: non-blocking underneath, bounded waits
+    left.settimeout(None)  # as on a link after the handshake: blocking, no timeout
     frames = [bytes([i]) * (65537 - i) for i in range(60)]  # ~3.8 MB, far over the buffer
     got = bytearray()
 
@@ -137,13 +137,35 @@ def test_bulk_frames_are_written_whole_when_the_socket_buffer_fills():
     reader = threading.Thread(target=drain)
     reader.start()
     try:
-        _send_frames(left, frames)
+        _send_frames(left, frames, 10.0)
         reader.join(10)
         assert bytes(got) == b"".join(frames)
     finally:
         left.close()
         right.close()
         reader.join(5)
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_write_to_a_peer_that_does_not_read_ends_within_io_timeout(bulk):
+    """A link's socket is blocking after the handshake (its reader waits in recv alone),
+    yet no write may block forever: what does not fit waits at most io_timeout, then
+    fails, and the link ends instead of holding its callers."""
+    from peernet._io.link import _send_all, _send_frames
+
+    left, right = socket.socketpair()  # nobody reads ``right``
+    left.settimeout(None)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            if bulk:
+                _send_frames(left, [b"x" * 65537] * 200, 0.3)
+            else:
+                _send_all(left, b"x" * (16 << 20), 0.3)
+        assert 0.25 <= time.monotonic() - start < 3.0
+    finally:
+        left.close()
+        right.close()
 
 
 def test_large_messages_are_fragmented_and_reassembled(pair_of_nodes):
@@ -382,6 +404,255 @@ def test_messages_that_arrive_together_run_on_the_reader_in_order(make_node):
         assert {name for _, _, name in seen} == {"peernet-link"}
     finally:
         peer.close()
+
+
+def test_calls_that_arrive_with_message_3_run_on_the_reader(make_node):
+    """What an initiator sends with handshake message 3 is a read like any other: the
+    responder runs it on the link's reader once it accepted message 3 and sent READY,
+    in order, and answers every call."""
+    from peernet._proto.messages import Call, Reply, Send, encode_message
+    from peernet.identity import Identity
+    from tests.adversarial.harness import RawPeer
+
+    b = make_node()
+    seen: list[tuple[int, str]] = []
+    b.expose("note", lambda peer, i: seen.append((i, threading.current_thread().name)))
+    b.expose("ask", lambda peer, i: seen.append((i, threading.current_thread().name)) or i)
+    identity = Identity.generate()
+    b.pair(identity.peer_id)
+    peer = RawPeer(identity, b.id, b.port, src="127.0.0.1")
+    try:
+        early = [Call(1, "ask", 0), Send("note", 1), Call(3, "ask", 2)]
+        peer.handshake(early=[encode_message(m) for m in early])
+        assert peer.wait_for(lambda p: len(p.payloads) >= 2)
+        assert [m.request_id for m in peer.messages() if type(m) is Reply] == [1, 3]
+        assert wait_until(lambda: len(seen) == 3)
+        assert seen == [(0, "peernet-link"), (1, "peernet-link"), (2, "peernet-link")]
+    finally:
+        peer.close()
+
+
+class _RawResponder:
+    """A responder built from the sans-IO Session on a raw listening socket: shows
+    exactly what a dialling node puts into each write."""
+
+    def __init__(self, node: Node, *, trusted: bool = True) -> None:
+        from peernet._proto.session import LocalCredentials, Session
+        from peernet.identity import Identity
+
+        identity = Identity.generate()
+        self.id = identity.peer_id
+        node.pair(self.id)
+        self.session = Session(LocalCredentials.from_identity(identity), initiator=False,
+                               is_trusted=lambda peer: trusted and peer == node.id)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.sock: socket.socket | None = None
+
+    def accept_and_read_message_3(self) -> list:
+        """Answer message 1, then return the events of the one read that brings
+        message 3 (and whatever came in the same write)."""
+        self.sock, _ = self.listener.accept()
+        self.sock.settimeout(10)
+        assert self.session.receive_data(self.sock.recv(65536)) == []  # message 1
+        self.sock.sendall(self.session.data_to_send())  # message 2
+        return self.session.receive_data(self.sock.recv(65536))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.listener.close()
+
+    # -- after the handshake ---------------------------------------------------------
+
+    def messages(self, want: int = 1) -> list:
+        """Read until ``want`` application messages came; return them decoded."""
+        from peernet._proto.messages import decode_message
+        from peernet._proto.session import MessageReceived
+
+        assert self.sock is not None
+        got: list = []
+        while len(got) < want:
+            for event in self.session.receive_data(self.sock.recv(65536)):
+                if isinstance(event, MessageReceived):
+                    got.append(decode_message(event.payload))
+        return got
+
+    def write(self, *messages) -> None:
+        """Seal ``messages`` (and READY, if still due) into one write."""
+        from peernet._proto.messages import encode_message
+
+        assert self.sock is not None
+        self.sock.sendall(self.session.data_to_send() + b"".join(
+            self.session.seal(encode_message(m)) for m in messages))
+
+
+def _call_in_thread(node: Node, peer, args, timeout: float):
+    """Start ``node.call(peer, "echo", args)`` on a thread; its outcome (the result or
+    the exception) lands in the returned queue."""
+    outcome: queue.Queue[object] = queue.Queue()
+
+    def call() -> None:
+        try:
+            outcome.put(node.call(peer, "echo", args, timeout=timeout))
+        except BaseException as exc:  # noqa: BLE001 -- the test inspects it
+            outcome.put(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    return caller, outcome
+
+
+def _linked_with_baton(make_node):
+    """Node ``a`` linked to a raw responder, with calls already made on the link, so
+    that its thread is parked and the next call reads its own reply."""
+    from peernet._io.link import _PARKED
+    from peernet._proto.messages import Call, Reply, decode_message
+
+    a = make_node("a")
+    responder = _RawResponder(a)
+    a.connect(responder.id, "127.0.0.1", responder.port)
+    done: queue.Queue[object] = queue.Queue()
+    caller = threading.Thread(target=lambda: done.put(
+        [a.call(responder.id, "echo", i, timeout=10) for i in range(2)]))
+    caller.start()
+    events = responder.accept_and_read_message_3()
+    call = decode_message(events[1].payload)
+    responder.write(Reply(call.request_id, call.args))
+    (second,) = responder.messages()
+    assert type(second) is Call
+    responder.write(Reply(second.request_id, second.args))
+    caller.join(10)
+    assert done.get_nowait() == [0, 1]
+    link = a._registry.active_link(responder.id)
+    assert wait_until(lambda: link._watch == _PARKED)
+    return a, responder, link
+
+
+def test_a_caller_reading_its_own_reply_routes_everything_else_it_reads(make_node):
+    """The reading baton: the caller reads the socket itself while the link's thread
+    sleeps. What comes before its reply is handled as the reader would: a ping is
+    answered, the peer's call runs on a handler thread (never on the caller's) and is
+    answered, and the caller gets its own reply."""
+    from peernet._io.link import _CALLER_READS
+    from peernet._proto.messages import Call, Ping, Pong, Reply
+
+    a, responder, link = _linked_with_baton(make_node)
+    ran_on: list[str] = []
+    a.expose("hello", lambda peer, who: ran_on.append(threading.current_thread().name)
+             or f"hi {who}")
+    try:
+        result: queue.Queue[object] = queue.Queue()
+        caller = threading.Thread(target=lambda: result.put(
+            a.call(responder.id, "echo", "mine", timeout=10)), name="the-caller")
+        caller.start()
+        (call,) = responder.messages()
+        assert link._watch == _CALLER_READS  # taken before the call was written
+        responder.write(Ping(b"12345678"), Call(77, "hello", "bob"),
+                        Reply(call.request_id, call.args))
+        caller.join(10)
+        assert result.get_nowait() == "mine"
+        answers = responder.messages(2)
+        assert Pong(b"12345678") in answers
+        assert Reply(77, "hi bob") in answers
+        assert ran_on and ran_on[0] != "the-caller"
+    finally:
+        responder.close()
+
+
+def test_the_link_dropping_under_a_reading_caller_fails_its_call_at_once(make_node):
+    from peernet._io.link import _CALLER_READS
+
+    a, responder, link = _linked_with_baton(make_node)
+    try:
+        caller, errors = _call_in_thread(a, responder.id, 1, timeout=30)
+        responder.messages()  # the call arrived; the caller reads, waiting for its reply
+        assert link._watch == _CALLER_READS
+        t0 = time.monotonic()
+        assert responder.sock is not None
+        responder.sock.close()
+        caller.join(10)
+        assert isinstance(errors.get_nowait(), peernet.ConnectionLost)
+        assert time.monotonic() - t0 < 2.0  # at once, not after the 30 s timeout
+    finally:
+        responder.close()
+
+
+def test_a_reading_caller_that_times_out_hands_reading_back(make_node):
+    """A caller that gives up (CallTimeout) while reading gives the baton back: the
+    late reply is dropped, and the link keeps working for the next call."""
+    from peernet._io.link import _CALLER_READS
+    from peernet._proto.messages import Reply
+
+    a, responder, link = _linked_with_baton(make_node)
+    try:
+        first, result = _call_in_thread(a, responder.id, "x", timeout=0.3)
+        (late,) = responder.messages()
+        assert link._watch == _CALLER_READS
+        first.join(10)
+        assert isinstance(result.get_nowait(), peernet.CallTimeout)
+        responder.write(Reply(late.request_id, "too late"))  # dropped: nobody waits
+        second, result = _call_in_thread(a, responder.id, "x", timeout=10.0)
+        (call_msg,) = responder.messages()
+        responder.write(Reply(call_msg.request_id, call_msg.args))
+        second.join(10)
+        assert result.get_nowait() == "x"
+        assert not link.closed
+    finally:
+        responder.close()
+
+
+def test_the_first_call_on_a_new_link_travels_with_handshake_message_3(make_node):
+    """A call that waits for a new link goes out in the same write as handshake
+    message 3: the responder reads both at once, and one round trip is saved."""
+    from peernet._proto.messages import Call, Reply, decode_message, encode_message
+    from peernet._proto.session import HandshakeCompleted, MessageReceived
+
+    a = make_node("a")
+    responder = _RawResponder(a)
+    a.connect(responder.id, "127.0.0.1", responder.port)
+    try:
+        result: queue.Queue[object] = queue.Queue()
+        caller = threading.Thread(target=lambda: result.put(
+            a.call(responder.id, "echo", 7, timeout=10)))
+        caller.start()
+        events = responder.accept_and_read_message_3()
+        assert [type(e) for e in events] == [HandshakeCompleted, MessageReceived]
+        call = decode_message(events[1].payload)
+        assert type(call) is Call and call.name == "echo" and call.args == 7
+        reply = responder.session.seal(encode_message(Reply(call.request_id, call.args)))
+        assert responder.sock is not None
+        responder.sock.sendall(responder.session.data_to_send() + reply)  # READY, reply
+        caller.join(10)
+        assert result.get_nowait() == 7
+    finally:
+        responder.close()
+
+
+def test_a_call_sent_with_message_3_to_a_peer_that_unpaired_us_says_so(make_node):
+    """The one new case of sending the first call with message 3: a responder that has
+    unpaired us sees message 3 (and the call behind it, which it never decrypts), then
+    closes. The caller gets PeerUnavailable with the one-sided-pairing advice, not a
+    bare ConnectionLost: the call provably never ran."""
+    a = make_node("a")
+    responder = _RawResponder(a, trusted=False)
+    a.connect(responder.id, "127.0.0.1", responder.port)
+    try:
+        caller, errors = _call_in_thread(a, responder.id, 7, timeout=10)
+        events = responder.accept_and_read_message_3()
+        assert len(events) == 1 and not isinstance(events[0], peernet.PeerNetError)
+        assert responder.session.refused_peer == a.id  # the call was never opened
+        assert responder.sock is not None
+        responder.sock.close()
+        caller.join(10)
+        error = errors.get_nowait()
+        assert isinstance(error, peernet.PeerUnavailable)
+        assert not isinstance(error, peernet.ConnectionLost)
+        assert "has not paired this node" in str(error)
+        assert f"peernet pair {a.id}" in str(error)
+    finally:
+        responder.close()
 
 
 def test_a_slow_handler_hands_what_came_after_it_to_the_pool(make_node):
@@ -709,3 +980,40 @@ def test_ipv6_dual_stack_listener(make_node):
     b.unpair(a.id), b.pair(a.id)
     b.connect(a.id, "127.0.0.1", a.port)
     assert b.call(a.id, "echo", "v4") == "v4"
+
+
+def test_the_polling_monitor_starts_a_moment_after_the_node(tmp_path, monkeypatch):
+    """A node's own polling monitor starts (and reads the interfaces) a moment after
+    the node: a one-shot node closed before then never starts its thread nor reads the
+    interfaces; a node that lives on gets its readings."""
+    from peernet._io.netmon import PollingMonitor
+
+    readings: list[float] = []
+    monkeypatch.setattr(PollingMonitor, "_ifaddr_probe",
+                        staticmethod(lambda: readings.append(time.monotonic()) or frozenset()))
+    with Node(tmp_path / "once", host="127.0.0.1") as node:
+        node.expose("echo", lambda peer, args: args)
+    assert readings == []
+    assert not [t for t in threading.enumerate() if t.name == "peernet-netmon"]
+    with Node(tmp_path / "lives", host="127.0.0.1", network_poll_interval=0.05) as node:
+        assert wait_until(lambda: node._netmon is not None and node._netmon.polls >= 1)
+    assert readings
+
+
+def test_message_3_goes_alone_when_the_waiting_call_does_not_come(pair_of_nodes, monkeypatch):
+    """An initiator holds message 3 for a call that waits for the link, but only
+    briefly: if that call never comes (its caller gave up), message 3 goes alone and
+    the link comes up all the same."""
+    a, b = pair_of_nodes
+    held: list[float] = []
+
+    def a_call_is_waiting(link) -> bool:  # claims a caller waits; none will write
+        held.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr(a._mesh, "link_first_flight", a_call_is_waiting)
+    b.expose("echo", lambda peer, args: args)
+    t0 = time.monotonic()
+    assert a.wait_for_peer(b.id, timeout=5)
+    assert held and time.monotonic() - t0 < 2.0
+    assert a.call(b.id, "echo", 3) == 3

@@ -47,3 +47,38 @@ def test_the_trust_list_is_still_fsynced(tmp_path, monkeypatch):
     fsyncs = count_fsyncs(monkeypatch)
     store.pair(PEER, "pi")
     assert len(fsyncs) >= 2  # the file and its directory
+
+
+def test_a_newer_last_seen_alone_is_written_only_once_it_moved_a_minute(tmp_path):
+    """A script that reaches the same device run after run does not replace the file
+    every time: the address is written at once, a newer last-seen time only once it is
+    LAST_SEEN_RESOLUTION_S past what the file holds (so it never drifts further)."""
+    from peernet._addresses import LAST_SEEN_RESOLUTION_S as RES
+
+    tmp_path.chmod(0o700)
+    path = tmp_path / "addresses.json"
+    book = AddressBook.load(tmp_path)
+    book.reached(PEER, ("127.0.0.1", 7777), 1000.0)
+    book.save()
+    written = path.read_bytes()
+
+    def saved_last_seen() -> float | None:
+        entry = AddressBook.load(tmp_path).get(PEER)
+        assert entry is not None
+        return entry.last_seen
+
+    for step in range(1, 10):  # many small steps: the file may lag, never by RES
+        book = AddressBook.load(tmp_path)  # a new run of the script
+        book.reached(PEER, ("127.0.0.1", 7777), 1000.0 + step * RES / 4)
+        book.seen(PEER, 1000.0 + step * RES / 4 + 1)
+        book.save()
+        assert 1000.0 + step * RES / 4 + 1 - saved_last_seen() < RES
+    assert path.read_bytes() != written  # rewritten when the lag reached RES
+    rewritten = path.read_bytes()
+    book = AddressBook.load(tmp_path)
+    book.reached(PEER, ("127.0.0.1", 7777), saved_last_seen() + 1)
+    book.save()
+    assert path.read_bytes() == rewritten  # a second later: not worth a write
+    book.reached(PEER, ("127.0.0.1", 8888), saved_last_seen() + 2)
+    book.save()
+    assert AddressBook.load(tmp_path).get(PEER).address == ("127.0.0.1", 8888)

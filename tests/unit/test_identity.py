@@ -10,6 +10,8 @@ from pathlib import Path
 
 import nacl.bindings
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peernet import _fs
 from peernet.errors import InsecureKeyFile, KeyFileError
@@ -92,6 +94,16 @@ def test_x25519_keys_are_the_standard_conversion():
     assert me.x25519_public == nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(
         me.peer_id.bytes
     )
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_our_own_x25519_key_is_libsodiums_conversion_for_every_seed(seed):
+    """Identity derives its X25519 public key with the birational map in Python (no
+    point validation: the key is our own); it is libsodium's result, byte for byte."""
+    me = Identity.from_seed(seed)
+    assert me.x25519_public == nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(
+        me.peer_id.bytes)
+    assert me.x25519_public == nacl.bindings.crypto_scalarmult_base(me.x25519_private)
 
 
 def test_no_secret_in_repr_or_str():

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peernet import ids
 from peernet.errors import InvalidPeerId
 from peernet.ids import (
     CHARSET,
@@ -108,6 +109,22 @@ def test_round_trips(raw):
     assert pid.short == text[:11]
 
 
+@given(keys)
+def test_the_fast_text_paths_agree_with_the_reference_bech32m(raw):
+    """PeerId texts are made and read by fast paths (bytes.translate, int arithmetic);
+    they give exactly what the BIP-350 reference functions give, and the careful parser
+    (with its error messages) still decides everything that is not a canonical text."""
+    text = bech32m_encode("pn", convertbits(raw, 8, 5, pad=True))
+    assert ids._encode_key(raw) == text
+    assert ids._decode_key(text) == raw
+    assert ids._decode_key(text.upper()) is None  # not canonical: the careful path
+    assert ids._parse_text(text.upper()) == raw
+    typo = text[:20] + ("q" if text[20] != "q" else "p") + text[21:]
+    assert ids._decode_key(typo) is None
+    with pytest.raises(InvalidPeerId):
+        ids._parse_text(typo)
+
+
 def test_parse_forgives_what_people_type():
     spaced = " ".join(DEMO_TEXT[i : i + 4] for i in range(0, 61, 4))
     dashed = "-".join(DEMO_TEXT[i : i + 7] for i in range(0, 61, 7))
@@ -184,6 +201,7 @@ def test_well_formed_text_of_the_wrong_data_length():
 def test_non_canonical_padding_is_rejected():
     values = convertbits(DEMO_KEY, 8, 5, pad=True)
     values[-1] |= 1  # the last symbol carries 4 padding bits; set one
+    assert ids._decode_key(bech32m_encode("pn", values)) is None
     assert "padding" in _message(bech32m_encode("pn", values))
 
 

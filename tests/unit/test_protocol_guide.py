@@ -123,14 +123,15 @@ def test_handshake_frame_sizes_are_as_stated():
     assert events[0].listen_port == 4321
 
 
-def test_ready_is_mandatory_and_the_initiator_cannot_send_before_it():
+def test_ready_is_mandatory_and_the_initiator_may_send_right_behind_message_3():
     pair = make_pair()
     i, r = pair.initiator, pair.responder
+    with pytest.raises(ProtocolError):
+        i.seal(b"\xf6")  # before message 2 there are no keys
     r.receive_data(i.data_to_send())
     i.receive_data(r.data_to_send())
-    r.receive_data(i.data_to_send())  # message 3: the responder is open
-    with pytest.raises(ProtocolError):
-        i.seal(b"\xf6")  # awaiting READY: nothing may go out
+    events = r.receive_data(i.data_to_send() + i.seal(b"\xf6"))  # message 3 + a call
+    assert [type(e) for e in events] == [HandshakeCompleted, MessageReceived]
     r.data_to_send()  # the READY is lost; an application message comes first instead
     events = i.receive_data(r.seal(b"\xf6"))
     assert [type(e) for e in events] == [SessionClosed]
@@ -148,8 +149,9 @@ def test_the_responder_processes_data_that_came_with_message_3():
     r.receive_data(i.data_to_send())
     i.receive_data(r.data_to_send())
     message3 = i.data_to_send()
-    # An initiator that does not wait for READY (not peernet's): data right after message 3.
-    early = frame(i._send.encrypt(b"\x01" + b"\xf6"))  # noqa: SLF001
+    # An initiator that does not wait for READY (peernet's first call): data right
+    # after message 3, sealed with its first send nonce.
+    early = i.seal(b"\xf6")
     events = r.receive_data(message3 + early)
     assert [type(e) for e in events] == [HandshakeCompleted, MessageReceived]
     assert events[1].payload == b"\xf6"

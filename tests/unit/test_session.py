@@ -166,21 +166,24 @@ def test_handshake_step_by_step():
 
     message1 = i.data_to_send()
     assert len(message1) == 2 + 32
+    with pytest.raises(ProtocolError):  # no keys yet: nothing can be sealed
+        i.seal(b"too early")
     assert i.data_to_send() == b""  # data_to_send drains
     assert r.receive_data(message1) == []
     message2 = r.data_to_send()
     assert len(message2) == 2 + 195
 
     assert i.receive_data(message2) == []
-    # Message 3 is out, but the initiator is not connected until READY arrives.
+    # Message 3 is out, but the initiator is not connected until READY arrives. It may
+    # already seal: its first call travels with message 3, in the same write.
     assert i.state is SessionState.AWAITING_READY
     message3 = i.data_to_send()
     assert len(message3) == 2 + 163
-    with pytest.raises(ProtocolError):
-        i.seal(b"too early")
+    first = i.seal(b"first call")
 
-    r_events = r.receive_data(message3)
-    assert r_events == [HandshakeCompleted(pair.initiator_id, 1111, r.handshake_hash)]
+    r_events = r.receive_data(message3 + first)
+    assert r_events == [HandshakeCompleted(pair.initiator_id, 1111, r.handshake_hash),
+                        MessageReceived(b"first call")]
     assert r.state is SessionState.OPEN
     ready = r.data_to_send()
     assert len(ready) == 2 + TAG_LEN + 1  # one READY byte, sealed
@@ -1017,16 +1020,35 @@ def test_close_during_handshake_withdraws_pending_output():
 
 
 @pytest.mark.parametrize("state", ["handshaking", "awaiting_ready"])
-def test_seal_before_open_refuses(state):
+def test_seal_before_the_keys_refuses(state):
+    """Nothing is sealed before a side has its transport keys: the initiator once it
+    wrote message 3 (its first calls may travel with it), the responder only once it
+    accepted message 3."""
     pair = make_pair()
     i, r = pair.initiator, pair.responder
     if state == "awaiting_ready":
         r.receive_data(i.data_to_send())
         i.receive_data(r.data_to_send())
-    with pytest.raises(ProtocolError):
-        i.seal(b"x")
-    with pytest.raises(ProtocolError):
-        r.seal(b"x")
+        assert r.receive_data(i.data_to_send() + i.seal(b"x"))[-1] == MessageReceived(b"x")
+    else:
+        with pytest.raises(ProtocolError):
+            i.seal(b"x")
+        with pytest.raises(ProtocolError):
+            r.seal(b"x")
+
+
+def test_a_responder_that_refuses_message_3_never_opens_what_came_with_it():
+    """A call sent with message 3 to a responder that has unpaired us: the trust check
+    fails on message 3 and the session ends there; the call is never decrypted."""
+    pair = make_pair()
+    i, r = pair.initiator, pair.responder
+    r._is_trusted = lambda peer: False
+    r.receive_data(i.data_to_send())
+    i.receive_data(r.data_to_send())
+    events = r.receive_data(i.data_to_send() + i.seal(b"call"))
+    assert len(events) == 1 and isinstance(events[0], SessionClosed)
+    assert r.refused_peer == pair.initiator_id
+    assert not any(isinstance(e, MessageReceived) for e in events)
 
 
 def test_listen_port_is_validated():
