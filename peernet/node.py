@@ -184,8 +184,9 @@ class Node:
         them (what a one-shot script or CLI command wants).
     :param on_handler_error: called with a :class:`~peernet.handlers.HandlerFailure`
         (handler name, peer, exception) whenever one of this node's handlers (or its
-        ``authorize``) raises; the calling peer only gets ``RemoteError`` with the type
-        name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
+        ``authorize``) raises, or returns a result that cannot be sent (``in_result``:
+        not CBOR data, or too large); the calling peer only gets ``RemoteError`` with
+        the type name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
         ERROR on ``peernet.handlers`` when logging is configured and otherwise prints
         the traceback to stderr, like an uncaught exception in a thread.
     :param directory: True (default) serves the handler directory: a paired peer may
@@ -284,7 +285,8 @@ class Node:
                 invites=self._invites,
                 credentials=credentials,
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
-                dispatch=self._handlers.dispatch, timers=self._timers,
+                dispatch=self._handlers.dispatch,
+                report_unsendable=self._handlers.report_unsendable, timers=self._timers,
                 registry=self._registry, addresses=addresses,
                 scheduler=Scheduler(max_workers=settings.handler_workers,
                                     max_calls_per_peer=settings.max_calls_per_peer,

@@ -76,6 +76,9 @@ _ADDRESS_SAVE_DELAY_S = 1.0
 
 #: What ``dispatch(peer, name, args)`` returns: ``.value``, or ``.error`` + ``.detail``.
 Dispatch = Callable[[PeerId, str, Any], Any]
+#: ``report_unsendable(peer, name, exc)``: handler ``name``'s result for ``peer`` could
+#: not be sent (``exc``: EncodeError or MessageTooLarge).
+ReportUnsendable = Callable[[PeerId, str, BaseException], None]
 #: (peer, new status, previous status, unix time)
 PeerEvent = tuple[PeerId, str, str, float]
 
@@ -95,13 +98,15 @@ class Mesh:
     """Every link of one node. Built by ``Node``; see the module docstring."""
 
     def __init__(self, *, credentials: LocalCredentials, is_trusted: Callable[[PeerId], bool],
-                 settings: MeshSettings, dispatch: Dispatch, scheduler: Scheduler,
-                 timers: Timers, registry: Registry, addresses: AddressBook,
+                 settings: MeshSettings, dispatch: Dispatch,
+                 report_unsendable: ReportUnsendable, scheduler: Scheduler, timers: Timers,
+                 registry: Registry, addresses: AddressBook,
                  invites: InviteHost | None = None) -> None:
         self._credentials = credentials
         self._is_trusted = is_trusted
         self._settings = settings
         self._dispatch = dispatch
+        self._report_unsendable = report_unsendable
         self._sched = scheduler
         self._timers = timers
         self._registry = registry
@@ -414,8 +419,8 @@ class Mesh:
             try:
                 payload = encode_for_link(Reply(call.request_id, outcome.value))
                 self._check_size(payload)
-            except (EncodeError, MessageTooLarge) as exc:
-                log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
+            except (EncodeError, MessageTooLarge) as exc:  # the handler's bug: shown here
+                self._report_unsendable(peer, call.name, exc)
                 payload = encode_message(Error(call.request_id, HANDLER_ERROR,
                                               exception_detail(exc)))
         else:
