@@ -129,7 +129,7 @@ from . import labels
 from .handlers import HandlerFailure, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
-from .node import Node, default_data_dir
+from .node import Node, cli_command, default_data_dir
 from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
@@ -615,10 +615,10 @@ def _name(pid: PeerId, trust: TrustStore) -> str:
     return _printable(entry.label) if entry is not None and entry.label else pid.short
 
 
-def _require_paired(pid: PeerId, trust: TrustStore) -> None:
+def _require_paired(pid: PeerId, trust: TrustStore, data_dir: Path) -> None:
     if not trust.is_trusted(pid):
-        raise CliError(f"{pid.short} is not paired on this side; run: peernet pair {pid}",
-                       EXIT_NOT_PAIRED)
+        raise CliError(f"{pid.short} is not paired on this side; run: "
+                       f"{cli_command(data_dir)} pair {pid}", EXIT_NOT_PAIRED)
 
 
 def _status(node: _Live, pid: PeerId) -> str | None:
@@ -1067,7 +1067,7 @@ def cmd_label(opts: argparse.Namespace, data_dir: Path) -> int:
     """Give a paired peer a new label, or clear it (an empty label)."""
     with _node_or_files(data_dir, lock=True) as target:
         pid = resolve_peer(opts.peer, target.trust)
-        _require_paired(pid, target.trust)
+        _require_paired(pid, target.trust, data_dir)
         try:
             target.label(pid, opts.label)
         except (TypeError, ValueError) as exc:
@@ -1110,8 +1110,8 @@ def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
                     discovery=sources) as node:
         pids = [t.peer_id for t in node.trust.list()]
         if not pids:
-            print("no paired peers yet; pair one with: peernet pair ID --label NAME "
-                  "(see `peernet nearby`)")
+            print(f"no paired peers yet; pair one with: {cli_command(data_dir)} pair ID "
+                  "--label NAME (see `peernet nearby`)")
             return EXIT_OK
         _solicit(sources)
         deadline = time.monotonic() + timeout_s
@@ -1144,7 +1144,8 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
                     return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
             peers = target.list_peers()
         if not peers:
-            print("no paired peers yet; pair one with: peernet pair ID --label NAME")
+            print(f"no paired peers yet; pair one with: {cli_command(data_dir)} pair ID "
+                  "--label NAME")
             return EXIT_OK
         print(_table(peers))
         if isinstance(target, _Files):
@@ -1159,7 +1160,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
         pids = []
         for who, address in targets:
             pid = resolve_peer(who, node.trust)
-            _require_paired(pid, node.trust)
+            _require_paired(pid, node.trust, data_dir)
             pids.append(pid)
             node.connect(pid, *address)
         deadline = time.monotonic() + (opts.timeout or 5.0)
@@ -1274,9 +1275,10 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
             for line in _describe_lan(lan) if lan else ():
                 out.note(line)
             if len(node.trust) == 0:
-                out.note("no peers paired yet: nobody can connect. In another terminal, "
-                         "`peernet invite` (the other machine joins with its code) or "
-                         "`peernet pair ID`: this node takes it at once.")
+                here = cli_command(data_dir)
+                out.note(f"no peers paired yet: nobody can connect. In another terminal, "
+                         f"`{here} invite` (the other machine joins with its code) or "
+                         f"`{here} pair ID`: this node takes it at once.")
             where = "" if lan else f" --to THIS_HOST:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
                      f"peernet call {node.id} echo '\"hi\"'{where}")
@@ -1314,7 +1316,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
               _open_node(data_dir, host=opts.host, port=opts.port,
                          redial_remembered=False, discovery=sources)) as node:
             pid = resolve_peer(opts.peer, node.trust)
-            _require_paired(pid, node.trust)
+            _require_paired(pid, node.trust, data_dir)
             name = _name(pid, node.trust)
             relays = remote is None or "chat" in remote.status.feeds
             quiet = _serve(node, out, chat=relays)
@@ -1381,7 +1383,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     remote = _running(data_dir)
     if remote is not None:
         pid = resolve_peer(opts.peer, remote.trust)
-        _require_paired(pid, remote.trust)
+        _require_paired(pid, remote.trust, data_dir)
         yield remote, pid, args, address, None
         return
     lan = choose_lan(opts, data_dir) if address is None else None
@@ -1389,7 +1391,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
                     redial_remembered=False, discovery=sources) as node:
         pid = resolve_peer(opts.peer, node.trust)
-        _require_paired(pid, node.trust)
+        _require_paired(pid, node.trust, data_dir)
         if address is None and not lan and _remembered(node, pid) is None:
             raise _no_address(pid, node.trust)
         yield node, pid, args, address, lan
@@ -1600,7 +1602,8 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     if result.note:
         print(f"peernet: {escape(result.note)}", file=sys.stderr)
     name = shlex.quote(result.label) if result.label else str(result.peer)
-    print(f"""call it with: peernet call {_printable(name)} echo '"hi"'""", file=sys.stderr)
+    print(f"""call it with: {cli_command(data_dir)} call {_printable(name)} echo '"hi"'""",
+          file=sys.stderr)
     return EXIT_OK
 
 

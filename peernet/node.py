@@ -23,6 +23,7 @@ import html
 import ipaddress
 import logging
 import os
+import shlex
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -97,8 +98,23 @@ def default_data_dir() -> Path:
     explicit = os.environ.get("PEERNET_DATA_DIR")
     if explicit:
         return Path(explicit).expanduser()
+    return _builtin_data_dir()
+
+
+def _builtin_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
     return Path(base).expanduser() / "peernet"
+
+
+def cli_command(data_dir: str | os.PathLike[str]) -> str:
+    """The ``peernet`` command line that works on ``data_dir``, for hints a person pastes
+    into another terminal: ``peernet --data-dir DIR`` (absolute, shell-quoted) unless it
+    is the built-in default, since $PEERNET_DATA_DIR may not be set over there. Without
+    it, a hint followed in that terminal would pair or call from another identity."""
+    path = Path(data_dir).expanduser().absolute()
+    if path == _builtin_data_dir().absolute():
+        return "peernet"
+    return f"peernet --data-dir {shlex.quote(str(path))}"
 
 
 def _check_host(host: object) -> str:
@@ -248,6 +264,7 @@ class Node:
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             reconnect_initial=reconnect_initial, reconnect_max=reconnect_max,
             network_poll_interval=network_poll_interval)
+        where = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         mesh_settings = MeshSettings(
             call_timeout_s=settings.call_timeout,
             handshake_timeout_s=settings.handshake_timeout,
@@ -256,13 +273,12 @@ class Node:
             heartbeat_interval_s=settings.heartbeat_interval,
             heartbeat_timeout_s=settings.heartbeat_timeout,
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
+            cli_command=cli_command(where),
         )
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
-        self._data_dir = ensure_private_dir(
-            Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        )
+        self._data_dir = ensure_private_dir(where)
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
         self._closed = False
         try:

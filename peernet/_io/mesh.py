@@ -92,6 +92,9 @@ class MeshSettings:
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     backoff: Backoff
+    #: ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to run the
+    #: CLI on this node's data dir.
+    cli_command: str
 
 
 class Mesh:
@@ -488,8 +491,9 @@ class Mesh:
             while len(self._refusals_warned) > _REFUSAL_WARNINGS_TRACKED:
                 self._refusals_warned.pop(next(iter(self._refusals_warned)))
         log.warning("refused a connection from %s (port %d): %s is not paired with this "
-                    "node. If you trust it, pair it: `peernet pair %s` or node.pair(%r)",
-                    address[0], address[1], peer.short, peer, str(peer))
+                    "node. If you trust it, pair it: `%s pair %s` or node.pair(%r)",
+                    address[0], address[1], peer.short, self._settings.cli_command, peer,
+                    str(peer))
 
     def _check_inline(self) -> None:
         """On the timer thread: hand reading over from readers stuck in a handler."""

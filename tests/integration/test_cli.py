@@ -154,6 +154,48 @@ def test_id_creates_and_shows_a_stable_identity(tmp_path):
     assert f"peernet pair {pid}" in first.stdout
 
 
+def test_commands_a_hint_says_to_run_here_name_this_data_dir(tmp_path, monkeypatch):
+    """Two data dirs in two terminals is how everyone tries peernet: a hint that says
+    `peernet pair ...` without --data-dir would act on the default identity there."""
+    d = tmp_path / "my dir"
+    empty = run("--data-dir", str(d), "peers")
+    assert empty.returncode == 0
+    assert f"pair one with: peernet --data-dir '{d}' pair ID --label NAME" in empty.stdout
+    stranger = make_id(tmp_path, "stranger")
+    line = one_line_error(run("--data-dir", str(d), "call", stranger, "echo", "--to",
+                              f"{LOOPBACK}:{closed_port()}"), 6)
+    assert f"run: peernet --data-dir '{d}' pair {stranger}" in line
+    # The built-in default needs no --data-dir, whatever $PEERNET_DATA_DIR says here.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PEERNET_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert peernet.cli.cli_command(tmp_path / "xdg" / "peernet") == "peernet"
+    assert peernet.cli.cli_command(tmp_path / "elsewhere") == (
+        f"peernet --data-dir {tmp_path / 'elsewhere'}")
+
+
+def test_listen_and_join_hints_name_this_data_dir(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    listener = peernet_proc("--data-dir", str(a), "listen", "--host", LOOPBACK)
+    inviter = None
+    try:
+        ready(listener)
+        hint = listener.expect(r"^no peers paired yet", "err")
+        assert (f"`peernet --data-dir {a} invite`" in hint.string
+                and f"`peernet --data-dir {a} pair ID`" in hint.string)
+        inviter = peernet_proc("--data-dir", str(a), "invite", "--label", "alice",
+                               "--no-qr")
+        code = inviter.expect(r"^long code: (\S+)").group(1)
+        joined = run("--data-dir", str(b), "join", "--label", "bob", input=code + "\n")
+        assert joined.returncode == 0, joined.stderr
+        assert (f"""call it with: peernet --data-dir {b} call alice echo '"hi"'"""
+                in joined.stderr)
+        assert inviter.wait() == 0
+    finally:
+        if inviter is not None:
+            inviter.stop()
+        listener.stop()
+
+
 def test_data_dir_from_the_environment(tmp_path):
     env = {**os.environ, "PEERNET_DATA_DIR": str(tmp_path / "env")}
     out = run("id", env=env)
@@ -359,7 +401,9 @@ def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
         assert "it has not paired this node" in line and f"run `peernet pair {c_id}`" in line
         assert "is the peer running" not in line
         refusal = listener.expect(r"^peernet: refused a connection from 127\.0\.0\.1", "err")
-        assert f"`peernet pair {c_id}`" in refusal.string
+        # The command to run in the listener's terminal names its data dir: a plain
+        # `peernet pair` there would pair the default identity, not this one.
+        assert f"`peernet --data-dir {a} pair {c_id}`" in refusal.string
         line = one_line_error(run("--data-dir", c, "send", "alice", "echo", "1",
                                   "--to", f"{LOOPBACK}:{port}"), 3)
         assert f"paired this machine, {c_id}" in line
