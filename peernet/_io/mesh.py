@@ -148,8 +148,10 @@ class Mesh:
             return
         link = self._new_link(self._new_session(initiator=True, expected=pid), address)
         if self._registry.dial_started(pid, link):
-            link.start()
+            # Before start: once started, the link's thread may finish the handshake
+            # and report "online" first, and "connecting" would never be seen.
             self._report_status()
+            link.start()
 
     def dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
         """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
