@@ -886,6 +886,8 @@ def _pick_nearby(text: str, data_dir: Path) -> dict[str, Any] | None:
                            "run `peernet nearby`", EXIT_USAGE)
         entry = entries[index - 1]
     elif text.lower().startswith("pn1") and 7 <= len(text) < len(str(PeerId(bytes(32)))):
+        if not (data_dir / NEARBY_FILE_NAME).exists():
+            return None  # no `nearby` ran: more likely an id cut short (the parser says so)
         at, entries = _load_nearby(data_dir)
         matches = [e for e in entries if str(e["id"]).startswith(text.lower())]
         if not matches:

@@ -173,6 +173,17 @@ def test_commands_a_hint_says_to_run_here_name_this_data_dir(tmp_path, monkeypat
         f"peernet --data-dir {tmp_path / 'elsewhere'}")
 
 
+def test_pair_with_an_id_cut_short_says_so_before_any_nearby_list(tmp_path):
+    """`pair` also takes the start of a `peernet nearby` entry's id; without a nearby
+    list, a cut-short id used to get "no nearby list yet: run `peernet nearby` first"."""
+    d = str(tmp_path / "d")
+    other = make_id(tmp_path, "other")
+    for text in (other[:-1], other[:11]):
+        line = one_line_error(run("--data-dir", d, "pair", text), 2)
+        assert f"a peer id has 61 characters, got {len(text)}" in line, line
+        assert "nearby" not in line
+
+
 def test_listen_and_join_hints_name_this_data_dir(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     listener = peernet_proc("--data-dir", str(a), "listen", "--host", LOOPBACK)
@@ -378,7 +389,7 @@ def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
     stranger = make_id(tmp_path, "stranger")
     line = one_line_error(run("--data-dir", b, "call", stranger, "echo",
                               "--to", f"{LOOPBACK}:{port}"), 6)
-    assert f"peernet pair {stranger}" in line
+    assert f"peernet --data-dir {b} pair {stranger}" in line
     checked = run("--data-dir", b, "peers", "--check", f"alice@{LOOPBACK}:{port}",
                   "--timeout", "5")
     # Not online; "offline", or "connecting" if a redial had just begun.
