@@ -781,8 +781,12 @@ def _check_interfaces(lan: Lan) -> list[LocalAddress]:
         for name in lan.interfaces:
             mine = [a for a in found if name in (a.interface, a.ip) and ":" not in a.ip]
             if not mine:
+                loopback = name == "lo" or name.startswith("127.")
                 raise CliError(f"interface {name!r} has no usable IPv4 address (loopback and "
-                               "link-local do not count); see `ip addr`", EXIT_USAGE)
+                               "link-local do not count); see `ip addr`" + (
+                                   "; for two nodes on this machine, give each its own "
+                                   "--udp-port and --udp-target 127.0.0.1 at the other's"
+                                   if loopback else ""), EXIT_USAGE)
             if ("udp" in lan.modes and lan.udp_targets is None
                     and all(a.broadcast is None for a in mine)):
                 raise CliError(
@@ -801,8 +805,11 @@ def make_discovery(lan: Lan, *, one_shot: bool) -> list[Discovery]:
     found: list[Discovery] = []
     for mode in lan.modes:
         if mode == "udp":
-            found.append(UdpDiscovery(port=lan.udp_port, interfaces=lan.interfaces,
-                                      targets=lan.udp_targets, announce=not one_shot))
+            try:
+                found.append(UdpDiscovery(port=lan.udp_port, interfaces=lan.interfaces,
+                                          targets=lan.udp_targets, announce=not one_shot))
+            except ValueError as exc:  # a target this machine's own port (--udp-port)
+                raise CliError(f"--udp-target: {exc} (--udp-port)", EXIT_USAGE) from None
         else:
             try:
                 found.append(MdnsDiscovery(interfaces=lan.interfaces, register=not one_shot))
@@ -1642,10 +1649,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="interface (or address) discovery uses (repeatable; default: "
                             "every usable IPv4 interface)")
         g.add_argument("--udp-port", type=_port, default=None,
-                       help="UDP discovery port (default 4040; all nodes must agree)")
+                       help="UDP discovery port (default 4040; all nodes on a LAN must "
+                            "agree)")
         g.add_argument("--udp-target", action="append", metavar="HOST:PORT",
                        help="announce and ask by unicast to this address instead of "
-                            "broadcasting (repeatable; for networks that block broadcast)")
+                            "broadcasting (repeatable; for networks that block broadcast, "
+                            "and for two nodes on one machine: each its own --udp-port, "
+                            "targeting 127.0.0.1 at the other's)")
     p = command("id", cmd_id, "show this machine's peer id (created on first use)")
     p.add_argument("--qr", action="store_true",
                    help="also draw a QR code (needs the optional 'qrcode' package; "
