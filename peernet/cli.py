@@ -1597,11 +1597,19 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     label = opts.label if opts.label is not None else _default_label()
     remote = _running(data_dir)
     if remote is not None:  # the running node pairs (and keeps its link to the inviter)
+        if not isinstance(code, LongCode) and not remote.status.discovery:
+            raise CliError(f"a short code is found by discovery, and the node running on "
+                           f"{data_dir} has none: join with the long code, or restart it "
+                           f"with discovery on (--discovery udp)", EXIT_USAGE)
         found = remote.admin._join(opts.code, label, opts.timeout)
         result = JoinResult(PeerId.parse(found["id"]), found["label"], found["note"])
     else:
         sources = [] if isinstance(code, LongCode) else _invite_discovery(
             opts, data_dir, one_shot=True)
+        if not isinstance(code, LongCode) and not sources:
+            raise CliError("a short code is found by discovery, which --discovery none "
+                           "(or the configuration) turns off: leave it out (join uses udp "
+                           "unless configured), or join with the long code", EXIT_USAGE)
         with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
                         redial_remembered=False, discovery=sources) as node:
             # The label stored here, and the note about it, are for the person to see.
