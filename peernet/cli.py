@@ -403,14 +403,20 @@ def _note_handler_error(failure: HandlerFailure) -> None:
           f"{type(failure.exception).__name__}", file=sys.stderr, flush=True)
 
 
+def _port_in_use(host: str, port: int) -> str:
+    """PortInUse in the command line's terms (its message speaks of ``port=0``)."""
+    return (f"port {port} on {host} is already in use (another node or program listens "
+            "there): pick another --port, or leave --port out for a free one")
+
+
 def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
     settings.setdefault("on_handler_error", _note_handler_error)
     try:
         return Node(data_dir, host=host, port=port, **settings)
     except DataDirLocked as exc:
         raise CliError(_locked_message(data_dir, exc)) from None
-    except PortInUse as exc:
-        raise CliError(f"{exc} (--port)") from None
+    except PortInUse:
+        raise CliError(_port_in_use(host, port)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -889,7 +895,8 @@ def _pick_nearby(text: str, data_dir: Path) -> dict[str, Any] | None:
         at, entries = _load_nearby(data_dir)
         index = int(text)
         if not 1 <= index <= len(entries):
-            raise CliError(f"no entry {index} in the nearby list ({len(entries)} entries): "
+            count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+            raise CliError(f"no entry {index} in the nearby list ({count}): "
                            "run `peernet nearby`", EXIT_USAGE)
         entry = entries[index - 1]
     elif text.lower().startswith("pn1") and 7 <= len(text) < len(str(PeerId(bytes(32)))):
@@ -1518,8 +1525,8 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
             remote = _running(data_dir)  # a node started meanwhile (it serves last)?
             if remote is None:
                 raise CliError(_locked_message(data_dir, exc)) from None
-        except PortInUse as exc:
-            raise CliError(f"{exc} (--port)") from None
+        except PortInUse:
+            raise CliError(_port_in_use(opts.host, opts.port)) from None
         else:
             with node:
                 yield node.invite(label, opts.ttl)
@@ -1695,7 +1702,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("peers", cmd_peers, "list paired peers: label, id, status, address, "
                 "last seen, rtt",
                 "example: peernet peers --check alice@192.168.1.10:7777\n"
-                "exit code 3 when a checked peer is not online")
+                "exit code 3 when a checked peer is not online, or (with discovery on)\n"
+                "a paired peer was not found")
     p.add_argument("--check", action="append", metavar="ID@HOST:PORT", default=[],
                    help="dial this peer first, to show its live status and rtt (repeatable)")
     p.add_argument("--timeout", type=_positive_float, default=None,

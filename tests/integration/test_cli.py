@@ -184,6 +184,19 @@ def test_pair_with_an_id_cut_short_says_so_before_any_nearby_list(tmp_path):
         assert "nearby" not in line
 
 
+def test_a_busy_port_is_explained_in_command_line_terms(tmp_path):
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in ("listen", "invite"):
+            line = one_line_error(run("--data-dir", str(tmp_path / command), command,
+                                      "--host", LOOPBACK, "--port", str(port)), 1)
+            assert f"port {port} on {LOOPBACK} is already in use" in line, line
+            assert "pick another --port, or leave --port out" in line
+            assert "port=0" not in line
+
+
 def test_listen_and_join_hints_name_this_data_dir(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     listener = peernet_proc("--data-dir", str(a), "listen", "--host", LOOPBACK)
