@@ -130,7 +130,7 @@ from . import labels
 from .handlers import HandlerFailure, check_handler_name
 from .identity import load_or_create
 from .ids import PeerId
-from .node import Node, default_data_dir
+from .node import Node, cli_command, default_data_dir
 from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
@@ -414,14 +414,20 @@ def _note_handler_error(failure: HandlerFailure) -> None:
           f"{type(failure.exception).__name__}", file=sys.stderr, flush=True)
 
 
+def _port_in_use(host: str, port: int) -> str:
+    """PortInUse in the command line's terms (its message speaks of ``port=0``)."""
+    return (f"port {port} on {host} is already in use (another node or program listens "
+            "there): pick another --port, or leave --port out for a free one")
+
+
 def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
     settings.setdefault("on_handler_error", _note_handler_error)
     try:
         return Node(data_dir, host=host, port=port, **settings)
     except DataDirLocked as exc:
         raise CliError(_locked_message(data_dir, exc)) from None
-    except PortInUse as exc:
-        raise CliError(f"{exc} (--port)") from None
+    except PortInUse:
+        raise CliError(_port_in_use(host, port)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -626,10 +632,10 @@ def _name(pid: PeerId, trust: TrustStore) -> str:
     return _printable(entry.label) if entry is not None and entry.label else pid.short
 
 
-def _require_paired(pid: PeerId, trust: TrustStore) -> None:
+def _require_paired(pid: PeerId, trust: TrustStore, data_dir: Path) -> None:
     if not trust.is_trusted(pid):
-        raise CliError(f"{pid.short} is not paired on this side; run: peernet pair {pid}",
-                       EXIT_NOT_PAIRED)
+        raise CliError(f"{pid.short} is not paired on this side; run: "
+                       f"{cli_command(data_dir)} pair {pid}", EXIT_NOT_PAIRED)
 
 
 def _status(node: _Live, pid: PeerId) -> str | None:
@@ -792,8 +798,12 @@ def _check_interfaces(lan: Lan) -> list[LocalAddress]:
         for name in lan.interfaces:
             mine = [a for a in found if name in (a.interface, a.ip) and ":" not in a.ip]
             if not mine:
+                loopback = name == "lo" or name.startswith("127.")
                 raise CliError(f"interface {name!r} has no usable IPv4 address (loopback and "
-                               "link-local do not count); see `ip addr`", EXIT_USAGE)
+                               "link-local do not count); see `ip addr`" + (
+                                   "; for two nodes on this machine, give each its own "
+                                   "--udp-port and --udp-target 127.0.0.1 at the other's"
+                                   if loopback else ""), EXIT_USAGE)
             if ("udp" in lan.modes and lan.udp_targets is None
                     and all(a.broadcast is None for a in mine)):
                 raise CliError(
@@ -812,8 +822,11 @@ def make_discovery(lan: Lan, *, one_shot: bool) -> list[Discovery]:
     found: list[Discovery] = []
     for mode in lan.modes:
         if mode == "udp":
-            found.append(UdpDiscovery(port=lan.udp_port, interfaces=lan.interfaces,
-                                      targets=lan.udp_targets, announce=not one_shot))
+            try:
+                found.append(UdpDiscovery(port=lan.udp_port, interfaces=lan.interfaces,
+                                          targets=lan.udp_targets, announce=not one_shot))
+            except ValueError as exc:  # a target this machine's own port (--udp-port)
+                raise CliError(f"--udp-target: {exc} (--udp-port)", EXIT_USAGE) from None
         else:
             try:
                 found.append(MdnsDiscovery(interfaces=lan.interfaces, register=not one_shot))
@@ -893,10 +906,13 @@ def _pick_nearby(text: str, data_dir: Path) -> dict[str, Any] | None:
         at, entries = _load_nearby(data_dir)
         index = int(text)
         if not 1 <= index <= len(entries):
-            raise CliError(f"no entry {index} in the nearby list ({len(entries)} entries): "
+            count = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+            raise CliError(f"no entry {index} in the nearby list ({count}): "
                            "run `peernet nearby`", EXIT_USAGE)
         entry = entries[index - 1]
     elif text.lower().startswith("pn1") and 7 <= len(text) < len(str(PeerId(bytes(32)))):
+        if not (data_dir / NEARBY_FILE_NAME).exists():
+            return None  # no `nearby` ran: more likely an id cut short (the parser says so)
         at, entries = _load_nearby(data_dir)
         matches = [e for e in entries if str(e["id"]).startswith(text.lower())]
         if not matches:
@@ -1077,7 +1093,7 @@ def cmd_label(opts: argparse.Namespace, data_dir: Path) -> int:
     """Give a paired peer a new label, or clear it (an empty label)."""
     with _node_or_files(data_dir, lock=True) as target:
         pid = resolve_peer(opts.peer, target.trust)
-        _require_paired(pid, target.trust)
+        _require_paired(pid, target.trust, data_dir)
         try:
             target.label(pid, opts.label)
         except (TypeError, ValueError) as exc:
@@ -1120,8 +1136,8 @@ def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
                     discovery=sources) as node:
         pids = [t.peer_id for t in node.trust.list()]
         if not pids:
-            print("no paired peers yet; pair one with: peernet pair ID --label NAME "
-                  "(see `peernet nearby`)")
+            print(f"no paired peers yet; pair one with: {cli_command(data_dir)} pair ID "
+                  "--label NAME (see `peernet nearby`)")
             return EXIT_OK
         _solicit(sources)
         deadline = time.monotonic() + timeout_s
@@ -1154,7 +1170,8 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
                     return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
             peers = target.list_peers()
         if not peers:
-            print("no paired peers yet; pair one with: peernet pair ID --label NAME")
+            print(f"no paired peers yet; pair one with: {cli_command(data_dir)} pair ID "
+                  "--label NAME")
             return EXIT_OK
         print(_table(peers))
         if isinstance(target, _Files):
@@ -1169,7 +1186,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
         pids = []
         for who, address in targets:
             pid = resolve_peer(who, node.trust)
-            _require_paired(pid, node.trust)
+            _require_paired(pid, node.trust, data_dir)
             pids.append(pid)
             node.connect(pid, *address)
         deadline = time.monotonic() + (opts.timeout or 5.0)
@@ -1284,9 +1301,10 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
             for line in _describe_lan(lan) if lan else ():
                 out.note(line)
             if len(node.trust) == 0:
-                out.note("no peers paired yet: nobody can connect. In another terminal, "
-                         "`peernet invite` (the other machine joins with its code) or "
-                         "`peernet pair ID`: this node takes it at once.")
+                here = cli_command(data_dir)
+                out.note(f"no peers paired yet: nobody can connect. In another terminal, "
+                         f"`{here} invite` (the other machine joins with its code) or "
+                         f"`{here} pair ID`: this node takes it at once.")
             where = "" if lan else f" --to THIS_HOST:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
                      f"peernet call {node.id} echo '\"hi\"'{where}")
@@ -1324,7 +1342,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
               _open_node(data_dir, host=opts.host, port=opts.port,
                          redial_remembered=False, discovery=sources)) as node:
             pid = resolve_peer(opts.peer, node.trust)
-            _require_paired(pid, node.trust)
+            _require_paired(pid, node.trust, data_dir)
             name = _name(pid, node.trust)
             relays = remote is None or "chat" in remote.status.feeds
             quiet = _serve(node, out, chat=relays)
@@ -1391,7 +1409,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     remote = _running(data_dir)
     if remote is not None:
         pid = resolve_peer(opts.peer, remote.trust)
-        _require_paired(pid, remote.trust)
+        _require_paired(pid, remote.trust, data_dir)
         yield remote, pid, args, address, None
         return
     lan = choose_lan(opts, data_dir) if address is None else None
@@ -1399,7 +1417,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
                     redial_remembered=False, discovery=sources) as node:
         pid = resolve_peer(opts.peer, node.trust)
-        _require_paired(pid, node.trust)
+        _require_paired(pid, node.trust, data_dir)
         if address is None and not lan and _remembered(node, pid) is None:
             raise _no_address(pid, node.trust)
         yield node, pid, args, address, lan
@@ -1521,8 +1539,8 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
             remote = _running(data_dir)  # a node started meanwhile (it serves last)?
             if remote is None:
                 raise CliError(_locked_message(data_dir, exc)) from None
-        except PortInUse as exc:
-            raise CliError(f"{exc} (--port)") from None
+        except PortInUse:
+            raise CliError(_port_in_use(opts.host, opts.port)) from None
         else:
             with node:
                 yield node.invite(label, opts.ttl, short=not opts.long_only)
@@ -1605,11 +1623,19 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     label = opts.label if opts.label is not None else _default_label()
     remote = _running(data_dir)
     if remote is not None:  # the running node pairs (and keeps its link to the inviter)
+        if not isinstance(code, LongCode) and not remote.status.discovery:
+            raise CliError(f"a short code is found by discovery, and the node running on "
+                           f"{data_dir} has none: join with the long code, or restart it "
+                           f"with discovery on (--discovery udp)", EXIT_USAGE)
         found = remote.admin._join(opts.code, label, opts.timeout)
         result = JoinResult(PeerId.parse(found["id"]), found["label"], found["note"])
     else:
         sources = [] if isinstance(code, LongCode) else _invite_discovery(
             opts, data_dir, one_shot=True)
+        if not isinstance(code, LongCode) and not sources:
+            raise CliError("a short code is found by discovery, which --discovery none "
+                           "(or the configuration) turns off: leave it out (join uses udp "
+                           "unless configured), or join with the long code", EXIT_USAGE)
         with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
                         redial_remembered=False, discovery=sources) as node:
             # The label stored here, and the note about it, are for the person to see.
@@ -1619,7 +1645,8 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     if result.note:
         print(f"peernet: {escape(result.note)}", file=sys.stderr)
     name = shlex.quote(result.label) if result.label else str(result.peer)
-    print(f"""call it with: peernet call {_printable(name)} echo '"hi"'""", file=sys.stderr)
+    print(f"""call it with: {cli_command(data_dir)} call {_printable(name)} echo '"hi"'""",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -1656,10 +1683,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="interface (or address) discovery uses (repeatable; default: "
                             "every usable IPv4 interface)")
         g.add_argument("--udp-port", type=_port, default=None,
-                       help="UDP discovery port (default 4040; all nodes must agree)")
+                       help="UDP discovery port (default 4040; all nodes on a LAN must "
+                            "agree)")
         g.add_argument("--udp-target", action="append", metavar="HOST:PORT",
                        help="announce and ask by unicast to this address instead of "
-                            "broadcasting (repeatable; for networks that block broadcast)")
+                            "broadcasting (repeatable; for networks that block broadcast, "
+                            "and for two nodes on one machine: each its own --udp-port, "
+                            "targeting 127.0.0.1 at the other's)")
     p = command("id", cmd_id, "show this machine's peer id (created on first use)")
     p.add_argument("--qr", action="store_true",
                    help="also draw a QR code (needs the optional 'qrcode' package; "
@@ -1691,7 +1721,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("peers", cmd_peers, "list paired peers: label, id, status, address, "
                 "last seen, rtt",
                 "example: peernet peers --check alice@192.168.1.10:7777\n"
-                "exit code 3 when a checked peer is not online")
+                "exit code 3 when a checked peer is not online, or (with discovery on)\n"
+                "a paired peer was not found")
     p.add_argument("--check", action="append", metavar="ID@HOST:PORT", default=[],
                    help="dial this peer first, to show its live status and rtt (repeatable)")
     p.add_argument("--timeout", type=_positive_float, default=None,

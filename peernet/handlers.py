@@ -66,7 +66,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class HandlerFailure:
-    """What ``Node(on_handler_error=...)`` is given when a handler raised.
+    """What ``Node(on_handler_error=...)`` is given when a handler raised, or returned
+    a result that cannot be sent back.
 
     The peer got only ``RemoteError`` with the exception's type name; this is the whole
     story, for this node's eyes only.
@@ -80,6 +81,11 @@ class HandlerFailure:
     exception: BaseException
     #: True when the handler's ``authorize`` raised (the call was refused as forbidden).
     in_authorize: bool = False
+    #: True when the handler returned, but its result cannot be sent back (not CBOR
+    #: data, or larger than ``max_message_size``): ``exception`` is the
+    #: :class:`~peernet.EncodeError` or :class:`~peernet.MessageTooLarge` that says
+    #: why; the caller got ``RemoteError``.
+    in_result: bool = False
 
 
 def _logging_configured(logger: logging.Logger) -> bool:
@@ -103,21 +109,33 @@ def report_handler_error(failure: HandlerFailure) -> None:
     once at ERROR on ``peernet.handlers`` with its traceback. Otherwise it is printed
     to ``sys.stderr`` with the handler's name, the peer's short id and the
     traceback, as ``threading.excepthook`` prints an uncaught exception (control and
-    bidi characters escaped: the message may quote what the peer sent).
+    bidi characters escaped: the message may quote what the peer sent). A result that
+    cannot be sent is shown as one line, without a traceback: the handler returned, so
+    its own code is not in one.
     """
     exc = failure.exception
-    where = "authorize of handler" if failure.in_authorize else "handler"
-    if _logging_configured(log):
-        log.error("%s %r raised for %s", where, failure.handler, failure.peer.short,
-                  exc_info=(type(exc), exc, exc.__traceback__))
-        return
+    if failure.in_result:
+        what = f"{type(exc).__name__}: {escape(str(exc))}"
+        if _logging_configured(log):
+            log.error("handler %r returned a result for %s that cannot be sent: %s",
+                      failure.handler, failure.peer.short, what)
+            return
+        text = (f"peernet: handler {failure.handler!r} returned a result that cannot be "
+                f"sent (call from {failure.peer.short}): {what}\n")
+    else:
+        where = "authorize of handler" if failure.in_authorize else "handler"
+        if _logging_configured(log):
+            log.error("%s %r raised for %s", where, failure.handler, failure.peer.short,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            return
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        # The message may quote the peer's args: no escape sequence reaches the terminal.
+        text = (f"peernet: exception in {where} {failure.handler!r} "
+                f"(call from {failure.peer.short}):\n" + escape_lines("".join(lines)))
     stream = sys.stderr
     if stream is None:  # pythonw, or a daemon that closed it
         return
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    # The message may quote the peer's args: no escape sequence reaches the terminal.
-    stream.write(f"peernet: exception in {where} {failure.handler!r} "
-                 f"(call from {failure.peer.short}):\n" + escape_lines("".join(lines)))
+    stream.write(text)
     stream.flush()
 
 
@@ -296,6 +314,11 @@ class HandlerTable:
         except BaseException as exc:  # noqa: BLE001 -- see module docstring
             self._report(HandlerFailure(name, peer, exc))
             return Outcome(error=HANDLER_ERROR, detail=exception_detail(exc))
+
+    def report_unsendable(self, peer: PeerId, name: str, exc: BaseException) -> None:
+        """Handler ``name`` answered ``peer`` with a result that cannot be sent (``exc``
+        says why): reported to ``on_error`` like an exception it raised."""
+        self._report(HandlerFailure(name, peer, exc, in_result=True))
 
     def _report(self, failure: HandlerFailure) -> None:
         try:

@@ -256,7 +256,9 @@ def _parse_text(value: str) -> bytes:
         if valid_checksum:
             got = (len(data) - _CHECKSUM_LENGTH) * 5 // 8
             _fail(f"the text decodes to {got} bytes, expected {_KEY_LENGTH}")
-        _fail(f"wrong length: a peer id has {_TEXT_LENGTH} characters, got {len(text)}")
+        cut = (" (cut short? a short id, as listings show, is for reading only: give "
+               "the whole id)" if len(text) < _TEXT_LENGTH else "")
+        _fail(f"wrong length: a peer id has {_TEXT_LENGTH} characters, got {len(text)}{cut}")
     if not valid_checksum:
         index = locate_single_error(_HRP, data)
         if index is None:

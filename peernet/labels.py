@@ -12,7 +12,8 @@ Rules (:func:`resolve_peer`), in order:
    not refuse look-alikes) raises :class:`~peernet.AmbiguousPeer` naming every match.
 4. No match raises :class:`~peernet.UnknownPeer` naming the closest labels; a text
    that looks like a mistyped id (it starts with ``pn1``) raises the id parser's own
-   :class:`~peernet.InvalidPeerId`, which says which character is wrong.
+   :class:`~peernet.InvalidPeerId`, which says which character is wrong (and, for the
+   start of an id, such as a short id, the whole id of the one paired peer it starts).
 
 No prefix or partial matching: what a label means never changes because another peer
 was paired. Labels are this node's own names for its peers (set by ``pair()``); peers
@@ -73,7 +74,9 @@ def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
             f"use the id instead (node.list_peers() shows them)",
             tuple(matches[:_MAX_NAMED]))
     if text.strip().casefold().startswith("pn1") or not wanted:
-        raise id_error from None  # a mistyped id: the parser says which character is wrong
+        # A mistyped id: the parser says which character is wrong. A short id (or any
+        # start of an id) is not taken, but the one paired peer it starts is named.
+        raise _name_the_peer_it_starts(id_error, text, trust) from None
     by_skeleton = {label_skeleton(label): (pid, label) for pid, label in labelled}
     close = difflib.get_close_matches(wanted, list(by_skeleton), n=3, cutoff=0.6)
     candidates = tuple(by_skeleton[c] for c in close)
@@ -86,6 +89,21 @@ def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
         hint = "no paired peer has a label (pair(peer_id, label=...) gives one)"
     raise UnknownPeer(f"{shown} is neither a peer id nor the label of a paired peer; {hint}",
                       candidates)
+
+
+def _name_the_peer_it_starts(error: InvalidPeerId, text: str,
+                             trust: TrustStore) -> InvalidPeerId:
+    """``error``, plus the whole id of the one paired peer whose id starts with
+    ``text`` (a short id copied from ``peernet peers``), so it can be pasted."""
+    start = text.strip().lower()
+    if len(start) <= len("pn1"):
+        return error
+    starting = [t for t in trust.list() if str(t.peer_id).startswith(start)]
+    if len(starting) != 1:
+        return error
+    named = (f"paired peer {starting[0].label!r}" if starting[0].label else
+             "the paired peer starting so")
+    return InvalidPeerId(f"{error}; {named} has the whole id {starting[0].peer_id}")
 
 
 def _shown(text: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import shlex
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -98,8 +99,23 @@ def default_data_dir() -> Path:
     explicit = os.environ.get("PEERNET_DATA_DIR")
     if explicit:
         return Path(explicit).expanduser()
+    return _builtin_data_dir()
+
+
+def _builtin_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
     return Path(base).expanduser() / "peernet"
+
+
+def cli_command(data_dir: str | os.PathLike[str]) -> str:
+    """The ``peernet`` command line that works on ``data_dir``, for hints a person pastes
+    into another terminal: ``peernet --data-dir DIR`` (absolute, shell-quoted) unless it
+    is the built-in default, since $PEERNET_DATA_DIR may not be set over there. Without
+    it, a hint followed in that terminal would pair or call from another identity."""
+    path = Path(data_dir).expanduser().absolute()
+    if path == _builtin_data_dir().absolute():
+        return "peernet"
+    return f"peernet --data-dir {shlex.quote(str(path))}"
 
 
 def _copy_outcome(source: Future[Any], target: Future[Any]) -> None:
@@ -168,8 +184,9 @@ class Node:
         them (what a one-shot script or CLI command wants).
     :param on_handler_error: called with a :class:`~peernet.handlers.HandlerFailure`
         (handler name, peer, exception) whenever one of this node's handlers (or its
-        ``authorize``) raises; the calling peer only gets ``RemoteError`` with the type
-        name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
+        ``authorize``) raises, or returns a result that cannot be sent (``in_result``:
+        not CBOR data, or too large); the calling peer only gets ``RemoteError`` with
+        the type name. The default, :func:`~peernet.handlers.report_handler_error`, logs it at
         ERROR on ``peernet.handlers`` when logging is configured and otherwise prints
         the traceback to stderr, like an uncaught exception in a thread.
     :param directory: True (default) serves the handler directory: a paired peer may
@@ -231,6 +248,7 @@ class Node:
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             reconnect_initial=reconnect_initial, reconnect_max=reconnect_max,
             network_poll_interval=network_poll_interval)
+        where = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         mesh_settings = MeshSettings(
             call_timeout_s=settings.call_timeout,
             handshake_timeout_s=settings.handshake_timeout,
@@ -239,13 +257,12 @@ class Node:
             heartbeat_interval_s=settings.heartbeat_interval,
             heartbeat_timeout_s=settings.heartbeat_timeout,
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
+            cli_command=cli_command(where),
         )
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")
 
-        self._data_dir = ensure_private_dir(
-            Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        )
+        self._data_dir = ensure_private_dir(where)
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
         self._closed = False
         try:
@@ -268,7 +285,8 @@ class Node:
                 invites=self._invites,
                 credentials=credentials,
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
-                dispatch=self._handlers.dispatch, timers=self._timers,
+                dispatch=self._handlers.dispatch,
+                report_unsendable=self._handlers.report_unsendable, timers=self._timers,
                 registry=self._registry, addresses=addresses,
                 scheduler=Scheduler(max_workers=settings.handler_workers,
                                     max_calls_per_peer=settings.max_calls_per_peer,

@@ -76,6 +76,9 @@ _ADDRESS_SAVE_DELAY_S = 1.0
 
 #: What ``dispatch(peer, name, args)`` returns: ``.value``, or ``.error`` + ``.detail``.
 Dispatch = Callable[[PeerId, str, Any], Any]
+#: ``report_unsendable(peer, name, exc)``: handler ``name``'s result for ``peer`` could
+#: not be sent (``exc``: EncodeError or MessageTooLarge).
+ReportUnsendable = Callable[[PeerId, str, BaseException], None]
 #: (peer, new status, previous status, unix time)
 PeerEvent = tuple[PeerId, str, str, float]
 
@@ -89,19 +92,24 @@ class MeshSettings:
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     backoff: Backoff
+    #: ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to run the
+    #: CLI on this node's data dir.
+    cli_command: str
 
 
 class Mesh:
     """Every link of one node. Built by ``Node``; see the module docstring."""
 
     def __init__(self, *, credentials: LocalCredentials, is_trusted: Callable[[PeerId], bool],
-                 settings: MeshSettings, dispatch: Dispatch, scheduler: Scheduler,
-                 timers: Timers, registry: Registry, addresses: AddressBook,
+                 settings: MeshSettings, dispatch: Dispatch,
+                 report_unsendable: ReportUnsendable, scheduler: Scheduler, timers: Timers,
+                 registry: Registry, addresses: AddressBook,
                  invites: InviteHost | None = None) -> None:
         self._credentials = credentials
         self._is_trusted = is_trusted
         self._settings = settings
         self._dispatch = dispatch
+        self._report_unsendable = report_unsendable
         self._sched = scheduler
         self._timers = timers
         self._registry = registry
@@ -140,8 +148,10 @@ class Mesh:
             return
         link = self._new_link(self._new_session(initiator=True, expected=pid), address)
         if self._registry.dial_started(pid, link):
-            link.start()
+            # Before start: once started, the link's thread may finish the handshake
+            # and report "online" first, and "connecting" would never be seen.
             self._report_status()
+            link.start()
 
     def dial_hinted(self, pid: PeerId, changed: bool, source: str) -> None:
         """A hint named a paired peer: the user's own ``connect`` dials now, as does a new
@@ -448,8 +458,8 @@ class Mesh:
                 payload = encode_for_link(Reply(call.request_id, outcome.value))
                 if len(payload) > self._settings.max_message_size:
                     self._check_size(payload)
-            except (EncodeError, MessageTooLarge) as exc:
-                log.error("handler %r returned a result that cannot be sent: %s", call.name, exc)
+            except (EncodeError, MessageTooLarge) as exc:  # the handler's bug: shown here
+                self._report_unsendable(peer, call.name, exc)
                 payload = encode_message(Error(call.request_id, HANDLER_ERROR,
                                               exception_detail(exc)))
         else:
@@ -525,8 +535,9 @@ class Mesh:
             while len(self._refusals_warned) > _REFUSAL_WARNINGS_TRACKED:
                 self._refusals_warned.pop(next(iter(self._refusals_warned)))
         log.warning("refused a connection from %s (port %d): %s is not paired with this "
-                    "node. If you trust it, pair it: `peernet pair %s` or node.pair(%r)",
-                    address[0], address[1], peer.short, peer, str(peer))
+                    "node. If you trust it, pair it: `%s pair %s` or node.pair(%r)",
+                    address[0], address[1], peer.short, self._settings.cli_command, peer,
+                    str(peer))
 
     def _check_inline(self) -> None:
         """On the timer thread: hand reading over from readers stuck in a handler."""

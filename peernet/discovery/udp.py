@@ -68,7 +68,9 @@ class UdpDiscovery:
         IPv4 interface except loopback, link-local and virtual ones (docker, veth,
         bridges).
     :param targets: ``(host, port)`` pairs to announce to by unicast instead of
-        broadcasting.
+        broadcasting. A loopback target at this node's own ``port`` is refused
+        (``ValueError``): nodes sharing a port each get only some unicast datagrams, so
+        two nodes on one machine take a port each and target the other's.
     :param bind_host: address to receive on ("0.0.0.0": every interface).
     :param announce: False: never announce this node, not even when solicited; only
         listen, and solicit when asked (what a one-shot command wants: it finds its
@@ -91,6 +93,15 @@ class UdpDiscovery:
         self.interval_s = float(interval_s)
         self.interfaces = None if interfaces is None else tuple(interfaces)
         self.targets = None if targets is None else [(check_host(h), int(p)) for h, p in targets]
+        for host, target_port in self.targets or ():
+            if target_port == port and _is_loopback(host):
+                other = port + 1 if port < 0xFFFF else port - 1
+                raise ValueError(
+                    f"target {host}:{target_port} is this machine at this node's own UDP "
+                    f"port: nodes sharing a port each get only some of the datagrams sent "
+                    f"to it (the sender may get its own back); give each node a port of "
+                    f"its own and target the other's: port {port} with target "
+                    f"{host}:{other}, port {other} with target {host}:{port}")
         self.bind_host = bind_host
         self.announcing = bool(announce)
         self._limiter = SolicitationLimiter()
@@ -349,3 +360,11 @@ class UdpDiscovery:
                 self.sent += 1
             except OSError as exc:  # an interface going away mid-announce
                 log.debug("announce from %s to %s failed: %s", source_ip, destination, exc)
+
+
+def _is_loopback(host: str) -> bool:
+    """Is ``host`` (an address, or ``localhost``) this machine's loopback?"""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"

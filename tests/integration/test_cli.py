@@ -154,6 +154,72 @@ def test_id_creates_and_shows_a_stable_identity(tmp_path):
     assert f"peernet pair {pid}" in first.stdout
 
 
+def test_commands_a_hint_says_to_run_here_name_this_data_dir(tmp_path, monkeypatch):
+    """Two data dirs in two terminals is how everyone tries peernet: a hint that says
+    `peernet pair ...` without --data-dir would act on the default identity there."""
+    d = tmp_path / "my dir"
+    empty = run("--data-dir", str(d), "peers")
+    assert empty.returncode == 0
+    assert f"pair one with: peernet --data-dir '{d}' pair ID --label NAME" in empty.stdout
+    stranger = make_id(tmp_path, "stranger")
+    line = one_line_error(run("--data-dir", str(d), "call", stranger, "echo", "--to",
+                              f"{LOOPBACK}:{closed_port()}"), 6)
+    assert f"run: peernet --data-dir '{d}' pair {stranger}" in line
+    # The built-in default needs no --data-dir, whatever $PEERNET_DATA_DIR says here.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PEERNET_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert peernet.cli.cli_command(tmp_path / "xdg" / "peernet") == "peernet"
+    assert peernet.cli.cli_command(tmp_path / "elsewhere") == (
+        f"peernet --data-dir {tmp_path / 'elsewhere'}")
+
+
+def test_pair_with_an_id_cut_short_says_so_before_any_nearby_list(tmp_path):
+    """`pair` also takes the start of a `peernet nearby` entry's id; without a nearby
+    list, a cut-short id used to get "no nearby list yet: run `peernet nearby` first"."""
+    d = str(tmp_path / "d")
+    other = make_id(tmp_path, "other")
+    for text in (other[:-1], other[:11]):
+        line = one_line_error(run("--data-dir", d, "pair", text), 2)
+        assert f"a peer id has 61 characters, got {len(text)}" in line, line
+        assert "nearby" not in line
+
+
+def test_a_busy_port_is_explained_in_command_line_terms(tmp_path):
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in ("listen", "invite"):
+            line = one_line_error(run("--data-dir", str(tmp_path / command), command,
+                                      "--host", LOOPBACK, "--port", str(port)), 1)
+            assert f"port {port} on {LOOPBACK} is already in use" in line, line
+            assert "pick another --port, or leave --port out" in line
+            assert "port=0" not in line
+
+
+def test_listen_and_join_hints_name_this_data_dir(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    listener = peernet_proc("--data-dir", str(a), "listen", "--host", LOOPBACK)
+    inviter = None
+    try:
+        ready(listener)
+        hint = listener.expect(r"^no peers paired yet", "err")
+        assert (f"`peernet --data-dir {a} invite`" in hint.string
+                and f"`peernet --data-dir {a} pair ID`" in hint.string)
+        inviter = peernet_proc("--data-dir", str(a), "invite", "--label", "alice",
+                               "--no-qr")
+        code = inviter.expect(r"^long code: (\S+)").group(1)
+        joined = run("--data-dir", str(b), "join", "--label", "bob", input=code + "\n")
+        assert joined.returncode == 0, joined.stderr
+        assert (f"""call it with: peernet --data-dir {b} call alice echo '"hi"'"""
+                in joined.stderr)
+        assert inviter.wait() == 0
+    finally:
+        if inviter is not None:
+            inviter.stop()
+        listener.stop()
+
+
 def test_data_dir_from_the_environment(tmp_path):
     env = {**os.environ, "PEERNET_DATA_DIR": str(tmp_path / "env")}
     out = run("id", env=env)
@@ -336,7 +402,7 @@ def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
     stranger = make_id(tmp_path, "stranger")
     line = one_line_error(run("--data-dir", b, "call", stranger, "echo",
                               "--to", f"{LOOPBACK}:{port}"), 6)
-    assert f"peernet pair {stranger}" in line
+    assert f"peernet --data-dir {b} pair {stranger}" in line
     checked = run("--data-dir", b, "peers", "--check", f"alice@{LOOPBACK}:{port}",
                   "--timeout", "5")
     # Not online; "offline", or "connecting" if a redial had just begun.
@@ -359,7 +425,9 @@ def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
         assert "it has not paired this node" in line and f"run `peernet pair {c_id}`" in line
         assert "is the peer running" not in line
         refusal = listener.expect(r"^peernet: refused a connection from 127\.0\.0\.1", "err")
-        assert f"`peernet pair {c_id}`" in refusal.string
+        # The command to run in the listener's terminal names its data dir: a plain
+        # `peernet pair` there would pair the default identity, not this one.
+        assert f"`peernet --data-dir {a} pair {c_id}`" in refusal.string
         line = one_line_error(run("--data-dir", c, "send", "alice", "echo", "1",
                                   "--to", f"{LOOPBACK}:{port}"), 3)
         assert f"paired this machine, {c_id}" in line

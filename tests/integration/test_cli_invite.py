@@ -44,7 +44,7 @@ def test_invite_and_join_with_the_short_code(tmp_path):
         assert out.returncode == 0, out.stderr
         inviter = TrustStore.load(b).list()[0]
         assert out.stdout == f"paired with kitchen ({inviter.peer_id})\n"
-        assert "peernet call kitchen echo" in out.stderr
+        assert f"peernet --data-dir {b} call kitchen echo" in out.stderr
         match = proc.expect(r"^paired with laptop \((pn1\S+)\)$")
         assert proc.wait() == 0
         assert TrustStore.load(a).get(match.group(1)).label == "laptop"
@@ -62,7 +62,7 @@ def test_invite_without_discovery_offers_the_long_code_only(tmp_path):
         out = run("--data-dir", str(b), "join", long, "--label", "here")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("paired with far away (pn1")
-        assert "peernet call 'far away' echo" in out.stderr  # quoted for a shell
+        assert f"peernet --data-dir {b} call 'far away' echo" in out.stderr  # quoted for a shell
         proc.expect(r"^paired with here ")
         assert proc.wait() == 0
         assert not any(line.startswith("short code") for line in proc.seen["out"])
@@ -137,6 +137,23 @@ def test_an_expired_invite_exits_5_and_a_malformed_code_2(tmp_path):
     assert "could not reach" in line
     line = one_line_error(run("--data-dir", str(tmp_path / "b"), "join", "7-amber-orbt"), 2)
     assert "did you mean 'orbit'" in line
+
+
+def test_a_short_code_without_discovery_is_a_usage_error_in_cli_terms(tmp_path):
+    """It said "use Node(discovery='udp') ... on both sides", and exit 3 (not found),
+    to a user who had typed --discovery none."""
+    b = tmp_path / "b"
+    line = one_line_error(run("--data-dir", str(b), "join", "7-amber-orbit",
+                              "--discovery", "none"), 2)
+    assert "--discovery none" in line and "long code" in line and "Node(" not in line
+    listener = Proc([sys.executable, "-m", "peernet", "--data-dir", str(b), "listen",
+                     "--host", "127.0.0.1", "--discovery", "none"])
+    try:
+        listener.expect(r"^READY ")
+        line = one_line_error(run("--data-dir", str(b), "join", "7-amber-orbit"), 2)
+        assert f"the node running on {b} has none" in line and "Node(" not in line
+    finally:
+        listener.stop()
 
 
 def test_join_reads_the_code_from_stdin_so_other_users_cannot_see_it(tmp_path):

@@ -105,6 +105,21 @@ def test_mdns_without_the_extra_is_one_clear_line(tmp_path):
     assert 'pip install "peernet-py[mdns]"' in msg
 
 
+def test_a_udp_target_at_this_machines_own_port_is_a_usage_error(tmp_path):
+    """The way a new user first tries a short code in two terminals: both on the
+    default UDP port, each targeting 127.0.0.1:4040. Refused before any traffic, with
+    the crossed ports that work."""
+    for command in (["join", "7-amber-orbit"], ["nearby"], ["invite", "--no-qr"]):
+        line = one_line_error(run("--data-dir", str(tmp_path / "d"), *command,
+                                  "--discovery", "udp", "--udp-target", "127.0.0.1:4040"), 2)
+        assert "--udp-target: target 127.0.0.1:4040 is this machine" in line, line
+        assert "port 4041 with target 127.0.0.1:4040" in line
+    for interface in ("lo", "127.0.0.1"):
+        line = one_line_error(run("--data-dir", str(tmp_path / "d"), "nearby", "--discovery",
+                                  "udp", "--interface", interface), 2)
+        assert "--udp-target 127.0.0.1 at the other's" in line, line
+
+
 def test_an_interface_without_a_broadcast_address_is_refused(tmp_path, monkeypatch, capsys):
     tun = [LocalAddress("tun0", "10.8.0.2", 32)]
     monkeypatch.setattr(peernet.cli, "host_interfaces", lambda names=None: tun)

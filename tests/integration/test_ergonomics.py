@@ -136,6 +136,24 @@ def test_unknown_labels_raise_with_close_matches_and_typed_ids_keep_their_messag
     assert not isinstance(info.value, peernet.UnknownPeer)
 
 
+def test_a_short_id_is_not_taken_but_names_the_whole_id_of_the_paired_peer(make_node):
+    """Listings show short ids; one pasted where a peer is taken is refused (no prefix
+    matching), with the whole id of the one paired peer it starts, ready to paste."""
+    me = make_node("me")
+    a, b = make_node("a"), make_node("b")
+    me.pair(a.id, label="pi")
+    me.pair(b.id)
+    for peer, named in ((a, "paired peer 'pi'"), (b, "the paired peer starting so")):
+        with pytest.raises(peernet.InvalidPeerId) as info:
+            me.unpair(peer.id.short)
+        assert f"{named} has the whole id {peer.id}" in str(info.value)
+        assert "cut short" in str(info.value)
+    with pytest.raises(peernet.InvalidPeerId) as info:
+        me.call(str(me.id)[:12], "echo")  # starts no paired peer's id
+    assert "has the whole id" not in str(info.value)
+    assert me.trust.is_trusted(a.id) and me.trust.is_trusted(b.id)
+
+
 # -- 3. the handler directory ---------------------------------------------------------------
 
 

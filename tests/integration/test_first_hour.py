@@ -61,7 +61,10 @@ def test_one_sided_pairing_says_what_to_do_on_both_sides(make_node, caplog):
         a.call(b.id, "echo", 1, timeout=3)
     assert len(warnings()) == 1
     message = warnings()[0].getMessage()
-    assert "not paired" in message and f"peernet pair {a.id}" in message
+    # B's data dir is not the default one: the command names it, or it would pair
+    # the default identity instead of B.
+    assert "not paired" in message
+    assert f"`peernet --data-dir {b._data_dir} pair {a.id}`" in message
 
 
 def _node(path, **settings):

@@ -96,6 +96,51 @@ def test_with_logging_configured_the_failure_is_logged_once_instead(tmp_path):
     assert "peernet: exception in handler" not in done.stderr
 
 
+def test_a_result_that_cannot_be_sent_is_shown_on_the_callee(tmp_path):
+    """A handler that returns a datetime: the caller gets RemoteError, and the callee's
+    stderr says which handler returned what cannot be sent, and what to send instead
+    (before, it was logged on a logger nobody sees in a plain script)."""
+    setup = textwrap.dedent("""
+        import datetime
+        dev.expose("temperature", lambda peer, args: datetime.datetime(2024, 1, 2))
+    """).strip().replace("\n", "\n        ")
+    done = run_script(tmp_path, TWO_NODES.format(setup=setup))
+    assert done.returncode == 0, done.stderr
+    assert "caller got: remote handler raised EncodeError" in done.stdout
+    assert ("peernet: handler 'temperature' returned a result that cannot be sent (call "
+            "from pn1") in done.stderr, done.stderr
+    assert "EncodeError: result: datetime is not CBOR data" in done.stderr
+    assert "d.isoformat()" in done.stderr
+    assert "Traceback" not in done.stderr  # peernet's encoder is not the user's bug
+
+
+def test_a_result_that_cannot_be_sent_reaches_the_hook_and_the_log(make_node, caplog):
+    failures: list[HandlerFailure] = []
+    a = make_node("a")
+    b = make_node("b", on_handler_error=failures.append, max_message_size=64 * 1024)
+    c = make_node("c")
+    for server in (b, c):
+        a.pair(server.id)
+        server.pair(a.id)
+        a.connect(server.id, "127.0.0.1", server.port)
+    b.expose("when", lambda peer, args: {1, 2})
+    b.expose("big", lambda peer, args: b"x" * (128 * 1024))
+    c.expose("when", lambda peer, args: object())
+    for name in ("when", "big"):
+        with pytest.raises(peernet.RemoteError):
+            a.call(b.id, name)
+    assert [(f.handler, f.peer, type(f.exception), f.in_result, f.in_authorize)
+            for f in failures] == [("when", a.id, peernet.EncodeError, True, False),
+                                   ("big", a.id, peernet.MessageTooLarge, True, False)]
+    with caplog.at_level(logging.ERROR, logger="peernet"):
+        with pytest.raises(peernet.RemoteError):
+            a.call(c.id, "when")
+    logged = [r for r in caplog.records if r.name == "peernet.handlers"]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    assert ("handler 'when' returned a result for " in logged[0].getMessage()
+            and "EncodeError: result: object is not CBOR data" in logged[0].getMessage())
+
+
 def test_on_handler_error_replaces_the_report(make_node):
     failures: list[HandlerFailure] = []
     a = make_node("a")

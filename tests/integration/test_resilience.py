@@ -244,6 +244,29 @@ def test_status_changes_are_observable(make_node):
     assert peer.status in ("offline", "connecting") and peer.last_seen is not None
 
 
+def test_connecting_is_reported_even_when_the_handshake_wins_the_race(make_node, monkeypatch):
+    """The dialling thread used to report "connecting" only after starting the link's
+    thread; on a busy machine that thread could finish the handshake (and report
+    unknown -> online) first, and "connecting" was never seen. Here the link's thread
+    always wins: its start() returns only once the link is established."""
+    from peernet._io.link import Link
+
+    start = Link.start
+
+    def start_and_finish_the_handshake(link):
+        start(link)
+        assert wait_until(lambda: link.established or link.closed, timeout_s=5)
+
+    monkeypatch.setattr(Link, "start", start_and_finish_the_handshake)
+    a, b = make_node("a", **FAST), make_node("b", **FAST)
+    a.pair(b.id), b.pair(a.id)
+    seen: list[tuple[str, str]] = []
+    a.on_peer_change(lambda event: seen.append((event.previous, event.status)))
+    a.connect(b.id, "127.0.0.1", b.port)
+    assert wait_until(lambda: ("connecting", "online") in seen)
+    assert seen[:2] == [("unknown", "connecting"), ("connecting", "online")]
+
+
 class ManualMonitor:
     """A host-supplied monitor: the test pushes changes instead of polling."""
 

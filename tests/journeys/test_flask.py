@@ -90,6 +90,8 @@ def test_the_flask_recipe_serves_under_the_reloader(tmp_path, user_env, processe
     assert (status, body["error"]) == (400, "InvalidPeerId"), body
     status, body = _request(port, "POST", f"/ping/{stranger}")
     assert (status, body["error"]) == (404, "NotPaired"), body
+    status, body = _request(port, "POST", "/ping/kitchen")  # no paired peer has that label
+    assert (status, body["error"]) == (404, "UnknownPeer"), body
     status, body = _request(port, "POST", f"/ping/{switched_off}")
     assert (status, body["error"]) == (502, "PeerUnavailable"), body
 

@@ -186,6 +186,8 @@ def test_invalid_characters_are_named():
 
 def test_wrong_text_length():
     assert "61 characters, got 60" in _message(DEMO_TEXT[:-1])
+    assert "cut short? a short id" in _message(DEMO_TEXT[:11])
+    assert "cut short" not in _message(DEMO_TEXT + "q")
     assert "61 characters, got 62" in _message(DEMO_TEXT + "q")
     assert "empty" in _message("   ")
     assert "too long: 5000 characters" in _message("q" * 5000)
