@@ -1,7 +1,11 @@
 """A node driven by JSON commands on stdin, one reply per line on stdout.
 
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
-        [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
+        [--discovery udp|mdns|mdns-browse ...] [--interval S] [--udp-port P]
+        [--udp-target P]
+
+``mdns-browse``: mDNS that publishes nothing, only browses and asks (what a one-shot
+command runs).
 
 Commands: info, pair, connect, call, link, links, polls, peers, candidates, nearby, udp,
 mdns, invite, invite_wait, join, knock (a short-code invite attempt without the exchange: did
@@ -90,6 +94,8 @@ def main() -> None:
                 "bind_host": "127.0.0.1", "targets": [("127.0.0.1", opts.udp_target)]}
             discovery.append(peernet.UdpDiscovery(port=opts.udp_port, interval_s=opts.interval,
                                                   **loopback))
+        elif kind == "mdns-browse":
+            discovery.append(peernet.MdnsDiscovery(register=False))
         else:
             discovery.append(kind)
     node = peernet.Node(opts.data_dir, host=opts.host, network_poll_interval=opts.poll,
