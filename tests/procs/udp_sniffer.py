@@ -4,8 +4,8 @@
 
 Binds 0.0.0.0:PORT (shared, like a discovery node would), joins multicast group ADDR on
 the interface with address IP if asked, prints ``READY`` and then one JSON line per
-datagram: ``{"from": source ip, "port": source port, "hex": the bytes}``, until killed. Tests read what a
-host on the LAN that asked for nothing gets to see.
+datagram: ``{"from": source ip, "port": source port, "hex": the bytes}``, until killed.
+Tests read what a host on the LAN that asked for nothing gets to see.
 """
 
 from __future__ import annotations
