@@ -95,15 +95,24 @@ class Agent:
 
 
 def wait_for_one_link(x: Agent, y: Agent, timeout_s: float = 3.0) -> bool:
-    """Wait until ``x`` and ``y`` use the same link (when both dial at once, say after a
-    solicitation, one of the two links is retired a moment later)."""
+    """Wait until ``x`` and ``y`` use the same link and it is the only one either has to
+    the other: no dial in progress, no duplicate retiring. (When both dial at once, as
+    when each hears the other's first announce, both may use one link for a moment
+    while the other dial is still in its handshake; the pair has settled only once that
+    dial is done and the loser retired.)"""
     import time
+
+    def links() -> list[Any]:
+        return [x.request(op="links", peer=y.id), y.request(op="links", peer=x.id)]
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        before = links()
         lx, ly = x.request(op="link", peer=y.id), y.request(op="link", peer=x.id)
         if (lx and ly and lx["local_port"] == ly["remote"][1]
-                and ly["local_port"] == lx["remote"][1]):
+                and ly["local_port"] == lx["remote"][1]
+                and all(side["links"] == 1 and not side["dialing"] for side in before)
+                and links() == before):  # and no link came or went meanwhile
             return True
         time.sleep(0.02)
     return False

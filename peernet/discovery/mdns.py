@@ -5,6 +5,14 @@ The node registers ``pn-<short id>._peernet._tcp.local.`` (host name
 ``peernet/_proto/mdns_record.py``) and browses the same type. Only the selected
 interfaces' IPv4 addresses are used, both for zeroconf's sockets and in the record.
 
+When the node needs a peer now (``solicit``), it asks from a port of its own, not 5353
+(a one-shot query, RFC 6762 5.1): responders answer that by unicast, at once, and only
+a socket of our own can be sure to get it. Every mDNS responder on a host shares port
+5353, and the kernel hands a unicast datagram to that port to just one of them (15.1):
+a QU question asked from 5353 had its answer go to another node or responder on the
+same host, and this node found its peer only at its browser's next query, a second
+later. The answers are fed to zeroconf as if its own socket had read them.
+
 Threads: one ``peernet-mdns`` thread owns everything. It creates the ``Zeroconf``
 instance, so zeroconf never attaches to an asyncio loop the application runs (a
 notebook's): zeroconf then starts its private loop thread, and the browser has its own
@@ -20,6 +28,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +62,12 @@ _CHECK_INTERVAL_S = 1.0
 #: solicit() asks the network at most this often (RFC 6762 5.2: no faster than 1 s).
 _SOLICIT_MIN_INTERVAL_S = 1.0
 _TYPE_PTR, _CLASS_IN = 12, 1
+_MDNS_GROUP, _MDNS_PORT = "224.0.0.251", 5353
+#: How long a one-shot query's socket waits for answers (they come by unicast, at once).
+_ANSWER_WINDOW_S = 1.0
+#: The largest mDNS packet (RFC 6762 17), and how many one read-readiness takes.
+_MAX_PACKET = 9000
+_PACKETS_PER_WAKEUP = 16
 
 
 class MdnsUnavailable(PeerNetError, ImportError):
@@ -123,6 +139,10 @@ class MdnsDiscovery:
         self._announce_now = False
         self._solicit_now = False
         self._solicited_at = -_SOLICIT_MIN_INTERVAL_S
+        #: One-shot query sockets still waiting for answers -> what ends them (on
+        #: zeroconf's loop). Guarded by its lock: the loop and our thread both use it.
+        self._queries: dict[socket.socket, Any] = {}
+        self._queries_lock = threading.Lock()
         self.registering = bool(register)
         #: name -> "resolve" | "removed": work queued by the browser (bounded), paired
         #: peers' names in a queue of their own that is always worked first.
@@ -337,18 +357,103 @@ class MdnsDiscovery:
             host_ttl=self.ttl_s, other_ttl=self.ttl_s)
 
     def _query(self) -> None:
+        """Ask for every ``_peernet._tcp`` service now, from a port of our own on each
+        published address (see the module docstring), at most once a second."""
         now = time.monotonic()
-        if self._zc is None or now - self._solicited_at < _SOLICIT_MIN_INTERVAL_S:
+        zc = self._zc
+        if zc is None or now - self._solicited_at < _SOLICIT_MIN_INTERVAL_S:
             return
         self._solicited_at = now
-        out = self._zc_mod.DNSOutgoing(0)  # a query
-        question = self._zc_mod.DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN)
-        question.unicast = True  # QU: answer me directly, now
-        out.add_question(question)
+        query_id = secrets.randbelow(0xFFFF) + 1  # the answers echo it
+        out = self._zc_mod.DNSOutgoing(0, False, query_id)  # a query (False: with its id)
+        out.add_question(self._zc_mod.DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        packets = out.packets()
+        for address in self._published:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                socket.inet_aton(address.ip))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+                sock.bind((address.ip, 0))
+                sock.setblocking(False)
+                for packet in packets:
+                    sock.sendto(packet, (_MDNS_GROUP, _MDNS_PORT))
+            except OSError:
+                log.debug("mDNS query on %s failed", address.ip, exc_info=True)
+                sock.close()
+                continue
+            self._await_answers(zc, sock, query_id)
+
+    def _await_answers(self, zc: Any, sock: socket.socket, query_id: int) -> None:
+        """Have zeroconf's loop read the answers to a one-shot query on ``sock`` for
+        ``_ANSWER_WINDOW_S``, and take them in as responses heard on 5353 are: into the
+        cache, the browser told (which queues the names for us). Only answers from port
+        5353 that echo ``query_id`` count; the socket is closed when the window ends or
+        discovery stops, whichever comes first."""
+        loop: Any = getattr(zc, "loop", None)
+
+        def read() -> None:
+            for _ in range(_PACKETS_PER_WAKEUP):
+                try:
+                    data, source = sock.recvfrom(_MAX_PACKET)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    end()
+                    return
+                try:
+                    msg = self._zc_mod.DNSIncoming(data, source)
+                    if (msg.valid and not msg.is_query() and msg.id == query_id
+                            and source[1] == _MDNS_PORT):
+                        zc.record_manager.async_updates_from_response(msg)
+                except Exception:  # noqa: BLE001 -- a bad packet must not end discovery
+                    log.debug("mDNS answer from %s dropped", source[0], exc_info=True)
+
+        def end() -> None:  # on the loop
+            with self._queries_lock:
+                if self._queries.pop(sock, None) is None:
+                    return
+            loop.remove_reader(sock)
+            sock.close()
+
+        def start() -> None:  # on the loop
+            with self._queries_lock:
+                if sock not in self._queries:
+                    return  # discovery stopped before this ran
+            loop.add_reader(sock, read)
+            loop.call_later(_ANSWER_WINDOW_S, end)
+
+        with self._queries_lock:
+            self._queries[sock] = end
         try:
-            self._zc.send(out)
-        except Exception:  # noqa: BLE001 -- zeroconf closing
-            log.debug("mDNS query failed", exc_info=True)
+            if loop is None:
+                raise RuntimeError("zeroconf has no loop")
+            loop.call_soon_threadsafe(start)
+        except RuntimeError:  # no loop, or it is closed: no answers
+            with self._queries_lock:
+                self._queries.pop(sock, None)
+            sock.close()
+
+    def _end_queries(self) -> None:
+        """Before zeroconf closes: have its loop, which may be reading them, close the
+        one-shot queries' sockets (queued ahead of zeroconf's own close)."""
+        with self._queries_lock:
+            ends = list(self._queries.values())
+        loop: Any = getattr(self._zc, "loop", None)
+        if loop is None:
+            return
+        for end in ends:
+            try:
+                loop.call_soon_threadsafe(end)
+            except RuntimeError:  # the loop is closed: _drop_queries closes them
+                return
+
+    def _drop_queries(self) -> None:
+        """After zeroconf closed: close the sockets its loop did not close."""
+        with self._queries_lock:
+            socks, self._queries = list(self._queries), {}
+        for sock in socks:
+            sock.close()
 
     def _register(self) -> None:
         if self._zc is None or not self.registering:
@@ -454,6 +559,7 @@ class MdnsDiscovery:
 
     def _close(self) -> None:
         """Goodbye, cancel the browser, close zeroconf (joins its threads)."""
+        self._end_queries()  # queued on the loop before zeroconf's own close
         browser, self._browser = self._browser, None
         zc, self._zc = self._zc, None
         info, self._info = self._info, None
@@ -472,5 +578,6 @@ class MdnsDiscovery:
                 zc.close()
             except Exception:  # noqa: BLE001
                 log.debug("closing zeroconf failed", exc_info=True)
+        self._drop_queries()
         for name in list(self._tracked):
             self._forget(name)

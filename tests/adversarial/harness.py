@@ -85,12 +85,13 @@ def read_resources(pid: int) -> Resources:
 
 
 class Sampler:
-    """Samples a process's thread and fd counts every few ms; keeps the maxima."""
+    """Samples a process's thread and fd counts and RSS every few ms; keeps the maxima."""
 
     def __init__(self, pid: int, interval_s: float = 0.01) -> None:
         self.pid = pid
         self.max_threads = 0
         self.max_fds = 0
+        self.max_rss_kib = 0
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -103,6 +104,7 @@ class Sampler:
                 return
             self.max_threads = max(self.max_threads, r.threads)
             self.max_fds = max(self.max_fds, r.fds)
+            self.max_rss_kib = max(self.max_rss_kib, r.rss_kib)
             self._stop.wait(self._interval)
 
     def __enter__(self) -> Sampler:

@@ -65,9 +65,10 @@ def test_spoofed_replayed_and_flooded_announces_change_nothing(lab, tmp_path):
     assert b.request(op="call", peer=a.id, name="echo", args=0, timeout=2.0) == 0
     assert wait_for_one_link(a, b)
     link_before = b.request(op="link", peer=a.id)
+    links_before = [a.request(op="links", peer=b.id), b.request(op="links", peer=a.id)]
     rss_before = rss_kib(b.proc.pid)
     attacker = lab.popen(3, "tests.procs.udp_attacker", lab.address(3), lab.address(1),
-                         lab.address(0),                         "--flood", "10000", "--watch", str(4 * INTERVAL_S))
+                         lab.address(0), "--flood", "10000", "--watch", str(4 * INTERVAL_S))
     try:
         worst_s = 0.0
         while attacker.poll() is None:  # b keeps calling a throughout the attack
@@ -87,6 +88,8 @@ def test_spoofed_replayed_and_flooded_announces_change_nothing(lab, tmp_path):
     assert report["connections"] == 0  # nothing was redirected to the attacker
     assert worst_s < 0.5
     assert b.request(op="link", peer=a.id) == link_before  # the live link is untouched
+    # and neither side made another link meanwhile (not even one retired at once)
+    assert [a.request(op="links", peer=b.id), b.request(op="links", peer=a.id)] == links_before
     peers = b.request(op="peers")
     assert peers[a.id]["address"] == [lab.address(0), a.port]
     nearby = b.request(op="nearby")

@@ -1,10 +1,14 @@
 """A node driven by JSON commands on stdin, one reply per line on stdout.
 
     python -m tests.procs.node_agent DATA_DIR [--host H] [--poll S] [--heartbeat I T]
-        [--discovery udp|mdns ...] [--interval S] [--udp-port P] [--udp-target P]
+        [--discovery udp|mdns|mdns-browse ...] [--interval S] [--udp-port P]
+        [--udp-target P]
 
-Commands: info, pair, connect, call, link, polls, peers, candidates, nearby, udp, mdns,
-invite, invite_wait, join, knock (a short-code invite attempt without the exchange: did
+``mdns-browse``: mDNS that publishes nothing, only browses and asks (what a one-shot
+command runs).
+
+Commands: info, pair, connect, call, link, links, polls, peers, candidates, nearby, udp,
+mdns, invite, invite_wait, join, knock (a short-code invite attempt without the exchange: did
 the inviter let it past message 3?).
 Replies are {"ok": ...} or
 {"error": "..."}. Used by the namespace lab, where the test process cannot reach the
@@ -33,6 +37,23 @@ def _count_mdns_names() -> None:
         self.__dict__.setdefault("heard_names", set()).add(name)
 
     MdnsDiscovery._on_change = on_change
+
+
+def _count_links(node: peernet.Node) -> dict[str, int]:
+    """Count the links the node's mesh accepts per peer (both ways, retired duplicates
+    included), so a test can tell that no link was made while it looked away."""
+    mesh = node._mesh
+    established = mesh.link_established
+    counts: dict[str, int] = {}
+
+    def counting(link):
+        retire = established(link)
+        if retire is not None:
+            counts[str(link.peer_id)] = counts.get(str(link.peer_id), 0) + 1
+        return retire
+
+    mesh.link_established = counting
+    return counts
 
 
 def _knock(node: peernet.Node, host: str, port: int, peer: str, nameplate: int) -> str:
@@ -73,6 +94,8 @@ def main() -> None:
                 "bind_host": "127.0.0.1", "targets": [("127.0.0.1", opts.udp_target)]}
             discovery.append(peernet.UdpDiscovery(port=opts.udp_port, interval_s=opts.interval,
                                                   **loopback))
+        elif kind == "mdns-browse":
+            discovery.append(peernet.MdnsDiscovery(register=False))
         else:
             discovery.append(kind)
     node = peernet.Node(opts.data_dir, host=opts.host, network_poll_interval=opts.poll,
@@ -80,6 +103,7 @@ def main() -> None:
                         heartbeat_timeout=opts.heartbeat[1], reconnect_initial=0.05,
                         reconnect_max=1.0, handshake_timeout=2.0, discovery=discovery)
     started = time.monotonic()
+    established = _count_links(node)
     node.expose("echo", lambda peer, args: args)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -99,6 +123,12 @@ def main() -> None:
                 result = None if link is None else {
                     "local": link.local_ip, "local_port": link.local_port, "key": id(link),
                     "remote": list(link.address)}
+            elif op == "links":  # all of them: live, dialling, retiring; and how many ever
+                pid = peernet.PeerId.parse(cmd["peer"])
+                entry = node._registry.get(pid)
+                result = {"links": len(node._registry.links_of(pid)),
+                          "dialing": entry is not None and entry.dialing is not None,
+                          "established": established.get(cmd["peer"], 0)}
             elif op == "polls":
                 result = node._netmon.polls
             elif op == "peers":

@@ -4,8 +4,8 @@
 
 Binds 0.0.0.0:PORT (shared, like a discovery node would), joins multicast group ADDR on
 the interface with address IP if asked, prints ``READY`` and then one JSON line per
-datagram: ``{"from": source ip, "hex": the bytes}``, until killed. Tests read what a
-host on the LAN that asked for nothing gets to see.
+datagram: ``{"from": source ip, "port": source port, "hex": the bytes}``, until killed.
+Tests read what a host on the LAN that asked for nothing gets to see.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main() -> None:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
     print("READY", flush=True)
     while True:
-        data, (source, _) = sock.recvfrom(65535)
-        print(json.dumps({"from": source, "hex": data.hex()}), flush=True)
+        data, (source, port) = sock.recvfrom(65535)
+        print(json.dumps({"from": source, "port": port, "hex": data.hex()}), flush=True)
 
 
 if __name__ == "__main__":
