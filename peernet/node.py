@@ -33,7 +33,7 @@ from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
 from ._addresses import AddressBook
-from ._text import check_host
+from ._text import check_host, check_port
 from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (
@@ -259,8 +259,7 @@ class Node:
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
             cli_command=cli_command(where),
         )
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port must be 0..65535, got {port}")
+        check_port(port, listen=True)
 
         self._data_dir = ensure_private_dir(where)
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
@@ -422,9 +421,7 @@ class Node:
         pid = self.resolve(peer_id)
         self._require_paired(pid)
         host = check_host(host)
-        if type(port) is not int or not 0 < port <= 0xFFFF:
-            raise ValueError(f"port must be 1..65535, got {port!r}")
-        self._manual.add(pid, (host, port))
+        self._manual.add(pid, (host, check_port(port)))
 
     def list_peers(self) -> PeerList:
         """Every paired peer, newest first, with status, address, last_seen and rtt.

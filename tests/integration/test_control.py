@@ -581,3 +581,23 @@ def test_every_way_to_give_a_host_refuses_control_characters(tmp_path):
     nearby.chmod(0o600)
     with pytest.raises(CliError, match="unreadable nearby list"):
         _load_nearby(tmp_path / "n")
+
+
+@pytest.mark.timeout(30)
+def test_every_way_to_give_a_port_says_it_must_be_an_int(tmp_path):
+    """`node.connect(peer, host, "7777")` said "port must be 1..65535", and
+    `Node(port="7777")` raised a bare TypeError from a comparison: one check says what
+    is wrong with it."""
+    with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:
+        peer = peernet.PeerId(bytes(range(32)))
+        node.pair(peer, label="pi")
+        admin = peernet.admin(node.data_dir)
+        for connect in (node.connect, admin.connect):
+            with pytest.raises(ValueError, match=r"port must be an int \(1\.\.65535\), not "
+                                                 r"the str '7777' \(pass int\('7777'\)\)"):
+                connect(peer, LOOPBACK, "7777")
+            with pytest.raises(ValueError, match=r"port must be 1\.\.65535, got 0"):
+                connect(peer, LOOPBACK, 0)
+        assert [p.address for p in node.list_peers()] == [None]
+    with pytest.raises(ValueError, match=r"port must be an int \(0\.\.65535\), not the str"):
+        peernet.Node(tmp_path / "other", host=LOOPBACK, port="7777")
