@@ -493,8 +493,10 @@ class Node:
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
         """Join the invite ``code`` names; return the inviter's PeerId once both sides
         trust each other (each under the label the other proposed; ``label`` is the one
-        this node proposes for itself). The inviter is then dialled as a normal paired
-        peer, so a call right after works at once.
+        this node proposes for itself). The address the join reached the inviter at is
+        remembered at once (``addresses.json``), and the inviter is dialled as a normal
+        paired peer, so a call right after works at once, and one after a restart
+        finds it there.
 
         A short code is looked up on the LAN by discovery (this node needs
         ``discovery="udp"`` or ``"mdns"``); a long code holds the addresses to dial.
@@ -540,6 +542,7 @@ class Node:
             port=lambda: self.port, addresses=addresses,
             carries_short=can("carries_invites"), hears_short=can("hears_invites"),
             on_lan=on_lan, announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
+            remember=lambda peer, dialled: self._mesh.paired_by_invite(peer, dialled),
             connect=self.connect,
             # After a join: wait for the dial just started, not for the whole timeout.
             wait_for_peer=lambda pid, timeout_s: self._registry.wait_for_link(

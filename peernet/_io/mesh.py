@@ -201,6 +201,21 @@ class Mesh:
             f"could not reach {pid.short} at {entry.address[0]}:{entry.address[1]}{why}"
         )
 
+    def paired_by_invite(self, peer: PeerId, dialled: tuple[str, int] | None) -> None:
+        """An invite exchange just paired ``peer``, over a handshake that proved its key:
+        it was heard now. ``dialled`` (the joiner's side: the address in the code, or
+        in the announce, that this node dialled) is remembered as a dial's address is,
+        before any link is up (a CLI join closes at once). The inviter learns nothing it
+        could dial: the joiner's source port is ephemeral, and the port it listens on
+        may be a one-off (a CLI join's), so only the time."""
+        now = time.time()
+        self._registry.remember(peer, dialled, now)
+        if dialled is not None:
+            self._addresses.reached(peer, dialled, now)
+        else:
+            self._addresses.seen(peer, now)
+        self._schedule_address_save()
+
     def accept(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """The acceptor's hand-off of a new connection."""
         if self._closed:
