@@ -123,6 +123,7 @@ def test_a_udp_target_at_this_machines_own_port_is_a_usage_error(tmp_path):
 def test_an_interface_without_a_broadcast_address_is_refused(tmp_path, monkeypatch, capsys):
     tun = [LocalAddress("tun0", "10.8.0.2", 32)]
     monkeypatch.setattr(peernet.cli, "host_interfaces", lambda names=None: tun)
+    monkeypatch.setattr(peernet.cli, "interface_names", lambda: ["lo", "tun0", "wlan9"])
     code = peernet.cli.main(["--data-dir", str(tmp_path / "d"), "nearby", "--discovery", "udp",
                              "--interface", "tun0"])
     err = capsys.readouterr().err

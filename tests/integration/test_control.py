@@ -110,7 +110,11 @@ def test_a_new_peer_paired_through_the_cli_connects_calls_and_is_dropped_at_once
         out = cli(app, "pair", str(device.id), "--label", "kitchen-pi")
         assert out.returncode == 0, out.stderr
         assert f"paired with {device.id.short} (kitchen-pi)" in out.stdout
-        assert f"peernet pair {app.id}" in out.stdout  # the running node's id
+        # The device has paired the app (it got in: the app dials a key that knocked,
+        # see below), so the line asking the other side to pair this machine is not
+        # printed.
+        assert "kitchen-pi is online: it has paired this machine too" in out.stdout
+        assert "must pair" not in out.stdout
         # Trusted at once by the running node: the device gets in and calls within 1 s.
         assert device.call(app.id, "echo", {"n": 1}, timeout=1.0) == {"n": 1}
 
@@ -128,6 +132,29 @@ def test_a_new_peer_paired_through_the_cli_connects_calls_and_is_dropped_at_once
     trust = json.loads((app.data_dir / "trust.json").read_text())
     assert trust["peers"] == []
     assert stat.S_IMODE((app.data_dir / "trust.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.timeout(60)
+def test_pair_says_whether_the_other_side_must_pair_this_machine(app, tmp_path):
+    """"The other side must pair this machine too" only when nothing says it has: not
+    for a peer online or seen before (which paired this machine, or no link would have
+    come up), and a new label on a paired peer is a relabel, not "already paired"."""
+    stranger = peernet.identity.load_or_create(tmp_path / "stranger").peer_id
+    out = cli(app, "pair", str(stranger))
+    assert out.stdout == (f"paired with {stranger.short}\nthe other side must pair this "
+                          f"machine too: peernet pair {app.id}\n"), out.stderr
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False) as device:
+        device.pair(app.id)
+        assert cli(app, "pair", str(device.id)).returncode == 0
+        device.connect(app.id, LOOPBACK, app.port)
+        assert device.wait_for_peer(app.id, timeout=5.0)
+        out = cli(app, "pair", str(device.id).upper(), "--label", "kitchen-pi")
+        assert out.stdout == (f"relabelled {device.id.short}: kitchen-pi (it had none)\n"
+                              "kitchen-pi is online: it has paired this machine too\n")
+    admin = peernet.admin(app.data_dir)
+    assert wait_until(lambda: not [p for p in admin.list_peers() if p.online], timeout_s=5.0)
+    out = cli(app, "pair", str(device.id), "--label", "pi")  # offline now, seen before
+    assert out.stdout == f"relabelled {device.id.short}: pi (was kitchen-pi)\n", out.stdout
 
 
 @pytest.mark.timeout(60)
