@@ -282,6 +282,7 @@ class Node:
             self._invites = self._invite_book(credentials)  # issue 21
             self._mesh = Mesh(
                 invites=self._invites,
+                knocked=lambda peer, address: self._hints.knocked(peer, address),
                 credentials=credentials,
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
                 dispatch=self._handlers.dispatch,
@@ -392,7 +393,9 @@ class Node:
         """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
         label replaces the old one, so ``pair("kitchen pi", label="pi")`` renames a
         paired peer (a label only ever names a peer that is paired already). Both sides
-        must pair each other to talk."""
+        must pair each other to talk. A peer heard before pairing is dialled at once:
+        one that discovery lists as nearby, or one that dialled this node and was
+        refused (its address kept for 10 minutes, a few dozen keys at most)."""
         pid = self.resolve(peer_id)
         if pid == self.id:
             raise ValueError("that is this node's own id: pair the other node's id "

@@ -104,7 +104,8 @@ class Mesh:
                  settings: MeshSettings, dispatch: Dispatch,
                  report_unsendable: ReportUnsendable, scheduler: Scheduler, timers: Timers,
                  registry: Registry, addresses: AddressBook,
-                 invites: InviteHost | None = None) -> None:
+                 invites: InviteHost | None = None,
+                 knocked: Callable[[PeerId, tuple[str, int]], None] | None = None) -> None:
         self._credentials = credentials
         self._is_trusted = is_trusted
         self._settings = settings
@@ -115,6 +116,8 @@ class Mesh:
         self._registry = registry
         self._addresses = addresses
         self._invites = invites  # issue 21: open invites decide invite-only links
+        #: Told of each refused key that said where it listens (source IP, that port).
+        self._knocked = knocked
         self._acceptor: Any = None  # set by listening(); has .port and .release(ip)
         self._closed = False
         self._status_lock = threading.Lock()
@@ -298,6 +301,9 @@ class Mesh:
             refused = link.session.refused_peer
             if refused is not None:
                 self._warn_refused(refused, link.address)
+                port = link.session.refused_listen_port
+                if port and self._knocked is not None:
+                    self._knocked(refused, (link.address[0], port))
 
     def link_invite(self, link: Link, sock: socket.socket, ready: bytes, deadline: float,
                     early: list[bytes]) -> bool:

@@ -135,6 +135,31 @@ def test_a_new_peer_paired_through_the_cli_connects_calls_and_is_dropped_at_once
 
 
 @pytest.mark.timeout(60)
+def test_pairing_a_key_that_knocked_makes_the_app_dial_it_at_once(app, tmp_path):
+    """Issue 19's open item: a device that paired the app dials it and is refused; the
+    app keeps where the device said it listens (bounded, expiring, never listed or
+    dialled before), and `peernet pair` through the control socket makes the app dial
+    it at once, not at the device's next redial (30 s away here)."""
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False,
+                      reconnect_initial=30.0, reconnect_max=30.0) as device:
+        device.expose("echo", lambda peer, args: args)
+        device.pair(app.id)
+        device.connect(app.id, LOOPBACK, app.port)
+        assert not device.wait_for_peer(app.id, timeout=0.5)  # refused: not paired there
+        admin = peernet.admin(app.data_dir)
+        assert admin.list_nearby() == [] and admin.list_peers() == []
+
+        out = cli(app, "pair", str(device.id), "--label", "kitchen-pi")
+        assert out.returncode == 0, out.stderr
+        assert "kitchen-pi is online: it has paired this machine too" in out.stdout
+        link = device._registry.active_link(app.id)
+        assert link is not None and not link.outbound  # the app dialled the device
+        row = table(cli(app, "peers"))["kitchen-pi"]
+        assert row[2:4] == ["online", f"{LOOPBACK}:{device.port}"]  # where it listens
+        assert admin.call("kitchen-pi", "echo", "back", timeout=2.0) == "back"
+
+
+@pytest.mark.timeout(60)
 def test_pair_says_whether_the_other_side_must_pair_this_machine(app, tmp_path):
     """"The other side must pair this machine too" only when nothing says it has: not
     for a peer online or seen before (which paired this machine, or no link would have
