@@ -33,6 +33,12 @@ broadcast). Defaults come from ``$PEERNET_DISCOVERY`` (e.g. ``udp`` or ``udp,mdn
 
     discovery = ["udp"]          # or "udp", or ["udp", "mdns"]
     interfaces = ["eth0"]        # optional; default: every usable IPv4 interface
+    port = 7777                  # optional: what listen, invite and chat listen on
+                                 # without --port (default: any free port, a one-off)
+
+A data dir's usual port matters after an invite: the joiner remembers the inviter at
+the port in the code, so a later call without ``--to`` reaches it only where a node of
+the inviter's data dir listens on that port again (``invite`` says so once paired).
 
 With discovery on, ``call``, ``send`` and ``chat`` need no ``--to``: the command asks
 the LAN (a UDP solicitation, an mDNS query) and the peer answers at once. Without it, a
@@ -190,9 +196,11 @@ on a LAN, no addresses (both machines: export PEERNET_DISCOVERY=udp, or mdns):
   bob$   peernet call alice echo '"hi"' # found by asking the LAN, no --to
 
 pairing in one step (both sides trust each other; same LAN, or any network):
-  alice$ peernet invite --label alice   # shows 7-amber-orbit and pninv1..., waits
+  alice$ peernet invite --label alice --port 7777   # shows 7-amber-orbit, pninv1...
   bob$   peernet join 7-amber-orbit --label bob    # or: peernet join pninv1...
-  (then `peernet listen` on alice and `peernet call alice echo '"hi"'` on bob)
+  (then `peernet listen --port 7777` on alice and `peernet call alice echo '"hi"'`
+  on bob, which remembers alice at the port in the code; `port = 7777` in
+  DATA_DIR/settings.toml makes it alice's usual port, without --port)
 
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
@@ -417,20 +425,25 @@ def _note_handler_error(failure: HandlerFailure) -> None:
           f"{type(failure.exception).__name__}", file=sys.stderr, flush=True)
 
 
-def _port_in_use(host: str, port: int) -> str:
+def _port_in_use(host: str, port: int, origin: str = "--port") -> str:
     """PortInUse in the command line's terms (its message speaks of ``port=0``)."""
+    if origin == SETTINGS_FILE_NAME:
+        return (f"port {port} on {host} (the port in {SETTINGS_FILE_NAME}) is already in "
+                "use (another node or program listens there): pick another with --port, "
+                f"or change it in {SETTINGS_FILE_NAME}")
     return (f"port {port} on {host} is already in use (another node or program listens "
             "there): pick another --port, or leave --port out for a free one")
 
 
-def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
+def _open_node(data_dir: Path, *, host: str, port: int, port_origin: str = "--port",
+               **settings: Any) -> Node:
     settings.setdefault("on_handler_error", _note_handler_error)
     try:
         return Node(data_dir, host=host, port=port, **settings)
     except DataDirLocked as exc:
         raise CliError(_locked_message(data_dir, exc)) from None
     except PortInUse:
-        raise CliError(_port_in_use(host, port)) from None
+        raise CliError(_port_in_use(host, port, port_origin)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -789,10 +802,14 @@ def _read_settings(data_dir: Path) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"bad settings file {path}: {exc}") from None
-    unknown = sorted(set(data) - {"discovery", "interfaces"})
+    unknown = sorted(set(data) - {"discovery", "interfaces", "port"})
     if unknown:
         raise CliError(f"bad settings file {path}: unknown setting(s) {', '.join(unknown)} "
-                       "(known: discovery, interfaces)")
+                       "(known: discovery, interfaces, port)")
+    port = data.get("port")
+    if port is not None and (type(port) is not int or not 0 <= port <= 0xFFFF):
+        raise CliError(f"bad settings file {path}: port must be a number 0..65535 (0: any "
+                       f"free one), got {port!r}")
     for key in ("discovery", "interfaces"):
         value = data.get(key)
         if isinstance(value, str):
@@ -802,6 +819,29 @@ def _read_settings(data_dir: Path) -> dict[str, Any]:
             raise CliError(f"bad settings file {path}: {key} must be a string or a list "
                            "of strings")
     return data
+
+
+@dataclass(frozen=True)
+class ListenPort:
+    """The port a command's own node listens on, and where that came from: ``--port``,
+    ``settings.toml`` (the data dir's usual port), or neither (0: any free one, a
+    one-off that the next run will not have)."""
+
+    port: int
+    origin: str
+
+    @property
+    def usual(self) -> bool:
+        """A port chosen, that the next run listens on again (not 0)."""
+        return self.port != 0
+
+
+def choose_port(opts: argparse.Namespace, data_dir: Path) -> ListenPort:
+    """``--port``, else ``port`` in ``DATA_DIR/settings.toml``, else 0."""
+    if opts.port is not None:
+        return ListenPort(opts.port, "--port")
+    port = _read_settings(data_dir).get("port")
+    return ListenPort(port, SETTINGS_FILE_NAME) if port is not None else ListenPort(0, "")
 
 
 def choose_lan(opts: argparse.Namespace, data_dir: Path) -> Lan:
@@ -1379,8 +1419,10 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     out = _Out()
     lan = choose_lan(opts, data_dir)
     sources = make_discovery(lan, one_shot=False)
+    port = choose_port(opts, data_dir)
     with _stop_on_signals() as stop, _warnings_shown(out):
-        with _open_node(data_dir, host=opts.host, port=opts.port, discovery=sources) as node:
+        with _open_node(data_dir, host=opts.host, port=port.port, port_origin=port.origin,
+                        discovery=sources) as node:
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
             for line in _describe_lan(lan) if lan else ():
@@ -1423,8 +1465,9 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
         remote = _running(data_dir)
         lan = choose_lan(opts, data_dir) if address is None and remote is None else None
         sources = make_discovery(lan, one_shot=False) if lan else []
+        port = choose_port(opts, data_dir) if remote is None else ListenPort(0, "")
         with (nullcontext(remote) if remote is not None else
-              _open_node(data_dir, host=opts.host, port=opts.port,
+              _open_node(data_dir, host=opts.host, port=port.port, port_origin=port.origin,
                          redial_remembered=False, discovery=sources)) as node:
             pid = resolve_peer(opts.peer, node.trust, data_dir)
             _require_paired(pid, node.trust, data_dir)
@@ -1607,25 +1650,28 @@ def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
 
 @contextmanager
 def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
-                   ) -> Iterator[InviteLike]:
+                   ) -> Iterator[tuple[InviteLike, ListenPort | None]]:
     """An open invite: in the node running on this data dir (through its control
     endpoint: it announces the invite and answers the join), else in a node this
-    command runs, with discovery (see above), until the join."""
+    command runs, with discovery (see above), until the join; with the port that node
+    listens on (None: the running node's, which stays)."""
     remote = _running(data_dir)
     if remote is None:
+        port = choose_port(opts, data_dir)
         try:
             sources = _invite_discovery(opts, data_dir, one_shot=False)
-            node = Node(data_dir, host=opts.host, port=opts.port, discovery=sources,
+            node = Node(data_dir, host=opts.host, port=port.port, discovery=sources,
                         on_handler_error=_note_handler_error)
         except DataDirLocked as exc:
             remote = _running(data_dir)  # a node started meanwhile (it serves last)?
             if remote is None:
                 raise CliError(_locked_message(data_dir, exc)) from None
         except PortInUse:
-            raise CliError(_port_in_use(opts.host, opts.port)) from None
+            raise CliError(_port_in_use(opts.host, port.port, port.origin)) from None
         else:
             with node:
-                yield node.invite(label, opts.ttl, short=not opts.long_only)
+                yield (node.invite(label, opts.ttl, short=not opts.long_only),
+                       ListenPort(node.port, port.origin if port.usual else ""))
             return
     status = remote.status
     print(f"the invite is open in the node running on {data_dir} (pid {status.pid}, port "
@@ -1633,14 +1679,31 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
               "" if status.discovery or opts.long_only
               else ", and runs no discovery: long code only"),
           file=sys.stderr, flush=True)
-    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only)
+    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only), None
+
+
+def _where_to_find_me(who: str, port: int, origin: str, data_dir: Path) -> str:
+    """What ``invite`` says once paired, when its own node answered the join: the
+    joiner remembers this machine at the port in the code, so later calls without
+    ``--to`` reach it only where a node of this data dir listens on that port."""
+    here = cli_command(data_dir)
+    if origin == SETTINGS_FILE_NAME:
+        return (f"{who} remembers this machine at port {port}: it can call without --to "
+                f"while `{here} listen` (or an app on port {port}) runs here")
+    if origin == "--port":
+        return (f"{who} remembers this machine at port {port}: it can call without --to "
+                f"while `{here} listen --port {port}` (or an app on port {port}) runs here")
+    return (f"{who} remembers this machine at port {port}, a free port this invite picked: "
+            f"to let it call without --to (or discovery), run `{here} listen --port {port}` "
+            f"here, or put `port = {port}` in {data_dir / SETTINGS_FILE_NAME} (listen and "
+            "invite then use it)")
 
 
 def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
     """Open a one-time invite, show its codes, wait until someone joins."""
     label = opts.label if opts.label is not None else _default_label()
     out = _Out()
-    with _stop_on_signals() as stop, _invite_source(opts, data_dir, label) as invite:
+    with _stop_on_signals() as stop, _invite_source(opts, data_dir, label) as (invite, port):
         until = time.strftime("%H:%M:%S", time.localtime(invite.expires_at))
         minutes = max(0.0, invite.expires_at - time.time()) / 60
         if invite.short:
@@ -1673,6 +1736,8 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
         out.line(f"paired with {who} ({peer})")
         if invite.note:
             out.note(f"peernet: {escape(invite.note)}")
+        if port is not None:
+            out.note(_where_to_find_me(who, port.port, port.origin, data_dir))
     return EXIT_OK
 
 
@@ -1711,6 +1776,7 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
                            f"with discovery on (--discovery udp)", EXIT_USAGE)
         found = remote.admin._join(opts.code, label, opts.timeout)
         result = JoinResult(PeerId.parse(found["id"]), found["label"], found["note"])
+        address = _address_of(remote, result.peer)
     else:
         sources = [] if isinstance(code, LongCode) else _invite_discovery(
             opts, data_dir, one_shot=True)
@@ -1722,6 +1788,7 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
                         redial_remembered=False, discovery=sources) as node:
             # The label stored here, and the note about it, are for the person to see.
             result = node._invites.join(opts.code, label, opts.timeout)
+            address = _address_of(node, result.peer)
     who = _printable(result.label) if result.label else result.peer.short
     print(f"paired with {who} ({result.peer})", flush=True)
     if result.note:
@@ -1729,7 +1796,17 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     name = shlex.quote(result.label) if result.label else str(result.peer)
     print(f"""call it with: {cli_command(data_dir)} call {_printable(name)} echo '"hi"'""",
           file=sys.stderr)
+    if address is not None:  # remembered: the address the join reached it at
+        print(f"(without --to, a call goes to {_shown_address(address)}, where {who} answered "
+              f"the invite: {who} must listen on that port then; else give --to HOST:PORT "
+              "or turn on discovery)", file=sys.stderr)
     return EXIT_OK
+
+
+def _address_of(node: _Live, pid: PeerId) -> tuple[str, int] | None:
+    """Where ``node`` would dial ``pid`` now (its live link's, else its best address)."""
+    peer = _peer(node, pid)
+    return peer.address if peer is not None else None
 
 
 # --- wiring ------------------------------------------------------------------------
@@ -1754,6 +1831,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     peer_help = "peer id (pn1...) or the label of a paired peer"
+    port_help = ("TCP port (default: `port` in DATA_DIR/settings.toml, else any free one, "
+                 "which the next run will not have)")
 
     def discovery_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group(
@@ -1829,7 +1908,7 @@ def _parser() -> argparse.ArgumentParser:
                 "prints 'READY id=ID port=PORT host=HOST' on stdout once listening, and\n"
                 "each incoming chat line as 'LABEL: text'")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     discovery_options(p)
 
     p = command("chat", cmd_chat, "chat with a peer: each line you type is sent to its chat "
@@ -1844,7 +1923,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("peer", metavar="ID", help=peer_help)
     p.add_argument("--to", metavar="HOST:PORT", help="where the peer listens")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     p.add_argument("--wait", type=_positive_float, default=5.0,
                    help="how long to wait for the first connection, seconds (default 5)")
     discovery_options(p)
@@ -1885,7 +1964,7 @@ def _parser() -> argparse.ArgumentParser:
                         "another network, or a LAN you do not trust; a short code's 16 "
                         "bits are for the same LAN)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     p.add_argument("--qr", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the long code as a QR code (needs the optional 'qrcode' "
                         "package; default: on a terminal)")

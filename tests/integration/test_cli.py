@@ -259,6 +259,28 @@ def test_an_interface_that_does_not_exist_is_named_with_those_that_do(tmp_path):
     assert "has no usable IPv4 address" in line  # it exists: loopback does not count
 
 
+def test_a_usual_port_in_settings_is_where_listen_listens(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    port = closed_port()
+    (d / "settings.toml").write_text(f"port = {port}\n")
+    listener = peernet_proc("--data-dir", str(d), "listen", "--host", LOOPBACK)
+    try:
+        assert ready(listener)[1] == port
+        line = one_line_error(run("--data-dir", str(tmp_path / "e"), "listen", "--host",
+                                  LOOPBACK, "--port", str(port)), 1)
+        assert "pick another --port" in line
+        (tmp_path / "e" / "settings.toml").write_text(f"port = {port}\n")
+        line = one_line_error(run("--data-dir", str(tmp_path / "e"), "listen", "--host",
+                                  LOOPBACK), 1)
+        assert f"port {port} on {LOOPBACK} (the port in settings.toml) is already in use" in line
+    finally:
+        listener.stop()
+    (d / "settings.toml").write_text('port = "7777"\n')
+    line = one_line_error(run("--data-dir", str(d), "listen", "--host", LOOPBACK), 1)
+    assert "port must be a number 0..65535" in line
+
+
 def test_data_dir_from_the_environment(tmp_path):
     env = {**os.environ, "PEERNET_DATA_DIR": str(tmp_path / "env")}
     out = run("id", env=env)

@@ -90,7 +90,8 @@ def test_pair_by_id_prefix_and_clear_errors(bob_listening, tmp_path):
     assert "needs discovery" in msg
     settings.write_text('discovery = ["carrier pigeon"]\n')
     assert "unknown discovery" in one_line_error(run("--data-dir", a, "nearby"), 2)
-    settings.write_text('discovery = "udp"\nport = 4\n')
+    # (A setting that exists would let this `nearby` run: it must fail before any socket.)
+    settings.write_text('discovery = "udp"\ncolour = 4\n')
     assert "unknown setting" in one_line_error(run("--data-dir", a, "nearby"), 1)
 
 
