@@ -8,7 +8,8 @@ until someone calls ``connect()`` again. It lives in ``data_dir/addresses.json``
                                       "last_seen": 1763712000.0}}}
 
 What counts as a good address: one this node dialled and completed a handshake with
-(a manual ``connect``, a discovery hint, or a remembered one). An address a peer
+(a manual ``connect``, a discovery hint, or a remembered one; or the inviter's address
+that a join dialled, whose invite exchange proved the inviter's key there). An address a peer
 connected *in* from is not remembered: its listening port may be a one-off (a CLI call
 listens on a random port and is gone a second later).
 

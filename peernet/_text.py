@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import unicodedata
 
-__all__ = ["check_host", "escape", "escape_json", "escape_lines", "is_risky"]
+__all__ = ["check_host", "check_port", "escape", "escape_json", "escape_lines", "is_risky"]
 
 _RISKY = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -88,3 +88,16 @@ def check_host(host: object) -> str:
             f"host must be a host name or IP address without a port, got {host!r:.80}; "
             "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
     return host
+
+
+def check_port(port: object, *, listen: bool = False) -> int:
+    """``port`` if it is a TCP port number (an int: 1..65535 to dial, 0..65535 to
+    ``listen`` on, where 0 means any free one), else ValueError saying which."""
+    low = 0 if listen else 1
+    if type(port) is not int:
+        digits = isinstance(port, str) and port.strip().isdigit()
+        raise ValueError(f"port must be an int ({low}..65535), not the {type(port).__name__} "
+                         f"{port!r:.80}" + (f" (pass int({port!r}))" if digits else ""))
+    if not low <= port <= 0xFFFF:
+        raise ValueError(f"port must be {low}..65535, got {port}")
+    return port

@@ -7,8 +7,9 @@ Subcommands::
                                                     N or PREFIX picks a `nearby` entry
     peernet unpair ID                               stop trusting a peer
     peernet label ID LABEL                          relabel a paired peer ('' clears)
-    peernet peers [--check ID@HOST:PORT]... [--timeout S]
+    peernet peers [--check ID@HOST:PORT]... [--timeout S] [--full]
                                                     the paired peers, as a status table
+                                                    (--full: whole ids, for unpair/label)
     peernet status                                  the node running on the data dir
     peernet nearby [--wait S]                       unpaired nodes announcing on the LAN
     peernet listen [--host H] [--port N]            serve ``echo`` and ``chat`` until Ctrl-C
@@ -32,6 +33,12 @@ broadcast). Defaults come from ``$PEERNET_DISCOVERY`` (e.g. ``udp`` or ``udp,mdn
 
     discovery = ["udp"]          # or "udp", or ["udp", "mdns"]
     interfaces = ["eth0"]        # optional; default: every usable IPv4 interface
+    port = 7777                  # optional: what listen, invite and chat listen on
+                                 # without --port (default: any free port, a one-off)
+
+A data dir's usual port matters after an invite: the joiner remembers the inviter at
+the port in the code, so a later call without ``--to`` reaches it only where a node of
+the inviter's data dir listens on that port again (``invite`` says so once paired).
 
 With discovery on, ``call``, ``send`` and ``chat`` need no ``--to``: the command asks
 the LAN (a UDP solicitation, an mDNS query) and the peer answers at once. Without it, a
@@ -80,10 +87,12 @@ import base64
 import binascii
 import codecs
 import errno
+import ipaddress
 import json
 import logging
 import os
 import queue
+import re
 import selectors
 import shlex
 import signal
@@ -135,7 +144,7 @@ from .control import Admin, ChatLine, NodeStatus
 from .peer import Peer, PeerEvent
 from ._addresses import AddressBook
 from ._text import check_host
-from ._io.netmon import LocalAddress, host_interfaces
+from ._io.netmon import LocalAddress, host_interfaces, interface_names
 from .discovery import Discovery, MdnsDiscovery, UdpDiscovery
 from .discovery.mdns import MdnsUnavailable
 from .trust import TrustedPeer, TrustStore, normalize_label
@@ -187,9 +196,11 @@ on a LAN, no addresses (both machines: export PEERNET_DISCOVERY=udp, or mdns):
   bob$   peernet call alice echo '"hi"' # found by asking the LAN, no --to
 
 pairing in one step (both sides trust each other; same LAN, or any network):
-  alice$ peernet invite --label alice   # shows 7-amber-orbit and pninv1..., waits
+  alice$ peernet invite --label alice --port 7777   # shows 7-amber-orbit, pninv1...
   bob$   peernet join 7-amber-orbit --label bob    # or: peernet join pninv1...
-  (then `peernet listen` on alice and `peernet call alice echo '"hi"'` on bob)
+  (then `peernet listen --port 7777` on alice and `peernet call alice echo '"hi"'`
+  on bob, which remembers alice at the port in the code; `port = 7777` in
+  DATA_DIR/settings.toml makes it alice's usual port, without --port)
 
 ID is a peer id (pn1...) or the label of a paired peer. JSON arguments are
 parsed with json.loads ('-' reads stdin); bytes are {"$base64": "..."} both ways.
@@ -414,20 +425,25 @@ def _note_handler_error(failure: HandlerFailure) -> None:
           f"{type(failure.exception).__name__}", file=sys.stderr, flush=True)
 
 
-def _port_in_use(host: str, port: int) -> str:
+def _port_in_use(host: str, port: int, origin: str = "--port") -> str:
     """PortInUse in the command line's terms (its message speaks of ``port=0``)."""
+    if origin == SETTINGS_FILE_NAME:
+        return (f"port {port} on {host} (the port in {SETTINGS_FILE_NAME}) is already in "
+                "use (another node or program listens there): pick another with --port, "
+                f"or change it in {SETTINGS_FILE_NAME}")
     return (f"port {port} on {host} is already in use (another node or program listens "
             "there): pick another --port, or leave --port out for a free one")
 
 
-def _open_node(data_dir: Path, *, host: str, port: int, **settings: Any) -> Node:
+def _open_node(data_dir: Path, *, host: str, port: int, port_origin: str = "--port",
+               **settings: Any) -> Node:
     settings.setdefault("on_handler_error", _note_handler_error)
     try:
         return Node(data_dir, host=host, port=port, **settings)
     except DataDirLocked as exc:
         raise CliError(_locked_message(data_dir, exc)) from None
     except PortInUse:
-        raise CliError(_port_in_use(host, port)) from None
+        raise CliError(_port_in_use(host, port, port_origin)) from None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -615,12 +631,17 @@ def _node_or_running(data_dir: Path, **settings: Any) -> Iterator[_Live]:
     yield remote
 
 
-def resolve_peer(text: str, trust: TrustStore) -> PeerId:
+def resolve_peer(text: str, trust: TrustStore, data_dir: Path) -> PeerId:
     """A peer id typed by a person, or the label of a paired peer, by the library's
     rules (:func:`peernet.labels.resolve_peer`: ids win, labels compare like the
-    look-alike rule, unknown and ambiguous ones name the candidates); CliError exit 2."""
+    look-alike rule, unknown and ambiguous ones name the candidates, here in
+    command-line terms); CliError exit 2."""
+    here = cli_command(data_dir)
+    terms = labels.Terms(give_label=f"`{here} label ID NAME` gives one; `{here} peers "
+                                    "--full` shows the ids",
+                         show_ids=f"`{here} peers --full` shows them")
     try:
-        return labels.resolve_peer(trust, text)
+        return labels.resolve_peer(trust, text, terms)
     except InvalidPeerId as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
@@ -638,8 +659,14 @@ def _require_paired(pid: PeerId, trust: TrustStore, data_dir: Path) -> None:
                        f"{cli_command(data_dir)} pair {pid}", EXIT_NOT_PAIRED)
 
 
+def _peer(node: _Live | _Files, pid: PeerId) -> Peer | None:
+    """``pid``'s row of ``node.list_peers()`` (None: not paired there)."""
+    return next((p for p in node.list_peers() if p.id == pid), None)
+
+
 def _status(node: _Live, pid: PeerId) -> str | None:
-    return next((p.status for p in node.list_peers() if p.id == pid), None)
+    peer = _peer(node, pid)
+    return peer.status if peer is not None else None
 
 
 def _reach(node: _Live, pid: PeerId, address: tuple[str, int] | None, timeout: float,
@@ -681,13 +708,37 @@ def _reach(node: _Live, pid: PeerId, address: tuple[str, int] | None, timeout: f
 
 
 def _unreachable_hint(node: _Live) -> str:
-    return (f"(is the peer running `peernet listen`, and has it paired this machine, "
-            f"{node.id}?)")
+    return f"is it running `peernet listen`, and has it paired this machine, {node.id}?"
 
 
 def _unreachable(node: _Live, pid: PeerId, address: tuple[str, int]) -> str:
-    return (f"could not reach {_name(pid, node.trust)} at {_shown_address(address)} "
+    return (f"could not reach {_name(pid, node.trust)} at {_shown_address(address)}: "
             + _unreachable_hint(node))
+
+
+def _named(text: str, pid: PeerId, trust: TrustStore) -> str:
+    """A library message about ``pid`` (which names it by its short id, as a Python
+    user's code does) in the command line's terms: by its label, as the user typed it."""
+    name = _name(pid, trust)
+    if name == pid.short:
+        return text
+    # Only the short id itself, never the start of a whole id (which goes on in bech32).
+    return re.sub(re.escape(pid.short) + r"(?![0-9a-z])", lambda _: name, text)
+
+
+def _call_failed(node: _Live, pid: PeerId, exc: PeerNetError) -> CliError:
+    """A call or send that reached no answer, in command-line terms: the peer by its
+    label, one sentence per thing to check, the exit code of :func:`_classify`."""
+    code, message = _classify(exc)
+    if not isinstance(exc, PeerUnavailable):
+        return CliError(_named(message, pid, node.trust), code)
+    name = _name(pid, node.trust)
+    if str(node.id) in message:  # it proved its key, then refused ours
+        return CliError(f"{name} did not accept this machine's key: it has not paired this "
+                        f"machine. On {name}, run `peernet pair {node.id}`", code)
+    if getattr(exc, "protocol_error", False):  # reached, and it broke the protocol
+        return CliError(_named(message, pid, node.trust), code)
+    return CliError(f"{_named(message, pid, node.trust)}: {_unreachable_hint(node)}", code)
 
 
 # --- discovery: flags, $PEERNET_DISCOVERY, settings.toml ------------------------------
@@ -751,10 +802,14 @@ def _read_settings(data_dir: Path) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"bad settings file {path}: {exc}") from None
-    unknown = sorted(set(data) - {"discovery", "interfaces"})
+    unknown = sorted(set(data) - {"discovery", "interfaces", "port"})
     if unknown:
         raise CliError(f"bad settings file {path}: unknown setting(s) {', '.join(unknown)} "
-                       "(known: discovery, interfaces)")
+                       "(known: discovery, interfaces, port)")
+    port = data.get("port")
+    if port is not None and (type(port) is not int or not 0 <= port <= 0xFFFF):
+        raise CliError(f"bad settings file {path}: port must be a number 0..65535 (0: any "
+                       f"free one), got {port!r}")
     for key in ("discovery", "interfaces"):
         value = data.get(key)
         if isinstance(value, str):
@@ -764,6 +819,29 @@ def _read_settings(data_dir: Path) -> dict[str, Any]:
             raise CliError(f"bad settings file {path}: {key} must be a string or a list "
                            "of strings")
     return data
+
+
+@dataclass(frozen=True)
+class ListenPort:
+    """The port a command's own node listens on, and where that came from: ``--port``,
+    ``settings.toml`` (the data dir's usual port), or neither (0: any free one, a
+    one-off that the next run will not have)."""
+
+    port: int
+    origin: str
+
+    @property
+    def usual(self) -> bool:
+        """A port chosen, that the next run listens on again (not 0)."""
+        return self.port != 0
+
+
+def choose_port(opts: argparse.Namespace, data_dir: Path) -> ListenPort:
+    """``--port``, else ``port`` in ``DATA_DIR/settings.toml``, else 0."""
+    if opts.port is not None:
+        return ListenPort(opts.port, "--port")
+    port = _read_settings(data_dir).get("port")
+    return ListenPort(port, SETTINGS_FILE_NAME) if port is not None else ListenPort(0, "")
 
 
 def choose_lan(opts: argparse.Namespace, data_dir: Path) -> Lan:
@@ -797,6 +875,10 @@ def _check_interfaces(lan: Lan) -> list[LocalAddress]:
     if lan.interfaces is not None:
         for name in lan.interfaces:
             mine = [a for a in found if name in (a.interface, a.ip) and ":" not in a.ip]
+            if not mine and not _is_ip(name) and name not in (names := interface_names()):
+                raise CliError(f"there is no interface {name!r} on this "
+                               f"machine; its interfaces: {', '.join(names) or 'none'}",
+                               EXIT_USAGE)
             if not mine:
                 loopback = name == "lo" or name.startswith("127.")
                 raise CliError(f"interface {name!r} has no usable IPv4 address (loopback and "
@@ -812,6 +894,14 @@ def _check_interfaces(lan: Lan) -> list[LocalAddress]:
                     "--discovery mdns, --udp-target HOST:PORT, or another interface",
                     EXIT_USAGE)
     return [a for a in found if ":" not in a.ip]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def make_discovery(lan: Lan, *, one_shot: bool) -> list[Discovery]:
@@ -1066,25 +1156,51 @@ def cmd_pair(opts: argparse.Namespace, data_dir: Path) -> int:
         if pid == own:
             raise CliError("that is this machine's own id; pair the other machine's id",
                            EXIT_USAGE)
-        was = target.trust.is_trusted(pid)
+        was = target.trust.get(pid)
         try:
             target.pair(pid, opts.label)
         except (TypeError, ValueError) as exc:
             raise CliError(f"bad label: {exc}", EXIT_USAGE) from None
         entry = target.trust.get(pid)
-    label = f" ({_printable(entry.label)})" if entry is not None and entry.label else ""
-    print(f"{'already paired' if was else 'paired'} with {pid.short}{label}")
-    print(f"the other side must pair this machine too: peernet pair {own}")
+        label = entry.label if entry is not None else None
+        name = _printable(label) if label else pid.short
+        if was is None:
+            print(f"paired with {pid.short}" + (f" ({name})" if label else ""), flush=True)
+        elif was.label != label:
+            old = f"was {_printable(was.label)}" if was.label else "it had none"
+            print(f"relabelled {pid.short}: {name if label else 'no label now'} ({old})",
+                  flush=True)
+        else:
+            print(f"already paired with {pid.short}" + (f" ({name})" if label else ""),
+                  flush=True)
+        peer = _peer(target, pid)
+        if (isinstance(target, _Remote) and was is None and peer is not None
+                and peer.address is not None and not peer.online):
+            # The running node knows where it is (it knocked, or discovery heard it)
+            # and dials it now: whether it gets in says whether it paired this machine.
+            if target.wait_for_peer(pid, _DIAL_ON_PAIR_WAIT_S):
+                peer = _peer(target, pid)
+    if peer is not None and peer.online:
+        print(f"{name} is online: it has paired this machine too")
+    elif peer is None or peer.last_seen is None:  # no link with it ever, here
+        print(f"the other side must pair this machine too: peernet pair {own}")
     return EXIT_OK
+
+
+#: How long ``pair`` through a running node waits for the dial the pairing started (to
+#: a peer that knocked, or that discovery heard), to say whether it paired this machine.
+_DIAL_ON_PAIR_WAIT_S = 2.0
 
 
 def cmd_unpair(opts: argparse.Namespace, data_dir: Path) -> int:
     """Stop trusting a peer (by id or label); a running node closes its links at once."""
     with _node_or_files(data_dir, lock=True) as target:
-        pid = resolve_peer(opts.peer, target.trust)
+        pid = resolve_peer(opts.peer, target.trust, data_dir)
         name = _name(pid, target.trust)
         if not target.unpair(pid):
-            raise CliError(f"{pid.short} is not paired; nothing to do", EXIT_NOT_PAIRED)
+            raise CliError(f"{pid.short} is not paired; nothing to do (`"
+                           f"{cli_command(data_dir)} peers --full` lists the paired ones)",
+                           EXIT_NOT_PAIRED)
     print(f"unpaired {name}" + (f" ({pid.short})" if name != pid.short else ""))
     return EXIT_OK
 
@@ -1092,7 +1208,7 @@ def cmd_unpair(opts: argparse.Namespace, data_dir: Path) -> int:
 def cmd_label(opts: argparse.Namespace, data_dir: Path) -> int:
     """Give a paired peer a new label, or clear it (an empty label)."""
     with _node_or_files(data_dir, lock=True) as target:
-        pid = resolve_peer(opts.peer, target.trust)
+        pid = resolve_peer(opts.peer, target.trust, data_dir)
         _require_paired(pid, target.trust, data_dir)
         try:
             target.label(pid, opts.label)
@@ -1113,12 +1229,12 @@ def _ago(ts: float | None) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
-def _table(peers: list[Peer]) -> str:
+def _table(peers: list[Peer], *, full: bool = False) -> str:
     rows = [("LABEL", "ID", "STATUS", "ADDRESS", "LAST SEEN", "RTT")]
     for p in peers:
         rows.append((
             _printable(p.label) if p.label else "-",
-            p.id.short,
+            str(p.id) if full else p.id.short,
             p.status,
             _shown_address(p.address) if p.address else "-",
             _ago(p.last_seen),
@@ -1128,7 +1244,16 @@ def _table(peers: list[Peer]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
+def _print_table(peers: list[Peer], full: bool, data_dir: Path) -> None:
+    """The peers table on stdout; when an unlabelled peer's id is cut short, where to
+    get the whole one (what unpair and label take) on stderr."""
+    print(_table(peers, full=full), flush=True)
+    if not full and any(not p.label for p in peers):
+        print(f"(ids cut short: `{cli_command(data_dir)} peers --full` shows whole ones, "
+              "for unpair or label)", file=sys.stderr)
+
+
+def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float, full: bool) -> int:
     """Ask the LAN for the paired peers and show where they are (and reach them)."""
     sources = make_discovery(lan, one_shot=True)
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
@@ -1146,7 +1271,7 @@ def _peers_discovered(lan: Lan, data_dir: Path, timeout_s: float) -> int:
                 break
             time.sleep(0.02)
         peers = node.list_peers()
-    print(_table(peers))
+    _print_table(peers, full, data_dir)
     print(f"(addresses found by {lan.named()} discovery within {timeout_s:g} s)",
           file=sys.stderr)
     return EXIT_OK if all(p.online for p in peers) else EXIT_UNREACHABLE
@@ -1167,13 +1292,13 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
             if isinstance(target, _Files):
                 lan = choose_lan(opts, data_dir)
                 if lan:
-                    return _peers_discovered(lan, data_dir, opts.timeout or 2.0)
+                    return _peers_discovered(lan, data_dir, opts.timeout or 2.0, opts.full)
             peers = target.list_peers()
         if not peers:
             print(f"no paired peers yet; pair one with: {cli_command(data_dir)} pair ID "
                   "--label NAME")
             return EXIT_OK
-        print(_table(peers))
+        _print_table(peers, opts.full, data_dir)
         if isinstance(target, _Files):
             print("(no node is running on this data dir, so the status is not live; dial "
                   "peers with --check ID@HOST:PORT)", file=sys.stderr)
@@ -1185,7 +1310,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
                           heartbeat_timeout=60.0) as node:
         pids = []
         for who, address in targets:
-            pid = resolve_peer(who, node.trust)
+            pid = resolve_peer(who, node.trust, data_dir)
             _require_paired(pid, node.trust, data_dir)
             pids.append(pid)
             node.connect(pid, *address)
@@ -1197,7 +1322,7 @@ def cmd_peers(opts: argparse.Namespace, data_dir: Path) -> int:
                 break
             time.sleep(0.02)
         peers = node.list_peers()
-    print(_table(peers))
+    _print_table(peers, opts.full, data_dir)
     offline = [p for p in peers if p.id in pids and not p.online]
     return EXIT_UNREACHABLE if offline else EXIT_OK
 
@@ -1294,8 +1419,10 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
     out = _Out()
     lan = choose_lan(opts, data_dir)
     sources = make_discovery(lan, one_shot=False)
+    port = choose_port(opts, data_dir)
     with _stop_on_signals() as stop, _warnings_shown(out):
-        with _open_node(data_dir, host=opts.host, port=opts.port, discovery=sources) as node:
+        with _open_node(data_dir, host=opts.host, port=port.port, port_origin=port.origin,
+                        discovery=sources) as node:
             quiet = _serve(node, out)
             out.line(f"READY id={node.id} port={node.port} host={opts.host}")
             for line in _describe_lan(lan) if lan else ():
@@ -1338,10 +1465,11 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
         remote = _running(data_dir)
         lan = choose_lan(opts, data_dir) if address is None and remote is None else None
         sources = make_discovery(lan, one_shot=False) if lan else []
+        port = choose_port(opts, data_dir) if remote is None else ListenPort(0, "")
         with (nullcontext(remote) if remote is not None else
-              _open_node(data_dir, host=opts.host, port=opts.port,
+              _open_node(data_dir, host=opts.host, port=port.port, port_origin=port.origin,
                          redial_remembered=False, discovery=sources)) as node:
-            pid = resolve_peer(opts.peer, node.trust)
+            pid = resolve_peer(opts.peer, node.trust, data_dir)
             _require_paired(pid, node.trust, data_dir)
             name = _name(pid, node.trust)
             relays = remote is None or "chat" in remote.status.feeds
@@ -1364,7 +1492,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
                 out.note(f"waiting for {name} to connect to port {node.port} "
                          f"(it runs: peernet chat {node.id} --to THIS_HOST:{node.port})")
             elif not _reach(node, pid, address, opts.wait, lambda: bool(stop)) and not stop:
-                out.note(f"{_unreachable(node, pid, address)}; will keep trying.")
+                out.note(f"{_unreachable(node, pid, address)} (will keep trying)")
             out.note(f"chat with {name}: type a line and press Enter; Ctrl-D or Ctrl-C ends.")
             try:
                 for line in _stdin_lines(stop):
@@ -1408,7 +1536,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     address = parse_address(opts.to) if opts.to else None
     remote = _running(data_dir)
     if remote is not None:
-        pid = resolve_peer(opts.peer, remote.trust)
+        pid = resolve_peer(opts.peer, remote.trust, data_dir)
         _require_paired(pid, remote.trust, data_dir)
         yield remote, pid, args, address, None
         return
@@ -1416,7 +1544,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     sources = make_discovery(lan, one_shot=True) if lan else []
     with _open_node(data_dir, host="127.0.0.1", port=0, network_monitor=False,
                     redial_remembered=False, discovery=sources) as node:
-        pid = resolve_peer(opts.peer, node.trust)
+        pid = resolve_peer(opts.peer, node.trust, data_dir)
         _require_paired(pid, node.trust, data_dir)
         if address is None and not lan and _remembered(node, pid) is None:
             raise _no_address(pid, node.trust)
@@ -1445,12 +1573,9 @@ def cmd_call(opts: argparse.Namespace, data_dir: Path) -> int:
         except PeerUnavailable as exc:
             if address is None and (lan or "no known address" in str(exc)):
                 raise _unreachable_without_to(node, pid, lan, opts.timeout) from None
-            # A peer that broke the protocol was reached: asking whether it runs
-            # `peernet listen` would send the user looking in the wrong place. A peer
-            # that refused our key: the error already names the id it must pair.
-            told = getattr(exc, "protocol_error", False) or str(node.id) in str(exc)
-            hint = "" if told else f" {_unreachable_hint(node)}"
-            raise CliError(f"{exc}{hint}", EXIT_UNREACHABLE) from None
+            raise _call_failed(node, pid, exc) from None
+        except PeerNetError as exc:  # refused, failed or timed out: said of the label
+            raise _call_failed(node, pid, exc) from None
     print(dump_json(result), flush=True)
     return EXIT_OK
 
@@ -1525,25 +1650,28 @@ def _invite_discovery(opts: argparse.Namespace, data_dir: Path, *,
 
 @contextmanager
 def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
-                   ) -> Iterator[InviteLike]:
+                   ) -> Iterator[tuple[InviteLike, ListenPort | None]]:
     """An open invite: in the node running on this data dir (through its control
     endpoint: it announces the invite and answers the join), else in a node this
-    command runs, with discovery (see above), until the join."""
+    command runs, with discovery (see above), until the join; with the port that node
+    listens on (None: the running node's, which stays)."""
     remote = _running(data_dir)
     if remote is None:
+        port = choose_port(opts, data_dir)
         try:
             sources = _invite_discovery(opts, data_dir, one_shot=False)
-            node = Node(data_dir, host=opts.host, port=opts.port, discovery=sources,
+            node = Node(data_dir, host=opts.host, port=port.port, discovery=sources,
                         on_handler_error=_note_handler_error)
         except DataDirLocked as exc:
             remote = _running(data_dir)  # a node started meanwhile (it serves last)?
             if remote is None:
                 raise CliError(_locked_message(data_dir, exc)) from None
         except PortInUse:
-            raise CliError(_port_in_use(opts.host, opts.port)) from None
+            raise CliError(_port_in_use(opts.host, port.port, port.origin)) from None
         else:
             with node:
-                yield node.invite(label, opts.ttl, short=not opts.long_only)
+                yield (node.invite(label, opts.ttl, short=not opts.long_only),
+                       ListenPort(node.port, port.origin if port.usual else ""))
             return
     status = remote.status
     print(f"the invite is open in the node running on {data_dir} (pid {status.pid}, port "
@@ -1551,14 +1679,31 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
               "" if status.discovery or opts.long_only
               else ", and runs no discovery: long code only"),
           file=sys.stderr, flush=True)
-    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only)
+    yield remote.admin.invite(label, opts.ttl, short=not opts.long_only), None
+
+
+def _where_to_find_me(who: str, port: int, origin: str, data_dir: Path) -> str:
+    """What ``invite`` says once paired, when its own node answered the join: the
+    joiner remembers this machine at the port in the code, so later calls without
+    ``--to`` reach it only where a node of this data dir listens on that port."""
+    here = cli_command(data_dir)
+    if origin == SETTINGS_FILE_NAME:
+        return (f"{who} remembers this machine at port {port}: it can call without --to "
+                f"while `{here} listen` (or an app on port {port}) runs here")
+    if origin == "--port":
+        return (f"{who} remembers this machine at port {port}: it can call without --to "
+                f"while `{here} listen --port {port}` (or an app on port {port}) runs here")
+    return (f"{who} remembers this machine at port {port}, a free port this invite picked: "
+            f"to let it call without --to (or discovery), run `{here} listen --port {port}` "
+            f"here, or put `port = {port}` in {data_dir / SETTINGS_FILE_NAME} (listen and "
+            "invite then use it)")
 
 
 def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
     """Open a one-time invite, show its codes, wait until someone joins."""
     label = opts.label if opts.label is not None else _default_label()
     out = _Out()
-    with _stop_on_signals() as stop, _invite_source(opts, data_dir, label) as invite:
+    with _stop_on_signals() as stop, _invite_source(opts, data_dir, label) as (invite, port):
         until = time.strftime("%H:%M:%S", time.localtime(invite.expires_at))
         minutes = max(0.0, invite.expires_at - time.time()) / 60
         if invite.short:
@@ -1591,6 +1736,8 @@ def cmd_invite(opts: argparse.Namespace, data_dir: Path) -> int:
         out.line(f"paired with {who} ({peer})")
         if invite.note:
             out.note(f"peernet: {escape(invite.note)}")
+        if port is not None:
+            out.note(_where_to_find_me(who, port.port, port.origin, data_dir))
     return EXIT_OK
 
 
@@ -1629,6 +1776,7 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
                            f"with discovery on (--discovery udp)", EXIT_USAGE)
         found = remote.admin._join(opts.code, label, opts.timeout)
         result = JoinResult(PeerId.parse(found["id"]), found["label"], found["note"])
+        address = _address_of(remote, result.peer)
     else:
         sources = [] if isinstance(code, LongCode) else _invite_discovery(
             opts, data_dir, one_shot=True)
@@ -1640,6 +1788,7 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
                         redial_remembered=False, discovery=sources) as node:
             # The label stored here, and the note about it, are for the person to see.
             result = node._invites.join(opts.code, label, opts.timeout)
+            address = _address_of(node, result.peer)
     who = _printable(result.label) if result.label else result.peer.short
     print(f"paired with {who} ({result.peer})", flush=True)
     if result.note:
@@ -1647,7 +1796,17 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     name = shlex.quote(result.label) if result.label else str(result.peer)
     print(f"""call it with: {cli_command(data_dir)} call {_printable(name)} echo '"hi"'""",
           file=sys.stderr)
+    if address is not None:  # remembered: the address the join reached it at
+        print(f"(without --to, a call goes to {_shown_address(address)}, where {who} answered "
+              f"the invite: {who} must listen on that port then; else give --to HOST:PORT "
+              "or turn on discovery)", file=sys.stderr)
     return EXIT_OK
+
+
+def _address_of(node: _Live, pid: PeerId) -> tuple[str, int] | None:
+    """Where ``node`` would dial ``pid`` now (its live link's, else its best address)."""
+    peer = _peer(node, pid)
+    return peer.address if peer is not None else None
 
 
 # --- wiring ------------------------------------------------------------------------
@@ -1672,6 +1831,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     peer_help = "peer id (pn1...) or the label of a paired peer"
+    port_help = ("TCP port (default: `port` in DATA_DIR/settings.toml, else any free one, "
+                 "which the next run will not have)")
 
     def discovery_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group(
@@ -1706,12 +1867,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true",
                    help="pair a nearby entry without asking (its full id is still shown)")
 
-    p = command("unpair", cmd_unpair, "stop trusting a peer (closes its links)")
-    p.add_argument("peer", metavar="ID", help=peer_help)
+    whole_id_help = peer_help + " (`peernet peers --full` shows whole ids)"
+    p = command("unpair", cmd_unpair, "stop trusting a peer (closes its links)",
+                "example: peernet unpair kitchen-pi\n"
+                "         peernet peers --full; peernet unpair pn1aaa...   # no label")
+    p.add_argument("peer", metavar="ID", help=whole_id_help)
 
     p = command("label", cmd_label, "give a paired peer a new label ('' clears it)",
-                "example: peernet label pn1aaa... kitchen-pi")
-    p.add_argument("peer", metavar="ID", help=peer_help)
+                "example: peernet label pn1aaa... kitchen-pi   # the id from `peernet peers "
+                "--full`")
+    p.add_argument("peer", metavar="ID", help=whole_id_help)
     p.add_argument("label", metavar="LABEL", help="the new label; '' clears it")
 
     command("status", cmd_status, "the node running on the data dir: id, process, uptime, "
@@ -1727,6 +1892,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="dial this peer first, to show its live status and rtt (repeatable)")
     p.add_argument("--timeout", type=_positive_float, default=None,
                    help="how long --check (default 5) or discovery (default 2) waits, seconds")
+    p.add_argument("--full", action="store_true",
+                   help="whole ids instead of short ones (to copy into unpair or label)")
     discovery_options(p)
 
     p = command("nearby", cmd_nearby, "list unpaired nodes announcing on the LAN: number, "
@@ -1741,7 +1908,7 @@ def _parser() -> argparse.ArgumentParser:
                 "prints 'READY id=ID port=PORT host=HOST' on stdout once listening, and\n"
                 "each incoming chat line as 'LABEL: text'")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     discovery_options(p)
 
     p = command("chat", cmd_chat, "chat with a peer: each line you type is sent to its chat "
@@ -1749,11 +1916,14 @@ def _parser() -> argparse.ArgumentParser:
                 "example: peernet chat alice --to 192.168.1.10:7777\n"
                 "without --to it finds the peer by discovery or its remembered address, or\n"
                 "else waits for it to connect. Lines typed while the peer is offline are\n"
-                "not delivered (you are told). EOF or Ctrl-C ends.")
+                "not delivered (you are told). EOF or Ctrl-C ends.\n"
+                "stdout: 'READY id=ID port=PORT host=HOST' once it listens (as `listen`\n"
+                "prints it, for scripts that drive chat), then each incoming line as\n"
+                "'LABEL: text'; notes for people go to stderr.")
     p.add_argument("peer", metavar="ID", help=peer_help)
     p.add_argument("--to", metavar="HOST:PORT", help="where the peer listens")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     p.add_argument("--wait", type=_positive_float, default=5.0,
                    help="how long to wait for the first connection, seconds (default 5)")
     discovery_options(p)
@@ -1794,7 +1964,7 @@ def _parser() -> argparse.ArgumentParser:
                         "another network, or a LAN you do not trust; a short code's 16 "
                         "bits are for the same LAN)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--port", type=_port, default=None, help=port_help)
     p.add_argument("--qr", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the long code as a QR code (needs the optional 'qrcode' "
                         "package; default: on a terminal)")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._text import check_host
+from ._text import check_host, check_port
 from ._io import lifecycle
 from ._proto.invite import LongCode, parse_code
 from ._io.control import SOCKET_NAME, SUPPORTED, peer_credentials, socket_path
@@ -187,9 +187,8 @@ class Admin:
 
     def connect(self, peer_id: PeerLike, host: str, port: int) -> None:
         """:meth:`Node.connect <peernet.Node.connect>`: remember the address, dial now."""
-        host = check_host(host)  # the node checks it again: the same check
-        if type(port) is not int or not 0 < port <= 0xFFFF:
-            raise ValueError(f"port must be 1..65535, got {port!r}")
+        host = check_host(host)  # the node checks them again: the same checks
+        port = check_port(port)
         self._request("connect", {"peer": _peer(peer_id), "host": host, "port": port})
 
     def wait_for_peer(self, peer_id: PeerLike, timeout: float = 10.0) -> bool:

@@ -173,8 +173,10 @@ class InviteBook:
     address, which reached us at that local one, on a LAN we announce on?), and
     ``announce`` (tell
     discovery the open nameplates changed), ``solicit`` (ask the LAN now),
-    ``heard`` (nameplate -> announcers, from the discovery hints), ``connect`` and
-    ``wait_for_peer`` (dial a freshly paired inviter as a normal peer).
+    ``heard`` (nameplate -> announcers, from the discovery hints), ``remember`` (a
+    peer was just paired here: heard now, and the address this node dialled it at, if
+    it did), ``connect`` and ``wait_for_peer`` (dial a freshly paired inviter as a
+    normal peer).
     """
 
     def __init__(self, *, credentials: LocalCredentials, trust: TrustStore, timers: Timers,
@@ -183,6 +185,7 @@ class InviteBook:
                  on_lan: Callable[[str, str], bool],
                  announce: Callable[[], None], solicit: Callable[[], None],
                  heard: Callable[[], dict[int, dict[PeerId, tuple[str, int]]]],
+                 remember: Callable[[PeerId, tuple[str, int] | None], None],
                  connect: Callable[[PeerId, str, int], None],
                  wait_for_peer: Callable[[PeerId, float], bool]) -> None:
         self._credentials = credentials
@@ -197,6 +200,7 @@ class InviteBook:
         self._announce = announce
         self._solicit = solicit
         self._heard = heard
+        self._remember = remember
         self._connect = connect
         self._wait_for_peer = wait_for_peer
         self._cond = threading.Condition()
@@ -380,6 +384,7 @@ class InviteBook:
             pipe.send(confirmed)
             done = exchange.receive(pipe.recv())
             stored, note = store_peer(self._trust, joiner, exchange.peer_label)
+            self._remember(joiner, None)  # its listening port may be a one-off: no address
             with self._cond:
                 invite.peer, invite.peer_label, invite.note = joiner, stored, note
             # Before wait() returns: a command that exits then must not cut this short.
@@ -433,6 +438,9 @@ class InviteBook:
             if self._dials.closed:  # the node let go of its files: store nothing now
                 raise NodeClosed("the node closed during the join")
             stored, note = store_peer(self._trust, inviter, peer_label)
+            # Where the inviter was proven to be: remembered now, not only once the dial
+            # below succeeds (a `peernet invite` may close before it does).
+            self._remember(inviter, address)
             log.info("joined %s: paired with %s%s", _which(parsed), inviter.short,
                      f" as {stored!r}" if stored else "")
             if note:

@@ -24,6 +24,7 @@ same rules (and never a peer id: ``invites.store_peer``).
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import AmbiguousPeer, InvalidPeerId, UnknownPeer
@@ -33,7 +34,7 @@ from .trust import label_skeleton
 if TYPE_CHECKING:
     from .trust import TrustStore
 
-__all__ = ["PeerLike", "resolve_peer"]
+__all__ = ["PeerLike", "Terms", "resolve_peer"]
 
 #: What every method that takes a peer accepts: a PeerId, its text, 32 raw bytes, or
 #: the label of a paired peer.
@@ -42,12 +43,23 @@ PeerLike = PeerId | str | bytes
 _MAX_NAMED = 8  # candidates named in an error message
 
 
-def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
+@dataclass(frozen=True)
+class Terms:
+    """How a lookup error tells the person what to do, in the terms of what they typed
+    in: Python (the default), or the command line's."""
+
+    #: No paired peer has a label: how to give one.
+    give_label: str = "pair(peer_id, label=...) gives one"
+    #: Where the ids are shown.
+    show_ids: str = "node.list_peers() shows them"
+
+
+def resolve_peer(trust: TrustStore, peer: PeerLike, terms: Terms = Terms()) -> PeerId:
     """The PeerId that ``peer`` means on a node whose trust store is ``trust``.
 
     See the module doc for the rules. Raises :class:`~peernet.InvalidPeerId` (or its
     subclasses :class:`~peernet.UnknownPeer` and :class:`~peernet.AmbiguousPeer`, which
-    are also ``LookupError``\\ s).
+    are also ``LookupError``\\ s), whose hints use ``terms``.
     """
     if type(peer) is PeerId:
         return peer
@@ -71,7 +83,7 @@ def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
         names = ", ".join(f"{label!r} ({pid.short}…)" for pid, label in matches[:_MAX_NAMED])
         raise AmbiguousPeer(
             f"the label {shown} names {len(matches)} paired peers: {names}; "
-            f"use the id instead (node.list_peers() shows them)",
+            f"use the id instead ({terms.show_ids})",
             tuple(matches[:_MAX_NAMED]))
     if text.strip().casefold().startswith("pn1") or not wanted:
         # A mistyped id: the parser says which character is wrong. A short id (or any
@@ -86,7 +98,7 @@ def resolve_peer(trust: TrustStore, peer: PeerLike) -> PeerId:
         hint = "labels: " + ", ".join(repr(label) for _, label in labelled[:_MAX_NAMED]) + (
             ", ..." if len(labelled) > _MAX_NAMED else "")
     else:
-        hint = "no paired peer has a label (pair(peer_id, label=...) gives one)"
+        hint = f"no paired peer has a label ({terms.give_label})"
     raise UnknownPeer(f"{shown} is neither a peer id nor the label of a paired peer; {hint}",
                       candidates)
 

@@ -33,7 +33,7 @@ from ._proto.backoff import Backoff
 from ._proto.messages import Bulk, Call, Send, encode_for_link
 from ._proto.session import DEFAULT_MAX_MESSAGE_SIZE, LocalCredentials
 from ._addresses import AddressBook
-from ._text import check_host
+from ._text import check_host, check_port
 from ._control import ControlOps
 from ._fs import ensure_private_dir
 from .errors import (
@@ -259,8 +259,7 @@ class Node:
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
             cli_command=cli_command(where),
         )
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port must be 0..65535, got {port}")
+        check_port(port, listen=True)
 
         self._data_dir = ensure_private_dir(where)
         self._dir_lock = lifecycle.DataDirLock(self._data_dir)
@@ -283,6 +282,7 @@ class Node:
             self._invites = self._invite_book(credentials)  # issue 21
             self._mesh = Mesh(
                 invites=self._invites,
+                knocked=lambda peer, address: self._hints.knocked(peer, address),
                 credentials=credentials,
                 is_trusted=self.trust.is_trusted, settings=mesh_settings,
                 dispatch=self._handlers.dispatch,
@@ -393,7 +393,9 @@ class Node:
         """Trust ``peer_id`` (its text form, raw 32 bytes or a PeerId). Idempotent; a new
         label replaces the old one, so ``pair("kitchen pi", label="pi")`` renames a
         paired peer (a label only ever names a peer that is paired already). Both sides
-        must pair each other to talk."""
+        must pair each other to talk. A peer heard before pairing is dialled at once:
+        one that discovery lists as nearby, or one that dialled this node and was
+        refused (its address kept for 10 minutes, a few dozen keys at most)."""
         pid = self.resolve(peer_id)
         if pid == self.id:
             raise ValueError("that is this node's own id: pair the other node's id "
@@ -422,9 +424,7 @@ class Node:
         pid = self.resolve(peer_id)
         self._require_paired(pid)
         host = check_host(host)
-        if type(port) is not int or not 0 < port <= 0xFFFF:
-            raise ValueError(f"port must be 1..65535, got {port!r}")
-        self._manual.add(pid, (host, port))
+        self._manual.add(pid, (host, check_port(port)))
 
     def list_peers(self) -> PeerList:
         """Every paired peer, newest first, with status, address, last_seen and rtt.
@@ -496,8 +496,10 @@ class Node:
     def join(self, code: str, label: str | None = None, timeout: float = 10.0) -> PeerId:
         """Join the invite ``code`` names; return the inviter's PeerId once both sides
         trust each other (each under the label the other proposed; ``label`` is the one
-        this node proposes for itself). The inviter is then dialled as a normal paired
-        peer, so a call right after works at once.
+        this node proposes for itself). The address the join reached the inviter at is
+        remembered at once (``addresses.json``), and the inviter is dialled as a normal
+        paired peer, so a call right after works at once, and one after a restart
+        finds it there.
 
         A short code is looked up on the LAN by discovery (this node needs
         ``discovery="udp"`` or ``"mdns"``); a long code holds the addresses to dial.
@@ -543,6 +545,7 @@ class Node:
             port=lambda: self.port, addresses=addresses,
             carries_short=can("carries_invites"), hears_short=can("hears_invites"),
             on_lan=on_lan, announce=announce, solicit=self._solicit, heard=lambda: self._hints.invites(),
+            remember=lambda peer, dialled: self._mesh.paired_by_invite(peer, dialled),
             connect=self.connect,
             # After a join: wait for the dial just started, not for the whole timeout.
             wait_for_peer=lambda pid, timeout_s: self._registry.wait_for_link(

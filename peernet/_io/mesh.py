@@ -104,7 +104,8 @@ class Mesh:
                  settings: MeshSettings, dispatch: Dispatch,
                  report_unsendable: ReportUnsendable, scheduler: Scheduler, timers: Timers,
                  registry: Registry, addresses: AddressBook,
-                 invites: InviteHost | None = None) -> None:
+                 invites: InviteHost | None = None,
+                 knocked: Callable[[PeerId, tuple[str, int]], None] | None = None) -> None:
         self._credentials = credentials
         self._is_trusted = is_trusted
         self._settings = settings
@@ -115,6 +116,8 @@ class Mesh:
         self._registry = registry
         self._addresses = addresses
         self._invites = invites  # issue 21: open invites decide invite-only links
+        #: Told of each refused key that said where it listens (source IP, that port).
+        self._knocked = knocked
         self._acceptor: Any = None  # set by listening(); has .port and .release(ip)
         self._closed = False
         self._status_lock = threading.Lock()
@@ -201,6 +204,21 @@ class Mesh:
             f"could not reach {pid.short} at {entry.address[0]}:{entry.address[1]}{why}"
         )
 
+    def paired_by_invite(self, peer: PeerId, dialled: tuple[str, int] | None) -> None:
+        """An invite exchange just paired ``peer``, over a handshake that proved its key:
+        it was heard now. ``dialled`` (the joiner's side: the address in the code, or
+        in the announce, that this node dialled) is remembered as a dial's address is,
+        before any link is up (a CLI join closes at once). The inviter learns nothing it
+        could dial: the joiner's source port is ephemeral, and the port it listens on
+        may be a one-off (a CLI join's), so only the time."""
+        now = time.time()
+        self._registry.remember(peer, dialled, now)
+        if dialled is not None:
+            self._addresses.reached(peer, dialled, now)
+        else:
+            self._addresses.seen(peer, now)
+        self._schedule_address_save()
+
     def accept(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """The acceptor's hand-off of a new connection."""
         if self._closed:
@@ -283,6 +301,9 @@ class Mesh:
             refused = link.session.refused_peer
             if refused is not None:
                 self._warn_refused(refused, link.address)
+                port = link.session.refused_listen_port
+                if port and self._knocked is not None:
+                    self._knocked(refused, (link.address[0], port))
 
     def link_invite(self, link: Link, sock: socket.socket, ready: bytes, deadline: float,
                     early: list[bytes]) -> bool:

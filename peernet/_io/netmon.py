@@ -175,6 +175,14 @@ def host_interfaces(interfaces: Iterable[str] | None = None) -> list[LocalAddres
     return select_interfaces(ifaddr.get_adapters(), interfaces=interfaces)
 
 
+def interface_names() -> list[str]:
+    """The names of this host's interfaces (ifaddr), usable or not, sorted: for an
+    error that says which names exist."""
+    import ifaddr
+
+    return sorted({str(a.name) for a in ifaddr.get_adapters()})
+
+
 class PollingMonitor:
     """Polls the host's interfaces with ifaddr every ``interval_s`` seconds."""
 

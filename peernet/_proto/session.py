@@ -211,6 +211,9 @@ class Session:
         #: A proven PeerId the trust check refused (the handshake then closed): lets
         #: the edge tell "an unpaired peer knocked" from other handshake failures.
         self.refused_peer: PeerId | None = None
+        #: The port the refused peer said it listens on (0: none), in the same signed
+        #: binding: where to dial it if it is paired later.
+        self.refused_listen_port = 0
         #: The invite hello of an invite exchange (issue 21), on both sides; None on a
         #: normal link. Such a link must never carry calls: the edge hands it over.
         self.invite = invite if initiator else None
@@ -329,7 +332,7 @@ class Session:
                     f"dialled {self.expected_peer.short} but {peer.short} answered"
                 )
             if self.invite is None:  # an invite exchange: the PAKE authenticates it
-                self._check_trusted(peer)
+                self._check_trusted(peer, port)
             payload = self._credentials.binding(self._listen_port) + (self.invite or b"")
             self._outgoing += frame(hs.write_message(payload))
             self._finish_handshake(peer, port)
@@ -349,7 +352,7 @@ class Session:
             if hello:
                 self._check_invite(peer, hello)
             else:
-                self._check_trusted(peer)
+                self._check_trusted(peer, port)
             self._finish_handshake(peer, port)
             self.state = SessionState.OPEN
             assert self._send is not None
@@ -405,13 +408,13 @@ class Session:
             raise HandshakeError(f"{peer.short} asked for an invite that is not open")
         self.invite = hello
 
-    def _check_trusted(self, peer: PeerId) -> None:
+    def _check_trusted(self, peer: PeerId, port: int) -> None:
         try:
             trusted = self._is_trusted(peer)
         except Exception:  # noqa: BLE001 -- a broken trust check must deny, never crash
             raise HandshakeError(f"trust check for {peer.short} failed") from None
         if trusted is not True:
-            self.refused_peer = peer
+            self.refused_peer, self.refused_listen_port = peer, port
             raise HandshakeError(f"{peer.short} is not paired")
 
     # -- transport --------------------------------------------------------------------

@@ -12,6 +12,10 @@ Every discovery source reports ``seen(peer, address, source, ttl_s)`` and
 - a hint naming a new address while the peer's link is up pings that link, and
   closes it if nothing comes back within a second (the peer moved; the old link may
   be dead without knowing it);
+- a key the handshake refused (not paired) that said where it listens is kept in a
+  small table (``knocked``: at most ``MAX_KNOCKS``, for ``KNOCK_TTL_S``), never listed
+  and never dialled; pairing it dials it there at once (issue 19: a running node
+  paired through its control socket learns of the peer that has been knocking);
 - a hint that is not repeated within its ``ttl_s`` expires: two thirds of the way
   there the peer's live link (if any) is pinged, and at expiry the candidate is
   dropped and a link that answered nothing since the ping is closed. So a node that
@@ -35,6 +39,13 @@ from .._io.timers import Timers
 __all__ = ["Hints"]
 
 _PROBE_FRACTION = 2 / 3
+#: Refused keys kept with the address they listen on (see ``knocked``). Keys are free,
+#: so the table is small: a stranger minting keys only evicts entries, and a peer that
+#: was evicted knocks again at its next redial (or is found by discovery).
+MAX_KNOCKS = 32
+#: How long a refused key's address is kept: long enough for its owner to read the
+#: warning and pair it, short enough that an address is not stale.
+KNOCK_TTL_S = 600.0
 #: How long a link asked "are you there?" (a ping) has to show any sign of life.
 _PROBE_S = 1.0
 
@@ -78,6 +89,8 @@ class Hints:
         self._lock = threading.Lock()
         self._paired: dict[tuple[PeerId, str], _Sighting] = {}
         self._nearby: OrderedDict[tuple[PeerId, str], _Sighting] = OrderedDict()
+        #: Refused keys: peer -> (address it listens on, monotonic expiry), oldest first.
+        self._knocks: OrderedDict[PeerId, tuple[tuple[str, int], float]] = OrderedDict()
 
     def seen(self, peer: PeerId, address: tuple[str, int], source: str,
              ttl_s: float | None, nameplates: tuple[int, ...] = ()) -> None:
@@ -118,16 +131,35 @@ class Hints:
         if gone is not None:
             self._registry.remove_address(peer, source)
 
+    def knocked(self, peer: PeerId, address: tuple[str, int]) -> None:
+        """The handshake refused ``peer`` (not paired) after it proved its key;
+        ``address`` is where it connected from, at the port it said it listens on.
+        Kept, bounded and for a while, only so that pairing it dials it at once."""
+        now = time.monotonic()
+        with self._lock:
+            self._knocks.pop(peer, None)
+            self._knocks[peer] = (address, now + KNOCK_TTL_S)
+            while self._knocks and (len(self._knocks) > MAX_KNOCKS
+                                    or next(iter(self._knocks.values()))[1] <= now):
+                self._knocks.popitem(last=False)
+        if self._is_trusted(peer):  # paired just after the refusal: it counts now
+            self.paired(peer)
+
     def paired(self, peer: PeerId) -> None:
-        """``peer`` was just paired: what discovery already heard of it counts now."""
+        """``peer`` was just paired: what discovery already heard of it counts now, and
+        so does the address it knocked from (a candidate like a link's inbound one)."""
         with self._lock:
             heard = [(key, s) for key, s in self._nearby.items() if key[0] == peer]
             for key, _ in heard:
                 del self._nearby[key]
+            knock = self._knocks.pop(peer, None)
         for (_, source), s in heard:
             remaining = None if s.ttl_s is None else s.expires_at - time.monotonic()
             if remaining is None or remaining > 0:
                 self.seen(peer, s.address, source, remaining, s.nameplates)
+        if knock is not None and time.monotonic() < knock[1]:
+            changed = self._registry.set_address(peer, knock[0], "inbound")
+            self._dial(peer, changed, "inbound")
 
     def forget(self, peer: PeerId) -> None:
         """``peer`` was unpaired (its registry entry is gone already)."""

@@ -220,6 +220,67 @@ def test_listen_and_join_hints_name_this_data_dir(tmp_path):
         listener.stop()
 
 
+def test_peers_full_shows_whole_ids_for_unpair_and_label(tmp_path):
+    """`peernet peers` cuts ids short; an unlabelled peer is then named by an id no
+    command takes. `--full` shows whole ones, and the table and the lookup errors of
+    unpair and label say so (with this data dir)."""
+    d = tmp_path / "d"
+    carol = make_id(tmp_path, "carol")
+    assert run("--data-dir", str(d), "pair", carol).returncode == 0
+    short = run("--data-dir", str(d), "peers")
+    assert short.stdout.splitlines()[1].split()[:2] == ["-", peernet.PeerId.parse(carol).short]
+    assert f"`peernet --data-dir {d} peers --full` shows whole ones" in short.stderr
+    full = run("--data-dir", str(d), "peers", "--full")
+    assert full.stdout.splitlines()[1].split()[:2] == ["-", carol]
+    assert "cut short" not in full.stderr
+    line = one_line_error(run("--data-dir", str(d), "unpair", "carol"), 2)
+    assert (f"no paired peer has a label (`peernet --data-dir {d} label ID NAME` gives one; "
+            f"`peernet --data-dir {d} peers --full` shows the ids)") in line, line
+    assert "pair(peer_id" not in line  # the library's Python phrasing, in a terminal
+    assert "peers --full" in run("--data-dir", str(d), "unpair", "--help").stdout
+    assert run("--data-dir", str(d), "label", carol, "carol").returncode == 0
+    assert run("--data-dir", str(d), "unpair", carol).returncode == 0
+    line = one_line_error(run("--data-dir", str(d), "unpair", carol), 6)
+    assert f"`peernet --data-dir {d} peers --full` lists the paired ones" in line
+
+
+def test_an_interface_that_does_not_exist_is_named_with_those_that_do(tmp_path):
+    """It said "has no usable IPv4 address", as for an interface without one. Nothing
+    is sent: the check comes before any socket."""
+    import ifaddr
+
+    line = one_line_error(run("--data-dir", str(tmp_path / "d"), "nearby", "--discovery",
+                              "udp", "--interface", "polnosuch7"), 2)
+    names = sorted({a.name for a in ifaddr.get_adapters()})
+    assert line == (f"peernet: there is no interface 'polnosuch7' on this machine; its "
+                    f"interfaces: {', '.join(names)}"), line
+    line = one_line_error(run("--data-dir", str(tmp_path / "d"), "nearby", "--discovery",
+                              "udp", "--interface", "lo"), 2)
+    assert "has no usable IPv4 address" in line  # it exists: loopback does not count
+
+
+def test_a_usual_port_in_settings_is_where_listen_listens(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    port = closed_port()
+    (d / "settings.toml").write_text(f"port = {port}\n")
+    listener = peernet_proc("--data-dir", str(d), "listen", "--host", LOOPBACK)
+    try:
+        assert ready(listener)[1] == port
+        line = one_line_error(run("--data-dir", str(tmp_path / "e"), "listen", "--host",
+                                  LOOPBACK, "--port", str(port)), 1)
+        assert "pick another --port" in line
+        (tmp_path / "e" / "settings.toml").write_text(f"port = {port}\n")
+        line = one_line_error(run("--data-dir", str(tmp_path / "e"), "listen", "--host",
+                                  LOOPBACK), 1)
+        assert f"port {port} on {LOOPBACK} (the port in settings.toml) is already in use" in line
+    finally:
+        listener.stop()
+    (d / "settings.toml").write_text('port = "7777"\n')
+    line = one_line_error(run("--data-dir", str(d), "listen", "--host", LOOPBACK), 1)
+    assert "port must be a number 0..65535" in line
+
+
 def test_data_dir_from_the_environment(tmp_path):
     env = {**os.environ, "PEERNET_DATA_DIR": str(tmp_path / "env")}
     out = run("id", env=env)
@@ -311,7 +372,12 @@ def test_pair_peers_unpair(tmp_path):
     out = run("--data-dir", d, "pair", bob, "--label", "bob")
     assert out.returncode == 0 and "paired with" in out.stdout and "bob" in out.stdout
     assert run("--data-dir", d, "pair", carol).returncode == 0
-    assert "already paired" in run("--data-dir", d, "pair", carol, "--label", "carol").stdout
+    # The id in capitals (as a QR code holds it) is the same id: a new label renames it.
+    renamed = run("--data-dir", d, "pair", carol.upper(), "--label", "carol").stdout
+    assert renamed.startswith(f"relabelled {peernet.PeerId.parse(carol).short}: carol "
+                              "(it had none)\n"), renamed
+    assert run("--data-dir", d, "pair", carol).stdout.startswith(
+        f"already paired with {peernet.PeerId.parse(carol).short} (carol)\n")
     assert "control character" in one_line_error(
         run("--data-dir", d, "pair", bob, "--label", "evil\x1b[2J"), 2)
 
@@ -366,8 +432,9 @@ def test_listen_serves_call_and_send_and_stops_on_sigterm(alice_bob, tmp_path):
         # The label alice gave bob; terminal control characters come out escaped.
         assert listener.expect(r"^bob: ").group(0) and "\\x1b[2J from b" in listener.seen["out"][-1]
 
-        assert "no handler" in one_line_error(
-            run("--data-dir", b, "call", "alice", "nope", "--to", to), 4)
+        # A failure names the peer as the user did (its label), not by its short id.
+        line = one_line_error(run("--data-dir", b, "call", a_id, "nope", "--to", to), 4)
+        assert line == "peernet: the peer refused: alice exposes no handler 'nope'", line
         assert "TypeError" in one_line_error(
             run("--data-dir", b, "call", "alice", "chat", "5", "--to", to), 4)
 
@@ -396,9 +463,13 @@ def test_call_and_send_failures_have_distinct_exit_codes(alice_bob, tmp_path):
     a, a_id, b, b_id = alice_bob
     port = closed_port()
     for command in ("call", "send"):
-        line = one_line_error(run("--data-dir", b, command, "alice", "echo",
+        line = one_line_error(run("--data-dir", b, command, a_id, "echo",
                                   "--to", f"{LOOPBACK}:{port}"), 3)
-        assert f"{LOOPBACK}:{port}" in line
+        # By its label, with one level of parentheses (it was "(...) (is the peer...)").
+        assert line.startswith(f"peernet: could not reach alice at {LOOPBACK}:{port}"), line
+        assert line.endswith(f": is it running `peernet listen`, and has it paired this "
+                             f"machine, {b_id}?"), line
+        assert line.count("(") <= 1 and peernet.PeerId.parse(a_id).short not in line
     stranger = make_id(tmp_path, "stranger")
     line = one_line_error(run("--data-dir", b, "call", stranger, "echo",
                               "--to", f"{LOOPBACK}:{port}"), 6)
@@ -422,8 +493,10 @@ def test_a_peer_that_did_not_pair_us_is_unreachable(tmp_path):
         _, port = ready(listener)
         line = one_line_error(run("--data-dir", c, "call", "alice", "echo", "1",
                                   "--to", f"{LOOPBACK}:{port}"), 3)
-        assert "it has not paired this node" in line and f"run `peernet pair {c_id}`" in line
-        assert "is the peer running" not in line
+        # Named by its label, in command-line terms (no node.pair(...)), one sentence
+        # per thing to know; before, "could not reach pn1... (pn1... did not ...))".
+        assert line == (f"peernet: alice did not accept this machine's key: it has not "
+                        f"paired this machine. On alice, run `peernet pair {c_id}`"), line
         refusal = listener.expect(r"^peernet: refused a connection from 127\.0\.0\.1", "err")
         # The command to run in the listener's terminal names its data dir: a plain
         # `peernet pair` there would pair the default identity, not this one.

@@ -9,10 +9,13 @@ import sys
 
 import pytest
 
+import shlex
+
+from peernet._addresses import AddressBook
 from peernet._proto.invite import parse_code
 from peernet.identity import load_or_create
 from peernet.trust import TrustStore
-from tests.integration.test_cli import Proc, one_line_error, run
+from tests.integration.test_cli import Proc, closed_port, one_line_error, ready, run
 from tests.integration.test_discovery import free_udp_ports
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,6 +52,9 @@ def test_invite_and_join_with_the_short_code(tmp_path):
         assert proc.wait() == 0
         assert TrustStore.load(a).get(match.group(1)).label == "laptop"
         assert inviter.label == "kitchen" and long not in out.stderr + out.stdout
+        # The address the joiner dialled (the announce's) is remembered at once.
+        remembered = AddressBook.load(b).get(inviter.peer_id)
+        assert remembered.address == ("127.0.0.1", parse_code(long).port)
     finally:
         proc.stop()
 
@@ -217,3 +223,60 @@ def test_invite_and_join_through_running_nodes_then_calls_both_ways(tmp_path):
     finally:
         for node in nodes:
             node.stop()
+
+
+def _invite_join_listen_call(tmp_path, invite_args, settings=""):
+    """`peernet invite` with no node running (it runs its own) and `peernet join` with
+    the long code; then what the inviter's note says to run, and a call from the joiner
+    without --to. Returns (the inviter's note, the listener's port, the invite's)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    if settings:
+        a.mkdir(mode=0o700)
+        (a / "settings.toml").write_text(settings)
+    proc = invite(a, "--discovery", "none", "--label", "alice", *invite_args)
+    listener = None
+    try:
+        long = proc.expect(r"^long code: (pninv1\S+)$").group(1)
+        out = run("--data-dir", str(b), "join", long, "--label", "bob")
+        assert out.returncode == 0, out.stderr
+        port = parse_code(long).port
+        assert (f"without --to, a call goes to 127.0.0.1:{port}, where alice answered the "
+                "invite") in out.stderr
+        proc.expect(r"^paired with bob ")
+        note = proc.expect(r"^bob remembers this machine at port", "err").string
+        assert proc.wait() == 0
+        # The joiner's node closed before its dial to the inviter (whose `invite` exits
+        # at once) could finish: the address was remembered when the pairing succeeded.
+        assert AddressBook.load(b).get(TrustStore.load(b).list()[0].peer_id).address == (
+            "127.0.0.1", port)
+        listen = shlex.split(note.split("`")[1]) if "`" in note else None
+        assert listen is not None and listen[-1 if "--port" not in listen else -3] == "listen"
+        listener = Proc([sys.executable, "-m", *listen, "--host", "127.0.0.1"])
+        _, listening = ready(listener)
+        call = run("--data-dir", str(b), "call", "alice", "echo", '"hi"')
+        assert (call.returncode, call.stdout) == (0, '"hi"\n'), call.stderr
+        return note, listening, port
+    finally:
+        proc.stop()
+        if listener is not None:
+            listener.stop()
+
+
+def test_after_invite_and_join_the_joiner_calls_the_inviter_at_its_usual_port(tmp_path):
+    """A data dir's usual port (`port` in settings.toml) is the one `invite` listens on,
+    and so the one in the code: `peernet listen` there later, and the joiner's
+    `peernet call alice` (no --to) reaches it. Before, the joiner remembered nothing,
+    and the call said "no address for alice" (exit 2)."""
+    usual = closed_port()
+    note, listening, in_code = _invite_join_listen_call(tmp_path, [], f"port = {usual}\n")
+    assert listening == in_code == usual
+    assert f"while `peernet --data-dir {tmp_path / 'a'} listen` (or an app on port " in note
+
+
+def test_an_invite_on_a_one_off_port_says_how_to_be_reached_there_later(tmp_path):
+    """No usual port: the invite's own is a free one it picked, which the next run
+    would not have; the inviter's note says so, and the command it gives (`listen
+    --port P`) is the one after which the joiner's call works without --to."""
+    note, listening, in_code = _invite_join_listen_call(tmp_path, [])
+    assert listening == in_code
+    assert "a free port this invite picked" in note and f"port = {in_code}" in note

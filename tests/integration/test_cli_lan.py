@@ -90,7 +90,8 @@ def test_pair_by_id_prefix_and_clear_errors(bob_listening, tmp_path):
     assert "needs discovery" in msg
     settings.write_text('discovery = ["carrier pigeon"]\n')
     assert "unknown discovery" in one_line_error(run("--data-dir", a, "nearby"), 2)
-    settings.write_text('discovery = "udp"\nport = 4\n')
+    # (A setting that exists would let this `nearby` run: it must fail before any socket.)
+    settings.write_text('discovery = "udp"\ncolour = 4\n')
     assert "unknown setting" in one_line_error(run("--data-dir", a, "nearby"), 1)
 
 
@@ -123,6 +124,7 @@ def test_a_udp_target_at_this_machines_own_port_is_a_usage_error(tmp_path):
 def test_an_interface_without_a_broadcast_address_is_refused(tmp_path, monkeypatch, capsys):
     tun = [LocalAddress("tun0", "10.8.0.2", 32)]
     monkeypatch.setattr(peernet.cli, "host_interfaces", lambda names=None: tun)
+    monkeypatch.setattr(peernet.cli, "interface_names", lambda: ["lo", "tun0", "wlan9"])
     code = peernet.cli.main(["--data-dir", str(tmp_path / "d"), "nearby", "--discovery", "udp",
                              "--interface", "tun0"])
     err = capsys.readouterr().err

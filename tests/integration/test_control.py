@@ -110,7 +110,11 @@ def test_a_new_peer_paired_through_the_cli_connects_calls_and_is_dropped_at_once
         out = cli(app, "pair", str(device.id), "--label", "kitchen-pi")
         assert out.returncode == 0, out.stderr
         assert f"paired with {device.id.short} (kitchen-pi)" in out.stdout
-        assert f"peernet pair {app.id}" in out.stdout  # the running node's id
+        # The device has paired the app (it got in: the app dials a key that knocked,
+        # see below), so the line asking the other side to pair this machine is not
+        # printed.
+        assert "kitchen-pi is online: it has paired this machine too" in out.stdout
+        assert "must pair" not in out.stdout
         # Trusted at once by the running node: the device gets in and calls within 1 s.
         assert device.call(app.id, "echo", {"n": 1}, timeout=1.0) == {"n": 1}
 
@@ -128,6 +132,54 @@ def test_a_new_peer_paired_through_the_cli_connects_calls_and_is_dropped_at_once
     trust = json.loads((app.data_dir / "trust.json").read_text())
     assert trust["peers"] == []
     assert stat.S_IMODE((app.data_dir / "trust.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.timeout(60)
+def test_pairing_a_key_that_knocked_makes_the_app_dial_it_at_once(app, tmp_path):
+    """Issue 19's open item: a device that paired the app dials it and is refused; the
+    app keeps where the device said it listens (bounded, expiring, never listed or
+    dialled before), and `peernet pair` through the control socket makes the app dial
+    it at once, not at the device's next redial (30 s away here)."""
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False,
+                      reconnect_initial=30.0, reconnect_max=30.0) as device:
+        device.expose("echo", lambda peer, args: args)
+        device.pair(app.id)
+        device.connect(app.id, LOOPBACK, app.port)
+        assert not device.wait_for_peer(app.id, timeout=0.5)  # refused: not paired there
+        admin = peernet.admin(app.data_dir)
+        assert admin.list_nearby() == [] and admin.list_peers() == []
+
+        out = cli(app, "pair", str(device.id), "--label", "kitchen-pi")
+        assert out.returncode == 0, out.stderr
+        assert "kitchen-pi is online: it has paired this machine too" in out.stdout
+        link = device._registry.active_link(app.id)
+        assert link is not None and not link.outbound  # the app dialled the device
+        row = table(cli(app, "peers"))["kitchen-pi"]
+        assert row[2:4] == ["online", f"{LOOPBACK}:{device.port}"]  # where it listens
+        assert admin.call("kitchen-pi", "echo", "back", timeout=2.0) == "back"
+
+
+@pytest.mark.timeout(60)
+def test_pair_says_whether_the_other_side_must_pair_this_machine(app, tmp_path):
+    """"The other side must pair this machine too" only when nothing says it has: not
+    for a peer online or seen before (which paired this machine, or no link would have
+    come up), and a new label on a paired peer is a relabel, not "already paired"."""
+    stranger = peernet.identity.load_or_create(tmp_path / "stranger").peer_id
+    out = cli(app, "pair", str(stranger))
+    assert out.stdout == (f"paired with {stranger.short}\nthe other side must pair this "
+                          f"machine too: peernet pair {app.id}\n"), out.stderr
+    with peernet.Node(tmp_path / "device", host=LOOPBACK, network_monitor=False) as device:
+        device.pair(app.id)
+        assert cli(app, "pair", str(device.id)).returncode == 0
+        device.connect(app.id, LOOPBACK, app.port)
+        assert device.wait_for_peer(app.id, timeout=5.0)
+        out = cli(app, "pair", str(device.id).upper(), "--label", "kitchen-pi")
+        assert out.stdout == (f"relabelled {device.id.short}: kitchen-pi (it had none)\n"
+                              "kitchen-pi is online: it has paired this machine too\n")
+    admin = peernet.admin(app.data_dir)
+    assert wait_until(lambda: not [p for p in admin.list_peers() if p.online], timeout_s=5.0)
+    out = cli(app, "pair", str(device.id), "--label", "pi")  # offline now, seen before
+    assert out.stdout == f"relabelled {device.id.short}: pi (was kitchen-pi)\n", out.stdout
 
 
 @pytest.mark.timeout(60)
@@ -581,3 +633,23 @@ def test_every_way_to_give_a_host_refuses_control_characters(tmp_path):
     nearby.chmod(0o600)
     with pytest.raises(CliError, match="unreadable nearby list"):
         _load_nearby(tmp_path / "n")
+
+
+@pytest.mark.timeout(30)
+def test_every_way_to_give_a_port_says_it_must_be_an_int(tmp_path):
+    """`node.connect(peer, host, "7777")` said "port must be 1..65535", and
+    `Node(port="7777")` raised a bare TypeError from a comparison: one check says what
+    is wrong with it."""
+    with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:
+        peer = peernet.PeerId(bytes(range(32)))
+        node.pair(peer, label="pi")
+        admin = peernet.admin(node.data_dir)
+        for connect in (node.connect, admin.connect):
+            with pytest.raises(ValueError, match=r"port must be an int \(1\.\.65535\), not "
+                                                 r"the str '7777' \(pass int\('7777'\)\)"):
+                connect(peer, LOOPBACK, "7777")
+            with pytest.raises(ValueError, match=r"port must be 1\.\.65535, got 0"):
+                connect(peer, LOOPBACK, 0)
+        assert [p.address for p in node.list_peers()] == [None]
+    with pytest.raises(ValueError, match=r"port must be an int \(0\.\.65535\), not the str"):
+        peernet.Node(tmp_path / "other", host=LOOPBACK, port="7777")

@@ -21,6 +21,7 @@ from peernet.errors import (
     InviteRejected,
     InviteTimeout,
 )
+from peernet._addresses import AddressBook
 from peernet.identity import Identity
 from peernet.invites import store_peer
 from peernet.trust import TrustStore
@@ -84,6 +85,27 @@ def test_a_long_code_pairs_without_any_discovery(make_node):
     assert b.join(inv.long, label="client") == a.id
     assert inv.wait(5) == b.id
     assert b.call(a.id, "echo", "hi", timeout=2) == "hi"
+
+
+def test_a_join_remembers_where_it_reached_the_inviter_before_any_link(make_node,
+                                                                         tmp_path):
+    """The joiner remembers the address the exchange proved (the one in the code it
+    dialled) when the pairing succeeds, not only once its dial to the inviter as a
+    peer succeeds: a `peernet invite` closes at once, and a CLI join did too, so the
+    joiner's address book stayed empty. The inviter keeps only the time: nothing it
+    learnt of the joiner is an address it could dial."""
+    a, b = make_node("a"), make_node("b")
+    b._invites._connect = lambda *args: None  # no dial after the pairing, as if it lost
+    inv = a.invite(label="server", ttl_s=60)
+    assert b.join(inv.long, label="client") == a.id and inv.wait(5) == b.id
+    where = ("127.0.0.1", a.port)
+    assert b.list_peers()[0].address == where
+    a.close()
+    b.close()
+    joiner_book = AddressBook.load(tmp_path / "b").get(a.id)
+    assert joiner_book.address == where and joiner_book.last_seen
+    inviter_book = AddressBook.load(tmp_path / "a").get(b.id)
+    assert inviter_book.address is None and inviter_book.last_seen  # heard, not where
 
 
 def test_a_wrong_code_burns_the_invite_and_pairs_nobody(lan):

@@ -1051,6 +1051,18 @@ def test_a_responder_that_refuses_message_3_never_opens_what_came_with_it():
     assert not any(isinstance(e, MessageReceived) for e in events)
 
 
+def test_a_refused_initiator_leaves_the_port_it_listens_on():
+    """The port in the refused key's signed binding is kept with it (issue 19's open
+    item): where to dial that key if it is paired later."""
+    pair = make_pair(responder_trusts_initiator=False, initiator_port=40123)
+    i, r = pair.initiator, pair.responder
+    r.receive_data(i.data_to_send())
+    i.receive_data(r.data_to_send())
+    r.receive_data(i.data_to_send())
+    assert (r.refused_peer, r.refused_listen_port) == (pair.initiator_id, 40123)
+    assert r.peer_id is None  # nothing else of it: the handshake ended there
+
+
 def test_listen_port_is_validated():
     creds = LocalCredentials.from_identity(Identity.generate())
     for port in (-1, 65536):

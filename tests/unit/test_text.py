@@ -76,3 +76,19 @@ def test_escape_lines_keeps_line_breaks_and_escapes_the_rest():
     text = 'Traceback:\n  File "x.py"\nValueError: \x1b]0;t\x07\r\u202e\x9b\n'
     assert escape_lines(text) == ('Traceback:\n  File "x.py"\n'
                                   'ValueError: \\x1b]0;t\\x07\\r\\u202e\\x9b\n')
+
+
+def test_a_port_must_be_an_int_and_says_so():
+    """`node.connect(peer, host, "7777")` said "port must be 1..65535"."""
+    from peernet._text import check_port
+
+    assert check_port(7777) == 7777 and check_port(0, listen=True) == 0
+    with pytest.raises(ValueError, match=r"^port must be an int \(1\.\.65535\), not the str "
+                                         r"'7777' \(pass int\('7777'\)\)$"):
+        check_port("7777")
+    for bad in (7777.0, True, None):
+        with pytest.raises(ValueError, match="must be an int"):
+            check_port(bad)
+    for bad, listen in ((0, False), (65536, False), (-1, True)):
+        with pytest.raises(ValueError, match=r"must be [01]\.\.65535, got"):
+            check_port(bad, listen=listen)
