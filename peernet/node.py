@@ -3,16 +3,17 @@ blocking API: ``call`` returns or raises, ``send`` is fire-and-forget.
 
 Threads a node starts (all daemons, all joined by ``close()``):
 
-- ``peernet-acceptor``: the selector loop over the listening socket;
+- ``peernet-acceptor``: the selector loop over the listening sockets (TCP, and the
+  control endpoint's);
 - ``peernet-link``: one per connection (dials, handshakes, reads, routes);
 - ``peernet-handler-N``: the handler scheduler's workers (bounded, shared with inline runs);
 - ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links,
   heartbeats, reconnects, discovery expiry);
 - ``peernet-netmon``: polls the host's addresses (``network_monitor=True``);
 - ``peernet-udp`` / ``peernet-mdns``: discovery, when asked for;
-- ``peernet-control`` (+ one ``peernet-control-conn`` per client, at most 16): the
-  control endpoint ``data_dir/control.sock`` that ``peernet.admin`` and the CLI use
-  (``control=True``, the default).
+- ``peernet-control-conn``: one per client of the control endpoint
+  ``data_dir/control.sock`` that ``peernet.admin`` and the CLI use (``control=True``,
+  the default), at most 16.
 
 See guides/architecture.md for the path of one ``call()``.
 """
@@ -328,8 +329,10 @@ class Node:
                 log.info("no control endpoint: it needs Unix sockets with SO_PEERCRED (Linux)")
             elif control:  # last: a client that reaches it finds a node that is all up
                 self._control_ops = ControlOps(self)
-                self._control = ControlServer(self._data_dir, self._control_ops.handle)
+                self._control = ControlServer(self._data_dir, self._control_ops.handle,
+                                              self._acceptor)
                 self._control_ops.serve(self._control)
+            self._acceptor.start()  # one thread serves the TCP and the control listener
         except BaseException:
             self._closed = True
             self._shutdown_partial()
