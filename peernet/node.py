@@ -27,6 +27,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import CancelledError, Future
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -258,7 +259,7 @@ class Node:
             heartbeat_interval_s=settings.heartbeat_interval,
             heartbeat_timeout_s=settings.heartbeat_timeout,
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
-            cli_command=cli_command(where),
+            cli_command=partial(cli_command, where),
         )
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be 0..65535, got {port}")

@@ -92,9 +92,9 @@ class MeshSettings:
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     backoff: Backoff
-    #: ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to run the
-    #: CLI on this node's data dir.
-    cli_command: str
+    #: Returns ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to
+    #: run the CLI on this node's data dir (worked out only when a hint needs it).
+    cli_command: Callable[[], str]
 
 
 class Mesh:
@@ -536,7 +536,7 @@ class Mesh:
                 self._refusals_warned.pop(next(iter(self._refusals_warned)))
         log.warning("refused a connection from %s (port %d): %s is not paired with this "
                     "node. If you trust it, pair it: `%s pair %s` or node.pair(%r)",
-                    address[0], address[1], peer.short, self._settings.cli_command, peer,
+                    address[0], address[1], peer.short, self._settings.cli_command(), peer,
                     str(peer))
 
     def _check_inline(self) -> None:
