@@ -42,6 +42,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .._proto.channel import (
@@ -59,6 +60,7 @@ from .._proto.messages import Bulk, Call, Send
 from .._proto.session import Event, MessageReceived, Session, SessionClosed, SessionState
 from ..errors import ConnectionLost, MessageTooLarge, PeerUnavailable, ProtocolError
 from .replies import settle
+from .spares import Run, Spares
 
 if TYPE_CHECKING:
     from ..ids import PeerId
@@ -187,9 +189,11 @@ class Link:
         address: tuple[str, int],
         handshake_timeout_s: float,
         io_timeout_s: float,
+        spares: Spares,
         max_depth: int = 16,
     ) -> None:
         self._owner = owner
+        self._spares = spares
         self.session = session
         self._sock = sock
         #: (host, port) of the other end: the dialled address or the accepted source.
@@ -245,9 +249,11 @@ class Link:
         self._poller: Any = None  # select.poll, for a caller holding the baton
         self._fd = -1
         self._buf: bytearray | None = None  # the reading buffer, used by whoever reads
-        self.thread = threading.Thread(target=self._run, daemon=True, name="peernet-link")
-        #: Every thread this link started (a reader that handed off may still be
-        #: finishing its handler); close() joins them all.
+        #: The reading thread's work (a ``peernet-link`` thread runs it, maybe a spare
+        #: that ran another link before).
+        self.thread = Run(self._run)
+        #: Every reader this link started (one that handed off may still be finishing
+        #: its handler); close() joins them all.
         self.threads = [self.thread]
 
     # -- identity ------------------------------------------------------------------
@@ -302,7 +308,7 @@ class Link:
             return None
 
     def start(self) -> None:
-        self.thread.start()
+        self._spares.start(self.thread)
 
     # -- writing (any thread) ---------------------------------------------------------
 
@@ -571,12 +577,10 @@ class Link:
             # generation, will start none after it: the rest is the new reader's.
             leftover = self._batch[self._batch_next:]
             self._batch, self._batch_next = [], 0
-            thread = threading.Thread(target=self._continue_reading,
-                                      args=(self._reader, leftover),
-                                      daemon=True, name="peernet-link")
-            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
-            self.thread = thread
-        thread.start()
+            reader = Run(partial(self._continue_reading, self._reader, leftover))
+            self.threads = [t for t in self.threads if t.is_alive()] + [reader]
+            self.thread = reader
+        self._spares.start(reader)
 
     def _dial(self) -> None:
         """Connect within the handshake deadline, in short waits so close() can stop it."""
