@@ -39,6 +39,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import Future
@@ -157,6 +158,12 @@ _ARMED = select.EPOLLIN | select.EPOLLONESHOT
 _DISARMED = select.EPOLLONESHOT  # nothing but ERR/HUP (the kernel always adds those)
 
 _IOV_BATCH = 512  # frames per sendmsg(), well under IOV_MAX (1024 on Linux)
+#: A caller holding the baton waits for its reply in a blocking recv() that returns
+#: after this long at most (SO_RCVTIMEO, set once the link's thread parks: from then on
+#: that thread reads only with MSG_DONTWAIT), so a reply costs one syscall, not a poll()
+#: and a recv(); a deadline closer than this is waited for in poll().
+_CALLER_RECV_WAIT_S = 0.25
+_RCVTIMEO = struct.pack("ll", 0, int(_CALLER_RECV_WAIT_S * 1_000_000))
 
 
 def _send_frames(sock: socket.socket, frames: list[bytes], timeout_s: float) -> None:
@@ -805,6 +812,7 @@ class Link:
                 self._fd = sock.fileno()
                 self._poller = select.poll()
                 self._poller.register(self._fd, select.POLLIN)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _RCVTIMEO)
                 self._epoll = select.epoll(1)
                 self._epoll.register(self._fd, _ARMED)
             else:
@@ -850,14 +858,17 @@ class Link:
             view = memoryview(buf)
             poll = self._poller.poll
             while not self._closing:
-                remaining_ms = (deadline - time.monotonic()) * 1000
-                if remaining_ms <= 0:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
                     return
-                if not poll(remaining_ms):
-                    continue
                 try:
-                    n = sock.recv_into(buf, 0, _DONTWAIT)
-                except BlockingIOError:
+                    if remaining_s > _CALLER_RECV_WAIT_S:
+                        n = sock.recv_into(buf)  # at most _CALLER_RECV_WAIT_S (SO_RCVTIMEO)
+                    elif poll(remaining_s * 1000):
+                        n = sock.recv_into(buf, 0, _DONTWAIT)
+                    else:
+                        continue
+                except BlockingIOError:  # the receive timeout: look at the deadline
                     continue
                 except OSError as exc:
                     self._begin_close(f"read failed: {exc.__class__.__name__}")
