@@ -908,7 +908,9 @@ class Node:
                 # read the reply.
                 link.take_over_reading()
             try:
-                fut = link.start_call(rid, name)
+                # With read_reply: take the link's reading baton too, if its thread is
+                # parked, before the reply can come.
+                fut, reading = link.start_call(rid, name, read_reply=read_reply)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
                 if not link.established:
                     raise  # the dial for this call failed: that is the answer
@@ -917,7 +919,6 @@ class Node:
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
                 continue
-            reading = read_reply and link.begin_reading()  # before the reply can come
             try:
                 link.write(payload)
             except BaseException:
