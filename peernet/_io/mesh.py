@@ -260,6 +260,7 @@ class Mesh:
         """Say bye on every link, join every link thread, the scheduler and the events
         thread, and save the address book (``left()``: seconds still allowed)."""
         self._closed = True
+        self._spares.stop()  # link threads that end now just end, without a hand-off
         links = self._registry.all_links()
         for link in links:
             link.close(NODE_CLOSING, bye=True)

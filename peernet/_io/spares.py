@@ -95,13 +95,19 @@ class Spares:
         thread.start()
         run.ident = thread.ident
 
-    def close(self, timeout_s: float) -> None:
-        """Keep no spare from now on; wake the idle ones and join every thread (but
-        the calling one) within ``timeout_s``. Call it once no more work comes."""
+    def stop(self) -> None:
+        """Keep no spare from now on (a thread whose work ends, ends) and wake the idle
+        ones, which end. Work may still come: it runs on a thread of its own."""
         with self._lock:
             self._closed = True
             for spare in self._idle:
                 spare.wake.notify()
+
+    def close(self, timeout_s: float) -> None:
+        """:meth:`stop`, then join every thread (but the calling one) within
+        ``timeout_s``. Call it once no more work comes."""
+        self.stop()
+        with self._lock:
             threads = list(self._threads)
         deadline = time.monotonic() + timeout_s
         me = threading.get_ident()
