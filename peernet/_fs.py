@@ -91,7 +91,10 @@ def check_path_to(path: Path, data_dir: Path, *, itself: bool = False) -> None:
     data dir), else left to :func:`check_private_dir`. Missing components end the walk
     (we create them 0700). ``data_dir`` names the data dir in the error."""
     uid = os.geteuid()
-    pending = list(Path(os.path.join(os.getcwd(), path)).parts[1:])
+    where = os.fspath(path)
+    if not os.path.isabs(where):
+        where = os.path.join(os.getcwd(), where)
+    pending = [name for name in where.split(os.sep) if name]  # Path(where).parts[1:]
     current = os.sep
     _check_passage(current, os.lstat(current), uid, data_dir)
     followed = 0
@@ -134,7 +137,6 @@ def check_path_to(path: Path, data_dir: Path, *, itself: bool = False) -> None:
 
 def _check_passage(directory: str, info: os.stat_result, uid: int, data_dir: Path) -> None:
     """One directory above the data dir (see :func:`check_path_to`)."""
-    shown = shlex.quote(directory)
     if info.st_uid not in (uid, 0):
         raise InsecureDataDir(
             f"data dir {data_dir}: the directory {directory} above it is owned by uid "
@@ -146,15 +148,14 @@ def _check_passage(directory: str, info: os.stat_result, uid: int, data_dir: Pat
         raise InsecureDataDir(
             f"data dir {data_dir}: the directory {directory} above it has mode "
             f"{mode:04o}, so other users can move your data dir aside and put back an old "
-            f"trust list or key. Refusing to use it; fix it with `chmod go-w {shown}`, "
-            f"or {_ELSEWHERE}.")
+            f"trust list or key. Refusing to use it; fix it with "
+            f"`chmod go-w {shlex.quote(directory)}`, or {_ELSEWHERE}.")
 
 
 def check_private_dir(directory: Path) -> None:
     """Refuse a data dir that another user owns or may write to (see ensure_private_dir).
     A symlink is judged by both ends: the link must be ours, and so must its target."""
     uid = os.geteuid()
-    shown = shlex.quote(str(directory))
     link = os.lstat(directory)
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
         raise InsecureDataDir(
@@ -166,12 +167,12 @@ def check_private_dir(directory: Path) -> None:
         raise InsecureDataDir(
             f"data dir {directory} is owned by uid {info.st_uid}, not by you (uid {uid}): "
             f"its owner could swap your trust list or key. Refusing to use it; if it is "
-            f"yours, run `chown {uid} {shown}`, or {_ELSEWHERE}.")
+            f"yours, run `chown {uid} {shlex.quote(str(directory))}`, or {_ELSEWHERE}.")
     if stat.S_IMODE(info.st_mode) & 0o022:
         raise InsecureDataDir(
             f"data dir {directory} has mode {stat.S_IMODE(info.st_mode):04o}, so other "
             f"users can write to it and swap your trust list or key. Refusing to use it; "
-            f"fix it with `chmod 700 {shown}`, or {_ELSEWHERE}.")
+            f"fix it with `chmod 700 {shlex.quote(str(directory))}`, or {_ELSEWHERE}.")
 
 
 def fsync_dir(directory: StrPath) -> None:
@@ -231,8 +232,12 @@ def sweep_stale_temps(directory: Path, name: str, *,
     another process that is still working is never disturbed. Returns how many went."""
     removed = 0
     now = time.time()
+    prefix, suffix = f".{name}.", ".tmp"  # the glob .NAME.*.tmp, without pathlib's cost
     try:
-        candidates = list(directory.glob(f".{name}.*.tmp"))
+        with os.scandir(directory) as entries:
+            candidates = [entry.path for entry in entries
+                          if entry.name.startswith(prefix) and entry.name.endswith(suffix)
+                          and len(entry.name) >= len(prefix) + len(suffix)]
     except OSError:
         return 0
     for temp in candidates:
@@ -247,7 +252,7 @@ def sweep_stale_temps(directory: Path, name: str, *,
     return removed
 
 
-def _remove_quietly(path: Path) -> None:
+def _remove_quietly(path: StrPath) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -326,7 +331,6 @@ def read_private_file(
     """
     insecure = insecure_error or error
     target = Path(path)
-    shown = shlex.quote(str(target))
     untouched = "the file was left untouched"
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO planted here must not hang us
@@ -348,14 +352,14 @@ def read_private_file(
             raise insecure(
                 f"{what} {target} is owned by uid {info.st_uid}, not by this user "
                 f"(uid {uid}); refusing to trust it ({untouched}). If it is yours: "
-                f"chown {uid} {shown}"
+                f"chown {uid} {shlex.quote(str(target))}"
             )
         loose = stat.S_IMODE(info.st_mode) & forbidden_mode
         if loose:
             raise insecure(
                 f"{what} {target} has mode {stat.S_IMODE(info.st_mode):04o}, so other "
                 f"users can {_describe(loose)} it; refusing to use it ({untouched}). "
-                f"Fix: chmod 600 {shown}"
+                f"Fix: chmod 600 {shlex.quote(str(target))}"
             )
         chunks: list[bytes] = []
         remaining = max_bytes + 1  # one extra byte tells "too big" from "exactly full"

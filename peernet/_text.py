@@ -61,6 +61,11 @@ def escape_json(text: str) -> str:
 
 #: A DNS name is at most 253 characters; an IPv6 address with a scope id is shorter.
 _MAX_HOST_CHARS = 253
+#: Hosts that passed check_host (parsing an address with ``ipaddress`` costs a few µs,
+#: and a node checks the same few hosts at every start and connect). Bounded: cleared
+#: when full (atomic, so safe between threads) and refilled as used.
+_CHECKED_HOSTS: dict[str, None] = {}
+_CHECKED_HOSTS_SIZE = 256
 
 
 def check_host(host: object) -> str:
@@ -72,6 +77,8 @@ def check_host(host: object) -> str:
     not in an IPv6 scope id, which ``ipaddress`` takes as it comes). A host is shown
     in ``list_peers()``, ``peernet peers`` and log lines, so it must be plain text.
     """
+    if type(host) is str and host in _CHECKED_HOSTS:
+        return host
     if type(host) is not str or not host:
         raise ValueError(f"host must be a host name or IP address, got {host!r:.80}")
     if len(host) > _MAX_HOST_CHARS or not host.isprintable() or " " in host:
@@ -80,13 +87,14 @@ def check_host(host: object) -> str:
                          f"got {host!r:.80}")
     try:
         ipaddress.ip_address(host)
-        return host
     except ValueError:
-        pass
-    if ":" in host or "[" in host or "/" in host:
-        raise ValueError(
-            f"host must be a host name or IP address without a port, got {host!r:.80}; "
-            "pass the port separately: node.connect(peer, '192.0.2.7', 7777)")
+        if ":" in host or "[" in host or "/" in host:
+            raise ValueError(
+                f"host must be a host name or IP address without a port, got {host!r:.80}; "
+                "pass the port separately: node.connect(peer, '192.0.2.7', 7777)") from None
+    if len(_CHECKED_HOSTS) >= _CHECKED_HOSTS_SIZE:
+        _CHECKED_HOSTS.clear()
+    _CHECKED_HOSTS[host] = None
     return host
 
 

@@ -3,16 +3,17 @@ blocking API: ``call`` returns or raises, ``send`` is fire-and-forget.
 
 Threads a node starts (all daemons, all joined by ``close()``):
 
-- ``peernet-acceptor``: the selector loop over the listening socket;
+- ``peernet-acceptor``: the selector loop over the listening sockets (TCP, and the
+  control endpoint's);
 - ``peernet-link``: one per connection (dials, handshakes, reads, routes);
 - ``peernet-handler-N``: the handler scheduler's workers (bounded, shared with inline runs);
 - ``peernet-timers``: deadlines (``call_async`` timeouts, retiring duplicate links,
   heartbeats, reconnects, discovery expiry);
 - ``peernet-netmon``: polls the host's addresses (``network_monitor=True``);
 - ``peernet-udp`` / ``peernet-mdns``: discovery, when asked for;
-- ``peernet-control`` (+ one ``peernet-control-conn`` per client, at most 16): the
-  control endpoint ``data_dir/control.sock`` that ``peernet.admin`` and the CLI use
-  (``control=True``, the default).
+- ``peernet-control-conn``: one per client of the control endpoint
+  ``data_dir/control.sock`` that ``peernet.admin`` and the CLI use (``control=True``,
+  the default), at most 16.
 
 See guides/architecture.md for the path of one ``call()``.
 """
@@ -26,6 +27,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import CancelledError, Future
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -257,7 +259,7 @@ class Node:
             heartbeat_interval_s=settings.heartbeat_interval,
             heartbeat_timeout_s=settings.heartbeat_timeout,
             backoff=Backoff(base_s=settings.reconnect_initial, cap_s=settings.reconnect_max),
-            cli_command=cli_command(where),
+            cli_command=partial(cli_command, where),
         )
         check_port(port, listen=True)
 
@@ -328,8 +330,10 @@ class Node:
                 log.info("no control endpoint: it needs Unix sockets with SO_PEERCRED (Linux)")
             elif control:  # last: a client that reaches it finds a node that is all up
                 self._control_ops = ControlOps(self)
-                self._control = ControlServer(self._data_dir, self._control_ops.handle)
+                self._control = ControlServer(self._data_dir, self._control_ops.handle,
+                                              self._acceptor)
                 self._control_ops.serve(self._control)
+            self._acceptor.start()  # one thread serves the TCP and the control listener
         except BaseException:
             self._closed = True
             self._shutdown_partial()
@@ -907,7 +911,9 @@ class Node:
                 # read the reply.
                 link.take_over_reading()
             try:
-                fut = link.start_call(rid, name)
+                # With read_reply: take the link's reading baton too, if its thread is
+                # parked, before the reply can come.
+                fut, reading = link.start_call(rid, name, read_reply=read_reply)
             except PeerUnavailable:  # the link ended, or retired, between lookup and use
                 if not link.established:
                     raise  # the dial for this call failed: that is the answer
@@ -916,7 +922,6 @@ class Node:
                 rid = new_request_id()
                 payload = self._encode_call(rid, name, args)
                 continue
-            reading = read_reply and link.begin_reading()  # before the reply can come
             try:
                 link.write(payload)
             except BaseException:

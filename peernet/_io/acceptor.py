@@ -1,11 +1,18 @@
-"""The acceptor: one thread, a ``selectors`` loop over the listening socket.
+"""The acceptor: one thread, a ``selectors`` loop over the node's listening sockets.
 
-It accepts connections and hands each to the node, which starts a link thread for it.
-Before that it enforces the pre-auth limits: at most ``max_preauth`` connections still in
-their handshake overall and ``max_preauth_per_ip`` from one source address; anything over
-is closed at once, before a thread or a buffer is spent on it. When ``accept`` fails
-because the process is out of descriptors (``EMFILE`` and friends) it stops listening for
-a moment instead of spinning, and carries on when descriptors are free again.
+The TCP listener: it accepts connections and hands each to the node, which starts a
+link thread for it. Before that it enforces the pre-auth limits: at most
+``max_preauth`` connections still in their handshake overall and
+``max_preauth_per_ip`` from one source address; anything over is closed at once,
+before a thread or a buffer is spent on it. When ``accept`` fails because the process
+is out of descriptors (``EMFILE`` and friends) it stops listening for a moment instead
+of spinning, and carries on when descriptors are free again.
+
+Other listeners of the node (the control endpoint's Unix socket, ``_io/control.py``)
+are served from the same loop (:meth:`Acceptor.serve`): one thread for every listener,
+which a node that starts and stops at once (a one-shot command) pays for once. Their
+owner says when to stop and resume watching one (:meth:`Acceptor.watch`) and hands it
+back to be closed (:meth:`Acceptor.drop`); each change is applied on the loop's thread.
 """
 
 from __future__ import annotations
@@ -56,7 +63,22 @@ def open_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Served:
+    """A listener of the loop: what to call when it is readable, and whether to watch it."""
+
+    __slots__ = ("on_ready", "wanted", "paused_until", "registered", "dropped")
+
+    def __init__(self, on_ready: Callable[[], bool]) -> None:
+        self.on_ready = on_ready
+        self.wanted = True  # its owner's wish (watch)
+        self.paused_until = 0.0  # out of descriptors: not watched until then (monotonic)
+        self.registered = False  # in the selector now
+        self.dropped = False  # to be closed by the loop
+
+
 class Acceptor:
+    """Create it, :meth:`serve` any further listeners, then :meth:`start` the loop."""
+
     def __init__(
         self,
         listener: socket.socket,
@@ -76,16 +98,53 @@ class Acceptor:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._selector.register(listener, selectors.EVENT_READ)
+        self._wake_w.setblocking(False)  # a wake already pending is enough
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        #: Every listener, guarded by _lock; the loop's thread alone touches the selector.
+        self._served: dict[socket.socket, _Served] = {listener: _Served(self._accept_all)}
         self._stopped = False
         self._last_exhaustion_log = 0.0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
         self.thread.start()
 
     @property
     def port(self) -> int:
         return self._listener.getsockname()[1]
+
+    # -- other listeners (any thread) --------------------------------------------------
+
+    def serve(self, listener: socket.socket, on_ready: Callable[[], bool]) -> None:
+        """Call ``on_ready()`` on the loop's thread whenever ``listener`` (non-blocking)
+        is readable. It returns False when the process is out of descriptors: the
+        listener is then not watched for a moment, instead of the loop spinning."""
+        with self._lock:
+            self._served[listener] = _Served(on_ready)
+        if self.thread.ident is not None:  # else start() finds it
+            self._wake()
+
+    def watch(self, listener: socket.socket, on: bool) -> None:
+        """Watch ``listener`` again, or stop watching it (its clients wait in the
+        kernel's backlog meanwhile)."""
+        with self._lock:
+            served = self._served.get(listener)
+            if served is None or served.wanted == on:
+                return
+            served.wanted = on
+        self._wake()
+
+    def drop(self, listener: socket.socket) -> None:
+        """Stop serving ``listener``: ``on_ready`` is not called for it again, and the
+        loop closes it the next time it wakes (a client knocking on it, or any other
+        change, such as :meth:`close`). Waking the loop for it alone would cost a
+        node that is closing anyway a thread switch."""
+        with self._lock:
+            served = self._served.get(listener)
+            if served is not None:
+                served.dropped = True
+
+    # -- the TCP listener's pre-auth accounting ----------------------------------------
 
     def release(self, ip: str) -> None:
         """A connection from ``ip`` left its handshake (succeeded or not)."""
@@ -101,35 +160,73 @@ class Acceptor:
         return self._preauth_total
 
     def close(self, timeout_s: float) -> None:
+        """Stop the loop and close every listener; waits up to ``timeout_s``."""
         self._stopped = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        if self.thread.ident is None:  # never started
+            self._close_all()
+            return
+        self._wake()
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout_s)
 
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # a wake is pending already (BlockingIOError), or the loop ended
+            pass
+
     def _run(self) -> None:
-        paused_until = 0.0
         try:
             while not self._stopped:
-                timeout = None
-                if paused_until:
-                    timeout = paused_until - time.monotonic()
-                    if timeout <= 0:
-                        self._selector.register(self._listener, selectors.EVENT_READ)
-                        paused_until, timeout = 0.0, None
-                for key, _ in self._selector.select(timeout):
-                    if key.fileobj is self._wake_r:
-                        continue
-                    if not self._accept_all():
-                        self._selector.unregister(self._listener)
-                        paused_until = time.monotonic() + _PAUSE_ON_EXHAUSTION_S
+                for key, _ in self._selector.select(self._sync()):
+                    served = key.data
+                    if served is None:  # the wake socket: _sync applies what changed
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                    elif not served.dropped and not self._stopped and not served.on_ready():
+                        with self._lock:
+                            served.paused_until = time.monotonic() + _PAUSE_ON_EXHAUSTION_S
         finally:
-            self._selector.close()
-            self._listener.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._close_all()
+
+    def _sync(self) -> float | None:
+        """Make the selector watch what should be watched now; the timeout until a
+        paused listener is due again (None: no pause)."""
+        now = time.monotonic()
+        timeout: float | None = None
+        with self._lock:
+            for sock, served in list(self._served.items()):
+                if served.dropped:
+                    if served.registered:
+                        self._selector.unregister(sock)
+                    del self._served[sock]
+                    sock.close()
+                    continue
+                if served.paused_until and served.paused_until <= now:
+                    served.paused_until = 0.0
+                want = served.wanted and not served.paused_until
+                if want != served.registered:
+                    if want:
+                        self._selector.register(sock, selectors.EVENT_READ, served)
+                    else:
+                        self._selector.unregister(sock)
+                    served.registered = want
+                if served.paused_until:
+                    left = served.paused_until - now
+                    timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
+    def _close_all(self) -> None:
+        with self._lock:
+            listeners = list(self._served)
+            self._served.clear()
+        self._selector.close()
+        for sock in listeners:
+            sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _accept_all(self) -> bool:
         """Accept until the backlog is empty. False when out of descriptors."""

@@ -1,10 +1,12 @@
 """The control endpoint: a Unix-domain socket in the data dir through which processes
 of the node's own user (or root) manage the running node (``peernet.admin``, the CLI).
 
-Threads: ``peernet-control`` runs a ``selectors`` loop over the listening socket; each
-accepted connection from an allowed uid gets a ``peernet-control-conn`` thread, at most
-:data:`MAX_CONNECTIONS` at once (beyond that the listener stops accepting, so clients
-wait in the kernel's backlog rather than being refused). A connection thread reads one
+Threads: the listening socket is served by the node's acceptor loop (``_io/acceptor.py``,
+through the small :class:`Listeners` interface), so the endpoint costs a node no thread
+of its own until a client comes; each accepted connection from an allowed uid gets a
+``peernet-control-conn`` thread, at most :data:`MAX_CONNECTIONS` at once (beyond that
+the listener is not watched, so clients wait in the kernel's backlog rather than being
+refused). A connection thread reads one
 request line at a time (at most ``MAX_REQUEST_BYTES``), runs it through the node's
 handler and writes the answer; a connection that brings no whole request within
 :data:`IDLE_TIMEOUT_S` is closed. After a ``watch`` request the thread only writes the
@@ -32,7 +34,6 @@ import collections
 import errno
 import logging
 import os
-import selectors
 import socket
 import stat
 import struct
@@ -40,7 +41,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from .._proto.control import (
     MAX_REQUEST_BYTES,
@@ -58,6 +59,7 @@ from .._proto.control import (
 from ..errors import ControlError
 
 __all__ = [
+    "Listeners",
     "SUPPORTED",
     "SOCKET_NAME",
     "MAX_CONNECTIONS",
@@ -89,6 +91,7 @@ WATCH_QUEUE_BYTES = 4 * 1024 * 1024
 _WATCH_POLL_S = 0.25
 _MAX_SUN_PATH = 107
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _REFUSAL_LOG_EVERY_S = 60.0
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -181,17 +184,27 @@ class Session:
 Handler = Callable[[Request, Session], Any]
 
 
+class Listeners(Protocol):
+    """The loop that serves the endpoint's listening socket (the node's acceptor)."""
+
+    def serve(self, listener: socket.socket, on_ready: Callable[[], bool]) -> None: ...
+    def watch(self, listener: socket.socket, on: bool) -> None: ...
+    def drop(self, listener: socket.socket) -> None: ...
+
+
 class ControlServer:
-    """Serves ``handle(request, session) -> result`` on ``data_dir/control.sock``.
+    """Serves ``handle(request, session) -> result`` on ``data_dir/control.sock``, its
+    listening socket watched by ``listeners`` (the node's acceptor loop).
 
     ``handle`` raises to refuse: peernet errors and a few builtins cross as
     themselves (see ``error_to_wire``), anything else as ``InternalError`` (logged
     here with its traceback). The caller must hold the data-dir lock.
     """
 
-    def __init__(self, data_dir: Path, handle: Handler, *, name: str = "peernet-control") -> None:
-        self.path = data_dir / SOCKET_NAME
+    def __init__(self, data_dir: Path, handle: Handler, listeners: Listeners) -> None:
+        self._data_dir = data_dir
         self._handle = handle
+        self._listeners = listeners
         self._dir_fd = os.open(data_dir, _DIR_FLAGS)
         self._listener: socket.socket | None = None
         try:
@@ -218,13 +231,14 @@ class ControlServer:
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()
         self._watchers: set[Session] = set()
+        self._full = False  # the listener is not watched: MAX_CONNECTIONS are served
         self._last_refusal_log = 0.0
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
+        listeners.serve(self._listener, self._on_ready)
+
+    @property
+    def path(self) -> Path:
+        """``data_dir/control.sock``, for messages."""
+        return self._data_dir / SOCKET_NAME
 
     # -- what the node does ---------------------------------------------------------
 
@@ -246,11 +260,9 @@ class ControlServer:
                 return
             self.stopping = True
             sessions = list(self._sessions)
-        self._unlink_own()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._unlink_own()  # no client finds it from now on
+        if self._listener is not None:
+            self._listeners.drop(self._listener)  # never accepted on again; closed soon
         for session in sessions:
             try:
                 session.sock.shutdown(socket.SHUT_RDWR)
@@ -259,11 +271,9 @@ class ControlServer:
             session.wake()
 
     def join(self, timeout_s: float) -> None:
-        """Wait (up to ``timeout_s``) for the listener and every connection thread."""
+        """Wait (up to ``timeout_s``) for every connection thread."""
         deadline = time.monotonic() + timeout_s
         me = threading.current_thread()
-        if self.thread is not me:
-            self.thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             threads = [s.thread for s in self._sessions]
         for thread in threads:
@@ -297,43 +307,29 @@ class ControlServer:
 
     # -- the listener -----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _on_ready(self) -> bool:
+        """On the acceptor loop's thread: accept what waits, while there is room.
+        False when out of descriptors (the loop then pauses this listener a moment)."""
         listener = self._listener
         assert listener is not None
-        listening = False
-        try:
-            while not self.stopping:
-                with self._lock:
-                    room = len(self._sessions) < MAX_CONNECTIONS
-                if room and not listening:
-                    self._selector.register(listener, selectors.EVENT_READ)
-                elif listening and not room:
-                    self._selector.unregister(listener)  # clients wait in the backlog
-                listening = room
-                for key, _ in self._selector.select():
-                    if key.fileobj is self._wake_r:
-                        try:
-                            self._wake_r.recv(4096)
-                        except OSError:
-                            pass
-                    else:
-                        self._accept(listener)
-        finally:
-            self._selector.close()
-            listener.close()
-            self._wake_r.close()
-            self._wake_w.close()
+        while not self.stopping:
+            with self._lock:  # with _serve's resume: the last word on watching is right
+                if len(self._sessions) >= MAX_CONNECTIONS:
+                    self._full = True  # clients wait in the backlog until one ends
+                    self._listeners.watch(listener, False)
+                    return True
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                log.debug("control accept failed: %s", exc)
+                return exc.errno not in _RESOURCE_ERRNOS
+            self._admit(sock)
+        return True
 
-    def _accept(self, listener: socket.socket) -> None:
-        try:
-            sock, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.debug("control accept failed: %s", exc)
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                time.sleep(0.05)  # out of descriptors: do not spin
-            return
+    def _admit(self, sock: socket.socket) -> None:
+        """A client connected: refuse it (wrong uid) or give it a connection thread."""
         try:
             pid, uid = peer_credentials(sock)
         except OSError:
@@ -383,11 +379,10 @@ class ControlServer:
             with self._lock:
                 self._sessions.discard(session)
                 self._watchers.discard(session)
+                if self._full and not self.stopping:  # room again: serve who waits
+                    self._full = False
+                    self._listeners.watch(self._listener, True)  # type: ignore[arg-type]
             sock.close()
-            try:
-                self._wake_w.send(b"x")  # the listener may accept again
-            except OSError:
-                pass
 
     def _requests(self, session: Session) -> bool:
         """Answer requests until the client hangs up, idles, or starts watching (True)."""

@@ -20,7 +20,7 @@ most that long, and never for the handler itself.
 
 Once calls are made on a link, a caller can read its own reply: the link's thread
 then waits in epoll on a one-shot registration that the caller disarms while it
-reads (the reading baton: :meth:`begin_reading`), so a reply wakes only its caller.
+reads (the reading baton: :meth:`start_call`), so a reply wakes only its caller.
 
 Writes happen on whichever thread is writing, under the link's write lock: seal and
 send together, so the nonce order is the wire order. After the handshake the socket
@@ -39,9 +39,11 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .._proto.channel import (
@@ -59,6 +61,7 @@ from .._proto.messages import Bulk, Call, Send
 from .._proto.session import Event, MessageReceived, Session, SessionClosed, SessionState
 from ..errors import ConnectionLost, MessageTooLarge, PeerUnavailable, ProtocolError
 from .replies import settle
+from .spares import Run, Spares
 
 if TYPE_CHECKING:
     from ..ids import PeerId
@@ -147,7 +150,7 @@ def _send_rest(sock: socket.socket, view: memoryview, deadline: float) -> None:
 
 # Who reads the socket now (``Link._watch``): the link's own thread, or nobody yet with
 # the link's thread parked in epoll_wait on a one-shot registration, or a caller that
-# took the reading baton to read its own reply (see Link.begin_reading).
+# took the reading baton to read its own reply (see Link.start_call).
 _THREAD_READS = 0
 _PARKED = 1
 _CALLER_READS = 2
@@ -155,6 +158,12 @@ _ARMED = select.EPOLLIN | select.EPOLLONESHOT
 _DISARMED = select.EPOLLONESHOT  # nothing but ERR/HUP (the kernel always adds those)
 
 _IOV_BATCH = 512  # frames per sendmsg(), well under IOV_MAX (1024 on Linux)
+#: A caller holding the baton waits for its reply in a blocking recv() that returns
+#: after this long at most (SO_RCVTIMEO, set once the link's thread parks: from then on
+#: that thread reads only with MSG_DONTWAIT), so a reply costs one syscall, not a poll()
+#: and a recv(); a deadline closer than this is waited for in poll().
+_CALLER_RECV_WAIT_S = 0.25
+_RCVTIMEO = struct.pack("ll", 0, int(_CALLER_RECV_WAIT_S * 1_000_000))
 
 
 def _send_frames(sock: socket.socket, frames: list[bytes], timeout_s: float) -> None:
@@ -187,9 +196,11 @@ class Link:
         address: tuple[str, int],
         handshake_timeout_s: float,
         io_timeout_s: float,
+        spares: Spares,
         max_depth: int = 16,
     ) -> None:
         self._owner = owner
+        self._spares = spares
         self.session = session
         self._sock = sock
         #: (host, port) of the other end: the dialled address or the accepted source.
@@ -235,7 +246,7 @@ class Link:
         #: slot for the sends of its current read (the owner's, see
         #: Mesh.link_message); the reader gives it back when that read is done.
         self.send_run: int | None = None
-        # The reading baton (begin_reading); guarded by _state_lock. The epoll and the
+        # The reading baton (start_call); guarded by _state_lock. The epoll and the
         # poll object exist once a caller wanted to read its own reply on this link.
         self._watch = _THREAD_READS
         self._watch_wanted = False
@@ -245,9 +256,11 @@ class Link:
         self._poller: Any = None  # select.poll, for a caller holding the baton
         self._fd = -1
         self._buf: bytearray | None = None  # the reading buffer, used by whoever reads
-        self.thread = threading.Thread(target=self._run, daemon=True, name="peernet-link")
-        #: Every thread this link started (a reader that handed off may still be
-        #: finishing its handler); close() joins them all.
+        #: The reading thread's work (a ``peernet-link`` thread runs it, maybe a spare
+        #: that ran another link before).
+        self.thread = Run(self._run)
+        #: Every reader this link started (one that handed off may still be finishing
+        #: its handler); close() joins them all.
         self.threads = [self.thread]
 
     # -- identity ------------------------------------------------------------------
@@ -302,7 +315,7 @@ class Link:
             return None
 
     def start(self) -> None:
-        self.thread.start()
+        self._spares.start(self.thread)
 
     # -- writing (any thread) ---------------------------------------------------------
 
@@ -365,19 +378,39 @@ class Link:
         self.last_ping = time.monotonic()
         return self.try_write_nowait(payload)
 
-    def start_call(self, request_id: int, name: str) -> Future[Any] | None:
+    def start_call(self, request_id: int, name: str, *, read_reply: bool = False
+                   ) -> tuple[Future[Any] | None, bool]:
         """Expect the answer to ``request_id``: the Future it will complete, or None if
         the id is taken on this link (draw another). Raises ConnectionLost if the link
-        takes no more calls (ended, or retired with its bye sent)."""
+        takes no more calls (ended, or retired with its bye sent).
+
+        With ``read_reply``, also take the reading baton for the calling thread if the
+        link's thread is parked and no other call is in flight (the second value says
+        whether it was taken): the caller then writes its call and reads its own reply
+        (:meth:`read_reply`, which gives the baton back). Otherwise the link's thread
+        delivers the reply: someone reads now, or other calls wait for replies too, and
+        with several in flight one reader for all of them is cheaper (W2 measured 2.1
+        context switches per call with it, 3.1 with callers taking turns to read)."""
         fut: Future[Any] = Future()
+        if read_reply and self._watch != _PARKED:  # unlocked peek: no baton to take
+            read_reply = False
+            if self.established:
+                self._watch_wanted = True  # the link's thread parks after its next read
         with self._state_lock:
             channel = self.channel
             try:
                 if channel is None:
                     raise LinkEnded
-                return fut if channel.add_call(request_id, name, fut) else None
+                if not channel.add_call(request_id, name, fut):
+                    return None, False
             except LinkEnded:
                 raise self._lost() from None
+            if (not read_reply or self._watch != _PARKED or self._closing
+                    or channel.pending_calls > 1):
+                return fut, False
+            self._epoll.modify(self._fd, _DISARMED)
+            self._watch = _CALLER_READS
+            return fut, True
 
     def forget_call(self, request_id: int) -> None:
         """The caller gave up (timeout or cancel): drop its entry."""
@@ -571,12 +604,10 @@ class Link:
             # generation, will start none after it: the rest is the new reader's.
             leftover = self._batch[self._batch_next:]
             self._batch, self._batch_next = [], 0
-            thread = threading.Thread(target=self._continue_reading,
-                                      args=(self._reader, leftover),
-                                      daemon=True, name="peernet-link")
-            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
-            self.thread = thread
-        thread.start()
+            reader = Run(partial(self._continue_reading, self._reader, leftover))
+            self.threads = [t for t in self.threads if t.is_alive()] + [reader]
+            self.thread = reader
+        self._spares.start(reader)
 
     def _dial(self) -> None:
         """Connect within the handshake deadline, in short waits so close() can stop it."""
@@ -753,7 +784,7 @@ class Link:
             flags = 0
             if self._watch_wanted:
                 # Calls are made on this link: wait where a caller can take over reading
-                # its reply without waking this thread (begin_reading).
+                # its reply without waking this thread (start_call).
                 self._park()
                 flags = _DONTWAIT  # a caller may have read what woke us
             try:
@@ -801,6 +832,7 @@ class Link:
                 self._fd = sock.fileno()
                 self._poller = select.poll()
                 self._poller.register(self._fd, select.POLLIN)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _RCVTIMEO)
                 self._epoll = select.epoll(1)
                 self._epoll.register(self._fd, _ARMED)
             else:
@@ -815,26 +847,6 @@ class Link:
             self._baton_waiting = False
             self._watch = _THREAD_READS
 
-    def begin_reading(self) -> bool:
-        """Take the reading baton for the calling thread, if the link's thread is parked
-        and no other call is in flight on this link: the caller then reads its own reply
-        (:meth:`read_reply`, which gives the baton back). False (the link's thread will
-        deliver the reply) if someone reads now, or other calls wait for replies too:
-        with several in flight one reader for all of them is cheaper (W2 measured 2.1
-        context switches per call with it, 3.1 with callers taking turns to read)."""
-        if self._watch != _PARKED:  # unlocked peek: the common "no" costs no lock
-            if self.established:
-                self._watch_wanted = True  # the link's thread parks after its next read
-            return False
-        with self._state_lock:
-            channel = self.channel
-            if (self._watch != _PARKED or self._closing or channel is None
-                    or channel.pending_calls > 1):
-                return False
-            self._epoll.modify(self._fd, _DISARMED)
-            self._watch = _CALLER_READS
-            return True
-
     def read_reply(self, fut: Future[Any], deadline: float) -> None:
         """Holding the baton: read and route until ``fut`` is done, ``deadline``
         (monotonic) passes or the link ends; then hand reading back to the link's thread.
@@ -846,14 +858,17 @@ class Link:
             view = memoryview(buf)
             poll = self._poller.poll
             while not self._closing:
-                remaining_ms = (deadline - time.monotonic()) * 1000
-                if remaining_ms <= 0:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
                     return
-                if not poll(remaining_ms):
-                    continue
                 try:
-                    n = sock.recv_into(buf, 0, _DONTWAIT)
-                except BlockingIOError:
+                    if remaining_s > _CALLER_RECV_WAIT_S:
+                        n = sock.recv_into(buf)  # at most _CALLER_RECV_WAIT_S (SO_RCVTIMEO)
+                    elif poll(remaining_s * 1000):
+                        n = sock.recv_into(buf, 0, _DONTWAIT)
+                    else:
+                        continue
+                except BlockingIOError:  # the receive timeout: look at the deadline
                     continue
                 except OSError as exc:
                     self._begin_close(f"read failed: {exc.__class__.__name__}")
@@ -862,16 +877,18 @@ class Link:
                     self._begin_close("peer closed the connection")
                     return
                 self.last_received = time.monotonic()
+                answered = False
                 for event in self.session.receive_data(view[:n]):
                     if self._closing:
                         return  # nothing after the end counts
                     if type(event) is MessageReceived:
-                        self._route(event.payload, inline=False)
+                        if self._route(event.payload, inline=False) is fut:
+                            answered = True  # the rest of this read is routed too
                     elif type(event) is SessionClosed:
                         log.warning("link to %s closed: %s", self._peer_text(), event.reason)
                         self._begin_close(event.reason, protocol_error=True)
                         return
-                if fut.done():
+                if answered:
                     return
         finally:
             self.end_reading()
@@ -912,7 +929,8 @@ class Link:
     def _peer_text(self) -> str:
         return self.peer_id.short if self.peer_id else "?"
 
-    def _route(self, payload: bytes, *, inline: bool) -> None:
+    def _route(self, payload: bytes, *, inline: bool) -> Any:
+        """Decode and handle one message; returns the token of a call it answered."""
         channel = self.channel
         assert channel is not None
         try:
@@ -920,12 +938,13 @@ class Link:
         except ProtocolError as exc:
             log.warning("closing link to %s: %s", self._peer_text(), exc)
             self._begin_close(f"protocol error: {exc}", protocol_error=True)
-            return
+            return None
         with self._state_lock:
             event = channel.handle(msg, self.last_received)  # when its bytes arrived
             output = channel.take_output() if channel.output else None
             ended = channel.ended
         del msg  # the event holds it; the box below is its only other holder
+        answered = None
         match event:  # the commonest first: a peer's call or send, then an answer
             case CallIn(call=work) | SendIn(send=work):
                 # Handed over in a box the owner empties: decoded, a message can hold ~70x
@@ -935,8 +954,10 @@ class Link:
                 self._owner.link_message(self, box, inline=inline, payload=payload)
             case Answered(token=fut, result=result):
                 settle(fut, result=result)
+                answered = fut
             case Refused(token=fut, error=error):
                 settle(fut, error=error)
+                answered = fut
             case PongIn(token=fut, rtt_s=rtt_s):
                 self.rtt_s = rtt_s
                 if fut is not None:
@@ -945,6 +966,7 @@ class Link:
                 self._owner.link_retired(self)
         if output or ended is not None:
             self._after_channel(output or [], ended)
+        return answered
 
     def _teardown(self) -> None:
         self._begin_close(self.close_reason or "closed")

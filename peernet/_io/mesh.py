@@ -53,6 +53,7 @@ from .link import Link
 from .netmon import NetworkChange, normalize_ip
 from .registry import Registry
 from .scheduler import JOB_OVERHEAD_BYTES, Scheduler, held_bytes
+from .spares import Spares
 from .timers import Timers
 
 __all__ = ["Mesh", "MeshSettings", "NODE_CLOSING", "PeerEvent"]
@@ -73,6 +74,9 @@ _REFUSAL_WARNINGS_TRACKED = 256
 NODE_CLOSING = BYE_NODE_CLOSING
 #: How soon a change to the address book is written (changes in between coalesce).
 _ADDRESS_SAVE_DELAY_S = 1.0
+#: Link threads kept idle for the next link (see _io/spares.py), and for how long.
+_SPARE_LINK_THREADS = 2
+_SPARE_IDLE_S = 5.0
 
 #: What ``dispatch(peer, name, args)`` returns: ``.value``, or ``.error`` + ``.detail``.
 Dispatch = Callable[[PeerId, str, Any], Any]
@@ -92,9 +96,9 @@ class MeshSettings:
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     backoff: Backoff
-    #: ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to run the
-    #: CLI on this node's data dir.
-    cli_command: str
+    #: Returns ``peernet`` or ``peernet --data-dir DIR``: how hints tell a person to
+    #: run the CLI on this node's data dir (worked out only when a hint needs it).
+    cli_command: Callable[[], str]
 
 
 class Mesh:
@@ -128,6 +132,8 @@ class Mesh:
         self._observers: list[Callable[[PeerEvent], None]] = []
         self._events: queue.SimpleQueue[PeerEvent | None] = queue.SimpleQueue()
         self._events_thread: threading.Thread | None = None
+        self._spares = Spares(name="peernet-link", keep=_SPARE_LINK_THREADS,
+                              idle_s=_SPARE_IDLE_S)
         for pid, remembered in addresses.items():
             registry.remember(pid, remembered.address, remembered.last_seen)
         timers.call_later(self._heartbeat_period(), self._heartbeat_tick)
@@ -272,15 +278,17 @@ class Mesh:
         """Say bye on every link, join every link thread, the scheduler and the events
         thread, and save the address book (``left()``: seconds still allowed)."""
         self._closed = True
+        self._spares.stop()  # link threads that end now just end, without a hand-off
         links = self._registry.all_links()
         for link in links:
             link.close(NODE_CLOSING, bye=True)
-        me = threading.current_thread()
+        me = threading.get_ident()
         for link in links:
-            for thread in list(link.threads):
-                if thread is not me and thread.ident is not None:
-                    thread.join(left())
+            for reader in list(link.threads):
+                if reader.ident is not None and reader.ident != me:
+                    reader.join(left())
         self._registry.notify()  # wake callers waiting for a link
+        self._spares.close(left())
         self._sched.close(left())
 
     def finish(self, left: Callable[[], float]) -> None:
@@ -538,7 +546,7 @@ class Mesh:
                   sock: socket.socket | None = None) -> Link:
         link = Link(self, session, sock=sock, address=address,
                     handshake_timeout_s=self._settings.handshake_timeout_s,
-                    io_timeout_s=self._settings.io_timeout_s)
+                    io_timeout_s=self._settings.io_timeout_s, spares=self._spares)
         if sock is not None:  # a dial is tracked by dial_started
             self._registry.track(link)
         return link
@@ -557,7 +565,7 @@ class Mesh:
                 self._refusals_warned.pop(next(iter(self._refusals_warned)))
         log.warning("refused a connection from %s (port %d): %s is not paired with this "
                     "node. If you trust it, pair it: `%s pair %s` or node.pair(%r)",
-                    address[0], address[1], peer.short, self._settings.cli_command, peer,
+                    address[0], address[1], peer.short, self._settings.cli_command(), peer,
                     str(peer))
 
     def _check_inline(self) -> None:

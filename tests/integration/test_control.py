@@ -507,6 +507,21 @@ def test_close_removes_its_socket_only_and_leaks_nothing(tmp_path):
         assert path.is_socket()
 
 
+def test_the_endpoint_costs_no_thread_of_its_own(tmp_path):
+    """The endpoint's listener is served by the node's acceptor loop: a node with it runs
+    the same threads as one without, until a client connects (a one-shot node pays
+    nothing for it but the socket file)."""
+    def threads() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("peernet"))
+
+    with peernet.Node(tmp_path / "off", host=LOOPBACK, network_monitor=False,
+                      control=False):
+        without = threads()
+    with peernet.Node(tmp_path / "on", host=LOOPBACK, network_monitor=False) as node:
+        assert threads() == without
+        assert peernet.admin(node.data_dir).status().id == node.id  # and it serves
+
+
 def test_connections_are_bounded_and_idle_ones_closed(tmp_path, monkeypatch):
     monkeypatch.setattr(endpoint, "IDLE_TIMEOUT_S", 0.5)
     with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:

@@ -504,6 +504,23 @@ def test_hkdf_is_rfc5869_with_ck_as_salt():
     assert o1 == hmac.new(hmac.new(ck, ikm, "sha256").digest(), b"\x01", "sha256").digest()
 
 
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ck=st.binary(min_size=32, max_size=32), ikm=st.binary(max_size=200))
+def test_hkdf_written_over_hashlib_matches_hmac_digest(ck, ikm):
+    """_hkdf writes HMAC out over hashlib (faster than three hmac.digest calls): it must
+    give hmac's bytes for every input length a handshake can bring (and more)."""
+    temp = hmac.digest(ck, ikm, "sha256")
+    first = hmac.digest(temp, b"\x01", "sha256")
+    assert noise_mod._hkdf(ck, ikm) == (first, hmac.digest(temp, first + b"\x02", "sha256"))
+
+
+def test_hmac_pads_refuse_a_key_longer_than_a_block():
+    noise_mod._hmac_pads(bytes(64))
+    with pytest.raises(ValueError):
+        noise_mod._hmac_pads(bytes(65))
+
+
 # --- transport ciphers (N1, N2, N4, N9, T23) ----------------------------------------
 
 

@@ -92,3 +92,22 @@ def test_a_port_must_be_an_int_and_says_so():
     for bad, listen in ((0, False), (65536, False), (-1, True)):
         with pytest.raises(ValueError, match=r"must be [01]\.\.65535, got"):
             check_port(bad, listen=listen)
+
+
+def test_check_host_remembers_good_hosts_only_and_boundedly():
+    """check_host keeps the hosts it accepted (so a node's start and connect do not
+    parse the same address again), never a refused one, and at most a few hundred."""
+    from peernet import _text
+
+    _text._CHECKED_HOSTS.clear()
+    assert _text.check_host("192.0.2.7") == "192.0.2.7"
+    assert _text.check_host("192.0.2.7") == "192.0.2.7"  # from the cache
+    for bad in ("192.0.2.7:80", "[::1]", "a b", "x\x1b", "", "a/b"):
+        with pytest.raises(ValueError):
+            _text.check_host(bad)
+        with pytest.raises(ValueError):
+            _text.check_host(bad)  # refused again: nothing refused is remembered
+    assert set(_text._CHECKED_HOSTS) == {"192.0.2.7"}
+    for i in range(3 * _text._CHECKED_HOSTS_SIZE):
+        _text.check_host(f"host-{i}.example")
+    assert len(_text._CHECKED_HOSTS) <= _text._CHECKED_HOSTS_SIZE
