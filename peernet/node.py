@@ -583,6 +583,8 @@ class Node:
             self._add_suggestions(exc, pid, name, deadline)
             raise
         except BaseException:  # KeyboardInterrupt in a notebook: a late reply is dropped
+            if reading:  # interrupted before read_reply could give the baton back
+                link.end_reading()
             if not fut.done():
                 link.forget_call(rid)
             raise

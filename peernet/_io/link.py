@@ -252,6 +252,7 @@ class Link:
         self._watch_wanted = False
         self._baton_free = threading.Condition(self._state_lock)
         self._baton_waiting = False  # the link's thread waits on _baton_free
+        self._baton_holder: int | None = None  # the caller's thread ident (_CALLER_READS)
         self._epoll: Any = None  # select.epoll, for the link's thread
         self._poller: Any = None  # select.poll, for a caller holding the baton
         self._fd = -1
@@ -315,7 +316,19 @@ class Link:
             return None
 
     def start(self) -> None:
-        self._spares.start(self.thread)
+        """Run the link on a thread (a spare one if it waits). If no thread can be had
+        (the process is out of threads or memory), the link ends here, on the calling
+        thread, as a failed dial or handshake ends: its owner frees what it reserved
+        for it (a dial in progress, a pre-auth slot) and its callers get the error."""
+        try:
+            self._spares.start(self.thread)
+        except RuntimeError as exc:
+            self._no_thread(self.thread, exc)
+
+    def _no_thread(self, run: Run, exc: RuntimeError) -> None:
+        log.error("no thread for the link %r (%s): closing it", self, exc)
+        self._begin_close("no thread to run it")
+        run._run()  # ends at once: nothing is dialled or read once closing
 
     # -- writing (any thread) ---------------------------------------------------------
 
@@ -410,6 +423,7 @@ class Link:
                 return fut, False
             self._epoll.modify(self._fd, _DISARMED)
             self._watch = _CALLER_READS
+            self._baton_holder = threading.get_ident()
             return fut, True
 
     def forget_call(self, request_id: int) -> None:
@@ -550,7 +564,7 @@ class Link:
         """Dial (outbound), handshake and register; tell the node it is over however it
         ended, after registration, so nobody sees "no handshake, no link" in between."""
         try:
-            if self._sock is None:
+            if self._sock is None and not self._closing:
                 self._dial()
             return not self._closing and self._handshake()
         finally:
@@ -607,7 +621,10 @@ class Link:
             reader = Run(partial(self._continue_reading, self._reader, leftover))
             self.threads = [t for t in self.threads if t.is_alive()] + [reader]
             self.thread = reader
-        self._spares.start(reader)
+        try:
+            self._spares.start(reader)
+        except RuntimeError as exc:  # the new reader's work (teardown) runs here
+            self._no_thread(reader, exc)
 
     def _dial(self) -> None:
         """Connect within the handshake deadline, in short waits so close() can stop it."""
@@ -894,8 +911,13 @@ class Link:
             self.end_reading()
 
     def end_reading(self) -> None:
-        """Give the baton back: re-arm the link's thread (woken at once if data waits)."""
+        """Give the baton back: re-arm the link's thread (woken at once if data waits).
+        Only the thread holding it gives it back, so a second call (a caller's cleanup
+        after KeyboardInterrupt, once read_reply already did) does nothing."""
         with self._state_lock:
+            if self._watch != _CALLER_READS or self._baton_holder != threading.get_ident():
+                return
+            self._baton_holder = None
             self._watch = _PARKED
             try:
                 self._epoll.modify(self._fd, _ARMED)

@@ -80,7 +80,8 @@ class Spares:
         self._closed = False
 
     def start(self, run: Run) -> None:
-        """Run ``run`` on a spare thread if one waits, else on a new one."""
+        """Run ``run`` on a spare thread if one waits, else on a new one. Raises
+        RuntimeError if no thread can be started (``run`` is then not handed out)."""
         with self._lock:
             if self._idle:
                 spare = self._idle.pop()  # the warmest
@@ -91,9 +92,13 @@ class Spares:
             self._threads = [t for t in self._threads if t.is_alive()]
             thread = threading.Thread(target=self._main, args=(run,), name=self._name,
                                       daemon=True)
+            # Started under the lock, and listed only once started: close() joins only
+            # threads that run, and a start that fails (RuntimeError: the process is out
+            # of threads or memory) leaves nothing behind. _main takes the lock only
+            # after its run, so this waits for no one.
+            thread.start()
             self._threads.append(thread)
-        thread.start()
-        run.ident = thread.ident
+            run.ident = thread.ident
 
     def stop(self) -> None:
         """Keep no spare from now on (a thread whose work ends, ends) and wake the idle

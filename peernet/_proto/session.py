@@ -211,8 +211,9 @@ class Session:
         #: A proven PeerId the trust check refused (the handshake then closed): lets
         #: the edge tell "an unpaired peer knocked" from other handshake failures.
         self.refused_peer: PeerId | None = None
-        #: The port the refused peer said it listens on (0: none), in the same signed
-        #: binding: where to dial it if it is paired later.
+        #: The port the refused peer said it listens on (0: none), from its message 3
+        #: payload (sealed under keys that need its static key, so it is the key
+        #: holder's word): where to dial it if it is paired later.
         self.refused_listen_port = 0
         #: The invite hello of an invite exchange (issue 21), on both sides; None on a
         #: normal link. Such a link must never carry calls: the edge hands it over.

@@ -1017,3 +1017,81 @@ def test_message_3_goes_alone_when_the_waiting_call_does_not_come(pair_of_nodes,
     assert a.wait_for_peer(b.id, timeout=5)
     assert held and time.monotonic() - t0 < 2.0
     assert a.call(b.id, "echo", 3) == 3
+
+
+def _fail_link_threads(monkeypatch, times: int) -> list[int]:
+    """The next ``times`` link-thread starts fail as at the process's thread limit."""
+    from peernet._io.spares import Spares
+
+    real_start = Spares.start
+    failed: list[int] = []
+
+    def start(spares, run):
+        if len(failed) < times:
+            failed.append(1)
+            raise RuntimeError("can't start new thread")
+        real_start(spares, run)
+
+    monkeypatch.setattr(Spares, "start", start)
+    return failed
+
+
+def test_a_link_with_no_thread_to_run_on_ends_and_close_still_works(make_node, monkeypatch,
+                                                                    tmp_path):
+    """The process is out of threads when a connection comes in and when a dial starts:
+    each link ends at once (the socket closed, the dial freed so the next call dials
+    again), nothing is left for close() to trip on (it raised "cannot join thread
+    before it is started" and left the data dir locked), and the dir opens again."""
+    a, b = make_node("a"), make_node("b")
+    a.pair(b.id)
+    b.pair(a.id)
+    failed = _fail_link_threads(monkeypatch, 1)
+    with socket.create_connection(("127.0.0.1", a.port), timeout=5) as probe:
+        assert probe.recv(1) == b""  # closed at once, not held
+    assert failed == [1]
+    _fail_link_threads(monkeypatch, 1)
+    with pytest.raises(peernet.PeerUnavailable):
+        b.call(a.id, "echo", 1, timeout=5)  # b's dial had no thread
+    a.expose("echo", lambda peer, x: x)
+    b.connect(a.id, "127.0.0.1", a.port)
+    assert b.call(a.id, "echo", 2, timeout=5) == 2  # the failed dial was freed
+    a.close()
+    b.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("peernet")]
+    Node(tmp_path / "a", host="127.0.0.1").close()  # the data dir's lock was released
+
+
+def test_a_caller_interrupted_before_reading_its_reply_gives_the_baton_back(make_node,
+                                                                          monkeypatch):
+    """Ctrl-C in a notebook can land after the call took the reading baton and before
+    read_reply (whose finally gives it back) began: the baton was kept, so the link's
+    thread waited forever, the next call timed out and close() left the thread."""
+    from peernet._io.link import _CALLER_READS, _PARKED, Link
+    from peernet._proto.messages import Reply
+
+    a, responder, link = _linked_with_baton(make_node)
+    real_read_reply = Link.read_reply
+
+    def interrupted(self, fut, deadline):
+        monkeypatch.setattr(Link, "read_reply", real_read_reply)
+        assert self._watch == _CALLER_READS
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Link, "read_reply", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            a.call(responder.id, "echo", "x", timeout=10)
+        (dropped,) = responder.messages()
+        assert link._watch != _CALLER_READS
+        responder.write(Reply(dropped.request_id, "late"))  # read by the link's thread
+        assert wait_until(lambda: link._watch == _PARKED)
+        second, result = _call_in_thread(a, responder.id, "y", timeout=5.0)
+        (call_msg,) = responder.messages()
+        responder.write(Reply(call_msg.request_id, call_msg.args))
+        second.join(10)
+        assert result.get_nowait() == "y"
+        t0 = time.monotonic()
+        a.close()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        responder.close()

@@ -84,6 +84,7 @@ def test_a_run_that_raises_is_logged_and_the_thread_carries_on(caplog):
         spares.start(bad)
         bad.join(5)
         assert not bad.is_alive()
+        assert wait_until(lambda: len(spares._idle) == 1)  # done is set before it idles
         assert any("link thread failed" in r.getMessage() for r in caplog.records)
         ran = threading.Event()
         good = Run(ran.set)
@@ -105,3 +106,27 @@ def test_close_ends_idle_spares_at_once_and_keeps_none_after():
     spares.start(late)
     late.join(5)
     assert wait_until(lambda: not spare_threads("test-spare-e"))
+
+
+def test_a_thread_that_cannot_start_leaves_nothing_behind(monkeypatch):
+    """Out of threads: start() raises, no unstarted thread is kept, and close() (which
+    joined every listed thread, so raised "cannot join thread before it is started")
+    still ends the rest."""
+    spares = Spares(name="peernet-spare-test", keep=2, idle_s=5.0)
+    real_start = threading.Thread.start
+
+    def failing_start(thread: threading.Thread) -> None:
+        if thread.name == "peernet-spare-test":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    ran = threading.Event()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        spares.start(Run(ran.set))
+    assert spares._threads == [] and not ran.is_set()
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    spares.start(Run(ran.set))  # the next start works
+    assert ran.wait(5)
+    spares.close(5.0)
+    assert not spare_threads("peernet-spare-test")
