@@ -76,6 +76,17 @@ class _Served:
         self.dropped = False  # to be closed by the loop
 
 
+def _ready(served: _Served) -> bool:
+    """``served.on_ready()``. A bug in one listener's callback (the control endpoint's,
+    say) pauses that listener and is logged; it must not end the loop, which would
+    close the node's TCP listener with it and silently stop all incoming links."""
+    try:
+        return served.on_ready()
+    except Exception:  # noqa: BLE001
+        log.exception("a listener's accept failed; paused")
+        return False
+
+
 class Acceptor:
     """Create it, :meth:`serve` any further listeners, then :meth:`start` the loop."""
 
@@ -185,7 +196,7 @@ class Acceptor:
                             self._wake_r.recv(4096)
                         except OSError:
                             pass
-                    elif not served.dropped and not self._stopped and not served.on_ready():
+                    elif not served.dropped and not self._stopped and not _ready(served):
                         with self._lock:
                             served.paused_until = time.monotonic() + _PAUSE_ON_EXHAUSTION_S
         finally:

@@ -522,6 +522,27 @@ def test_the_endpoint_costs_no_thread_of_its_own(tmp_path):
         assert peernet.admin(node.data_dir).status().id == node.id  # and it serves
 
 
+def test_a_bug_in_the_endpoint_accept_leaves_the_node_accepting_peers(tmp_path, monkeypatch,
+                                                                      caplog):
+    """The endpoint shares the acceptor's loop with the TCP listener: an exception from
+    its accept callback ended that loop, which closed the TCP listener too, and the
+    node silently took no more links. Now it is logged and only that listener pauses."""
+    def broken(self) -> bool:
+        raise RuntimeError("bug in the control accept")
+
+    monkeypatch.setattr(endpoint.ControlServer, "_on_ready", broken)
+    with peernet.Node(tmp_path / "a", host=LOOPBACK, network_monitor=False) as a, \
+            peernet.Node(tmp_path / "b", host=LOOPBACK, network_monitor=False) as b:
+        a.expose("echo", lambda peer, x: x)
+        a.pair(b.id)
+        b.pair(a.id)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(a.data_dir / endpoint.SOCKET_NAME))  # the callback raises
+            assert wait_until(lambda: "bug in the control accept" in caplog.text)
+        b.connect(a.id, LOOPBACK, a.port)
+        assert b.call(a.id, "echo", 5, timeout=5) == 5  # a still accepts peers
+
+
 def test_connections_are_bounded_and_idle_ones_closed(tmp_path, monkeypatch):
     monkeypatch.setattr(endpoint, "IDLE_TIMEOUT_S", 0.5)
     with peernet.Node(tmp_path / "n", host=LOOPBACK, network_monitor=False) as node:
