@@ -333,6 +333,9 @@ class TrustStore:
         for other in self._peers.values():
             if (other.peer_id != peer_id and other.label is not None
                     and label_skeleton(other.label) == skeleton):
+                if other.label == label:
+                    raise ValueError(f"label {label!r} is already the label of "
+                                     f"{other.peer_id.short}; labels are unique")
                 raise ValueError(
                     f"label {label!r} looks like {other.label!r}, the label of "
                     f"{other.peer_id.short}; choose one that cannot be mistaken for it")
