@@ -1183,7 +1183,8 @@ def cmd_pair(opts: argparse.Namespace, data_dir: Path) -> int:
     if peer is not None and peer.online:
         print(f"{name} is online: it has paired this machine too")
     elif peer is None or peer.last_seen is None:  # no link with it ever, here
-        print(f"the other side must pair this machine too: peernet pair {own}")
+        print("the other side must pair this machine too, if it has not yet: "
+              f"peernet pair {own}")
     return EXIT_OK
 
 
@@ -1331,6 +1332,7 @@ def cmd_nearby(opts: argparse.Namespace, data_dir: Path) -> int:
     """Unpaired nodes announcing on the LAN, numbered for ``peernet pair N``."""
     remote = _running(data_dir)
     if remote is not None:
+        _say_ignored(opts)
         modes = remote.status.discovery
         if not modes:
             raise CliError(f"the node running on {data_dir} (pid {remote.status.pid}) runs no "
@@ -1478,6 +1480,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
             out.line(f"READY id={node.id} port={node.port} host={host}")
             if remote is not None:
                 out.note(_attached(remote, name, relays))
+                _say_ignored(opts)
                 if _status(node, pid) == "online":  # no event will say so: it was before
                     out.note(f"* {name} is online")
             remembered = _remembered(node, pid) if remote is None else None
@@ -1536,6 +1539,7 @@ def _to_peer(opts: argparse.Namespace, data_dir: Path) -> Iterator[tuple[
     address = parse_address(opts.to) if opts.to else None
     remote = _running(data_dir)
     if remote is not None:
+        _say_ignored(opts)
         pid = resolve_peer(opts.peer, remote.trust, data_dir)
         _require_paired(pid, remote.trust, data_dir)
         yield remote, pid, args, address, None
@@ -1679,7 +1683,29 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
               "" if status.discovery or opts.long_only
               else ", and runs no discovery: long code only"),
           file=sys.stderr, flush=True)
+    _say_ignored(opts)
     yield remote.admin.invite(label, opts.ttl, short=not opts.long_only), None
+
+
+def _say_ignored(opts: argparse.Namespace) -> None:
+    """A command going through a running node cannot apply the flags that set up a node
+    of its own (where it listens, its discovery): say so on stderr, not drop them."""
+    ignored = _node_flags_given(opts)
+    if ignored:
+        print(f"({', '.join(ignored)} ignored: the running node keeps the settings it was "
+              "started with; start it with them to change them)", file=sys.stderr, flush=True)
+
+
+def _node_flags_given(opts: argparse.Namespace) -> list[str]:
+    """The flags given that set up a node of this command's own (where it listens, its
+    discovery)."""
+    given = [flag for flag, attr in (("--port", "port"), ("--discovery", "discovery"),
+                                     ("--interface", "interface"), ("--udp-port", "udp_port"),
+                                     ("--udp-target", "udp_target"))
+             if getattr(opts, attr, None) is not None]
+    if getattr(opts, "host", "0.0.0.0") != "0.0.0.0":
+        given.insert(0, "--host")
+    return given
 
 
 def _where_to_find_me(who: str, port: int, origin: str, data_dir: Path) -> str:
@@ -1770,6 +1796,7 @@ def cmd_join(opts: argparse.Namespace, data_dir: Path) -> int:
     label = opts.label if opts.label is not None else _default_label()
     remote = _running(data_dir)
     if remote is not None:  # the running node pairs (and keeps its link to the inviter)
+        _say_ignored(opts)
         if not isinstance(code, LongCode) and not remote.status.discovery:
             raise CliError(f"a short code is found by discovery, and the node running on "
                            f"{data_dir} has none: join with the long code, or restart it "

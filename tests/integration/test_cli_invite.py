@@ -225,6 +225,31 @@ def test_invite_and_join_through_running_nodes_then_calls_both_ways(tmp_path):
             node.stop()
 
 
+def test_invite_through_a_running_node_says_which_flags_it_cannot_apply(tmp_path):
+    """A new user's `invite --discovery udp --udp-port ...` on a data dir whose node runs
+    without discovery: the flags were dropped without a word (the invite said only
+    "long code only"). The running node keeps its settings; the command says so."""
+    from tests.integration.test_cli import ready
+
+    a = tmp_path / "a"
+    node = Proc([sys.executable, "-m", "peernet", "--data-dir", str(a), "listen", "--host",
+                 "127.0.0.1", "--discovery", "none"])
+    try:
+        ready(node)
+        proc = Proc([sys.executable, "-m", "peernet", "--data-dir", str(a), "invite", "--no-qr",
+                     "--host", "127.0.0.1", "--discovery", "udp", "--udp-port", "4999",
+                     "--udp-target", "127.0.0.1:4998"])
+        try:
+            proc.expect("runs no discovery: long code only", stream="err")
+            proc.expect(r"^\(--host, --discovery, --udp-port, --udp-target ignored: the "
+                        r"running node keeps the settings it was started with", stream="err")
+            proc.expect(r"^long code: pninv1")
+        finally:
+            proc.stop()
+    finally:
+        node.stop()
+
+
 def _invite_join_listen_call(tmp_path, invite_args, settings=""):
     """`peernet invite` with no node running (it runs its own) and `peernet join` with
     the long code; then what the inviter's note says to run, and a call from the joiner
