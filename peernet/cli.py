@@ -1434,7 +1434,7 @@ def cmd_listen(opts: argparse.Namespace, data_dir: Path) -> int:
                 out.note(f"no peers paired yet: nobody can connect. In another terminal, "
                          f"`{here} invite` (the other machine joins with its code) or "
                          f"`{here} pair ID`: this node takes it at once.")
-            where = "" if lan else f" --to THIS_HOST:{node.port}"
+            where = "" if lan else f" --to {_this_host(opts.host)}:{node.port}"
             out.note(f"serving echo and chat on port {node.port}; a paired peer runs: "
                      f"peernet call {node.id} echo '\"hi\"'{where}")
             out.note("Ctrl-C stops.")
@@ -1493,7 +1493,7 @@ def cmd_chat(opts: argparse.Namespace, data_dir: Path) -> int:
                              + "; will keep trying.")
             elif address is None:
                 out.note(f"waiting for {name} to connect to port {node.port} "
-                         f"(it runs: peernet chat {node.id} --to THIS_HOST:{node.port})")
+                         f"(it runs: peernet chat {node.id} --to {_this_host(host)}:{node.port})")
             elif not _reach(node, pid, address, opts.wait, lambda: bool(stop)) and not stop:
                 out.note(f"{_unreachable(node, pid, address)} (will keep trying)")
             out.note(f"chat with {name}: type a line and press Enter; Ctrl-D or Ctrl-C ends.")
@@ -1685,6 +1685,12 @@ def _invite_source(opts: argparse.Namespace, data_dir: Path, label: str | None
           file=sys.stderr, flush=True)
     _say_ignored(opts)
     yield remote.admin.invite(label, opts.ttl, short=not opts.long_only), None
+
+
+def _this_host(host: str) -> str:
+    """How another machine names this one in a hint: the address listened on when it
+    is one address, else a placeholder (0.0.0.0 listens on all of them)."""
+    return "THIS_HOST" if host in ("0.0.0.0", "::", "") else host
 
 
 def _say_ignored(opts: argparse.Namespace) -> None:

@@ -305,3 +305,17 @@ def test_an_invite_on_a_one_off_port_says_how_to_be_reached_there_later(tmp_path
     note, listening, in_code = _invite_join_listen_call(tmp_path, [])
     assert listening == in_code
     assert "a free port this invite picked" in note and f"port = {in_code}" in note
+
+
+def test_listen_on_one_address_names_it_in_its_hint(tmp_path):
+    """`listen --host 127.0.0.1` said "--to THIS_HOST:PORT" though the host is known."""
+    from tests.integration.test_cli import ready
+
+    node = Proc([sys.executable, "-m", "peernet", "--data-dir", str(tmp_path / "a"), "listen",
+                 "--host", "127.0.0.1", "--discovery", "none"])
+    try:
+        _, port = ready(node)
+        node.expect(rf"a paired peer runs: peernet call pn1\S+ echo '\"hi\"' --to "
+                    rf"127\.0\.0\.1:{port}$", stream="err")
+    finally:
+        node.stop()
