@@ -5,6 +5,7 @@ that survive a restart."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -238,21 +239,30 @@ def test_a_peer_shown_offline_has_its_departure_settled(tmp_path, monkeypatch):
     from peernet._io.link import Link
 
     real_teardown = Link._teardown
+    tearing_down, release = threading.Event(), threading.Event()
 
     def slow_teardown(link: Link) -> None:
         if not link.outbound:  # the device's end: a thread descheduled while closing
-            time.sleep(0.5)
+            tearing_down.set()
+            release.wait(10)  # until the test has looked while it is held here
         real_teardown(link)
 
     with _node(tmp_path / "device") as device:
         with _cli_calls(device, tmp_path):
             monkeypatch.setattr(Link, "_teardown", slow_teardown)
         seen = []
+        looks_during_teardown = 0
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             (peer,) = device.list_peers()
             seen.append((peer.status, peer.address))
             if peer.status == "offline":
                 break
+            if tearing_down.is_set():
+                looks_during_teardown += 1
+                if looks_during_teardown == 20:  # seen not offline while held: let it go
+                    release.set()
             time.sleep(0.005)
+        release.set()
+        assert looks_during_teardown >= 20  # not shown offline while its end was pending
         assert seen[-1] == ("offline", None), seen[-3:]
