@@ -2023,33 +2023,30 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: Exit code and message prefix per exception type, first match wins (order matters:
+#: InviteError after its subclasses, PeerNetError after everything of its own).
+_EXIT_FOR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
+    (InvalidInviteCode, EXIT_USAGE, ""),
+    (InviteNotFound, EXIT_UNREACHABLE, ""),
+    (InviteRejected, EXIT_REMOTE, ""),
+    (InviteExpired, EXIT_TIMEOUT, ""),
+    (InviteError, EXIT_ERROR, ""),  # InviteAmbiguous included
+    (NotPaired, EXIT_NOT_PAIRED, ""),
+    ((InvalidPeerId, InvalidHandlerName, EncodeError, MessageTooLarge), EXIT_USAGE, ""),
+    (CallTimeout, EXIT_TIMEOUT, ""),
+    (PeerUnavailable, EXIT_UNREACHABLE, ""),
+    (NoSuchHandler, EXIT_REMOTE, "the peer refused: "),
+    ((Forbidden, Busy, RemoteError), EXIT_REMOTE, "the peer refused or failed: "),
+    ((PeerNetError, OSError), EXIT_ERROR, ""),
+)
+
+
 def _classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, CliError):
         return exc.code, str(exc)
-    if isinstance(exc, InvalidInviteCode):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, InviteNotFound):
-        return EXIT_UNREACHABLE, str(exc)
-    if isinstance(exc, InviteRejected):
-        return EXIT_REMOTE, str(exc)
-    if isinstance(exc, InviteExpired):
-        return EXIT_TIMEOUT, str(exc)
-    if isinstance(exc, InviteError):  # InviteAmbiguous included
-        return EXIT_ERROR, str(exc)
-    if isinstance(exc, NotPaired):
-        return EXIT_NOT_PAIRED, str(exc)
-    if isinstance(exc, (InvalidPeerId, InvalidHandlerName, EncodeError, MessageTooLarge)):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, CallTimeout):
-        return EXIT_TIMEOUT, str(exc)
-    if isinstance(exc, PeerUnavailable):
-        return EXIT_UNREACHABLE, str(exc)
-    if isinstance(exc, NoSuchHandler):
-        return EXIT_REMOTE, f"the peer refused: {exc}"
-    if isinstance(exc, (Forbidden, Busy, RemoteError)):
-        return EXIT_REMOTE, f"the peer refused or failed: {exc}"
-    if isinstance(exc, (PeerNetError, OSError)):
-        return EXIT_ERROR, str(exc)
+    for types, code, prefix in _EXIT_FOR:
+        if isinstance(exc, types):
+            return code, f"{prefix}{exc}"
     return EXIT_ERROR, f"unexpected error: {type(exc).__name__}: {exc}"
 
 
