@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._proto.control import TOPICS, VERSION, Refusal, Request, to_wire
 from ._version import __version__
 from .errors import InviteRejected, InviteTimeout, NodeClosed, NotPaired, PeerUnavailable
-from .ids import PeerId
 from .peer import Nearby, Peer, PeerEvent
 
 if TYPE_CHECKING:
@@ -131,8 +130,9 @@ class ControlOps:
 
     def _pair(self, session: Session, peer: str, label: str | None = None) -> dict[str, Any]:
         node = self._node
-        was = node.trust.is_trusted(PeerId.parse(peer))
-        pid = node.pair(peer, label)
+        pid = node.resolve(peer)  # an id, or the label of a paired peer (a relabel)
+        was = node.trust.is_trusted(pid)
+        pid = node.pair(pid, label)
         entry = node.trust.get(pid)
         return {"id": str(pid), "label": entry.label if entry else label, "was_paired": was}
 

@@ -63,7 +63,7 @@ from .errors import (
     ProtocolError,
 )
 from .ids import PeerId
-from .trust import TrustStore, normalize_label
+from .trust import TrustStore, mixed_scripts, normalize_label
 
 if TYPE_CHECKING:
     from ._io.timers import TimerHandle, Timers
@@ -598,13 +598,14 @@ def store_peer(trust: TrustStore, peer: PeerId, proposed: str | None
         trust.pair(peer)
         return None, f"its proposed label {wanted!r} is a peer id; not taken"
     last_error = ""
-    for candidate in [wanted] + [f"{wanted} {n}" for n in range(2, 10)]:
+    # A suffix can make a clash unique, never a word that mixes scripts acceptable.
+    candidates = [wanted] + ([] if mixed_scripts(wanted) else
+                             [f"{wanted} {n}" for n in range(2, 10)])
+    for candidate in candidates:
         try:
             entry = trust.pair(peer, candidate)
         except ValueError as exc:
             last_error = str(exc)
-            if "mixes" in last_error:
-                break
             continue
         note = None if candidate == wanted else (
             f"its proposed label {wanted!r} looks like another peer's; stored as {candidate!r}")

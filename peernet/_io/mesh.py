@@ -46,7 +46,7 @@ from .._proto.messages import (
 from .._proto.invite import MAX_INVITE_MESSAGE
 from .._proto.session import LocalCredentials, Session
 from .._addresses import AddressBook
-from ..errors import EncodeError, MessageTooLarge, PeerUnavailable
+from ..errors import EncodeError, MessageTooLarge, NodeClosed, PeerUnavailable
 from ..ids import PeerId
 from .invite_link import InviteHost, Pipe
 from .link import Link
@@ -199,6 +199,8 @@ class Mesh:
                                             abandoned=abandoned, for_call=True)
         if link is not None:
             return link
+        if self._closed:
+            raise NodeClosed("this node is closed")
         entry = self._registry.get(pid)
         if entry is None or entry.address is None:
             raise PeerUnavailable(
@@ -278,6 +280,7 @@ class Mesh:
         """Say bye on every link, join every link thread, the scheduler and the events
         thread, and save the address book (``left()``: seconds still allowed)."""
         self._closed = True
+        self._registry.close()  # waiters for a link (wait_for_peer, calls) return now
         self._spares.stop()  # link threads that end now just end, without a hand-off
         links = self._registry.all_links()
         for link in links:
@@ -287,7 +290,6 @@ class Mesh:
             for reader in list(link.threads):
                 if reader.ident is not None and reader.ident != me:
                     reader.join(left())
-        self._registry.notify()  # wake callers waiting for a link
         self._spares.close(left())
         self._sched.close(left())
 

@@ -116,6 +116,7 @@ class Registry:
         self._inbound_handshakes = 0
         #: Callers waiting for a link to call on, per peer (see first_flight).
         self._callers_waiting: dict[PeerId, int] = {}
+        self._closed = False  # the node is closing: no link will come (see close)
 
     def inbound_started(self) -> None:
         with self._cond:
@@ -291,7 +292,7 @@ class Registry:
                 self._callers_waiting[peer] = self._callers_waiting.get(peer, 0) + 1
             try:
                 while True:
-                    if abandoned is not None and abandoned.cancelled():
+                    if self._closed or (abandoned is not None and abandoned.cancelled()):
                         return None
                     entry = self._peers.get(peer)
                     if entry is not None and entry.link is not None and not entry.link.closed:
@@ -397,6 +398,13 @@ class Registry:
 
     def notify(self) -> None:
         with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The node is closing: every :meth:`wait_for_link`, now and later, returns
+        None at once instead of waiting out its deadline."""
+        with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
     def _preferred(self, a: Link, b: Link) -> Link:

@@ -89,16 +89,17 @@ class Spares:
                 run.ident = spare.ident
                 spare.wake.notify()
                 return
+        # A new thread, started outside the lock (start() waits for it to come up, and
+        # threads finishing their links need the lock meanwhile), and listed only once
+        # started: close() joins only threads that run, and a start that fails
+        # (RuntimeError: out of threads or memory) leaves nothing behind.
+        thread = threading.Thread(target=self._main, args=(run,), name=self._name,
+                                  daemon=True)
+        thread.start()
+        run.ident = thread.ident
+        with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
-            thread = threading.Thread(target=self._main, args=(run,), name=self._name,
-                                      daemon=True)
-            # Started under the lock, and listed only once started: close() joins only
-            # threads that run, and a start that fails (RuntimeError: the process is out
-            # of threads or memory) leaves nothing behind. _main takes the lock only
-            # after its run, so this waits for no one.
-            thread.start()
             self._threads.append(thread)
-            run.ident = thread.ident
 
     def stop(self) -> None:
         """Keep no spare from now on (a thread whose work ends, ends) and wake the idle
@@ -112,13 +113,18 @@ class Spares:
         """:meth:`stop`, then join every thread (but the calling one) within
         ``timeout_s``. Call it once no more work comes."""
         self.stop()
-        with self._lock:
-            threads = list(self._threads)
         deadline = time.monotonic() + timeout_s
         me = threading.get_ident()
-        for thread in threads:
-            if thread.ident != me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        joined: set[threading.Thread] = set()
+        while True:  # again while a start that raced stop() listed one more
+            with self._lock:
+                threads = [t for t in self._threads if t not in joined]
+            if not threads:
+                return
+            for thread in threads:
+                joined.add(thread)
+                if thread.ident != me:
+                    thread.join(max(0.0, deadline - time.monotonic()))
 
     def _main(self, run: Run) -> None:
         spare = _Spare(self._lock)

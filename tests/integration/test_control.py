@@ -160,6 +160,17 @@ def test_pairing_a_key_that_knocked_makes_the_app_dial_it_at_once(app, tmp_path)
 
 
 @pytest.mark.timeout(60)
+def test_admin_pair_takes_a_label_as_node_pair_does(app, tmp_path):
+    """`admin.pair("kitchen", label="pi")` relabels, as `Node.pair` does; the control op
+    parsed the peer as an id first and refused the label ("missing the 'pn1' prefix")."""
+    device = peernet.identity.load_or_create(tmp_path / "device").peer_id
+    admin = peernet.admin(app.data_dir)
+    assert admin.pair(str(device), label="kitchen") == device
+    assert admin.pair("kitchen", label="pi") == device
+    assert [(p.id, p.label) for p in admin.list_peers()] == [(device, "pi")]
+
+
+@pytest.mark.timeout(60)
 def test_pair_says_whether_the_other_side_must_pair_this_machine(app, tmp_path):
     """"The other side must pair this machine too" only when nothing says it has: not
     for a peer online or seen before (which paired this machine, or no link would have

@@ -480,6 +480,12 @@ def test_labels_fall_back_on_a_clash_and_say_so(tmp_path):
     assert store_peer(trust, pi, "whatever") == (
         "Kitchen 2", "already paired as 'Kitchen 2'; kept that label")
     assert store_peer(trust, Identity.generate().peer_id, None) == (None, None)
+    # The fallback is decided by the label, not by words in an error message (which
+    # quote the peer's text): a clash with a label that reads "mixes" is suffixed too.
+    trust.pair(other, label="mixes")
+    assert store_peer(trust, evil, "mixes")[0] == "mixes 2"
+    label, note = store_peer(trust, Identity.generate().peer_id, "pаypal")
+    assert label is None and "mixes Latin and Cyrillic" in note
 
 
 def test_a_proposed_label_that_is_a_peer_id_is_not_taken():

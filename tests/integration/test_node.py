@@ -1095,3 +1095,35 @@ def test_a_caller_interrupted_before_reading_its_reply_gives_the_baton_back(make
         assert time.monotonic() - t0 < 1.0
     finally:
         responder.close()
+
+
+def test_close_ends_waits_for_a_peer_and_calls_waiting_for_a_link(make_node):
+    """wait_for_peer(timeout=30) on another thread went on waiting its whole timeout
+    after close(), and so did a call waiting for a dial: they end at once now."""
+    a, b = make_node("a"), make_node("b")
+    a.pair(b.id)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts and never answers: the dial waits in its handshake
+    try:
+        a.connect(b.id, "127.0.0.1", silent.getsockname()[1])
+        waited: queue.Queue[object] = queue.Queue()
+
+        def wait() -> None:
+            try:
+                waited.put(a.wait_for_peer(b.id, timeout=30))
+            except peernet.NodeClosed as exc:  # if it only began after close()
+                waited.put(exc)
+
+        threading.Thread(target=wait).start()
+        caller, outcome = _call_in_thread(a, b.id, 1, timeout=30)
+        assert wait_until(lambda: a._registry._callers_waiting.get(b.id))
+        t0 = time.monotonic()
+        a.close()
+        result = waited.get(timeout=5)  # before the fix: nothing for the whole 30 s
+        assert result is False or isinstance(result, peernet.NodeClosed)
+        caller.join(5)
+        assert isinstance(outcome.get_nowait(), peernet.NodeClosed)
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        silent.close()
