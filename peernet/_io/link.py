@@ -55,7 +55,6 @@ from .._proto.channel import (
     PeerRetired,
     PongIn,
     Refused,
-    SendIn,
 )
 from .._proto.messages import Bulk, Call, Send
 from .._proto.session import Event, MessageReceived, Session, SessionClosed, SessionState
@@ -233,13 +232,14 @@ class Link:
         #: Initiator, from message 2 on: calls may be written (they follow message 3).
         self.open_early = False
         self._first_flight_by = 0.0
-        # Inline handlers (enter_inline): which thread reads now (a generation number), and
-        # since when (monotonic) the reader has been running a handler, if it is.
-        self._reader = 0
+        #: Inline handlers (enter_inline): which thread reads now, a generation number (a
+        #: takeover starts a new one); written under ``_state_lock``, read anywhere.
+        self.reader = 0
         # What the reader's current read brought, and the index of the first event not
         # yet started: a takeover hands the rest to the next reader.
         self._batch: list[Event] = []
         self._batch_next = 0
+        # Since when (monotonic) the reader has been running a handler, if it is.
         self.inline_since: float | None = None
         self._inline_thread: int | None = None  # threading.get_ident() of that reader
         #: The generation of the reader that holds its peer's send lane and a running
@@ -290,11 +290,6 @@ class Link:
         # decided before the link begins closing, and neither changes back.
         channel = self.channel
         return self.protocol_error or channel is None or not channel.handed_over
-
-    @property
-    def reader(self) -> int:
-        """The generation of the thread that reads now (a takeover starts a new one)."""
-        return self._reader
 
     def __repr__(self) -> str:
         peer = self.peer_id.short if self.peer_id else "?"
@@ -548,7 +543,7 @@ class Link:
             # What came with the last handshake frame is a read like any other.
             early, self._early = self._early, []
             self._batch, self._batch_next = early, 0
-            if not self._dispatch(early, 0, inline=True) and self._reader != 0:
+            if not self._dispatch(early, 0, inline=True) and self.reader != 0:
                 handed_off = True  # the new reader routes the rest, then early_routed
                 return
             self._channel_op(Channel.early_routed)
@@ -579,7 +574,7 @@ class Link:
                 self._channel_op(Channel.early_routed)  # the leftover may be early ones
                 handed_off = not self._read_loop(reader)
             else:
-                handed_off = self._reader != reader
+                handed_off = self.reader != reader
         except Exception:  # noqa: BLE001
             log.exception("link %r failed", self)
             self._begin_close("internal error")
@@ -591,7 +586,7 @@ class Link:
         """The reading thread is about to run one call's or send's handler itself: from
         now on a takeover (:meth:`take_over_reading`) may hand the reading to a new
         thread. Returns the token for :meth:`leave_inline`, which must follow."""
-        reader = self._reader
+        reader = self.reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
         return reader
@@ -599,7 +594,7 @@ class Link:
     def leave_inline(self, reader: int) -> None:
         """The handler :meth:`enter_inline` announced returned (or raised)."""
         with self._state_lock:  # atomic with take_over_reading
-            if self._reader == reader:  # else a newer reader owns these now
+            if self.reader == reader:  # else a newer reader owns these now
                 self.inline_since = None
                 self._inline_thread = None
 
@@ -613,12 +608,12 @@ class Link:
             if self.inline_since is None or self._closing:
                 return
             self.inline_since = None  # once per stuck handler
-            self._reader += 1
+            self.reader += 1
             # The stuck reader is inside the event before _batch_next and, seeing the new
             # generation, will start none after it: the rest is the new reader's.
             leftover = self._batch[self._batch_next:]
             self._batch, self._batch_next = [], 0
-            reader = Run(partial(self._continue_reading, self._reader, leftover))
+            reader = Run(partial(self._continue_reading, self.reader, leftover))
             self.threads = [t for t in self.threads if t.is_alive()] + [reader]
             self.thread = reader
         try:
@@ -796,7 +791,7 @@ class Link:
         buf = self._read_buffer()
         view = memoryview(buf)
         while not self._closing:
-            if self._reader != reader:
+            if self.reader != reader:
                 return False
             flags = 0
             if self._watch_wanted:
@@ -818,7 +813,7 @@ class Link:
             events = session.receive_data(view[:n])
             self._batch, self._batch_next = events, 0
             if not self._dispatch(events, reader, inline=True):
-                return self._reader == reader
+                return self.reader == reader
         return True
 
     def _read_buffer(self) -> bytearray:
@@ -931,7 +926,7 @@ class Link:
         took over reading (it has the events this one did not start)."""
         try:
             for i, event in enumerate(events):
-                if self._reader != reader or self._closing:  # per event: ended means now
+                if self.reader != reader or self._closing:  # per event: ended means now
                     return False
                 if isinstance(event, MessageReceived):
                     self._batch_next = i + 1  # before the handler: a takeover reads it
@@ -961,17 +956,25 @@ class Link:
             log.warning("closing link to %s: %s", self._peer_text(), exc)
             self._begin_close(f"protocol error: {exc}", protocol_error=True)
             return None
+        if type(msg) is Send:
+            # The commonest message, and one that changes no channel state (see the
+            # channel's module doc): routed without its lock or an event.
+            if channel.ended is None:
+                # Handed over in a box the owner empties: decoded, a message can hold
+                # ~70x its payload, and this frame must not keep it alive in a queue.
+                box: list[Call | Send] = [msg]
+                del msg
+                self._owner.link_message(self, box, inline=inline, payload=payload)
+            return None
         with self._state_lock:
             event = channel.handle(msg, self.last_received)  # when its bytes arrived
             output = channel.take_output() if channel.output else None
             ended = channel.ended
         del msg  # the event holds it; the box below is its only other holder
         answered = None
-        match event:  # the commonest first: a peer's call or send, then an answer
-            case CallIn(call=work) | SendIn(send=work):
-                # Handed over in a box the owner empties: decoded, a message can hold ~70x
-                # its payload, and this frame must not keep it alive in a queue.
-                box: list[Call | Send] = [work]
+        match event:  # the commonest first: a peer's call, then an answer
+            case CallIn(call=work):
+                box = [work]  # as a send's, above
                 del event, work
                 self._owner.link_message(self, box, inline=inline, payload=payload)
             case Answered(token=fut, result=result):

@@ -425,7 +425,8 @@ class Mesh:
     def _run_inline(self, link: Link, fn: Callable[..., None], *args: Any) -> None:
         """Run one call's or send's handler on ``link``'s reading thread, watched: a
         handler that overruns hands the reading to a new thread (_check_inline)."""
-        self._watch_inline()
+        if not self._inline_watch:  # else a check is scheduled already
+            self._watch_inline()
         reader = link.enter_inline()
         try:
             fn(*args)

@@ -14,7 +14,9 @@ gives them meaning. It never touches a socket, a thread, a clock or a Future; th
    another link) is dropped. Ids are scoped to the channel, so no peer can answer a call
    made to another. :meth:`forget` drops an id the caller gave up on.
 2. **Calls and sends in** come out as :class:`CallIn` / :class:`SendIn`. Each CallIn is
-   *served* until the edge reports :meth:`answered` (exactly once per CallIn). One
+   *served* until the edge reports :meth:`answered` (exactly once per CallIn). A Send
+   changes no state here: while the channel has not ended (:attr:`ended`), an edge may
+   route one it decoded itself, without taking its lock for :meth:`handle`. One
    longer than :data:`DEFER_ARGS_OVER` bytes is checked completely, but its ``args``
    are left unbuilt (:class:`~peernet._proto.messages.Deferred`, with a bound of what
    they will hold): the edge charges that bound and builds them where the work runs

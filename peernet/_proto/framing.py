@@ -74,3 +74,28 @@ class Deframer:
             return None
         self._pos = start + n
         return bytes(buf[start : self._pos])
+
+    def frames(self) -> list[bytes]:
+        """Every complete body buffered now, in order (``[]`` if none): one call per read
+        instead of one per frame. A frame outside the limits raises, but only once the
+        bodies before it were returned (it stays buffered, so the next call raises):
+        what preceded a fault still counts. The limits must not change between these
+        frames (the session uses this only once the handshake is over)."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        lo, hi = self.min_frame_len, self.max_frame_len
+        bodies = []
+        while end - pos >= HEADER_LEN:
+            n = (buf[pos] << 8) | buf[pos + 1]
+            if n < lo or n > hi:
+                if bodies:
+                    break
+                raise ProtocolError(f"frame length {n} outside {lo}..{hi}")
+            start = pos + HEADER_LEN
+            if end - start < n:
+                break
+            pos = start + n
+            bodies.append(bytes(buf[start:pos]))
+        self._pos = pos
+        return bodies

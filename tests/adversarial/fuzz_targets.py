@@ -78,6 +78,34 @@ def _reference_frames(stream: bytes, limits: list[tuple[int, int]]):
         i += 1
 
 
+def prop_deframer_frames_match_a_reference_reader(args) -> None:
+    """frames() (fixed limits, a read's bodies in one call) returns what the reference
+    reader does, and raises only after every body before the bad header."""
+    stream, limits, cuts = args
+    lo, hi = limits[0]
+    expected, error_at = _reference_frames(stream, [(lo, hi)])
+    d = Deframer(min_frame_len=lo, max_frame_len=hi)
+    got: list[bytes] = []
+    pos = k = 0
+    raised = False
+    while pos < len(stream) and not raised:
+        chunk = stream[pos:pos + cuts[k % len(cuts)]]
+        pos += len(chunk)
+        k += 1
+        d.feed(chunk)
+        try:
+            while bodies := d.frames():
+                got += bodies
+        except ProtocolError:
+            raised = True
+        assert d.buffered <= 2 + MAX_FRAME_LEN + len(chunk)
+    assert got == expected[:len(got)]
+    if raised:
+        assert error_at == len(got)
+    else:
+        assert got == expected and error_at is None
+
+
 def _frames_stream(draw) -> bytes:
     parts = []
     for _ in range(draw(st.integers(0, 6))):
@@ -134,10 +162,15 @@ def bytes_deframer(data: bytes) -> None:
         return
     d = Deframer(min_frame_len=data[0] % 40, max_frame_len=max(data[0] % 40, data[1] * 257))
     step = 1 + data[2] % 64
+    whole_reads = data[2] & 0x80  # the session's transport path: frames() per read
     body = data[3:]
     try:
         for i in range(0, len(body), step):
             d.feed(body[i:i + step])
+            if whole_reads:
+                for frame in d.frames():
+                    assert d.min_frame_len <= len(frame) <= d.max_frame_len
+                continue
             while (frame := d.next_frame()) is not None:
                 assert d.min_frame_len <= len(frame) <= d.max_frame_len
     except ProtocolError:
@@ -689,6 +722,7 @@ def bytes_messages_diff(data: bytes) -> None:
 
 PROPERTIES: dict[str, tuple[st.SearchStrategy, Callable[[object], None]]] = {
     "deframer": (deframer_inputs, prop_deframer_matches_a_reference_reader),
+    "deframer-frames": (deframer_inputs, prop_deframer_frames_match_a_reference_reader),
     "cbor": (cbor_inputs, prop_cbor_profile),
     "messages": (message_arrays(), prop_messages),
     "noise": (noise_programs, prop_noise_program),

@@ -14,7 +14,7 @@ from tests.accel import accelerator
 
 from .fuzz_targets import BYTE_TARGETS, DIFFERENTIAL, PROPERTIES
 
-BUDGET = {"deframer": 300, "cbor": 300, "messages": 300, "noise": 300, "session": 150,
+BUDGET = {"deframer": 300, "deframer-frames": 300, "cbor": 300, "messages": 300, "noise": 300, "session": 150,
           "announce": 200, "invite": 60, "cbor-diff": 600, "encode-diff": 400,
           "messages-diff": 400}
 

@@ -259,3 +259,39 @@ def test_buffer_never_exceeds_one_partial_frame_plus_last_feed(sizes, cuts):
         got += drain(d)
     assert got == bodies
     assert d.buffered == 0
+
+
+# --- frames(): every complete body of a read in one call ----------------------------
+
+
+def test_frames_returns_every_complete_body_and_keeps_the_partial_one():
+    rng = random.Random(2)
+    bodies = [rng.randbytes(rng.randint(1, 300)) for _ in range(500)]
+    stream = b"".join(frame(b) for b in bodies)
+    d = Deframer()
+    got: list[bytes] = []
+    for cut in range(0, len(stream), 777):  # cuts fall inside headers and bodies
+        d.feed(stream[cut:cut + 777])
+        got += d.frames()
+        assert d.buffered < HEADER_LEN + 300
+    assert got == bodies and d.frames() == [] and d.buffered == 0
+    assert all(type(b) is bytes for b in got)
+
+
+def test_frames_returns_the_bodies_before_a_bad_header_then_raises():
+    d = Deframer(min_frame_len=17, max_frame_len=512)
+    good = b"g" * 20
+    d.feed(frame(good) + frame(good) + (600).to_bytes(2, "big") + frame(good))
+    assert d.frames() == [good, good]  # what preceded the fault counts
+    with pytest.raises(ProtocolError, match="600 outside 17..512"):
+        d.frames()
+    with pytest.raises(ProtocolError):  # and stays refused
+        d.frames()
+
+
+@pytest.mark.parametrize("header", [0, 16, 513, 65535])
+def test_frames_raises_on_a_bad_first_header(header):
+    d = Deframer(min_frame_len=17, max_frame_len=512)
+    d.feed(header.to_bytes(2, "big"))
+    with pytest.raises(ProtocolError):
+        d.frames()

@@ -752,6 +752,27 @@ def test_one_flipped_bit_in_a_transport_frame_closes():
         assert_closed(r, events)
 
 
+@pytest.mark.parametrize("fault", ["tampered", "short header", "oversize", "bad flag"])
+def test_messages_before_a_fault_in_the_same_read_count(fault):
+    # One read often brings many frames: those before the bad one are delivered, in
+    # order, then the close, and nothing after it.
+    pair = open_pair(initiator_max_message_size=5000, responder_max_message_size=1000)
+    i, r = pair.initiator, pair.responder
+    good = i.seal(b"one") + i.seal(b"two")
+    if fault == "tampered":
+        bad = _flip(i.seal(b"three"), 5, 1)
+    elif fault == "short header":
+        bad = (5).to_bytes(2, "big") + b"x" * 5
+    elif fault == "oversize":
+        bad = i.seal(b"a" * 1001)
+    else:
+        bad = frame(i._send.encrypt(b"\x07three"))
+    events = r.receive_data(good + bad + i.seal(b"after"))
+    assert events[:2] == [MessageReceived(b"one"), MessageReceived(b"two")]
+    assert kinds(events) == [MessageReceived, MessageReceived, SessionClosed]
+    assert_closed(r, events)
+
+
 def test_replayed_transport_frame_closes():
     pair = open_pair()
     i, r = pair.initiator, pair.responder
