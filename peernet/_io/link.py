@@ -7,9 +7,11 @@ handshake under an absolute deadline, then reads frames, decrypts and decodes th
 - replies and errors complete the caller's Future in this link's reply table;
 - pings are answered with pongs right here, so no handler can delay them;
 - calls and sends go to the mesh (its owner), which asks the scheduler where each
-  runs: right here, one after another in arrival order (the mesh runs the handler
-  between :meth:`enter_inline` and :meth:`leave_inline`), saving a thread hand-off
-  each way, or on the scheduler's workers when this reader must not (see below). Once the link is ending, nothing more of the current read is routed.
+  runs: right here, one after another in arrival order (the mesh runs them between
+  :meth:`enter_inline` and :meth:`leave_inline`: one call, or a read's run of sends),
+  saving a thread hand-off each way, or on the scheduler's workers when this reader
+  must not (see below). Once the link is ending, nothing more of the current read is
+  routed.
 
 A handler running on the reader must not stall the link: if it has not finished
 within a few tens of milliseconds (or it calls this same peer back), the mesh hands
@@ -583,16 +585,16 @@ class Link:
                 self._teardown()
 
     def enter_inline(self) -> int:
-        """The reading thread is about to run one call's or send's handler itself: from
-        now on a takeover (:meth:`take_over_reading`) may hand the reading to a new
-        thread. Returns the token for :meth:`leave_inline`, which must follow."""
+        """The reading thread is about to run handlers itself (one call's, or a run of
+        sends): from now on a takeover (:meth:`take_over_reading`) may hand the reading
+        to a new thread. Returns the token for :meth:`leave_inline`, which must follow."""
         reader = self.reader
         self._inline_thread = threading.get_ident()
         self.inline_since = time.monotonic()
         return reader
 
     def leave_inline(self, reader: int) -> None:
-        """The handler :meth:`enter_inline` announced returned (or raised)."""
+        """The handlers :meth:`enter_inline` announced returned (or raised)."""
         with self._state_lock:  # atomic with take_over_reading
             if self.reader == reader:  # else a newer reader owns these now
                 self.inline_since = None

@@ -381,10 +381,11 @@ class Mesh:
         small = type(message.args) is not Deferred
         if inline and link.send_run is not None and link.send_run == link.reader:
             # This reader's earlier sends of this read hold the peer's send lane and a
-            # running slot: one claim for a run of sends, and only a check for each.
+            # running slot, and the reader counts as running a handler since the first:
+            # one claim and one watch for a run of sends, and only a check for each.
             if small and type(message) is Send:
                 if self._sched.may_start(peer, link):
-                    self._run_inline(link, self._serve_send, peer, message)
+                    self._serve_send(peer, message)
                 return  # else the link ended or the peer was revoked: dropped, as a claim
             self.link_read_done(link)  # anything else runs after the run, on its own claim
         # (A run held by an older reader, stuck in a handler, is its to end: what comes
@@ -399,10 +400,13 @@ class Mesh:
                     return
             elif self._sched.claim_send(peer, link):
                 # None of the peer's sends is queued or running: this one runs here, in
-                # order; the sends after it in this read share its claim (until
-                # link_read_done), and any that arrive meanwhile queue behind it.
+                # order; the sends after it in this read share its claim and its watch
+                # (until link_read_done): a run that overruns the inline budget as a
+                # whole hands the reading over, as one slow handler does. Sends that
+                # arrive meanwhile queue behind it.
+                self._enter_inline(link)
                 link.send_run = link.reader
-                self._run_inline(link, self._serve_send, peer, message)
+                self._serve_send(peer, message)
                 return
         # Queued: charged what it will hold decoded (a small message was decoded on
         # arrival, at most ~100 bytes a byte: measured; a large one: the channel's bound).
@@ -423,21 +427,26 @@ class Mesh:
                 log.debug("dropped a send from %s: its queue is full", peer.short)
 
     def _run_inline(self, link: Link, fn: Callable[..., None], *args: Any) -> None:
-        """Run one call's or send's handler on ``link``'s reading thread, watched: a
-        handler that overruns hands the reading to a new thread (_check_inline)."""
-        if not self._inline_watch:  # else a check is scheduled already
-            self._watch_inline()
-        reader = link.enter_inline()
+        """Run one call's handler on ``link``'s reading thread, watched: a handler that
+        overruns hands the reading to a new thread (_check_inline)."""
+        reader = self._enter_inline(link)
         try:
             fn(*args)
         finally:
             link.leave_inline(reader)
 
+    def _enter_inline(self, link: Link) -> int:
+        if not self._inline_watch:  # else a check is scheduled already
+            self._watch_inline()
+        return link.enter_inline()
+
     def link_read_done(self, link: Link) -> None:
         """The reader is done with its run of sends (its read ended, or something other
-        than a small send came): give back the claim they shared."""
-        if link.send_run is not None:
+        than a small send came): give back the claim and the watch they shared."""
+        reader = link.send_run
+        if reader is not None:
             link.send_run = None
+            link.leave_inline(reader)  # a no-op if a newer reader took over meanwhile
             self._sched.release_send(link.peer_id)  # type: ignore[arg-type]
 
     def _cost(self, payload: bytes, args: Any) -> int:

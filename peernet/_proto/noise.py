@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable
+from typing import NoReturn
 
 import nacl.exceptions
 from nacl.bindings import (
@@ -94,8 +95,7 @@ MAX_NONCE = 2**64 - 1
 """Reserved nonce value: a CipherState whose ``nonce`` reaches it refuses to work (§5.1)."""
 
 _MAX_PLAINTEXT = MAX_MESSAGE_LEN - TAG_LEN
-_NONCE_PREFIX = bytes(4)  # §12.3: 32 bits of zeros, then the nonce little-endian.
-_pack_nonce = struct.Struct("<Q").pack
+_nonce_bytes = struct.Struct("<4xQ").pack  # §12.3: 32 bits of zeros, then the nonce little-endian
 _sha256 = hashlib.sha256
 _BLOCK = 64  # SHA-256's block size, HMAC's pad length
 _IPAD = int.from_bytes(b"\x36" * _BLOCK, "big")
@@ -259,15 +259,11 @@ class CipherState:
         Raises :class:`~peernet.errors.ProtocolError` if the message would exceed
         65535 bytes or the nonce is exhausted.
         """
-        if len(plaintext) > _MAX_PLAINTEXT:
-            raise ProtocolError("a Noise message is at most 65535 bytes")
-        if self._k is None:
-            raise ProtocolError("this CipherState has no key")
         # EncryptWithAd with a key (§5.1), written out: this runs for every message.
         n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
-        ciphertext = self._seal(_NONCE_PREFIX + _pack_nonce(n), plaintext, ad)
+        if not (0 <= n < MAX_NONCE and len(plaintext) <= _MAX_PLAINTEXT and self._k is not None):
+            self._refuse(len(plaintext), _MAX_PLAINTEXT)
+        ciphertext = self._seal(_nonce_bytes(n), plaintext, ad)
         self.nonce = n + 1  # only after success
         return ciphertext
 
@@ -278,23 +274,28 @@ class CipherState:
         shorter than the 16-byte tag, failing authentication (tampered, replayed,
         reordered or from the wrong direction), or an exhausted nonce.
         """
-        if len(ciphertext) > MAX_MESSAGE_LEN:
-            raise ProtocolError("a Noise message is at most 65535 bytes")
-        if self._k is None:
-            raise ProtocolError("this CipherState has no key")
         # DecryptWithAd with a key (§5.1), written out: this runs for every message.
-        if len(ciphertext) < TAG_LEN:
-            # PyNaCl would raise ValueError("negative array length") here.
-            raise ProtocolError("ciphertext shorter than its authentication tag")
         n = self.nonce
-        if not 0 <= n < MAX_NONCE:
-            raise ProtocolError("nonce exhausted: the session must be closed")
+        if not (0 <= n < MAX_NONCE and TAG_LEN <= len(ciphertext) <= MAX_MESSAGE_LEN
+                and self._k is not None):
+            # (PyNaCl would raise ValueError("negative array length") for a short one.)
+            self._refuse(len(ciphertext), MAX_MESSAGE_LEN, TAG_LEN)
         try:
-            plaintext = self._open(_NONCE_PREFIX + _pack_nonce(n), ciphertext, ad)
+            plaintext = self._open(_nonce_bytes(n), ciphertext, ad)
         except _AEAD_FAILURES as exc:
             raise ProtocolError("message failed authentication") from exc
         self.nonce = n + 1  # only after the tag checked out
         return plaintext
+
+    def _refuse(self, n_bytes: int, max_bytes: int, min_bytes: int = 0) -> NoReturn:
+        """Say why :meth:`encrypt` or :meth:`decrypt` cannot take ``n_bytes``."""
+        if n_bytes > max_bytes:
+            raise ProtocolError("a Noise message is at most 65535 bytes")
+        if self._k is None:
+            raise ProtocolError("this CipherState has no key")
+        if n_bytes < min_bytes:
+            raise ProtocolError("ciphertext shorter than its authentication tag")
+        raise ProtocolError("nonce exhausted: the session must be closed")
 
 
 class _SymmetricState:

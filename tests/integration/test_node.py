@@ -406,6 +406,31 @@ def test_messages_that_arrive_together_run_on_the_reader_in_order(make_node):
         peer.close()
 
 
+def test_a_run_of_quick_sends_that_overruns_the_budget_hands_reading_over(make_node):
+    """The sends of one read share one watch: each handler here is well under the
+    inline budget, but the run as a whole is not, so the reading moves to a new thread
+    and a call behind the run is answered long before the run ends (it would wait for
+    every send if each handler were watched on its own). The sends still run in order."""
+    from peernet._proto.messages import Call, Reply, Send
+
+    b = make_node()
+    seen: list[tuple[int, str]] = []
+    b.expose("note", lambda peer, i: time.sleep(0.004) or
+             seen.append((i, threading.current_thread().name)))
+    b.expose("ask", lambda peer, i: len(seen))
+    peer = _raw_peer(b)
+    try:
+        _one_write(peer, [Send("note", i) for i in range(100)] + [Call(1, "ask", None)])
+        assert peer.wait_for(lambda p: len(p.payloads) >= 1, timeout_s=5)
+        (reply,) = peer.messages()
+        assert type(reply) is Reply and reply.result < 100  # answered mid-run
+        assert wait_until(lambda: len(seen) == 100)
+        assert [i for i, _ in seen] == list(range(100))  # in order, across the hand-over
+        assert seen[0][1] == "peernet-link" and seen[-1][1] != "peernet-link"
+    finally:
+        peer.close()
+
+
 def test_calls_that_arrive_with_message_3_run_on_the_reader(make_node):
     """What an initiator sends with handshake message 3 is a read like any other: the
     responder runs it on the link's reader once it accepted message 3 and sent READY,

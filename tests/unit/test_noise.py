@@ -558,7 +558,7 @@ def test_nonce_exhaustion_on_encrypt():
     i_send.encrypt(b"last one")
     assert i_send.nonce == 2**64 - 1
     for _ in range(2):
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError, match="nonce exhausted"):
             i_send.encrypt(b"one too many")
     assert i_send.nonce == 2**64 - 1  # never wraps
 
@@ -568,7 +568,7 @@ def test_nonce_exhaustion_on_decrypt():
     i_send.nonce = r_recv.nonce = 2**64 - 2
     assert r_recv.decrypt(i_send.encrypt(b"last")) == b"last"
     assert r_recv.nonce == 2**64 - 1
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="nonce exhausted"):
         r_recv.decrypt(bytes(32))
     assert r_recv.nonce == 2**64 - 1
 
@@ -601,17 +601,17 @@ def test_replayed_and_reordered_frames_fail():
 @pytest.mark.parametrize("length", [0, 1, 15])
 def test_short_ciphertext(length):
     _, _, _, r_recv = transport_pair()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="shorter than its authentication tag"):
         r_recv.decrypt(bytes(length))
     assert r_recv.nonce == 0
 
 
 def test_transport_size_limits():
     i_send, _, _, r_recv = transport_pair()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="at most 65535"):
         i_send.encrypt(bytes(MAX_MESSAGE_LEN - TAG_LEN + 1))
     assert i_send.nonce == 0
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="at most 65535"):
         r_recv.decrypt(bytes(MAX_MESSAGE_LEN + 1))
     big = i_send.encrypt(bytes(MAX_MESSAGE_LEN - TAG_LEN))
     assert len(big) == MAX_MESSAGE_LEN
@@ -620,9 +620,9 @@ def test_transport_size_limits():
 
 def test_keyless_cipher_refuses_transport():
     cs = CipherState()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="no key"):
         cs.encrypt(b"plaintext would leak")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="no key"):
         cs.decrypt(bytes(16))
 
 
