@@ -168,6 +168,36 @@ def test_a_write_to_a_peer_that_does_not_read_ends_within_io_timeout(bulk):
         right.close()
 
 
+def test_a_loopback_link_keeps_its_receive_buffer_bounded(make_node):
+    """On loopback the kernel's receive-buffer autotuning would grow a link's buffer
+    (to hundreds of KiB here after bulk traffic), and a burst of small sends would then
+    arrive one segment per write; both sides bound it instead (see link.py)."""
+    from peernet._io.link import _LOOPBACK_RCVBUF_B
+
+    a, b = make_node("a", max_message_size=4 << 20), make_node("b", max_message_size=4 << 20)
+    a.pair(b.id)
+    b.pair(a.id)
+    a.connect(b.id, "127.0.0.1", b.port)
+    b.expose("echo", lambda peer, x: x)
+    blob = bytes(range(256)) * 4096  # 1 MiB each way, a few times: autotuning would grow
+    for _ in range(4):
+        assert a.call(b.id, "echo", blob, timeout=10) == blob
+    for node, other in ((a, b), (b, a)):
+        sock = node._registry.active_link(other.id)._sock
+        # Linux reports twice what was set (it counts its bookkeeping too).
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * _LOOPBACK_RCVBUF_B
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", False), ("192.168.1.20", False), ("fe80::1%eth0", False),
+    ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("not an address", False)])
+def test_which_links_count_as_loopback(host, loopback):
+    from peernet._io.link import _is_loopback
+
+    assert _is_loopback(host) is loopback
+
+
 def test_large_messages_are_fragmented_and_reassembled(pair_of_nodes):
     a, b = pair_of_nodes
     b.expose("echo", lambda peer, args: args)
