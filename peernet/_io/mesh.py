@@ -391,7 +391,7 @@ class Mesh:
         # (A run held by an older reader, stuck in a handler, is its to end: what comes
         # now queues behind it, in order.)
         if inline and small:
-            if type(message) is Call:
+            if isinstance(message, Call):  # (isinstance: the else is then a Send for mypy)
                 if self._sched.claim_call(peer, link):
                     try:
                         self._run_inline(link, self._serve_call, link, peer, message)

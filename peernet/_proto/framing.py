@@ -85,7 +85,7 @@ class Deframer:
         pos = self._pos
         end = len(buf)
         lo, hi = self.min_frame_len, self.max_frame_len
-        bodies = []
+        bodies: list[bytes] = []
         while end - pos >= HEADER_LEN:
             n = (buf[pos] << 8) | buf[pos + 1]
             if n < lo or n > hi:
