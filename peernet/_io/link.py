@@ -129,6 +129,19 @@ def _is_loopback(host: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def _bound_local_rcvbuf(sock: socket.socket) -> None:
+    """Fix a link's receive buffer at _LOOPBACK_RCVBUF_B if its peer is on this host
+    (loopback, or our own address: both cross the loopback device). Set right after
+    the handshake, before bulk data flows, so the window the peer was offered so far
+    still fits. Only an optimisation: a failure (a reset link) changes nothing."""
+    try:
+        peer_host = sock.getpeername()[0]
+        if _is_loopback(peer_host) or peer_host == sock.getsockname()[0]:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LOOPBACK_RCVBUF_B)
+    except OSError:
+        pass
+
+
 def _send_all(sock: socket.socket, data: bytes, timeout_s: float) -> None:
     """Send all of ``data`` within ``timeout_s``: one send() when the socket buffer has
     room (the usual case), else wait for room in poll() for the rest."""
@@ -269,6 +282,7 @@ class Link:
         #: slot for the sends of its current read (the owner's, see
         #: Mesh.link_message); the reader gives it back when that read is done.
         self.send_run: int | None = None
+        self.send_run_len = 0  # sends in that run so far (the owner's)
         # The reading baton (start_call); guarded by _state_lock. The epoll and the
         # poll object exist once a caller wanted to read its own reply on this link.
         self._watch = _THREAD_READS
@@ -621,6 +635,13 @@ class Link:
                 self.inline_since = None
                 self._inline_thread = None
 
+    def renew_inline(self, reader: int | None) -> None:
+        """The reader ``reader`` starts a new stretch of its inline work (the next chunk
+        of a run of sends): the watch times it from now."""
+        with self._state_lock:  # atomic with take_over_reading
+            if self.reader == reader and self.inline_since is not None:
+                self.inline_since = time.monotonic()
+
     def is_inline_here(self) -> bool:
         """Is the current thread this link's reader, busy in a handler?"""
         return self._inline_thread == threading.get_ident()
@@ -786,8 +807,7 @@ class Link:
             self.established = True
             try:
                 sock.settimeout(None)  # blocking from now on: see _send_all
-                if _is_loopback(sock.getpeername()[0]):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LOOPBACK_RCVBUF_B)
+                _bound_local_rcvbuf(sock)
                 if ready:
                     _send_all(sock, ready, max(0.001, deadline - time.monotonic()))
             except OSError as exc:

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 #: How long a handler may run on a link's reading thread before reading moves to a new
 #: thread (Link.take_over_reading): the most a slow handler can delay replies and pongs.
 INLINE_BUDGET_S = 0.02
+#: The small sends of one read run inline as one run, and the watch times them in
+#: chunks of this many: quick handlers never hand the reading over, while a chunk of
+#: slower ones that overruns the budget does (and a call behind them is not held up).
+SEND_RUN_CHUNK = 64
 #: Retiring links a peer may hold (see link_established) before older ones are forced.
 _MAX_RETIRING_LINKS = 1
 #: How long a reader waits for room in a peer's full send queue before dropping.
@@ -385,6 +389,9 @@ class Mesh:
             # one claim and one watch for a run of sends, and only a check for each.
             if small and type(message) is Send:
                 if self._sched.may_start(peer, link):
+                    link.send_run_len += 1
+                    if link.send_run_len % SEND_RUN_CHUNK == 0:
+                        link.renew_inline(link.send_run)  # the watch times each chunk
                     self._serve_send(peer, message)
                 return  # else the link ended or the peer was revoked: dropped, as a claim
             self.link_read_done(link)  # anything else runs after the run, on its own claim
@@ -401,11 +408,13 @@ class Mesh:
             elif self._sched.claim_send(peer, link):
                 # None of the peer's sends is queued or running: this one runs here, in
                 # order; the sends after it in this read share its claim and its watch
-                # (until link_read_done): a run that overruns the inline budget as a
-                # whole hands the reading over, as one slow handler does. Sends that
-                # arrive meanwhile queue behind it.
-                self._enter_inline(link)
-                link.send_run = link.reader
+                # (until link_read_done), timed in chunks of SEND_RUN_CHUNK: a chunk
+                # that overruns the inline budget hands the reading over, as one slow
+                # handler does. Sends that arrive meanwhile queue behind it.
+                # The generation enter_inline saw: if the watchdog took over reading
+                # just after, this reader still ends its run (Link._dispatch).
+                link.send_run = self._enter_inline(link)
+                link.send_run_len = 1
                 self._serve_send(peer, message)
                 return
         # Queued: charged what it will hold decoded (a small message was decoded on
@@ -436,9 +445,12 @@ class Mesh:
             link.leave_inline(reader)
 
     def _enter_inline(self, link: Link) -> int:
+        # In this order: a check that ran before inline_since was set and found nothing
+        # to watch has cleared _inline_watch by now, or re-scans (_check_inline).
+        reader = link.enter_inline()
         if not self._inline_watch:  # else a check is scheduled already
             self._watch_inline()
-        return link.enter_inline()
+        return reader
 
     def link_read_done(self, link: Link) -> None:
         """The reader is done with its run of sends (its read ended, or something other
@@ -595,6 +607,12 @@ class Mesh:
             self._inline_watch = busy and not self._closed
             if self._inline_watch:
                 self._timers.call_later(INLINE_BUDGET_S, self._check_inline)
+                return
+        # A reader may have entered inline after its link was scanned and seen the flag
+        # still set (Mesh._enter_inline): now that it is clear, look once more.
+        if not self._closed and any(link.inline_since is not None
+                                    for link in self._registry.all_links()):
+            self._watch_inline()
 
     # -- liveness, reconnects, addresses, events ---------------------------------------
 

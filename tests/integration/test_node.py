@@ -198,6 +198,40 @@ def test_which_links_count_as_loopback(host, loopback):
     assert _is_loopback(host) is loopback
 
 
+class _FakeSock:
+    def __init__(self, peer, me=("10.9.9.9", 1), fail=False):
+        self.peer, self.me, self.fail, self.set = peer, me, fail, []
+
+    def getpeername(self):
+        if self.fail:
+            raise OSError(107, "Transport endpoint is not connected")  # a reset link
+        return self.peer
+
+    def getsockname(self):
+        return self.me
+
+    def setsockopt(self, *opt):
+        self.set.append(opt)
+
+
+def test_the_receive_buffer_is_bounded_only_within_this_host_and_never_fails_a_link():
+    """Loopback, or our own address (same host, over the loopback device): bounded.
+    Another host: left to autotuning. A socket that cannot say (reset) is left alone,
+    without an error: the bound is only an optimisation."""
+    from peernet._io.link import _LOOPBACK_RCVBUF_B, _bound_local_rcvbuf
+
+    bounded = (socket.SOL_SOCKET, socket.SO_RCVBUF, _LOOPBACK_RCVBUF_B)
+    for peer, me, expected in ((("127.0.0.1", 5), ("127.0.0.1", 6), [bounded]),
+                               (("10.1.2.3", 5), ("10.1.2.3", 6), [bounded]),
+                               (("10.1.2.4", 5), ("10.1.2.3", 6), [])):
+        sock = _FakeSock(peer, me)
+        _bound_local_rcvbuf(sock)  # type: ignore[arg-type]
+        assert sock.set == expected, peer
+    sock = _FakeSock(None, fail=True)
+    _bound_local_rcvbuf(sock)  # type: ignore[arg-type]
+    assert sock.set == []
+
+
 def test_large_messages_are_fragmented_and_reassembled(pair_of_nodes):
     a, b = pair_of_nodes
     b.expose("echo", lambda peer, args: args)
@@ -459,6 +493,108 @@ def test_a_run_of_quick_sends_that_overruns_the_budget_hands_reading_over(make_n
         assert seen[0][1] == "peernet-link" and seen[-1][1] != "peernet-link"
     finally:
         peer.close()
+
+
+def test_a_takeover_as_a_run_of_sends_starts_keeps_them_in_order(make_node, monkeypatch):
+    """The watchdog may take the reading over just as a reader enters its run of sends
+    (forced here at that moment). The old reader must still end its run and give the
+    send lane back: the rest of the read then runs after the first send, in order, and
+    a later read runs after that. (The run once took the new reader's generation: the
+    lane stayed held, sends 1-5 waited for a later read and ran after it.)"""
+    from peernet._io.link import Link
+    from peernet._proto.messages import Send
+
+    enter = Link.enter_inline
+    fired: list[int] = []
+
+    def enter_then_taken_over(link):
+        token = enter(link)
+        if not fired:
+            fired.append(token)
+            link.take_over_reading()  # the watchdog, at the worst moment
+        return token
+
+    monkeypatch.setattr(Link, "enter_inline", enter_then_taken_over)
+    b = make_node()
+    seen: list[int] = []
+    b.expose("note", lambda peer, i: time.sleep(0.2 if i == 0 else 0) or seen.append(i))
+    peer = _raw_peer(b)
+    try:
+        _one_write(peer, [Send("note", i) for i in range(6)])
+        assert wait_until(lambda: len(seen) == 6, timeout_s=5), seen
+        _one_write(peer, [Send("note", i) for i in (6, 7)])
+        assert wait_until(lambda: len(seen) == 8, timeout_s=5), seen
+        assert seen == list(range(8)) and fired
+        link = b._registry.active_link(peer.identity.peer_id)
+        assert wait_until(lambda: link.send_run is None and link.inline_since is None)
+    finally:
+        peer.close()
+
+
+def test_quick_sends_are_watched_in_chunks_not_as_one_long_run(make_node, monkeypatch):
+    """A long run of quick sends in one read is timed a chunk at a time: it keeps its
+    reader as long as no chunk overruns the budget (here 2 sends of 3 ms against 20 ms;
+    the run as a whole takes 60 ms)."""
+    from peernet._io import mesh as mesh_module
+    from peernet._io.link import Link
+    from peernet._proto.messages import Send
+
+    monkeypatch.setattr(mesh_module, "SEND_RUN_CHUNK", 2)
+    takeovers: list[int] = []
+    take_over = Link.take_over_reading
+    monkeypatch.setattr(Link, "take_over_reading",
+                        lambda link: takeovers.append(1) or take_over(link))
+    b = make_node()
+    seen: list[str] = []
+    b.expose("note", lambda peer, i: time.sleep(0.003) or
+             seen.append(threading.current_thread().name))
+    peer = _raw_peer(b)
+    try:
+        _one_write(peer, [Send("note", i) for i in range(20)])
+        assert wait_until(lambda: len(seen) == 20, timeout_s=5)
+        assert takeovers == [] and set(seen) == {"peernet-link"}
+    finally:
+        peer.close()
+
+
+def test_a_reader_entering_inline_as_the_watch_stops_is_still_watched(make_node):
+    """The watch stops when no reader is inline. A reader that enters inline just after
+    its link was scanned (and saw the watch still on, so scheduled nothing) must be
+    found by the look the check takes after stopping: else a slow handler there would
+    hold the link's reading with no one to hand it over."""
+    b = make_node()
+    mesh = b._mesh
+    other = make_node()
+    other.pair(b.id)
+    b.pair(other.id)
+    other.connect(b.id, "127.0.0.1", b.port)
+    assert b.wait_for_peer(other.id, 5)
+    link = b._registry.active_link(other.id)
+
+    class EntersDuringTheScan(list):
+        def __iter__(self):  # the check scans; the reader enters inline right after
+            yield from super().__iter__()
+            if link.inline_since is None:
+                link.enter_inline()  # and it saw the flag still set: no schedule
+
+    calls = {"n": 0}
+    all_links = b._registry.all_links
+
+    def scanned_links():
+        calls["n"] += 1
+        links = all_links()
+        return EntersDuringTheScan(links) if calls["n"] == 1 else links
+
+    with mesh._inline_lock:
+        mesh._inline_watch = True  # a check is due: the one we run by hand
+    b._registry.all_links = scanned_links
+    try:
+        mesh._check_inline()
+        assert link.inline_since is not None
+        assert mesh._inline_watch  # watched again: a check is scheduled
+    finally:
+        b._registry.all_links = all_links
+        link.leave_inline(link.reader)
 
 
 def test_calls_that_arrive_with_message_3_run_on_the_reader(make_node):
