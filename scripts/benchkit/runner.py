@@ -49,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      "(default all; with --profile: peernet)")
     p.add_argument("--workloads", help="comma-separated subset of w1..w5, w5cold "
                                        "(default all; with --profile: w1,w2)")
-    p.add_argument("--rounds", type=int, help="rounds, interleaved (default 2; --quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds, interleaved (default 3, so a median ignores one outlier round; --quick 1)")
     p.add_argument("--scale-peers", type=int, help="client nodes in the scale test "
                                                    "(default 500; --quick 100)")
     p.add_argument("--no-scale", action="store_true", help="skip the scale test")
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.scale_peers:
         sizes = Sizes(**{**asdict(sizes), "scale_peers": args.scale_peers})
-    rounds_n = args.rounds or (1 if args.quick or args.profile else 2)
+    rounds_n = args.rounds or (1 if args.quick or args.profile else 3)
     run_scale = "peernet" in systems and not args.no_scale and not args.profile
     cpu_client, cpu_server = placement(args.pin)
     out_dir = Path(args.out)
