@@ -78,32 +78,47 @@ def _reference_frames(stream: bytes, limits: list[tuple[int, int]]):
         i += 1
 
 
+def _read_as_chunks(d: Deframer, stream: bytes, cuts: list[int], take) -> tuple[list[bytes], bool]:
+    """Feed ``stream`` to ``d`` in reads of the sizes ``cuts`` (cycled); after each read,
+    ``take(d, got)`` appends what it can take. Returns (bodies, whether it raised)."""
+    got: list[bytes] = []
+    pos = k = 0
+    while pos < len(stream):
+        chunk = stream[pos:pos + cuts[k % len(cuts)]]
+        pos += len(chunk)
+        k += 1
+        d.feed(chunk)
+        try:
+            take(d, got)
+        except ProtocolError:
+            return got, True
+        finally:
+            assert d.buffered <= 2 + MAX_FRAME_LEN + len(chunk)
+    return got, False
+
+
+def _assert_as_the_reference(got, raised, expected, error_at) -> None:
+    assert got == expected[:len(got)]
+    if raised:
+        assert error_at == len(got)
+    else:
+        assert got == expected and error_at is None
+
+
 def prop_deframer_frames_match_a_reference_reader(args) -> None:
     """frames() (fixed limits, a read's bodies in one call) returns what the reference
     reader does, and raises only after every body before the bad header."""
     stream, limits, cuts = args
     lo, hi = limits[0]
     expected, error_at = _reference_frames(stream, [(lo, hi)])
-    d = Deframer(min_frame_len=lo, max_frame_len=hi)
-    got: list[bytes] = []
-    pos = k = 0
-    raised = False
-    while pos < len(stream) and not raised:
-        chunk = stream[pos:pos + cuts[k % len(cuts)]]
-        pos += len(chunk)
-        k += 1
-        d.feed(chunk)
-        try:
-            while bodies := d.frames():
-                got += bodies
-        except ProtocolError:
-            raised = True
-        assert d.buffered <= 2 + MAX_FRAME_LEN + len(chunk)
-    assert got == expected[:len(got)]
-    if raised:
-        assert error_at == len(got)
-    else:
-        assert got == expected and error_at is None
+
+    def take(d: Deframer, got: list[bytes]) -> None:
+        while bodies := d.frames():
+            got += bodies
+
+    got, raised = _read_as_chunks(Deframer(min_frame_len=lo, max_frame_len=hi),
+                                  stream, cuts, take)
+    _assert_as_the_reference(got, raised, expected, error_at)
 
 
 def _frames_stream(draw) -> bytes:
@@ -129,32 +144,19 @@ deframer_inputs = st.tuples(
 def prop_deframer_matches_a_reference_reader(args) -> None:
     stream, limits, cuts = args
     expected, error_at = _reference_frames(stream, limits)
-    d = Deframer(min_frame_len=limits[0][0], max_frame_len=limits[0][1])
-    got: list[bytes] = []
-    pos = k = 0
-    raised = False
-    while pos < len(stream) and not raised:
-        chunk = stream[pos:pos + cuts[k % len(cuts)]]
-        pos += len(chunk)
-        k += 1
-        d.feed(chunk)
+
+    def take(d: Deframer, got: list[bytes]) -> None:
         while True:
             lo, hi = limits[min(len(got), len(limits) - 1)]
             d.min_frame_len, d.max_frame_len = lo, hi  # limits change between frames
-            try:
-                body = d.next_frame()
-            except ProtocolError:
-                raised = True
-                break
+            body = d.next_frame()
             if body is None:
-                break
+                return
             got.append(body)
-        assert d.buffered <= 2 + MAX_FRAME_LEN + len(chunk)
-    assert got == expected[:len(got)]
-    if raised:
-        assert error_at == len(got)
-    else:
-        assert got == expected and error_at is None
+
+    d = Deframer(min_frame_len=limits[0][0], max_frame_len=limits[0][1])
+    got, raised = _read_as_chunks(d, stream, cuts, take)
+    _assert_as_the_reference(got, raised, expected, error_at)
 
 
 def bytes_deframer(data: bytes) -> None:
