@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,14 @@ from typing import Callable, Iterator
 import pytest
 
 import peernet
+
+# The journeys stop recipes with Ctrl-C (SIGINT), as a user at a terminal does. A suite
+# started in the background by a non-interactive shell (`cmd &`) inherits SIGINT
+# *ignored*, and so would every process it starts (an ignored signal survives exec):
+# the recipes' processes would never see the Ctrl-C. A handler does not survive exec,
+# so installing Python's own here gives them a terminal's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float = 5.0,
