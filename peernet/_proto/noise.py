@@ -62,7 +62,8 @@ try:  # Optional: the same AEAD, about 4x cheaper per small message than PyNaCl'
     from cryptography.exceptions import InvalidTag as _InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaCha
 except ImportError:  # pragma: no cover -- exercised by forcing the PyNaCl backend
-    _ChaCha = None  # type: ignore[assignment, misc]
+    # (the ignore is needed only where cryptography is installed: hence unused-ignore)
+    _ChaCha = None  # type: ignore[assignment, misc, unused-ignore]
 
 __all__ = [
     "PROTOCOL_NAME",
